@@ -1,0 +1,239 @@
+"""The Franka Panda: offline model loading, actuators, and a damped-least-squares IK.
+
+The arm and hand geometry come from the MJCF and OBJ meshes that the PyPI wheel
+``dm-robotics-panda`` ships (Franka's own meshes, Apache-2.0), located through package
+metadata so nothing is imported from (or downloaded by) that package. The hand is attached
+to the flange rotated -45 degrees about z, as on the real robot. Arm joints get position
+servos with Franka-like gains (``RobotCfg.kp/kd``); the hand keeps its tendon actuator
+(ctrl 0 = closed, 1 = open).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import mujoco
+import numpy as np
+
+from twin.scene import RobotCfg, SceneError
+
+ARM_JOINTS = tuple(f"panda_joint{i}" for i in range(1, 8))
+FINGER_JOINTS = ("panda_finger_joint1", "panda_finger_joint2")
+ARM_ACTUATORS = tuple(f"panda_act{i}" for i in range(1, 8))
+GRIPPER_ACTUATOR = "panda_hand_actuator"
+TCP_SITE = "TCP"
+HAND_BODY = "panda_hand"
+# Torque limits of the real arm (N m).
+TORQUE_LIMITS = (87.0, 87.0, 87.0, 87.0, 12.0, 12.0, 12.0)
+GRIPPER_MAX_WIDTH = 0.08
+# Rotation of the hand on the flange (-45 deg about z), as in franka_description.
+_HAND_QUAT = (math.cos(-math.pi / 8), 0.0, 0.0, math.sin(-math.pi / 8))
+
+
+@functools.cache
+def panda_asset_dir() -> Path:
+    """Directory holding panda.xml, panda_hand.xml and the OBJ meshes (offline)."""
+    try:
+        dist = metadata.distribution("dm-robotics-panda")
+    except metadata.PackageNotFoundError as exc:  # pragma: no cover - install error path
+        raise SceneError(
+            "the Panda model is missing: install it with "
+            "`pip install --no-deps dm-robotics-panda==0.4.8` (make install does this)"
+        ) from exc
+    path = Path(str(dist.locate_file("dm_robotics/panda/assets/panda")))
+    if not (path / "panda.xml").is_file():  # pragma: no cover - broken install
+        raise SceneError(f"Panda assets not found under {path}; reinstall dm-robotics-panda")
+    return path
+
+
+def _robot_xml() -> str:
+    """panda.xml with panda_hand.xml merged under the flange (one MJCF, no attach)."""
+    import xml.etree.ElementTree as ET
+
+    root = panda_asset_dir()
+    arm = ET.parse(root / "panda.xml").getroot()
+    hand = ET.parse(root / "panda_hand.xml").getroot()
+    arm_asset = arm.find("asset")
+    have = {(e.tag, e.get("name")) for e in arm_asset}
+    for e in hand.find("asset"):
+        if (e.tag, e.get("name")) not in have:
+            arm_asset.append(e)
+    for e in list(arm_asset):
+        if e.get("file"):
+            e.set("file", str(root / e.get("file")))
+    flange = next(b for b in arm.iter("body") if b.get("name") == "panda_link8")
+    mount = ET.SubElement(flange, "body", name="panda_hand_mount",
+                          quat=" ".join(str(v) for v in _HAND_QUAT))
+    hand_body = hand.find("worldbody").find("body")
+    for site in list(hand_body.findall("site")):
+        if site.get("name") == "wrist_site":
+            hand_body.remove(site)
+    mount.append(hand_body)
+    for tag in ("equality", "tendon", "actuator"):
+        arm.append(hand.find(tag))
+    return ET.tostring(arm, encoding="unicode")
+
+
+def build_robot_spec(cfg: RobotCfg) -> mujoco.MjSpec:
+    """An MjSpec holding the Panda arm + hand, actuated, rooted at ``panda_link0``.
+
+    The scene compiler adds the world (floor, fixtures, cameras) to this same spec.
+    """
+    arm = mujoco.MjSpec.from_string(_robot_xml())
+    base = arm.body("panda_link0")
+    base.pos = list(cfg.base.pos)
+    base.quat = list(cfg.base.quat)
+    # The real hand's fingers are position-controlled by the gripper firmware; give the
+    # tendon actuator a configurable force limit.
+    act = arm.actuator(GRIPPER_ACTUATOR)
+    act.forcerange = [-cfg.gripper_force, cfg.gripper_force]
+    # Arm servos and joint armature/damping (the armature keeps the servo loop stable).
+    for i, (jname, aname) in enumerate(zip(ARM_JOINTS, ARM_ACTUATORS)):
+        joint = arm.joint(jname)
+        joint.armature = 0.1
+        set_damping(joint, (max(float(np.ravel(joint.damping)[0]), 0.0) + 1.0) * cfg.joint_damping_scale)
+        a = arm.add_actuator(name=aname, target=jname, trntype=mujoco.mjtTrn.mjTRN_JOINT)
+        a.gaintype = mujoco.mjtGain.mjGAIN_FIXED
+        a.biastype = mujoco.mjtBias.mjBIAS_AFFINE
+        a.gainprm[0] = cfg.kp[i]
+        a.biasprm[0] = 0.0
+        a.biasprm[1] = -cfg.kp[i]
+        a.biasprm[2] = -cfg.kd[i]
+        a.ctrllimited = mujoco.mjtLimited.mjLIMITED_TRUE
+        a.ctrlrange = list(joint.range)
+        a.forcelimited = mujoco.mjtLimited.mjLIMITED_TRUE
+        a.forcerange = [-TORQUE_LIMITS[i], TORQUE_LIMITS[i]]
+    return arm
+
+
+def set_damping(joint: mujoco.MjsJoint, value: float) -> None:
+    """Set a joint's linear damping (MuJoCo 4 stores damping as a small polynomial)."""
+    damping = np.zeros_like(np.atleast_1d(np.asarray(joint.damping, dtype=float)))
+    damping[0] = value
+    joint.damping = damping if damping.size > 1 else float(value)
+
+
+@dataclass
+class RobotHandles:
+    """Indices into a compiled model for fast access to the robot's state."""
+
+    qpos_adr: np.ndarray  # 7 arm qpos addresses
+    dof_adr: np.ndarray  # 7 arm dof addresses
+    finger_qpos_adr: np.ndarray  # 2
+    arm_act: np.ndarray  # 7 actuator ids
+    gripper_act: int
+    tcp_site: int
+    hand_body: int
+    lower: np.ndarray
+    upper: np.ndarray
+
+    @staticmethod
+    def from_model(model: mujoco.MjModel) -> "RobotHandles":
+        jids = [model.joint(n).id for n in ARM_JOINTS]
+        return RobotHandles(
+            qpos_adr=np.array([model.jnt_qposadr[j] for j in jids]),
+            dof_adr=np.array([model.jnt_dofadr[j] for j in jids]),
+            finger_qpos_adr=np.array([model.jnt_qposadr[model.joint(n).id] for n in FINGER_JOINTS]),
+            arm_act=np.array([model.actuator(n).id for n in ARM_ACTUATORS]),
+            gripper_act=model.actuator(GRIPPER_ACTUATOR).id,
+            tcp_site=model.site(TCP_SITE).id,
+            hand_body=model.body(HAND_BODY).id,
+            lower=model.jnt_range[jids, 0].copy(),
+            upper=model.jnt_range[jids, 1].copy(),
+        )
+
+
+class PandaIK:
+    """Damped-least-squares IK for the TCP site, on a scratch MjData (never the sim's).
+
+    ``solve`` returns arm joint positions whose TCP pose approaches (pos, rotation matrix)
+    from a seed configuration; orientation error is weighted by ``rot_weight``.
+    """
+
+    def __init__(self, model: mujoco.MjModel, handles: RobotHandles, damping: float = 1e-2,
+                 rot_weight: float = 0.5) -> None:
+        self.model = model
+        self.h = handles
+        self.data = mujoco.MjData(model)
+        self.damping = damping
+        self.rot_weight = rot_weight
+        self._jacp = np.zeros((3, model.nv))
+        self._jacr = np.zeros((3, model.nv))
+        # Nominal posture the null space is pulled towards (keeps the elbow up).
+        self.rest = None
+
+    def fk(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        d = self.data
+        d.qpos[self.h.qpos_adr] = q
+        mujoco.mj_kinematics(self.model, d)
+        return d.site_xpos[self.h.tcp_site].copy(), d.site_xmat[self.h.tcp_site].reshape(3, 3).copy()
+
+    def solve(self, target_pos: np.ndarray, target_rot: np.ndarray | None, q_seed: np.ndarray,
+              iters: int = 20, tol: float = 1e-4) -> np.ndarray:
+        q = np.array(q_seed, dtype=float)
+        d = self.data
+        d.qpos[:] = 0.0
+        for _ in range(iters):
+            pos, rot = self.fk(q)
+            err_p = target_pos - pos
+            if target_rot is not None:
+                err_r = rotation_error(target_rot, rot) * self.rot_weight
+                err = np.concatenate([err_p, err_r])
+            else:
+                err = err_p
+            if np.linalg.norm(err) < tol:
+                break
+            mujoco.mj_comPos(self.model, d)
+            mujoco.mj_jacSite(self.model, d, self._jacp, self._jacr, self.h.tcp_site)
+            jp = self._jacp[:, self.h.dof_adr]
+            if target_rot is not None:
+                jac = np.vstack([jp, self._jacr[:, self.h.dof_adr] * self.rot_weight])
+            else:
+                jac = jp
+            jjt = jac @ jac.T + (self.damping**2) * np.eye(jac.shape[0])
+            dq = jac.T @ np.linalg.solve(jjt, err)
+            if self.rest is not None:
+                null = np.eye(7) - np.linalg.pinv(jac) @ jac
+                dq += null @ (0.1 * (self.rest - q))
+            step = np.linalg.norm(dq)
+            if step > 0.2:
+                dq *= 0.2 / step
+            q = np.clip(q + dq, self.h.lower, self.h.upper)
+        return q
+
+
+def rotation_error(target: np.ndarray, current: np.ndarray) -> np.ndarray:
+    """Axis-angle vector (world frame) rotating ``current`` onto ``target``."""
+    r = target @ current.T
+    quat = np.zeros(4)
+    mujoco.mju_mat2Quat(quat, r.reshape(-1))
+    if quat[0] < 0:
+        quat = -quat
+    vec = np.zeros(3)
+    mujoco.mju_quat2Vel(vec, quat, 1.0)
+    return vec
+
+
+def quat_to_mat(quat: np.ndarray) -> np.ndarray:
+    mat = np.zeros(9)
+    mujoco.mju_quat2Mat(mat, np.asarray(quat, dtype=float))
+    return mat.reshape(3, 3)
+
+
+def mat_to_quat(mat: np.ndarray) -> np.ndarray:
+    quat = np.zeros(4)
+    mujoco.mju_mat2Quat(quat, np.asarray(mat, dtype=float).reshape(-1))
+    return quat
+
+
+def euler_to_mat(rx: float, ry: float, rz: float) -> np.ndarray:
+    """Rotation from extrinsic x-y-z angles (small-rotation deltas of the discrete actions)."""
+    cx, sx, cy, sy, cz, sz = math.cos(rx), math.sin(rx), math.cos(ry), math.sin(ry), math.cos(rz), math.sin(rz)
+    rxm = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+    rym = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+    rzm = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+    return rzm @ rym @ rxm

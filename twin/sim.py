@@ -1,0 +1,153 @@
+"""TwinSim: one compiled twin (model + data) with robot control and state access.
+
+The sim knows nothing about tasks. It holds the commanded TCP pose for Cartesian control
+(so repeated small deltas do not drift with tracking error), applies actuation latency
+in physics sub-steps, and reports non-finite physics as ``unstable``.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import mujoco
+import numpy as np
+
+from twin.compile import CompiledScene, compile_scene
+from twin.robot import GRIPPER_MAX_WIDTH, PandaIK, RobotHandles, mat_to_quat, quat_to_mat
+from twin.scene import SceneCfg, SceneError
+
+# Top-down TCP orientation used at home: gripper z pointing down.
+DOWN = np.array([[1.0, 0.0, 0.0], [0.0, -1.0, 0.0], [0.0, 0.0, -1.0]])
+
+
+class TwinSim:
+    def __init__(self, scene: SceneCfg | CompiledScene) -> None:
+        compiled = scene if isinstance(scene, CompiledScene) else compile_scene(scene)
+        self.scene = compiled.scene
+        self.model = compiled.model
+        self.data = mujoco.MjData(self.model)
+        self.h = RobotHandles.from_model(self.model)
+        self.ik = PandaIK(self.model, self.h)
+        self.ik.rest = np.array(self.scene.robot.home_qpos)
+        self.latency_substeps = 0
+        self._pending: deque[tuple[int, np.ndarray]] = deque()
+        self._substep = 0
+        self.target_pos = np.zeros(3)
+        self.target_rot = DOWN.copy()
+        self.q_target = np.array(self.scene.robot.home_qpos, dtype=float)
+        self.gripper_cmd = 1.0
+        self._free_adr = {
+            self.model.body(self.model.jnt_bodyid[j]).name: int(self.model.jnt_qposadr[j])
+            for j in range(self.model.njnt)
+            if self.model.jnt_type[j] == mujoco.mjtJoint.mjJNT_FREE
+        }
+
+    # ---- reset / state ----------------------------------------------------------------------
+    def reset_robot(self, qpos: np.ndarray | None = None, gripper_open: bool = True) -> None:
+        mujoco.mj_resetData(self.model, self.data)
+        q = np.array(self.scene.robot.home_qpos if qpos is None else qpos, dtype=float)
+        self.data.qpos[self.h.qpos_adr] = q
+        width = GRIPPER_MAX_WIDTH / 2 if gripper_open else 0.0
+        self.data.qpos[self.h.finger_qpos_adr] = width
+        self.data.ctrl[self.h.arm_act] = q
+        self.data.ctrl[self.h.gripper_act] = 1.0 if gripper_open else 0.0
+        self.q_target = q.copy()
+        self.gripper_cmd = float(self.data.ctrl[self.h.gripper_act])
+        self._pending.clear()
+        self._substep = 0
+        mujoco.mj_forward(self.model, self.data)
+        self.target_pos, self.target_rot = self.tcp_pose_mat()
+
+    def forward(self) -> None:
+        mujoco.mj_forward(self.model, self.data)
+
+    def tcp_pose_mat(self) -> tuple[np.ndarray, np.ndarray]:
+        sid = self.h.tcp_site
+        return self.data.site_xpos[sid].copy(), self.data.site_xmat[sid].reshape(3, 3).copy()
+
+    def tcp_pose(self) -> np.ndarray:
+        """TCP position (3) and quaternion wxyz (4)."""
+        pos, rot = self.tcp_pose_mat()
+        quat = mat_to_quat(rot)
+        if quat[0] < 0:
+            quat = -quat
+        return np.concatenate([pos, quat])
+
+    def arm_qpos(self) -> np.ndarray:
+        return self.data.qpos[self.h.qpos_adr].copy()
+
+    def arm_qvel(self) -> np.ndarray:
+        return self.data.qvel[self.h.dof_adr].copy()
+
+    def gripper_width(self) -> float:
+        return float(self.data.qpos[self.h.finger_qpos_adr].sum())
+
+    def gripper_open(self) -> bool:
+        """True when the gripper is commanded open (the fingers may still be moving)."""
+        return self.gripper_cmd > 0.5
+
+    def body_pose(self, name: str) -> np.ndarray:
+        """World position (3) + quaternion wxyz (4) of a body."""
+        b = self.model.body(name).id
+        return np.concatenate([self.data.xpos[b], self.data.xquat[b]])
+
+    def set_free_body_pose(self, name: str, pos: np.ndarray, quat: np.ndarray) -> None:
+        if name not in self._free_adr:
+            raise SceneError(f"body {name!r} has no free joint; only free objects can be placed")
+        adr = self._free_adr[name]
+        self.data.qpos[adr:adr + 3] = pos
+        self.data.qpos[adr + 3:adr + 7] = np.asarray(quat) / np.linalg.norm(quat)
+        b = self.model.body(name).id
+        dof = self.model.jnt_dofadr[self.model.body_jntadr[b]]
+        self.data.qvel[dof:dof + 6] = 0.0
+
+    def joint_qpos(self, name: str) -> float:
+        return float(self.data.qpos[self.model.jnt_qposadr[self.model.joint(name).id]])
+
+    def site_pos(self, name: str) -> np.ndarray:
+        return self.data.site_xpos[self.model.site(name).id].copy()
+
+    def is_stable(self) -> bool:
+        d = self.data
+        return bool(np.isfinite(d.qpos).all() and np.isfinite(d.qvel).all() and np.abs(d.qvel).max(initial=0) < 1e3)
+
+    # ---- commands ---------------------------------------------------------------------------
+    def command_joints(self, q: np.ndarray, gripper: float) -> None:
+        self.q_target = np.clip(q, self.h.lower, self.h.upper)
+        self.gripper_cmd = float(np.clip(gripper, 0.0, 1.0))
+        self.target_pos, self.target_rot = self.ik.fk(self.q_target)
+
+    def command_pose(self, pos: np.ndarray, rot: np.ndarray, gripper: float, iters: int = 8) -> None:
+        """Cartesian target for the TCP (world frame), solved to joint targets by IK."""
+        self.target_pos = np.asarray(pos, dtype=float)
+        self.target_rot = np.asarray(rot, dtype=float)
+        self.q_target = self.ik.solve(self.target_pos, self.target_rot, self.q_target, iters=iters)
+        self.gripper_cmd = float(np.clip(gripper, 0.0, 1.0))
+
+    def command_delta(self, dpos: np.ndarray, drot: np.ndarray, gripper: float) -> None:
+        """Move the commanded TCP pose by a world-frame translation and rotation."""
+        self.command_pose(self.target_pos + dpos, drot @ self.target_rot, gripper)
+
+    def step(self, nsub: int) -> bool:
+        """Advance ``nsub`` physics steps applying the current command (with latency).
+
+        Returns False if the physics became non-finite.
+        """
+        ctrl = np.concatenate([self.q_target, [self.gripper_cmd]])
+        if self.latency_substeps > 0:
+            self._pending.append((self._substep + self.latency_substeps, ctrl))
+        else:
+            self._apply(ctrl)
+        d, m = self.data, self.model
+        for _ in range(nsub):
+            while self._pending and self._pending[0][0] <= self._substep:
+                self._apply(self._pending.popleft()[1])
+            mujoco.mj_step(m, d)
+            self._substep += 1
+        return self.is_stable()
+
+    def _apply(self, ctrl: np.ndarray) -> None:
+        self.data.ctrl[self.h.arm_act] = ctrl[:7]
+        self.data.ctrl[self.h.gripper_act] = ctrl[7]
+
+

@@ -1,0 +1,179 @@
+"""Task configs (Isaac Lab style: scene, observations, actions, events, terminations in one
+place) and the task registry (ManiSkill style: ``@register_task("name")``)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable, Literal
+
+import numpy as np
+
+from twin.scene import SceneCfg
+
+if TYPE_CHECKING:
+    from twin.sim import TwinSim
+
+ControlMode = Literal["joint_pos", "ee_delta", "ee_pose", "discrete", "pusht_xy"]
+
+
+class TaskError(ValueError):
+    """Unknown task or invalid task configuration."""
+
+
+@dataclass
+class ObservationCfg:
+    """Which observation groups the env returns.
+
+    ``state``: privileged state (task objects + robot). ``proprio``: joint positions (7),
+    gripper width (1), TCP position (3) and quaternion (4). Images come from ``cameras``
+    (all scene cameras when empty) at ``image_size`` (width, height; the camera's own when
+    None). ``point_cloud``: coloured points (x, y, z, r, g, b) fused from those cameras,
+    cropped to the scene workspace and resampled to ``num_points``.
+    """
+
+    state: bool = True
+    proprio: bool = True
+    rgb: bool = False
+    depth: bool = False
+    point_cloud: bool = False
+    cameras: tuple[str, ...] = ()
+    image_size: tuple[int, int] | None = None
+    num_points: int = 2048
+    noise_std: float = 0.0
+
+
+@dataclass
+class ActionCfg:
+    """Control mode and scaling.
+
+    - ``joint_pos``: 7 absolute joint targets (rad) + gripper in [0, 1] (1 = open).
+    - ``ee_delta``: [dx, dy, dz, drx, dry, drz, gripper] in [-1, 1], scaled by
+      ``max_delta_pos`` (m) and ``max_delta_rot`` (rad); gripper > 0 opens.
+    - ``ee_pose``: absolute TCP target [x, y, z, qw, qx, qy, qz, gripper] (world frame).
+    - ``discrete``: CASHER's 14 actions: 0-5 = +x, -x, +y, -y, +z, -z by ``pos_step``;
+      6-11 = +rx, -rx, +ry, -ry, +rz, -rz by ``rot_step``; 12 = open; 13 = close.
+    - ``pusht_xy``: target agent position [x, y] in gym-pusht workspace units (0..512).
+    """
+
+    mode: ControlMode = "ee_delta"
+    pos_step: float = 0.03
+    rot_step: float = 0.02
+    max_delta_pos: float = 0.05
+    max_delta_rot: float = 0.2
+
+
+@dataclass
+class TerminationCfg:
+    max_steps: int = 150
+    terminate_on_success: bool = True
+
+
+@dataclass
+class TaskCfg:
+    scene: SceneCfg
+    observations: ObservationCfg = field(default_factory=ObservationCfg)
+    actions: ActionCfg = field(default_factory=ActionCfg)
+    terminations: TerminationCfg = field(default_factory=TerminationCfg)
+    control_dt: float = 0.1
+    # Nominal reset randomization ("events"): tasks read what they need from here.
+    object_xy_range: float = 0.05
+    object_yaw_range: float = 0.3
+    perturbation_suite: str = "default"
+
+    def replace(self, **changes: object) -> "TaskCfg":
+        return dataclasses.replace(self, **changes)
+
+
+class Task:
+    """Base class. Subclasses define the scene, reset randomization, success and reward.
+
+    A task never owns the sim: every method takes the ``TwinSim`` it acts on.
+    """
+
+    name: str = ""
+    #: body names whose poses go into the privileged state, in order
+    object_names: tuple[str, ...] = ()
+    #: sites kept clear of distractor objects
+    keepout_sites: tuple[str, ...] = ()
+
+    def __init__(self, cfg: TaskCfg | None = None) -> None:
+        self.cfg = cfg if cfg is not None else self.default_cfg()
+
+    @classmethod
+    def default_cfg(cls) -> TaskCfg:
+        raise NotImplementedError
+
+    # -- episode -------------------------------------------------------------------------
+    def reset(self, sim: "TwinSim", rng: np.random.Generator) -> None:
+        """Place the robot and objects for a new episode (nominal randomization)."""
+        raise NotImplementedError
+
+    def success(self, sim: "TwinSim") -> bool:
+        raise NotImplementedError
+
+    def reward(self, sim: "TwinSim") -> float:
+        """Dense shaped reward in [0, 1] (1 at success)."""
+        raise NotImplementedError
+
+    def task_state(self, sim: "TwinSim") -> np.ndarray:
+        """Task part of the privileged state (default: poses of ``object_names``)."""
+        if not self.object_names:
+            return np.zeros(0)
+        return np.concatenate([sim.body_pose(n) for n in self.object_names])
+
+    def expert(self, noise: float = 0.0, rng: np.random.Generator | None = None):
+        """The task's scripted IK controller (acts in ``expert_mode``)."""
+        raise NotImplementedError(f"task {self.name!r} has no scripted controller")
+
+    #: control mode the expert's actions are in
+    expert_mode: str = "ee_pose"
+
+    def info(self, sim: "TwinSim") -> dict[str, float]:
+        """Extra per-step diagnostics (distances, coverage...) put into ``info``."""
+        return {}
+
+
+_REGISTRY: dict[str, type[Task]] = {}
+
+
+def register_task(name: str) -> Callable[[type[Task]], type[Task]]:
+    """Class decorator registering a task under ``name``."""
+
+    def deco(cls: type[Task]) -> type[Task]:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise TaskError(f"task {name!r} is already registered by {_REGISTRY[name].__qualname__}")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def get_task_class(name: str) -> type[Task]:
+    import twin.tasks  # noqa: F401  (registers the built-in tasks)
+
+    if name not in _REGISTRY:
+        raise TaskError(f"unknown task {name!r}; registered tasks: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
+def make_task(name: str, cfg: TaskCfg | None = None) -> Task:
+    return get_task_class(name)(cfg)
+
+
+def list_tasks() -> list[str]:
+    import twin.tasks  # noqa: F401
+
+    return sorted(_REGISTRY)
+
+
+def upright(quat: np.ndarray, max_tilt_rad: float = 0.5) -> bool:
+    """True if the body's z axis is within ``max_tilt_rad`` of world up."""
+    w, x, y, z = quat
+    zz = 1.0 - 2.0 * (x * x + y * y)  # world-z component of the body z axis
+    return bool(zz >= np.cos(max_tilt_rad))
+
+
+def inside(point: np.ndarray, center: np.ndarray, half: np.ndarray, margin: float = 0.0) -> bool:
+    return bool(np.all(np.abs(np.asarray(point) - np.asarray(center)) <= np.asarray(half) + margin))
