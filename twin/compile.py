@@ -89,6 +89,9 @@ def build_spec(scene: SceneCfg) -> mujoco.MjSpec:
         _add_camera(spec, cam)
     for body in scene.bodies:
         _add_body(spec, spec.worldbody, body)
+    timeconst = max(scene.physics.contact_timeconst, 2.0 * scene.physics.timestep)
+    for geom in spec.geoms:
+        geom.solref = [timeconst, 1.0]
     for site in scene.sites:
         parent = spec.body(site.body) if site.body else spec.worldbody
         s = parent.add_site(name=site.name, pos=list(site.pos), size=list(site.half_extents))

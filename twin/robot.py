@@ -90,7 +90,20 @@ def build_robot_spec(cfg: RobotCfg) -> mujoco.MjSpec:
     # The real hand's fingers are position-controlled by the gripper firmware; give the
     # tendon actuator a configurable force limit.
     act = arm.actuator(GRIPPER_ACTUATOR)
+    # Stiffer than the shipped model (kp 600 gives ~17 N on a 6 cm object, too weak to
+    # lift a mug): a tendon servo to 0.04 * ctrl with kp ``gripper_kp`` N/m, force-limited
+    # like the real hand's grasp force.
+    kp = cfg.gripper_kp
+    act.gainprm[0] = 0.04 * kp
+    act.biasprm[1] = -kp
+    act.biasprm[2] = -0.1 * kp
     act.forcerange = [-cfg.gripper_force, cfg.gripper_force]
+    # Finger pads: torsional friction so a grasped object cannot spin about the axis
+    # through the two contact points (box-cylinder contacts are single points).
+    for gname in ("panda_leftfinger_collision", "panda_rightfinger_collision"):
+        pad = arm.geom(gname)
+        pad.condim = 4
+        pad.friction = [1.2, 0.02, 0.0001]
     # Arm servos and joint armature/damping (the armature keeps the servo loop stable).
     for i, (jname, aname) in enumerate(zip(ARM_JOINTS, ARM_ACTUATORS)):
         joint = arm.joint(jname)

@@ -14,6 +14,9 @@ from twin.tasks.base import ActionCfg, Task, TaskCfg, TerminationCfg, inside, re
 
 MUG_HOME = (0.50, 0.20)
 SINK_POS = (0.50, -0.27)
+# The finger pads span TCP-0.009..TCP+0.035 and the palm starts at TCP+0.031: grasp the
+# top 2.8 cm of an object so the palm stays clear.
+GRASP_DEPTH = 0.028
 
 
 @register_task("mug_to_sink")
@@ -95,7 +98,7 @@ class MugToSinkExpert(WaypointController):
         grasp_yaw = _wrap_half_pi(handle_yaw)
         rot = yaw_rot(grasp_yaw)
         half_h = sim.scene.body("mug").pose.pos[2]
-        grasp_z = pos[2] + 0.2 * half_h
+        grasp_z = pos[2] + half_h - GRASP_DEPTH
         above = np.array([pos[0], pos[1], pos[2] + half_h + 0.12])
         sink_c = sim.site_pos("sink")
         carry_z = 0.30
