@@ -1,0 +1,168 @@
+"""TwinEnv / BatchedTwinEnv on real MuJoCo: spaces, control modes, bad input, determinism."""
+
+import numpy as np
+import pytest
+
+from twin.batched import BatchedTwinEnv
+from twin.env import PROPRIO_DIM, TwinEnv
+from twin.tasks import ObservationCfg, TaskError, list_tasks, make_task
+
+
+@pytest.fixture(scope="module")
+def env():
+    e = TwinEnv("mug_to_sink")
+    yield e
+    e.close()
+
+
+def test_registry_lists_tasks_and_rejects_unknown():
+    assert "mug_to_sink" in list_tasks()
+    with pytest.raises(TaskError, match="unknown task 'nope'.*mug_to_sink"):
+        make_task("nope")
+
+
+def test_reset_obs_matches_space_and_is_deterministic(env):
+    obs1, info = env.reset(seed=3)
+    assert env.observation_space.contains(obs1)
+    assert obs1["proprio"].shape == (PROPRIO_DIM,)
+    assert info["success"] is False
+    obs2, _ = env.reset(seed=3)
+    obs3, _ = env.reset(seed=4)
+    np.testing.assert_array_equal(obs1["state"], obs2["state"])
+    assert not np.allclose(obs1["state"], obs3["state"])
+
+
+def test_same_seed_same_actions_same_trajectory():
+    rng = np.random.default_rng(0)
+    actions = rng.uniform(-1, 1, size=(8, 7)).astype(np.float32)
+    runs = []
+    for _ in range(2):
+        e = TwinEnv("mug_to_sink")
+        e.reset(seed=11)
+        runs.append(np.stack([e.step(a)[0]["state"] for a in actions]))
+        e.close()
+    np.testing.assert_array_equal(runs[0], runs[1])
+
+
+def test_ee_delta_moves_tcp_by_the_commanded_amount(env):
+    env.reset(seed=0)
+    start = env.sim.tcp_pose()[:3]
+    for _ in range(3):
+        env.step(np.array([1.0, 0, 0, 0, 0, 0, 1.0], dtype=np.float32))
+    for _ in range(5):
+        env.step(np.array([0, 0, 0, 0, 0, 0, 1.0], dtype=np.float32))
+    moved = env.sim.tcp_pose()[:3] - start
+    assert moved[0] == pytest.approx(3 * env.cfg.actions.max_delta_pos, abs=0.005)
+    assert abs(moved[1]) < 0.005 and abs(moved[2]) < 0.005
+
+
+def test_discrete_actions_follow_casher_table():
+    e = TwinEnv("mug_to_sink", control_mode="discrete")
+    assert e.action_space.n == 14
+    e.reset(seed=0)
+    start = e.sim.tcp_pose()[:3]
+    e.step(4)  # +z 3 cm
+    for _ in range(4):
+        e.step(12)  # open (no motion)
+    assert (e.sim.tcp_pose()[:3] - start)[2] == pytest.approx(0.03, abs=0.004)
+    e.step(13)  # close
+    for _ in range(4):
+        e.step(13)
+    assert e.sim.gripper_width() < 0.01
+    e.close()
+
+
+def test_joint_pos_mode_tracks_targets():
+    e = TwinEnv("mug_to_sink", control_mode="joint_pos")
+    e.reset(seed=0)
+    q = e.sim.arm_qpos()
+    q[0] += 0.2
+    for _ in range(10):
+        e.step(np.concatenate([q, [1.0]]).astype(np.float32))
+    assert e.sim.arm_qpos()[0] == pytest.approx(q[0], abs=0.01)
+    e.close()
+
+
+def test_nan_and_out_of_bounds_actions_are_clipped_and_reported(env):
+    env.reset(seed=0)
+    before = env.sim.tcp_pose()[:3]
+    _, _, term, trunc, info = env.step(np.array([np.nan, np.inf, 0, 0, 0, 0, 1], dtype=np.float32))
+    assert info["action_nonfinite"] is True
+    assert np.isfinite(env.sim.data.qpos).all()
+    assert np.linalg.norm(env.sim.tcp_pose()[:3] - before) < 0.01  # NaN entries hold the pose
+    _, _, _, _, info = env.step(np.array([50, 0, 0, 0, 0, 0, 1], dtype=np.float32))
+    assert info["action_clipped"] is True
+    assert np.isfinite(env.sim.data.qpos).all()
+    with pytest.raises(TaskError, match="expects"):
+        env.step(np.zeros(3, dtype=np.float32))
+
+
+def test_physics_blowup_ends_episode_as_failed(env):
+    env.reset(seed=0)
+    mug = env.sim.model.body("mug").id
+    dof = env.sim.model.jnt_dofadr[env.sim.model.body_jntadr[mug]]
+    env.sim.data.qvel[dof:dof + 3] = 1e9
+    obs, r, term, trunc, info = env.step(np.zeros(7, dtype=np.float32))
+    assert term is True and info["failure_reason"] == "physics_unstable" and info["success"] is False
+    assert all(np.isfinite(v).all() for v in obs.values())
+    with pytest.raises(RuntimeError, match="reset"):
+        env.step(np.zeros(7, dtype=np.float32))
+    env.reset(seed=0)  # recovers
+
+
+def test_timeout_truncates_with_reason():
+    e = TwinEnv("mug_to_sink", max_steps=3)
+    e.reset(seed=0)
+    for _ in range(3):
+        _, _, term, trunc, info = e.step(np.zeros(7, dtype=np.float32))
+    assert trunc and not term and info["failure_reason"] == "timeout"
+    e.close()
+
+
+def test_camera_observations_and_point_cloud_geometry():
+    obs_cfg = ObservationCfg(rgb=True, depth=True, point_cloud=True, image_size=(160, 120), num_points=4096)
+    e = TwinEnv("mug_to_sink", observations=obs_cfg)
+    obs, _ = e.reset(seed=0)
+    assert e.observation_space.contains(obs)
+    for cam in e.camera_names():
+        rgb = obs[f"rgb/{cam}"]
+        assert rgb.std() > 10  # not blank
+        depth = obs[f"depth/{cam}"]
+        assert 0.2 < np.median(depth) < 3.0
+    pc = obs["point_cloud"]
+    lo, hi = np.array(e.scene.workspace[0]), np.array(e.scene.workspace[1])
+    assert np.all(pc[:, :3] >= lo - 1e-5) and np.all(pc[:, :3] <= hi + 1e-5)
+    # Points near the mug's footprint rise to about the mug's height; table points are at z = 0.
+    mug = e.sim.body_pose("mug")[:3]
+    near = np.linalg.norm(pc[:, :2] - mug[:2], axis=1) < 0.02
+    assert near.sum() > 5 and pc[near, 2].max() == pytest.approx(0.09, abs=0.012)
+    table = (np.abs(pc[:, 1]) > 0.55) & (pc[:, 0] > 0.2)
+    assert table.sum() > 20 and np.median(np.abs(pc[table, 2])) < 0.004
+    e.close()
+
+
+def test_batched_env_stacks_and_matches_single_envs():
+    b = BatchedTwinEnv("mug_to_sink", 3)
+    obs, infos = b.reset(seeds=[0, 1, 2])
+    assert obs["state"].shape[0] == 3 and infos["success"].shape == (3,)
+    actions = np.tile(np.array([0.5, 0, -0.5, 0, 0, 0, 1], dtype=np.float32), (3, 1))
+    obs, rew, term, trunc, infos = b.step(actions)
+    single = TwinEnv("mug_to_sink")
+    single.reset(seed=1)
+    sobs, srew, *_ = single.step(actions[1])
+    np.testing.assert_array_equal(obs["state"][1], sobs["state"])
+    assert rew[1] == pytest.approx(srew)
+    b.close()
+    single.close()
+
+
+def test_batched_autoreset_restarts_finished_envs():
+    b = BatchedTwinEnv("mug_to_sink", 2, max_steps=2, autoreset=True)
+    b.reset(seeds=[0, 1])
+    zero = np.zeros((2, 7), dtype=np.float32)
+    b.step(zero)
+    _, _, _, trunc, infos = b.step(zero)
+    assert trunc.all() and set(infos["final_info"]) == {0, 1}
+    _, _, _, trunc, _ = b.step(zero)  # reset step
+    assert not trunc.any() and not b.done.any()
+    b.close()
