@@ -10,7 +10,7 @@ import mujoco
 import numpy as np
 
 from twin.meshes import load_mesh
-from twin.robot import build_robot_spec, set_damping
+from twin.robot import build_robot_spec, set_joint_coef
 from twin.scene import BodyCfg, CameraCfg, GeomCfg, SceneCfg, SceneError, TextureCfg, validate_scene
 
 _GEOM_TYPES = {
@@ -72,8 +72,8 @@ def build_spec(scene: SceneCfg) -> mujoco.MjSpec:
     spec.visual.global_.offwidth = width
     spec.visual.global_.offheight = height
     spec.visual.quality.shadowsize = 2048
-    spec.visual.headlight.ambient = [0.25, 0.25, 0.25]
-    spec.visual.headlight.diffuse = [0.3, 0.3, 0.3]
+    spec.visual.headlight.ambient = list(scene.headlight_ambient)
+    spec.visual.headlight.diffuse = list(scene.headlight_diffuse)
     spec.stat.center = [0.4, 0.0, 0.2]
     spec.stat.extent = 1.5
     _add_skybox(spec, scene)
@@ -175,9 +175,9 @@ def _add_body(spec: mujoco.MjSpec, parent: mujoco.MjsBody, cfg: BodyCfg) -> None
             if j.range is not None:
                 joint.limited = mujoco.mjtLimited.mjLIMITED_TRUE
                 joint.range = list(j.range)
-            set_damping(joint, j.damping)
+            set_joint_coef(joint, "damping", j.damping)
             joint.frictionloss = j.frictionloss
-            joint.stiffness = j.stiffness
+            set_joint_coef(joint, "stiffness", j.stiffness)
             joint.armature = 0.01
     volumes = [_geom_volume(g) for g in cfg.geoms if g.collide]
     total_volume = sum(volumes)

@@ -7,6 +7,7 @@ llvmpipe they cost several times the frame time and the cameras' features do not
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 
@@ -33,20 +34,27 @@ class Frame:
         if self.depth is None:
             raise ValueError("point_cloud() needs a frame rendered with depth=True")
         h, w = self.depth.shape
-        z = self.depth.astype(np.float64)
-        valid = (z > 1e-4) & (z < self.far * 0.99)
-        v, u = np.nonzero(valid)
-        z = z[v, u]
-        k = self.intrinsics
-        x_cv = (u + 0.5 - k[0, 2]) * z / k[0, 0]
-        y_cv = (v + 0.5 - k[1, 2]) * z / k[1, 1]
-        cam = np.stack([x_cv, -y_cv, -z], axis=1)  # OpenCV -> MuJoCo camera axes
-        world = cam @ self.cam_rot.T + self.cam_pos
+        rays = _camera_rays(tuple(self.intrinsics.reshape(-1).round(6)), w, h)  # (H*W, 3), z = -1
+        z = self.depth.reshape(-1)
+        idx = np.flatnonzero((z > 1e-4) & (z < self.far * 0.99))
+        cam = rays[idx] * z[idx, None]
+        world = cam @ self.cam_rot.T.astype(np.float32) + self.cam_pos.astype(np.float32)
         if self.rgb is not None:
-            col = self.rgb[v, u].astype(np.float64) / 255.0
+            col = self.rgb.reshape(-1, 3)[idx].astype(np.float32) * (1.0 / 255.0)
         else:
-            col = np.zeros((len(z), 3))
-        return np.concatenate([world, col], axis=1).astype(np.float32)
+            col = np.zeros((len(idx), 3), np.float32)
+        return np.concatenate([world, col], axis=1)
+
+
+@functools.lru_cache(maxsize=16)
+def _camera_rays(k: tuple[float, ...], width: int, height: int) -> np.ndarray:
+    """Per-pixel ray directions in MuJoCo camera axes, scaled so depth multiplies them."""
+    fx, cx, fy, cy = k[0], k[2], k[4], k[5]
+    u, v = np.meshgrid(np.arange(width, dtype=np.float64), np.arange(height, dtype=np.float64))
+    x = (u + 0.5 - cx) / fx
+    y = (v + 0.5 - cy) / fy
+    # OpenCV (x right, y down, z forward) -> MuJoCo camera (x right, y up, looking along -z).
+    return np.stack([x, -y, -np.ones_like(x)], axis=-1).reshape(-1, 3).astype(np.float32)
 
 
 def intrinsics_for(model: mujoco.MjModel, cam_id: int, width: int, height: int) -> np.ndarray:

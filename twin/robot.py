@@ -108,7 +108,7 @@ def build_robot_spec(cfg: RobotCfg) -> mujoco.MjSpec:
     for i, (jname, aname) in enumerate(zip(ARM_JOINTS, ARM_ACTUATORS)):
         joint = arm.joint(jname)
         joint.armature = 0.1
-        set_damping(joint, (max(float(np.ravel(joint.damping)[0]), 0.0) + 1.0) * cfg.joint_damping_scale)
+        set_joint_coef(joint, "damping", (max(float(np.ravel(joint.damping)[0]), 0.0) + 1.0) * cfg.joint_damping_scale)
         a = arm.add_actuator(name=aname, target=jname, trntype=mujoco.mjtTrn.mjTRN_JOINT)
         a.gaintype = mujoco.mjtGain.mjGAIN_FIXED
         a.biastype = mujoco.mjtBias.mjBIAS_AFFINE
@@ -123,11 +123,11 @@ def build_robot_spec(cfg: RobotCfg) -> mujoco.MjSpec:
     return arm
 
 
-def set_damping(joint: mujoco.MjsJoint, value: float) -> None:
-    """Set a joint's linear damping (MuJoCo 4 stores damping as a small polynomial)."""
-    damping = np.zeros_like(np.atleast_1d(np.asarray(joint.damping, dtype=float)))
-    damping[0] = value
-    joint.damping = damping if damping.size > 1 else float(value)
+def set_joint_coef(joint: mujoco.MjsJoint, attr: str, value: float) -> None:
+    """Set a joint's linear damping or stiffness (MuJoCo 4 stores them as small polynomials)."""
+    coefs = np.zeros_like(np.atleast_1d(np.asarray(getattr(joint, attr), dtype=float)))
+    coefs[0] = value
+    setattr(joint, attr, coefs if coefs.size > 1 else float(value))
 
 
 @dataclass
@@ -176,43 +176,49 @@ class PandaIK:
         self.rot_weight = rot_weight
         self._jacp = np.zeros((3, model.nv))
         self._jacr = np.zeros((3, model.nv))
+        self._damp_eye = (damping**2) * np.eye(6)
+        self._eye7 = np.eye(7)
         # Nominal posture the null space is pulled towards (keeps the elbow up).
         self.rest = None
 
     def fk(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """TCP position and rotation for arm joints ``q`` (copies)."""
+        pos, rot = self._fk_view(q)
+        return pos.copy(), rot.copy()
+
+    def _fk_view(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         d = self.data
         d.qpos[self.h.qpos_adr] = q
         mujoco.mj_kinematics(self.model, d)
-        return d.site_xpos[self.h.tcp_site].copy(), d.site_xmat[self.h.tcp_site].reshape(3, 3).copy()
+        return d.site_xpos[self.h.tcp_site], d.site_xmat[self.h.tcp_site].reshape(3, 3)
 
     def solve(self, target_pos: np.ndarray, target_rot: np.ndarray | None, q_seed: np.ndarray,
               iters: int = 20, tol: float = 1e-4) -> np.ndarray:
         q = np.array(q_seed, dtype=float)
-        d = self.data
-        d.qpos[:] = 0.0
+        d, m, dof, site = self.data, self.model, self.h.dof_adr, self.h.tcp_site
+        jacp, jacr = self._jacp, self._jacr
+        n = 6 if target_rot is not None else 3
+        err = np.zeros(n)
+        jac = np.zeros((n, 7))
+        damp = self._damp_eye[:n, :n]
         for _ in range(iters):
-            pos, rot = self.fk(q)
-            err_p = target_pos - pos
+            pos, rot = self._fk_view(q)
+            err[:3] = target_pos - pos
             if target_rot is not None:
-                err_r = rotation_error(target_rot, rot) * self.rot_weight
-                err = np.concatenate([err_p, err_r])
-            else:
-                err = err_p
-            if np.linalg.norm(err) < tol:
+                err[3:] = rotation_error(target_rot, rot) * self.rot_weight
+            if err @ err < tol * tol:
                 break
-            mujoco.mj_comPos(self.model, d)
-            mujoco.mj_jacSite(self.model, d, self._jacp, self._jacr, self.h.tcp_site)
-            jp = self._jacp[:, self.h.dof_adr]
+            mujoco.mj_comPos(m, d)
+            mujoco.mj_jacSite(m, d, jacp, jacr, site)
+            jac[:3] = jacp[:, dof]
             if target_rot is not None:
-                jac = np.vstack([jp, self._jacr[:, self.h.dof_adr] * self.rot_weight])
-            else:
-                jac = jp
-            jjt = jac @ jac.T + (self.damping**2) * np.eye(jac.shape[0])
-            dq = jac.T @ np.linalg.solve(jjt, err)
-            if self.rest is not None:
-                null = np.eye(7) - np.linalg.pinv(jac) @ jac
-                dq += null @ (0.1 * (self.rest - q))
-            step = np.linalg.norm(dq)
+                jac[3:] = jacr[:, dof]
+                jac[3:] *= self.rot_weight
+            # Damped least squares with a null-space pull towards `rest`:
+            # dq = v + J^T (J J^T + l^2 I)^-1 (err - J v), v = 0.1 (rest - q).
+            v = 0.1 * (self.rest - q) if self.rest is not None else np.zeros(7)
+            dq = v + jac.T @ np.linalg.solve(jac @ jac.T + damp, err - jac @ v)
+            step = float(np.sqrt(dq @ dq))
             if step > 0.2:
                 dq *= 0.2 / step
             q = np.clip(q + dq, self.h.lower, self.h.upper)
@@ -222,7 +228,14 @@ class PandaIK:
 def rotation_error(target: np.ndarray, current: np.ndarray) -> np.ndarray:
     """Axis-angle vector (world frame) rotating ``current`` onto ``target``."""
     r = target @ current.T
-    quat = np.zeros(4)
+    vee = np.array([r[2, 1] - r[1, 2], r[0, 2] - r[2, 0], r[1, 0] - r[0, 1]])
+    cos = min(1.0, max(-1.0, (r[0, 0] + r[1, 1] + r[2, 2] - 1.0) / 2.0))
+    angle = math.acos(cos)
+    if angle < 1e-6:
+        return vee / 2.0
+    if angle < 3.0:
+        return vee * (angle / (2.0 * math.sin(angle)))
+    quat = np.zeros(4)  # near pi the vee form is ill-conditioned: go through a quaternion
     mujoco.mju_mat2Quat(quat, r.reshape(-1))
     if quat[0] < 0:
         quat = -quat

@@ -194,6 +194,9 @@ class SceneCfg:
     floor_rgba: RGBA = (0.35, 0.35, 0.38, 1.0)
     floor_texture: TextureCfg | None = None
     background_rgb: tuple[float, float, float] = (0.55, 0.65, 0.75)
+    # MuJoCo's camera-attached headlight (ambient room light); lighting factors scale it.
+    headlight_ambient: tuple[float, float, float] = (0.25, 0.25, 0.25)
+    headlight_diffuse: tuple[float, float, float] = (0.3, 0.3, 0.3)
 
     # ---- look-ups -------------------------------------------------------------------
     def iter_bodies(self) -> list[BodyCfg]:

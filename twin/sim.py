@@ -36,6 +36,7 @@ class TwinSim:
         self.target_rot = DOWN.copy()
         self.q_target = np.array(self.scene.robot.home_qpos, dtype=float)
         self.gripper_cmd = 1.0
+        self._body_ids: dict[str, int] = {}
         self._free_adr = {
             self.model.body(self.model.jnt_bodyid[j]).name: int(self.model.jnt_qposadr[j])
             for j in range(self.model.njnt)
@@ -86,9 +87,15 @@ class TwinSim:
         """True when the gripper is commanded open (the fingers may still be moving)."""
         return self.gripper_cmd > 0.5
 
+    def body_id(self, name: str) -> int:
+        bid = self._body_ids.get(name)
+        if bid is None:
+            bid = self._body_ids[name] = self.model.body(name).id
+        return bid
+
     def body_pose(self, name: str) -> np.ndarray:
         """World position (3) + quaternion wxyz (4) of a body."""
-        b = self.model.body(name).id
+        b = self.body_id(name)
         return np.concatenate([self.data.xpos[b], self.data.xquat[b]])
 
     def set_free_body_pose(self, name: str, pos: np.ndarray, quat: np.ndarray) -> None:
@@ -117,11 +124,14 @@ class TwinSim:
         self.gripper_cmd = float(np.clip(gripper, 0.0, 1.0))
         self.target_pos, self.target_rot = self.ik.fk(self.q_target)
 
-    def command_pose(self, pos: np.ndarray, rot: np.ndarray, gripper: float, iters: int = 8) -> None:
+    def command_pose(self, pos: np.ndarray, rot: np.ndarray, gripper: float, iters: int = 4,
+                     tol: float = 2e-4) -> None:
         """Cartesian target for the TCP (world frame), solved to joint targets by IK."""
         self.target_pos = np.asarray(pos, dtype=float)
         self.target_rot = np.asarray(rot, dtype=float)
-        self.q_target = self.ik.solve(self.target_pos, self.target_rot, self.q_target, iters=iters)
+        # Warm-started from the last solution; residuals below `tol` (0.2 mm) are
+        # corrected on the next command since targets are absolute.
+        self.q_target = self.ik.solve(self.target_pos, self.target_rot, self.q_target, iters=iters, tol=tol)
         self.gripper_cmd = float(np.clip(gripper, 0.0, 1.0))
 
     def command_delta(self, dpos: np.ndarray, drot: np.ndarray, gripper: float) -> None:
@@ -139,11 +149,15 @@ class TwinSim:
         else:
             self._apply(ctrl)
         d, m = self.data, self.model
-        for _ in range(nsub):
-            while self._pending and self._pending[0][0] <= self._substep:
-                self._apply(self._pending.popleft()[1])
-            mujoco.mj_step(m, d)
-            self._substep += 1
+        if not self._pending:
+            mujoco.mj_step(m, d, nstep=nsub)
+            self._substep += nsub
+        else:
+            for _ in range(nsub):
+                while self._pending and self._pending[0][0] <= self._substep:
+                    self._apply(self._pending.popleft()[1])
+                mujoco.mj_step(m, d)
+                self._substep += 1
         return self.is_stable()
 
     def _apply(self, ctrl: np.ndarray) -> None:
