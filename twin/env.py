@@ -8,7 +8,6 @@ blow-up ends the episode as failed with ``info["failure_reason"] == "physics_uns
 
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 from typing import Any
 
@@ -17,7 +16,7 @@ import numpy as np
 from gymnasium import spaces
 
 from twin.perturbations import Condition, PerturbationSuite, nominal_condition
-from twin.robot import GRIPPER_MAX_WIDTH, euler_to_mat, quat_to_mat
+from twin.robot import euler_to_mat, mat_to_quat, quat_to_mat
 from twin.scene import SceneCfg
 from twin.sim import TwinSim
 from twin.tasks.base import ObservationCfg, Task, TaskCfg, TaskError, make_task
@@ -242,7 +241,7 @@ class TwinEnv(gym.Env):
             report["action_nonfinite"] = True
             a = np.where(np.isfinite(a), a, self._hold_action(a))
         clipped = np.clip(a, space.low, space.high)
-        if not np.allclose(clipped, a):
+        if (clipped != a).any():
             report["action_clipped"] = True
         a = clipped
         if acfg.mode == "joint_pos":
@@ -272,8 +271,6 @@ class TwinEnv(gym.Env):
         if mode == "ee_delta":
             return np.array([0, 0, 0, 0, 0, 0, 1.0 if sim.gripper_open() else -1.0])
         if mode == "ee_pose":
-            from twin.robot import mat_to_quat
-
             return np.concatenate([sim.target_pos, mat_to_quat(sim.target_rot), [sim.gripper_cmd]])
         hold = getattr(self.task, "current_pusht_target", None)
         return hold(sim) if hold is not None else np.full(a.shape, 256.0)
@@ -379,4 +376,4 @@ def make_env(task: str, **kwargs: Any) -> TwinEnv:
     return TwinEnv(task, **kwargs)
 
 
-__all__ = ["TwinEnv", "make_env", "PROPRIO_DIM", "GRIPPER_MAX_WIDTH", "math"]
+__all__ = ["TwinEnv", "make_env", "PROPRIO_DIM"]

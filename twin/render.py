@@ -1,20 +1,17 @@
 """Offscreen camera rendering (RGB, metric depth) and coloured point clouds.
 
 Uses MuJoCo's renderer on whatever GL backend ``MUJOCO_GL`` selects (EGL or OSMesa on a
-headless CPU machine; this module defaults it to EGL). Shadows are off by default: on
+headless CPU machine; ``import twin`` defaults it to EGL). Shadows are off by default: on
 llvmpipe they cost several times the frame time and the cameras' features do not need them.
 """
 
 from __future__ import annotations
 
 import functools
-import os
 from dataclasses import dataclass
 
-os.environ.setdefault("MUJOCO_GL", "egl")
-
-import mujoco  # noqa: E402
-import numpy as np  # noqa: E402
+import mujoco
+import numpy as np
 
 
 @dataclass
