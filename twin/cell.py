@@ -50,8 +50,8 @@ def franka_cell(name: str = "cell") -> SceneCfg:
         ],
     )
     cameras = [
-        CameraCfg(name="cam_left", pos=(-0.01, 0.50, 0.69), target=(0.5, 0.0, 0.05)),
-        CameraCfg(name="cam_right", pos=(-0.01, -0.50, 0.69), target=(0.5, 0.0, 0.05)),
+        CameraCfg(name="cam_left", pos=(-0.01, 0.50, 0.69), target=(0.55, 0.0, 0.12)),
+        CameraCfg(name="cam_right", pos=(-0.01, -0.50, 0.69), target=(0.55, 0.0, 0.12)),
     ]
     lights = [
         LightCfg(name="key", pos=(0.6, -0.4, 1.6), dir=(-0.1, 0.25, -1.0), diffuse=(0.65, 0.65, 0.62)),
