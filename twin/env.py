@@ -79,6 +79,7 @@ class TwinEnv(gym.Env):
         self.render_size = render_size
         self._sims: OrderedDict[str, TwinSim] = OrderedDict()
         self._renderers: dict[tuple[str, int, int], Any] = {}
+        self._scene_key = ""
         self.sim: TwinSim = self._sim_for(self.base_scene)
         self.scene: SceneCfg = self.base_scene
         self.condition: Condition = nominal_condition()
@@ -143,7 +144,7 @@ class TwinEnv(gym.Env):
 
     # ---- sims --------------------------------------------------------------------------------
     def _sim_for(self, scene: SceneCfg) -> TwinSim:
-        key = scene.digest()
+        key = self._scene_key = scene.digest()
         sim = self._sims.get(key)
         if sim is None:
             sim = TwinSim(scene)
@@ -334,7 +335,7 @@ class TwinEnv(gym.Env):
     def _renderer(self, w: int, h: int):
         from twin.render import Renderer
 
-        key = (self.scene.digest(), w, h)
+        key = (self._scene_key, w, h)
         r = self._renderers.get(key)
         if r is None:
             r = Renderer(self.sim.model, w, h)

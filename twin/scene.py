@@ -239,8 +239,11 @@ class SceneCfg:
         return asdict(self)
 
     def digest(self) -> str:
-        """Stable content hash (used to cache compiled models)."""
-        blob = json.dumps(self.to_dict(), sort_keys=True, default=str).encode()
+        """Stable content hash (used to cache compiled models).
+
+        Hashes the typed form (``from_dict(to_dict())``) so that 0 and 0.0 hash alike.
+        """
+        blob = json.dumps(SceneCfg.from_dict(self.to_dict()).to_dict(), sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
     @staticmethod
