@@ -123,18 +123,60 @@ def scene_check(path: Path) -> None:
                   f"{len(scene.sites)} sites; MuJoCo: nbody={m.nbody} ngeom={m.ngeom} nq={m.nq}")
 
 
+@scene_app.command("scan")
+def scene_scan(mesh: Path = typer.Argument(..., help="Scanned mesh (OBJ, GLB/GLTF, PLY, STL)."),
+               out: Path = typer.Argument(..., help="Output .usda scene."),
+               task: str = typer.Option(None, help="Start from this task's scene (default: the empty cell)."),
+               pos: tuple[float, float, float] = typer.Option((0.0, 0.0, 0.0), help="Scan position x y z (m)."),
+               yaw: float = typer.Option(0.0, help="Scan yaw about z (rad)."),
+               scale: float = typer.Option(1.0, help="Uniform scale (e.g. 0.01 for a centimetre export)."),
+               up_axis: str = typer.Option("z", help="The export's up axis: z, or y (Polycam GLB)."),
+               site: list[str] = typer.Option([], help="Task site NAME=x,y,z[,hx,hy,hz] in world metres."),
+               voxel_pitch: float = typer.Option(0.02, help="Collision voxel size (m).")) -> None:
+    """Add a scanned mesh as static collision geometry (plus named task sites) and write the scene."""
+    from twin.cell import franka_cell
+    from twin.scan import add_scan
+    from twin.scene import Pose, SceneError, yaw_quat
+    from twin.tasks import TaskError, make_task
+    from twin.usd_io import write_scene_usd
+
+    try:
+        sites = {}
+        for item in site:
+            name, _, vals = item.partition("=")
+            nums = tuple(float(v) for v in vals.split(","))
+            if not name or len(nums) not in (3, 6):
+                raise SceneError(f"--site {item!r}: use NAME=x,y,z or NAME=x,y,z,hx,hy,hz")
+            sites[name] = nums
+        base = make_task(task).cfg.scene if task else franka_cell("scan")
+        scene = add_scan(base, str(mesh), pose=Pose(pos=pos, quat=yaw_quat(yaw)), scale=scale, sites=sites,
+                         up_axis=up_axis, voxel_pitch=voxel_pitch)
+        write_scene_usd(scene, out)
+    except (SceneError, TaskError, ValueError) as exc:
+        _fail(str(exc))
+    console.print(f"wrote {out} ({len(scene.body('scan').geoms) - 1} collision boxes, sites: {', '.join(sites) or 'none'})")
+
+
 @app.command()
 def render(task: str, out: Path = typer.Option(Path("render.png")), camera: str = typer.Option(None),
-           width: int = 640, height: int = 480, seed: int = 0) -> None:
+           width: int = 640, height: int = 480, seed: int = 0,
+           scene: Path = typer.Option(None, help="Use this USD scene instead of the task's own.")) -> None:
     """Render a task's scene at reset from one camera to a PNG."""
     from PIL import Image
 
     from twin.env import TwinEnv
     from twin.scene import SceneError
-    from twin.tasks import TaskError
+    from twin.tasks import TaskError, make_task
 
     try:
-        env = TwinEnv(task)
+        if scene is not None:
+            from twin.usd_io import read_scene_usd
+
+            t = make_task(task)
+            t.cfg = t.cfg.replace(scene=read_scene_usd(scene))
+            env = TwinEnv(t)
+        else:
+            env = TwinEnv(task)
         env.reset(seed=seed)
         cam = camera or env.camera_names()[0]
         Image.fromarray(env.render_camera(cam, width, height)).save(out)
