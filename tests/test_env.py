@@ -161,8 +161,14 @@ def test_batched_autoreset_restarts_finished_envs():
     b.reset(seeds=[0, 1])
     zero = np.zeros((2, 7), dtype=np.float32)
     b.step(zero)
-    _, _, _, trunc, infos = b.step(zero)
-    assert trunc.all() and set(infos["final_info"]) == {0, 1}
-    _, _, _, trunc, _ = b.step(zero)  # reset step
-    assert not trunc.any() and not b.done.any()
+    obs, _, _, trunc, infos = b.step(zero)
+    assert trunc.all() and set(infos["final_info"]) == {0, 1} and not b.done.any()
+    # The returned observation already belongs to the next episode (seeds 2 and 3).
+    fresh = TwinEnv("mug_to_sink")
+    first, _ = fresh.reset(seed=3)
+    np.testing.assert_array_equal(obs["state"][1], first["state"])
+    assert not np.array_equal(infos["final_obs"][1]["state"], first["state"])
+    _, _, _, trunc, _ = b.step(zero)
+    assert not trunc.any()
     b.close()
+    fresh.close()

@@ -1,12 +1,13 @@
 """Batched stepping: N envs of one task in one process with stacked observations.
 
 Used by the evaluator (many seeds/conditions per worker) and by RL. Each sub-env keeps its
-own compiled world (conditions may change geometry), so a batch can mix conditions.
+own compiled world (conditions may change geometry), so a batch can mix conditions and
+scenes (``cfg`` may be one TaskCfg per env: multi-scene batches).
 Observations are stacked per key into arrays with a leading batch axis; ``infos`` is a
 dict of arrays (``success``, ``failure_reason``, ...). With ``autoreset=True`` an env that
-finished is reset on the next ``step`` with the next seed from its seed stream, gymnasium
-"next-step" style, and the final observation/info are returned under ``final_obs`` /
-``final_info``.
+finishes is reset in the same ``step`` (Stable-Baselines3 style) with the next seed of its
+seed stream: the returned observation is the new episode's first one, and the finished
+episode's last observation/info are in ``infos["final_obs"][i]`` / ``infos["final_info"][i]``.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ class BatchedTwinEnv:
         task: str,
         num_envs: int,
         *,
-        cfg: TaskCfg | None = None,
+        cfg: TaskCfg | Sequence[TaskCfg] | None = None,
         control_mode: str | None = None,
         observations: ObservationCfg | None = None,
         suite: PerturbationSuite | str | None = None,
@@ -35,10 +36,13 @@ class BatchedTwinEnv:
     ) -> None:
         if num_envs < 1:
             raise ValueError(f"num_envs = {num_envs}: need at least one env")
+        cfgs = list(cfg) if isinstance(cfg, (list, tuple)) else [cfg] * num_envs
+        if len(cfgs) != num_envs:
+            raise ValueError(f"got {len(cfgs)} task configs for {num_envs} envs; give one per env or a single one")
         self.envs = [
-            TwinEnv(task, cfg=cfg, control_mode=control_mode, observations=observations, suite=suite,
+            TwinEnv(task, cfg=cfgs[i], control_mode=control_mode, observations=observations, suite=suite,
                     max_steps=max_steps)
-            for _ in range(num_envs)
+            for i in range(num_envs)
         ]
         self.num_envs = num_envs
         self.autoreset = autoreset
@@ -85,16 +89,6 @@ class BatchedTwinEnv:
         final_info: dict[int, dict[str, Any]] = {}
         for i, env in enumerate(self.envs):
             if self._done[i]:
-                if self.autoreset:
-                    obs, info = env.reset(seed=int(self._next_seed[i]))
-                    self._next_seed[i] += self.num_envs
-                    self._done[i] = False
-                    obs_list.append(obs)
-                    rewards.append(0.0)
-                    terms.append(False)
-                    truncs.append(False)
-                    infos.append(info)
-                    continue
                 # A finished env without autoreset stays frozen until reset_envs().
                 obs_list.append(env._safe_obs() if env._failed_reason else env._obs())
                 rewards.append(0.0)
@@ -104,9 +98,13 @@ class BatchedTwinEnv:
                 continue
             obs, r, term, trunc, info = env.step(actions[i])
             if term or trunc:
-                self._done[i] = True
                 final_obs[i] = obs
                 final_info[i] = info
+                if self.autoreset:
+                    obs, _ = env.reset(seed=int(self._next_seed[i]))
+                    self._next_seed[i] += self.num_envs
+                else:
+                    self._done[i] = True
             obs_list.append(obs)
             rewards.append(r)
             terms.append(term)

@@ -1,0 +1,87 @@
+"""Behaviour cloning for any policy with ``compute_bc_loss`` (MLP, point-cloud, diffusion).
+
+Chunked policies (``policy.chunked``) train on windows: ``n_obs_steps`` observations
+ending at t (the first observation repeated before an episode's start) and the
+``horizon`` actions starting at ``t + policy.action_offset`` (clamped to the episode), as
+in Diffusion Policy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from policies.data import Episode
+from policies.interface import Policy
+
+
+@dataclass
+class BCConfig:
+    epochs: int = 30
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 1e-6
+    max_grad_norm: float = 5.0
+    seed: int = 0
+
+
+def episodes_to_samples(episodes: list[Episode], keys: list[str], n_obs_steps: int = 1,
+                        horizon: int = 1, action_offset: int = 0) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Training samples from episodes: plain (obs, action) pairs, or windows for chunked policies.
+
+    The action window of sample t starts at ``t + action_offset`` (Diffusion Policy: the
+    chunk starts at the first observation of the history, offset ``-(n_obs_steps - 1)``).
+    """
+    obs_cols: dict[str, list[np.ndarray]] = {k: [] for k in keys}
+    acts: list[np.ndarray] = []
+    for ep in episodes:
+        T = ep.length
+        if n_obs_steps == 1 and horizon == 1:
+            for k in keys:
+                obs_cols[k].append(ep.obs[k])
+            acts.append(ep.actions)
+            continue
+        t = np.arange(T)
+        obs_idx = np.clip(t[:, None] + np.arange(-n_obs_steps + 1, 1)[None], 0, T - 1)  # (T, n_obs)
+        act_idx = np.clip(t[:, None] + action_offset + np.arange(horizon)[None], 0, T - 1)  # (T, H)
+        for k in keys:
+            obs_cols[k].append(ep.obs[k][obs_idx])
+        acts.append(ep.actions[act_idx])
+    if not acts:
+        raise ValueError("no episodes to train on")
+    return {k: np.concatenate(v) for k, v in obs_cols.items()}, np.concatenate(acts)
+
+
+def train_bc(policy: Policy, obs: dict[str, np.ndarray], actions: np.ndarray, cfg: BCConfig,
+             callback: Callable[[int, float], bool | None] | None = None) -> list[float]:
+    """Minimise ``policy.compute_bc_loss`` over the dataset; returns the per-epoch mean loss.
+
+    ``callback(epoch, loss)`` runs after each epoch; returning True stops training.
+    """
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    policy.fit_normalizer(obs, actions)
+    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    n = len(actions)
+    history: list[float] = []
+    for epoch in range(1, cfg.epochs + 1):
+        policy.train()
+        perm = rng.permutation(n)
+        total, batches = 0.0, 0
+        for start in range(0, n, cfg.batch_size):
+            idx = perm[start:start + cfg.batch_size]
+            loss = policy.compute_bc_loss({k: v[idx] for k, v in obs.items()}, actions[idx])
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
+            opt.step()
+            total += float(loss)
+            batches += 1
+        history.append(total / max(batches, 1))
+        if callback is not None and callback(epoch, history[-1]):
+            break
+    policy.eval()
+    return history

@@ -1,0 +1,247 @@
+"""PPO with a behaviour-cloning term (CASHER Eq. 1) over batched twin envs.
+
+Loss per minibatch (minimised)::
+
+    L = -E[min(r A, clip(r, 1-eps, 1+eps) A)] + c_v E[(V(s) - V_targ)^2] - c_H E[H]
+        - alpha E_{(s,a) in D}[log pi(a|s)]
+
+with r = pi(a|s) / pi_old(a|s), advantages A from GAE(lambda), V_targ = A + V_old, and D the
+demonstrations (state, action) pairs; alpha = ``bc_coef`` (CASHER: 0.1), gradient norm
+clipped at ``max_grad_norm`` (CASHER: 5). ``bc_coef = 0`` is plain PPO.
+
+Several scenes/conditions per batch: every env draws its own perturbation condition from
+``suite`` at each reset (and ``scene_cfgs`` may give each env its own scene), so one update
+mixes them (CASHER's multi-scene training).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal
+
+import numpy as np
+import torch
+
+from policies.interface import Policy
+from twin.batched import BatchedTwinEnv
+from twin.env import TwinEnv
+from twin.tasks.base import TaskCfg
+
+
+@dataclass
+class PPOConfig:
+    num_envs: int = 8
+    n_steps: int = 32  # rollout length per env per update
+    epochs: int = 4
+    minibatch_size: int = 128
+    lr: float = 3e-4
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    clip_eps: float = 0.2
+    value_coef: float = 0.5
+    entropy_coef: float = 0.0
+    bc_coef: float = 0.1
+    bc_batch_size: int = 32
+    max_grad_norm: float = 5.0
+    reward: Literal["sparse", "dense"] = "sparse"
+    seed: int = 0
+
+
+@dataclass
+class UpdateStats:
+    update: int
+    env_steps: int
+    episodes: int
+    success_rate: float  # over episodes finished during this update's rollout
+    mean_return: float
+    policy_loss: float
+    value_loss: float
+    bc_loss: float
+    entropy: float
+    fps: float
+    extra: dict[str, float] = field(default_factory=dict)
+
+    def metrics(self) -> dict[str, float]:
+        return {"train/success_rate": self.success_rate, "train/mean_return": self.mean_return,
+                "loss/policy": self.policy_loss, "loss/value": self.value_loss, "loss/bc": self.bc_loss,
+                "policy/entropy": self.entropy, "perf/env_steps_per_s": self.fps, **self.extra}
+
+
+class DemoBuffer:
+    """(observation, action) pairs of demonstrations for the BC term."""
+
+    def __init__(self, obs: dict[str, np.ndarray], actions: np.ndarray, seed: int = 0) -> None:
+        self.obs = obs
+        self.actions = actions
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return len(self.actions)
+
+    def sample(self, n: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        idx = self.rng.integers(0, len(self.actions), size=n)
+        return {k: v[idx] for k, v in self.obs.items()}, self.actions[idx]
+
+
+class PPOTrainer:
+    def __init__(self, policy: Policy, task: str, cfg: PPOConfig, *, demos: DemoBuffer | None = None,
+                 control_mode: str | None = None, suite: Any = None,
+                 scene_cfgs: list[TaskCfg] | None = None) -> None:
+        if not policy.has_value_head:
+            raise ValueError(f"{type(policy).__name__} has no value head; PPO needs a policy with one (MLPPolicy)")
+        if cfg.bc_coef > 0 and (demos is None or len(demos) == 0):
+            raise ValueError("bc_coef > 0 needs demonstrations (demos=DemoBuffer(...)); set bc_coef=0 for plain PPO")
+        self.policy = policy
+        self.cfg = cfg
+        self.demos = demos
+        torch.manual_seed(cfg.seed)
+        policy.seed(cfg.seed)
+        self.env = BatchedTwinEnv(task, cfg.num_envs, cfg=scene_cfgs, control_mode=control_mode, suite=suite,
+                                  autoreset=True)
+        policy.spec.check_env(self.env.envs[0])
+        self.keys = policy.spec.obs_keys
+        self.opt = torch.optim.Adam(policy.parameters(), lr=cfg.lr, eps=1e-5)
+        self.obs, _ = self.env.reset(seeds=[cfg.seed * 100_003 + i for i in range(cfg.num_envs)])
+        self.env_steps = 0
+        self.updates = 0
+
+    # ---- rollout ------------------------------------------------------------------------------
+    def _obs_t(self, obs: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        return self.policy._as_tensor_batch({k: obs[k] for k in self.keys})
+
+    def collect(self) -> dict[str, Any]:
+        cfg, n, T = self.cfg, self.cfg.num_envs, self.cfg.n_steps
+        obs_buf = {k: np.zeros((T, n, *self.obs[k].shape[1:]), dtype=self.obs[k].dtype) for k in self.keys}
+        act_buf: list[torch.Tensor] = []
+        logp_buf = torch.zeros(T, n)
+        val_buf = torch.zeros(T, n)
+        rew_buf = torch.zeros(T, n)
+        done_buf = torch.zeros(T, n)
+        finished: list[tuple[bool, float]] = []
+        ep_ret = getattr(self, "_ep_ret", np.zeros(n))
+        self.policy.eval()
+        for t in range(T):
+            for k in self.keys:
+                obs_buf[k][t] = self.obs[k]
+            with torch.no_grad():
+                obs_t = self._obs_t(self.obs)
+                actions, logp, value = self.policy.act_with_info(obs_t)
+            env_actions = self.policy.finalize_actions(actions)
+            next_obs, reward, term, trunc, infos = self.env.step(env_actions)
+            r = infos["success"].astype(np.float32) if cfg.reward == "sparse" else reward
+            r = torch.as_tensor(r, dtype=torch.float32)
+            # Time-limit truncation: bootstrap from the value of the episode's last observation.
+            for i in np.flatnonzero(trunc & ~term):
+                fo = infos["final_obs"][int(i)]
+                with torch.no_grad():
+                    v_last = self.policy.get_value(self._obs_t({k: fo[k][None] for k in self.keys}))
+                r[i] += cfg.gamma * float(v_last[0])
+            done = term | trunc
+            ep_ret += r.numpy()
+            for i in np.flatnonzero(done):
+                finished.append((bool(infos["final_info"][int(i)]["success"]), float(ep_ret[i])))
+                ep_ret[i] = 0.0
+            act_buf.append(actions)
+            logp_buf[t] = logp
+            val_buf[t] = value
+            rew_buf[t] = r
+            done_buf[t] = torch.as_tensor(done, dtype=torch.float32)
+            self.obs = next_obs
+        self._ep_ret = ep_ret
+        with torch.no_grad():
+            last_value = self.policy.get_value(self._obs_t(self.obs))
+        adv = torch.zeros(T, n)
+        gae = torch.zeros(n)
+        for t in reversed(range(T)):
+            next_v = last_value if t == T - 1 else val_buf[t + 1]
+            nonterminal = 1.0 - done_buf[t]
+            delta = rew_buf[t] + cfg.gamma * next_v * nonterminal - val_buf[t]
+            gae = delta + cfg.gamma * cfg.gae_lambda * nonterminal * gae
+            adv[t] = gae
+        self.env_steps += T * n
+        self.policy.update_normalizer({k: v.reshape(-1, *v.shape[2:]) for k, v in obs_buf.items()})
+        return {"obs": {k: v.reshape(T * n, *v.shape[2:]) for k, v in obs_buf.items()},
+                "actions": torch.stack(act_buf).reshape(T * n, *act_buf[0].shape[1:]),
+                "logp": logp_buf.reshape(-1), "values": val_buf.reshape(-1), "adv": adv.reshape(-1),
+                "returns": (adv + val_buf).reshape(-1), "finished": finished}
+
+    # ---- update -------------------------------------------------------------------------------
+    def update(self, batch: dict[str, Any]) -> dict[str, float]:
+        cfg = self.cfg
+        self.policy.train()
+        N = len(batch["adv"])
+        sums = {"policy": 0.0, "value": 0.0, "bc": 0.0, "entropy": 0.0}
+        count = 0
+        rng = np.random.default_rng(cfg.seed + self.updates)
+        for _ in range(cfg.epochs):
+            perm = rng.permutation(N)
+            for start in range(0, N, cfg.minibatch_size):
+                idx = perm[start:start + cfg.minibatch_size]
+                obs_t = self._obs_t({k: v[idx] for k, v in batch["obs"].items()})
+                logp, entropy, value = self.policy.evaluate_actions(obs_t, batch["actions"][idx])
+                adv = batch["adv"][idx]
+                adv = (adv - adv.mean()) / (adv.std() + 1e-8) if len(idx) > 1 else adv
+                ratio = torch.exp(logp - batch["logp"][idx])
+                pg = -torch.min(ratio * adv, torch.clamp(ratio, 1 - cfg.clip_eps, 1 + cfg.clip_eps) * adv).mean()
+                vloss = ((value - batch["returns"][idx]) ** 2).mean()
+                loss = pg + cfg.value_coef * vloss - cfg.entropy_coef * entropy.mean()
+                bc = torch.zeros(())
+                if cfg.bc_coef > 0 and self.demos is not None:
+                    dobs, dact = self.demos.sample(cfg.bc_batch_size)
+                    bc = self.policy.compute_bc_loss(dobs, dact)  # = -mean log pi(a|s) on demos
+                    loss = loss + cfg.bc_coef * bc
+                self.opt.zero_grad()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
+                self.opt.step()
+                sums["policy"] += float(pg)
+                sums["value"] += float(vloss)
+                sums["bc"] += float(bc)
+                sums["entropy"] += float(entropy.mean())
+                count += 1
+        self.updates += 1
+        return {k: v / max(count, 1) for k, v in sums.items()}
+
+    def train(self, total_env_steps: int, callback: Callable[[UpdateStats], bool | None] | None = None) -> list[UpdateStats]:
+        """Run updates until ``total_env_steps``; ``callback`` returning True stops early."""
+        history: list[UpdateStats] = []
+        while self.env_steps < total_env_steps:
+            t0 = time.perf_counter()
+            batch = self.collect()
+            fps = self.cfg.n_steps * self.cfg.num_envs / (time.perf_counter() - t0)
+            losses = self.update(batch)
+            fin = batch["finished"]
+            stats = UpdateStats(
+                update=self.updates, env_steps=self.env_steps, episodes=len(fin),
+                success_rate=float(np.mean([s for s, _ in fin])) if fin else float("nan"),
+                mean_return=float(np.mean([r for _, r in fin])) if fin else float("nan"),
+                policy_loss=losses["policy"], value_loss=losses["value"], bc_loss=losses["bc"],
+                entropy=losses["entropy"], fps=fps)
+            history.append(stats)
+            if callback is not None and callback(stats):
+                break
+        return history
+
+    def close(self) -> None:
+        self.env.close()
+
+
+def evaluate_policy(policy: Policy, task: str, seeds: list[int], *, control_mode: str | None = None,
+                    suite: Any = None, deterministic: bool = True) -> float:
+    """Success rate of ``policy`` over ``seeds`` (one episode each) in a fresh env."""
+    env = TwinEnv(task, control_mode=control_mode, suite=suite)
+    keys = policy.spec.obs_keys
+    wins = 0
+    policy.eval()
+    for s in seeds:
+        obs, _ = env.reset(seed=int(s))
+        policy.reset()
+        term = trunc = False
+        info: dict[str, Any] = {}
+        while not (term or trunc):
+            a = policy.act({k: obs[k][None] for k in keys}, deterministic=deterministic)[0]
+            obs, _, term, trunc, info = env.step(a)
+        wins += int(info.get("success", False))
+    env.close()
+    return wins / max(len(seeds), 1)
