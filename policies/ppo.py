@@ -12,6 +12,11 @@ clipped at ``max_grad_norm`` (CASHER: 5). ``bc_coef = 0`` is plain PPO.
 Several scenes/conditions per batch: every env draws its own perturbation condition from
 ``suite`` at each reset (and ``scene_cfgs`` may give each env its own scene), so one update
 mixes them (CASHER's multi-scene training).
+
+Rewards: ``sparse`` (1 at success, CASHER) or ``dense`` (the task's shaped reward, with a
+success treated as an absorbing state of reward 1 so that reaching the goal beats hovering
+near it). A BC warm start (``bc_pretrain_steps``) and a few critic-only updates
+(``value_warmup_updates``) precede RL when demonstrations are given.
 """
 
 from __future__ import annotations
@@ -43,6 +48,14 @@ class PPOConfig:
     entropy_coef: float = 0.0
     bc_coef: float = 0.1
     bc_batch_size: int = 32
+    # Behaviour-cloning warm start on the demonstrations before RL, in gradient steps of
+    # ``bc_batch_size`` (0 = none).
+    bc_pretrain_steps: int = 1000
+    # Updates at the start that fit only the critic (a fresh critic's advantages would
+    # otherwise undo the warm start).
+    value_warmup_updates: int = 3
+    # Merge rollout observations into the policy's running normalizer after each update.
+    update_obs_normalizer: bool = True
     max_grad_norm: float = 5.0
     reward: Literal["sparse", "dense"] = "sparse"
     seed: int = 0
@@ -97,6 +110,13 @@ class PPOTrainer:
         self.demos = demos
         torch.manual_seed(cfg.seed)
         policy.seed(cfg.seed)
+        if demos is not None and cfg.bc_coef > 0 and cfg.bc_pretrain_steps > 0:
+            from policies.bc import BCConfig, train_bc
+
+            batches_per_epoch = -(-len(demos) // cfg.bc_batch_size)
+            epochs = max(1, -(-cfg.bc_pretrain_steps // batches_per_epoch))
+            train_bc(policy, demos.obs, demos.actions,
+                     BCConfig(epochs=epochs, batch_size=cfg.bc_batch_size, seed=cfg.seed))
         self.env = BatchedTwinEnv(task, cfg.num_envs, cfg=scene_cfgs, control_mode=control_mode, suite=suite,
                                   autoreset=True)
         policy.spec.check_env(self.env.envs[0])
@@ -129,7 +149,12 @@ class PPOTrainer:
                 actions, logp, value = self.policy.act_with_info(obs_t)
             env_actions = self.policy.finalize_actions(actions)
             next_obs, reward, term, trunc, infos = self.env.step(env_actions)
-            r = infos["success"].astype(np.float32) if cfg.reward == "sparse" else reward
+            if cfg.reward == "sparse":
+                r = infos["success"].astype(np.float32)
+            else:
+                # Success ends the episode in an absorbing state worth the maximal dense reward
+                # (1) forever; without this bonus, hovering near the goal out-earns reaching it.
+                r = reward + term * infos["success"] * (cfg.gamma / (1.0 - cfg.gamma))
             r = torch.as_tensor(r, dtype=torch.float32)
             # Time-limit truncation: bootstrap from the value of the episode's last observation.
             for i in np.flatnonzero(trunc & ~term):
@@ -160,7 +185,6 @@ class PPOTrainer:
             gae = delta + cfg.gamma * cfg.gae_lambda * nonterminal * gae
             adv[t] = gae
         self.env_steps += T * n
-        self.policy.update_normalizer({k: v.reshape(-1, *v.shape[2:]) for k, v in obs_buf.items()})
         return {"obs": {k: v.reshape(T * n, *v.shape[2:]) for k, v in obs_buf.items()},
                 "actions": torch.stack(act_buf).reshape(T * n, *act_buf[0].shape[1:]),
                 "logp": logp_buf.reshape(-1), "values": val_buf.reshape(-1), "adv": adv.reshape(-1),
@@ -185,9 +209,10 @@ class PPOTrainer:
                 ratio = torch.exp(logp - batch["logp"][idx])
                 pg = -torch.min(ratio * adv, torch.clamp(ratio, 1 - cfg.clip_eps, 1 + cfg.clip_eps) * adv).mean()
                 vloss = ((value - batch["returns"][idx]) ** 2).mean()
-                loss = pg + cfg.value_coef * vloss - cfg.entropy_coef * entropy.mean()
+                warmup = self.updates < cfg.value_warmup_updates
+                loss = cfg.value_coef * vloss if warmup else pg + cfg.value_coef * vloss - cfg.entropy_coef * entropy.mean()
                 bc = torch.zeros(())
-                if cfg.bc_coef > 0 and self.demos is not None:
+                if cfg.bc_coef > 0 and self.demos is not None and not warmup:
                     dobs, dact = self.demos.sample(cfg.bc_batch_size)
                     bc = self.policy.compute_bc_loss(dobs, dact)  # = -mean log pi(a|s) on demos
                     loss = loss + cfg.bc_coef * bc
@@ -195,12 +220,16 @@ class PPOTrainer:
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
                 self.opt.step()
-                sums["policy"] += float(pg)
-                sums["value"] += float(vloss)
-                sums["bc"] += float(bc)
-                sums["entropy"] += float(entropy.mean())
+                sums["policy"] += float(pg.detach())
+                sums["value"] += float(vloss.detach())
+                sums["bc"] += float(bc.detach())
+                sums["entropy"] += float(entropy.detach().mean())
                 count += 1
         self.updates += 1
+        # Observation statistics move only between updates: log-probs of a batch and its
+        # optimisation must see the same normalisation (else the PPO ratio starts off 1).
+        if cfg.update_obs_normalizer:
+            self.policy.update_normalizer(batch["obs"])
         return {k: v / max(count, 1) for k, v in sums.items()}
 
     def train(self, total_env_steps: int, callback: Callable[[UpdateStats], bool | None] | None = None) -> list[UpdateStats]:

@@ -157,7 +157,8 @@ class RobotCfg:
 
     model: Literal["panda"] = "panda"
     base: Pose = field(default_factory=Pose)
-    home_qpos: tuple[float, ...] = (0.0, -0.3, 0.0, -2.2, 0.0, 2.0, 0.7853981634)
+    # Home: TCP 0.41 m above the table, pointing straight down (gripper axes = world x, -y, -z).
+    home_qpos: tuple[float, ...] = (0.0, -0.2401, 0.0, -2.1157, 0.0, 1.8756, 0.7853981634)
     kp: tuple[float, ...] = (4500.0, 4500.0, 3500.0, 3500.0, 2000.0, 2000.0, 2000.0)
     kd: tuple[float, ...] = (450.0, 450.0, 350.0, 350.0, 200.0, 200.0, 200.0)
     joint_damping_scale: float = 1.0
