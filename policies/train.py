@@ -42,9 +42,10 @@ from policies.bc import BCConfig, episodes_to_samples, train_bc
 from policies.checkpoint import save_checkpoint
 from policies.data import data_digest, iter_episodes
 from policies.demos import collect_demos
-from policies.interface import Policy, PolicySpec, config_from_dict, make_policy
+from policies.interface import Policy, PolicySpec, make_policy
 from policies.ppo import DemoBuffer, PPOConfig, PPOTrainer, UpdateStats, evaluate_policy
 from twin.env import TwinEnv
+from twin.scene import dataclass_from_dict
 
 Algo = Literal["ppo_bc", "ppo", "bc", "diffusion_bc", "distill"]
 
@@ -94,12 +95,8 @@ class TrainConfig:
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(TrainConfig)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise TrainConfigError(f"unknown training config field(s) {unknown}; valid fields: {sorted(known)}")
         try:
-            cfg = config_from_dict(TrainConfig, d)
+            cfg = dataclass_from_dict(TrainConfig, d, strict=True)
         except (TypeError, ValueError) as exc:
             raise TrainConfigError(f"invalid training config: {exc}") from exc
         cfg.validate()

@@ -257,21 +257,37 @@ class SceneCfg:
 
 # ---- dict <-> dataclass ------------------------------------------------------------------
 
-def _from_dict(cls: Any, data: Any) -> Any:
+def dataclass_from_dict(cls: Any, data: Any, strict: bool = False) -> Any:
+    """Build dataclass ``cls`` (recursively, with typed tuples/lists/unions) from plain data.
+
+    ``strict``: unknown keys raise ValueError naming them (at any depth).
+    """
+    return _from_dict(cls, data, strict)
+
+
+def _from_dict(cls: Any, data: Any, strict: bool = False) -> Any:
     import typing
 
     if data is None:
         return None
+    if isinstance(data, cls):
+        return data
+    if not isinstance(data, dict):
+        raise ValueError(f"{cls.__name__}: expected a mapping of fields, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
+    if strict:
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"{cls.__name__}: unknown field(s) {unknown}; valid: {sorted(f.name for f in fields(cls))}")
     kwargs = {}
     for f in fields(cls):
         if f.name not in data:
             continue
-        kwargs[f.name] = _coerce(hints[f.name], data[f.name])
+        kwargs[f.name] = _coerce(hints[f.name], data[f.name], strict)
     return cls(**kwargs)
 
 
-def _coerce(tp: Any, value: Any) -> Any:
+def _coerce(tp: Any, value: Any, strict: bool = False) -> Any:
     import types
     import typing
 
@@ -281,15 +297,15 @@ def _coerce(tp: Any, value: Any) -> Any:
         if value is None:
             return None
         non_none = [a for a in args if a is not type(None)]
-        return _coerce(non_none[0], value)
+        return _coerce(non_none[0], value, strict)
     if is_dataclass(tp):
-        return _from_dict(tp, value)
+        return _from_dict(tp, value, strict)
     if origin is list:
-        return [_coerce(args[0], v) for v in value]
+        return [_coerce(args[0], v, strict) for v in value]
     if origin is tuple:
         if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(args[0], v) for v in value)
-        return tuple(_coerce(a, v) for a, v in zip(args, value))
+            return tuple(_coerce(args[0], v, strict) for v in value)
+        return tuple(_coerce(a, v, strict) for a, v in zip(args, value))
     if tp is float:
         return float(value)
     if tp is int:

@@ -41,6 +41,61 @@ def demo(out: Path = typer.Option(Path("demo_out"), help="Output folder."),
 
 
 @app.command()
+def train(config: Path = typer.Argument(None, help="Training config YAML (see policies/train.py)."),
+          algo: str = typer.Option(None, help="ppo_bc | ppo | bc | diffusion_bc | distill (default config)."),
+          task: str = typer.Option(None, help="Task name."),
+          steps: int = typer.Option(None, help="Total env steps (PPO)."),
+          epochs: int = typer.Option(None, help="Epochs (BC)."),
+          seed: int = typer.Option(None, help="Training seed."),
+          out: Path = typer.Option(Path("outputs/train"), help="Output folder (checkpoints under it)."),
+          tracking_uri: str = typer.Option(None, help="MLflow tracking URI (default: ./mlflow.db)."),
+          set_: list[str] = typer.Option([], "--set", help="Override any config field: key.sub=value (YAML value).")
+          ) -> None:
+    """Train a policy (PPO+BC, PPO, BC, diffusion BC, distillation) with checkpoints in MLflow."""
+    import yaml
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from policies.train import TrainConfig, TrainConfigError, default_config, run_training, with_overrides
+    from twinrank import tracking
+
+    try:
+        if config is not None:
+            cfg = TrainConfig.from_yaml(config)
+        else:
+            cfg = default_config(algo or "ppo_bc", task or "reach")
+        overrides = {"algo": algo if config is not None else None, "task": task, "total_env_steps": steps,
+                     "bc.epochs": epochs, "seed": seed}
+        for item in set_:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise TrainConfigError(f"--set {item!r}: use key=value, e.g. --set ppo.num_envs=4")
+            overrides[key] = yaml.safe_load(value)
+        cfg = with_overrides(cfg, **overrides)
+    except (TrainConfigError, KeyError) as exc:
+        _fail(str(exc))
+    run_dir = out / f"{cfg.algo}-{cfg.task}-{cfg.digest()}"
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total:.0f}"),
+                  TimeElapsedColumn(), TimeRemainingColumn(), console=console) as progress:
+        bar = progress.add_task("collecting demonstrations", total=1)
+
+        def on_progress(desc: str, done: float, total: float) -> None:
+            progress.update(bar, description=desc, completed=done, total=total)
+
+        try:
+            result = run_training(cfg, run_dir, tracking_uri=tracking_uri, progress=on_progress,
+                                  cache_dir=out / ".cache")
+        except (TrainConfigError, ValueError) as exc:
+            _fail(str(exc))
+    table = Table(title=f"Checkpoints of run {result.run_id} (registered model {cfg.registered_model!r})")
+    for col in ("step", "in-sim success", "model version", "path"):
+        table.add_column(col)
+    for r in result.checkpoints:
+        table.add_row(str(r.step), f"{r.success_rate:.2f}", r.model_version, str(r.path))
+    console.print(table)
+    console.print(f"MLflow UI: {tracking.ui_command(tracking_uri)}")
+
+
+@app.command()
 def tasks() -> None:
     """List the registered tasks."""
     from twin.tasks import get_task_class, list_tasks
