@@ -1,0 +1,485 @@
+"""``evaluate()``: every checkpoint, in parallel rollouts, under the spec's perturbations.
+
+::
+
+    from evaluator import EvalSpec, evaluate
+
+    spec = EvalSpec(tasks=["reach"], episodes_per_condition=10)
+    result = evaluate(["runs/a/step_0010000", "runs/b/step_0020000"], spec, "outputs/eval/campaign1")
+    result.checkpoints[0].per_condition["nominal"]["success_rate"]
+    result.eval_info_path, result.episodes_parquet, result.plot_path, result.videos
+
+Steps: resolve and validate every checkpoint in this process (a corrupt or missing one is
+marked ``failed`` with the loader's reason and the others go on); open the campaign's
+results store (``episodes.jsonl``; what is already there is skipped); cut each checkpoint's
+episode list into the spec's work units and run them on the executor, appending every
+episode result as it arrives; then re-run the first success and first failure of each
+checkpoint with a camera to write sample videos; finally write ``eval_info.json``,
+``episodes.parquet`` / ``conditions.parquet`` and ``success_by_condition.png``.
+
+The returned :class:`CampaignResult` carries everything a tracker needs to log (per
+checkpoint summaries and metrics, file paths).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from evaluator.executors import Executor, make_executor
+from evaluator.results import (
+    EVAL_INFO_FILE,
+    CheckpointSummary,
+    EpisodeResult,
+    ResultStore,
+    summarize_checkpoint,
+    write_eval_info,
+    write_parquet,
+)
+from evaluator.spec import EvalSpec, EvalSpecError, EpisodeSpec
+from evaluator.worker import CheckpointRef, VideoRequest, WorkUnit
+
+PLOT_FILE = "success_by_condition.png"
+VIDEOS_DIR = "videos"
+
+
+class CheckpointResolveError(ValueError):
+    """A checkpoint reference that this module cannot turn into a directory."""
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoints
+# ---------------------------------------------------------------------------------------------
+
+
+def resolve_checkpoint(ref: str | os.PathLike[str]) -> Path:
+    """A checkpoint reference -> its directory. Plain paths (a checkpoint directory, or its
+    ``manifest.json``/``model.safetensors``) only; the MLflow integration extends this for
+    ``models:/name/version`` and ``runs:/`` URIs. Existence is not checked here (a missing
+    checkpoint fails later with the loader's reason)."""
+    s = os.fspath(ref)
+    if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*:/", s):
+        raise CheckpointResolveError(f"{s!r}: URIs (models:/, runs:/ ...) are resolved by the MLflow integration; "
+                                     f"pass a checkpoint directory here")
+    p = Path(s).expanduser()
+    if p.name in ("manifest.json", "model.safetensors"):
+        p = p.parent
+    return p.resolve()
+
+
+def checkpoint_id(path: str | os.PathLike[str]) -> str:
+    """Stable id of a checkpoint directory: the first 12 hex digits of the sha256 of
+    ``model.safetensors`` and ``manifest.json`` (of the path, for a missing checkpoint)."""
+    d = Path(path)
+    h = hashlib.sha256()
+    found = False
+    for name in ("model.safetensors", "manifest.json"):
+        f = d / name
+        h.update(name.encode() + b"\0")
+        if f.is_file():
+            found = True
+            with open(f, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+        h.update(b"\0")
+    if not found:
+        return "missing-" + hashlib.sha256(str(d.resolve()).encode()).hexdigest()[:8]
+    return h.hexdigest()[:12]
+
+
+def policy_ref(policy: Any, name: str, checkpoint_id: str | None = None) -> CheckpointRef:
+    """An in-memory policy (anything with ``spec``/``act``/``reset``) as a campaign entry.
+    Its id defaults to a hash of ``name``: keep names unique and stable for resuming."""
+    if not hasattr(policy, "spec") or not hasattr(policy, "act"):
+        raise TypeError(f"{type(policy).__name__} is not a policy (needs .spec and .act)")
+    cid = checkpoint_id or "mem-" + hashlib.sha256(name.encode()).hexdigest()[:8]
+    return CheckpointRef(checkpoint_id=cid, label=name, policy=policy, task=getattr(policy.spec, "task", ""))
+
+
+def _as_ref(item: Any) -> CheckpointRef:
+    if isinstance(item, CheckpointRef):
+        return item
+    if isinstance(item, (str, os.PathLike)):
+        try:
+            path = resolve_checkpoint(item)
+        except CheckpointResolveError as exc:  # fails this checkpoint only
+            text = os.fspath(item)
+            return CheckpointRef(checkpoint_id="unresolved-" + hashlib.sha256(text.encode()).hexdigest()[:8],
+                                 label=text, path=text, info={"resolve_error": str(exc)})
+        return CheckpointRef(checkpoint_id=checkpoint_id(path), label=_label(path), path=str(path))
+    if hasattr(item, "spec") and hasattr(item, "act"):
+        return policy_ref(item, type(item).__name__)
+    raise TypeError(f"cannot evaluate {item!r}: give a checkpoint directory, a CheckpointRef or a policy")
+
+
+def _label(path: Path) -> str:
+    """``step_0010000`` -> ``<run dir>/step_0010000`` for training outputs (``.../checkpoints/step_*``)."""
+    if path.parent.name == "checkpoints" and path.parent.parent.name:
+        return f"{path.parent.parent.name}/{path.name}"
+    return path.name
+
+
+def _validate_ref(ref: CheckpointRef) -> tuple[str, dict[str, Any]] | str:
+    """(task, info) of a checkpoint, or the reason it cannot be evaluated."""
+    from policies.checkpoint import CheckpointError, load_checkpoint
+
+    if ref.info.get("resolve_error"):
+        return str(ref.info["resolve_error"])
+    if ref.path is None:
+        spec = getattr(ref.policy, "spec", None)
+        task = getattr(spec, "task", "") or ref.task
+        return task, {"policy_class": type(ref.policy).__name__, "in_memory": True}
+    try:
+        policy = load_checkpoint(ref.path, device="cpu")
+    except CheckpointError as exc:
+        return str(exc)
+    except Exception as exc:  # noqa: BLE001 - anything else the loader trips over
+        return f"checkpoint {ref.path}: {type(exc).__name__}: {exc}"
+    info = dict(policy.checkpoint_info)
+    info.pop("path", None)
+    return policy.spec.task, info
+
+
+# ---------------------------------------------------------------------------------------------
+# results
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ProgressEvent:
+    """Passed to ``evaluate(progress=...)``. ``kind``: ``start`` (``total`` episodes to run,
+    ``skipped`` already done), ``episode`` (``episode`` set), ``checkpoint_failed``,
+    ``worker_lost``, ``videos`` (``total`` videos to record), ``video`` (one written),
+    ``finished``."""
+
+    kind: str
+    done: int = 0
+    total: int = 0
+    skipped: int = 0
+    checkpoint_id: str = ""
+    label: str = ""
+    episode: EpisodeResult | None = None
+    message: str = ""
+    worker_pid: int | None = None
+
+
+ProgressFn = Callable[[ProgressEvent], None]
+
+
+@dataclass
+class CampaignResult:
+    """What :func:`evaluate` produced (all paths are inside ``out_dir``)."""
+
+    out_dir: Path
+    spec: EvalSpec
+    spec_digest: str
+    checkpoints: list[CheckpointSummary]
+    episodes: list[EpisodeResult]
+    eval_info_path: Path
+    episodes_parquet: Path
+    conditions_parquet: Path
+    plot_path: Path | None
+    videos: list[Path] = field(default_factory=list)
+    executed: int = 0
+    skipped: int = 0
+    worker_restarts: int = 0
+    elapsed_s: float = 0.0
+    executor: str = ""
+
+    def summary(self, key: str) -> CheckpointSummary:
+        """A checkpoint's summary by id, label or path."""
+        for s in self.checkpoints:
+            if key in (s.checkpoint_id, s.label, s.path):
+                return s
+        raise KeyError(f"no checkpoint {key!r} in this campaign")
+
+    def episodes_of(self, checkpoint_id: str) -> list[EpisodeResult]:
+        return [r for r in self.episodes if r.checkpoint_id == checkpoint_id]
+
+    @property
+    def failed(self) -> list[CheckpointSummary]:
+        return [s for s in self.checkpoints if s.status == "failed"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "out_dir": str(self.out_dir), "spec_digest": self.spec_digest,
+            "checkpoints": [s.to_dict() for s in self.checkpoints],
+            "eval_info": str(self.eval_info_path), "episodes_parquet": str(self.episodes_parquet),
+            "conditions_parquet": str(self.conditions_parquet),
+            "plot": str(self.plot_path) if self.plot_path else None, "videos": [str(v) for v in self.videos],
+            "executed": self.executed, "skipped": self.skipped, "worker_restarts": self.worker_restarts,
+            "elapsed_s": self.elapsed_s, "executor": self.executor,
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluate
+# ---------------------------------------------------------------------------------------------
+
+
+def evaluate(checkpoints: Sequence[Any], spec: EvalSpec | str | os.PathLike[str], out_dir: str | os.PathLike[str], *,
+             executor: str | Executor = "local", workers: int | None = None, address: str | None = None,
+             progress: ProgressFn | None = None, videos: bool | None = None, plots: bool = True,
+             device: str = "cpu") -> CampaignResult:
+    """Evaluate ``checkpoints`` (directories, :class:`CheckpointRef` or in-memory policies)
+    on ``spec`` (an :class:`EvalSpec`, a spec YAML path or a built-in spec name); results in
+    ``out_dir``. ``executor``: ``"local"`` (``workers`` processes, default one per core),
+    ``"inline"``, ``"ray"`` (``address``) or an :class:`Executor` object, which is then left
+    open for reuse. ``videos``: override ``spec.video.enabled``. ``device``: where workers
+    run policy inference (``"cpu"``, ``"cuda:0"``...; results are reproducible per device).
+
+    Interrupting (Ctrl-C, an exception from ``progress``, a killed process) loses nothing
+    that finished: a later call with the same spec and ``out_dir`` runs only the rest.
+    """
+    from evaluator.spec import load_spec
+
+    t0 = time.perf_counter()
+    if not isinstance(spec, EvalSpec):
+        spec = load_spec(spec)
+    spec.validate()
+    out = Path(out_dir)
+    emit = progress or (lambda ev: None)
+    refs: list[CheckpointRef] = []
+    seen: set[str] = set()
+    for item in checkpoints:
+        ref = _as_ref(item)
+        if ref.checkpoint_id in seen:
+            continue  # the same checkpoint twice: evaluate once
+        seen.add(ref.checkpoint_id)
+        refs.append(ref)
+    if not refs:
+        raise ValueError("no checkpoints to evaluate")
+
+    own_executor = not isinstance(executor, Executor)
+    ex = make_executor(executor, workers=workers, address=address)
+    store = ResultStore(out, spec)
+    summaries: dict[str, CheckpointSummary] = {}
+    try:
+        store.open()
+        # ---- checkpoints --------------------------------------------------------------------
+        units: list[WorkUnit] = []
+        episode_lists: dict[str, list[EpisodeSpec]] = {}
+        skipped = 0
+        for ref in refs:
+            s = CheckpointSummary(checkpoint_id=ref.checkpoint_id, label=ref.label, path=ref.path or "", task="",
+                                  status="ok")
+            summaries[ref.checkpoint_id] = s
+            checked = _validate_ref(ref)
+            if isinstance(checked, str):
+                _fail(s, checked, emit)
+                continue
+            task, info = checked
+            if not task and len(spec.tasks) == 1:
+                task = spec.tasks[0]  # an in-memory policy whose spec names no task
+            s.task, s.info = task, info
+            ref.task, ref.info = task, info
+            if not spec.covers_task(task):
+                _fail(s, f"the checkpoint is for task {task!r}; spec {spec.name!r} evaluates {spec.tasks}", emit)
+                continue
+            if ex.remote and ref.policy is not None:
+                try:
+                    pickle.dumps(ref.policy)
+                except Exception as exc:  # noqa: BLE001
+                    _fail(s, f"in-memory policy cannot be sent to worker processes ({type(exc).__name__}: {exc}); "
+                             f"use executor='inline'", emit)
+                    continue
+            if task not in episode_lists:
+                try:
+                    episode_lists[task] = spec.episodes(task)
+                except EvalSpecError as exc:
+                    _fail(s, str(exc), emit)
+                    continue
+            eps = episode_lists[task]
+            s.episodes_expected = len(eps)
+            for k, chunk in enumerate(_chunks(eps, spec.batch_size)):
+                run = [not store.has((ref.checkpoint_id, task, e.condition, e.seed)) for e in chunk]
+                skipped += sum(1 for r in run if not r)
+                if any(run):
+                    units.append(_unit(ref, task, k, chunk, run, spec, device=device))
+
+        # ---- episodes -----------------------------------------------------------------------
+        total = sum(len(u.pending_slots()) for u in units)
+        state = {"done": 0, "restarts": 0}
+        emit(ProgressEvent("start", total=total, skipped=skipped))
+
+        def skip(unit: WorkUnit) -> bool:
+            return summaries[unit.checkpoint.checkpoint_id].status == "failed"
+
+        def handle(kind: str, unit: WorkUnit, payload: dict[str, Any]) -> None:
+            s = summaries[unit.checkpoint.checkpoint_id]
+            if kind == "episode":
+                r = EpisodeResult.from_dict(payload)
+                if store.add([r]):
+                    state["done"] += 1
+                    emit(ProgressEvent("episode", done=state["done"], total=total, checkpoint_id=s.checkpoint_id,
+                                       label=s.label, episode=r))
+            elif kind == "error":
+                prefix = "" if payload.get("kind") == "checkpoint" else "evaluation error: "
+                _fail(s, prefix + str(payload.get("message", "")), emit)
+            elif kind == "failed":
+                _fail(s, str(payload.get("message", "")), emit)
+            elif kind == "lost":
+                state["restarts"] += 1
+                emit(ProgressEvent("worker_lost", done=state["done"], total=total, checkpoint_id=s.checkpoint_id,
+                                   label=s.label, worker_pid=payload.get("pid"),
+                                   message=f"worker {payload.get('pid')} died (exit code {payload.get('exitcode')}) "
+                                           f"running {unit.unit_id}; "
+                                           f"{'re-running' if payload.get('will_retry') else 'giving up on'} "
+                                           f"{len(payload.get('remaining', []))} episode(s)"
+                                           + (f" ({payload['message']})" if payload.get("message") else "")))
+
+        if units:
+            ex.run(units, handle, skip)
+
+        # ---- videos -------------------------------------------------------------------------
+        video_paths: list[Path] = []
+        do_videos = spec.video.enabled if videos is None else bool(videos)
+        if do_videos:
+            video_paths = _record_videos(ex, refs, summaries, store, spec, episode_lists, out, emit, device)
+
+        # ---- reports ------------------------------------------------------------------------
+        all_results: list[EpisodeResult] = []
+        for ref in refs:
+            s = summaries[ref.checkpoint_id]
+            mine = _ordered(store.for_checkpoint(ref.checkpoint_id, s.task), episode_lists.get(s.task, []))
+            if s.task:
+                summarize_checkpoint(s, mine, spec)
+            all_results.extend(mine)
+        summary_list = [summaries[r.checkpoint_id] for r in refs]
+        elapsed = time.perf_counter() - t0
+        extra = {"campaign": {"executor": ex.name, "executed": state["done"], "skipped": skipped,
+                              "worker_restarts": state["restarts"], "elapsed_s": elapsed}}
+        info_path = write_eval_info(out / EVAL_INFO_FILE, spec, summary_list, all_results, extra)
+        p_eps, p_conds = write_parquet(out, summary_list, all_results)
+        plot_path = None
+        if plots:
+            from evaluator.plots import plot_campaign
+
+            plot_path = plot_campaign(summary_list, out / PLOT_FILE, title=f"{spec.name} ({spec.digest()[:8]})")
+        emit(ProgressEvent("finished", done=state["done"], total=total, skipped=skipped))
+        return CampaignResult(out_dir=out, spec=spec, spec_digest=spec.digest(), checkpoints=summary_list,
+                              episodes=all_results, eval_info_path=info_path, episodes_parquet=p_eps,
+                              conditions_parquet=p_conds, plot_path=plot_path, videos=video_paths,
+                              executed=state["done"], skipped=skipped, worker_restarts=state["restarts"],
+                              elapsed_s=elapsed, executor=ex.name)
+    finally:
+        store.close()
+        if own_executor:
+            ex.close()
+
+
+def _fail(s: CheckpointSummary, reason: str, emit: ProgressFn) -> None:
+    if s.status == "failed":
+        return
+    s.status, s.error = "failed", reason
+    emit(ProgressEvent("checkpoint_failed", checkpoint_id=s.checkpoint_id, label=s.label, message=reason))
+
+
+def _chunks(eps: list[EpisodeSpec], b: int) -> list[list[EpisodeSpec]]:
+    return [eps[i:i + b] for i in range(0, len(eps), b)]
+
+
+def _unit(ref: CheckpointRef, task: str, k: int, chunk: list[EpisodeSpec], run: list[bool], spec: EvalSpec,
+          video: VideoRequest | None = None, device: str = "cpu") -> WorkUnit:
+    return WorkUnit(unit_id=f"{ref.checkpoint_id}/{task}/{k}", checkpoint=ref, task=task,
+                    episodes=[(e.condition, int(e.seed), e.perturbation.to_dict()) for e in chunk], run=run,
+                    batch_size=spec.batch_size, max_steps=spec.max_steps, deterministic=spec.deterministic,
+                    video=video, device=device)
+
+
+def _ordered(results: list[EpisodeResult], eps: list[EpisodeSpec]) -> list[EpisodeResult]:
+    order = {(e.condition, e.seed): i for i, e in enumerate(eps)}
+    return sorted(results, key=lambda r: (order.get((r.condition, r.seed), len(order)), r.condition, r.seed))
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:60] or "checkpoint"
+
+
+def _record_videos(ex: Executor, refs: list[CheckpointRef], summaries: dict[str, CheckpointSummary],
+                   store: ResultStore, spec: EvalSpec, episode_lists: dict[str, list[EpisodeSpec]], out: Path,
+                   emit: ProgressFn, device: str = "cpu") -> list[Path]:
+    """Re-run the first success and the first failure of every checkpoint with a camera."""
+    from evaluator.worker import video_backend
+
+    fmt = spec.video.format if spec.video.format != "auto" else video_backend()
+    units: list[WorkUnit] = []
+    wanted: dict[tuple[str, int], tuple[Path, EpisodeResult, str]] = {}  # (unit_id, slot) -> target
+    paths: list[Path] = []
+    for ref in refs:
+        s = summaries[ref.checkpoint_id]
+        if s.status == "failed" or not s.task:
+            continue
+        eps = episode_lists[s.task]
+        picks: dict[str, int] = {}
+        for i, e in enumerate(eps):
+            r = store.results.get((ref.checkpoint_id, s.task, e.condition, e.seed))
+            if r is None:
+                continue
+            tag = "success" if r.success else "failure"
+            picks.setdefault(tag, i)
+            if len(picks) == 2:
+                break
+        vdir = out / VIDEOS_DIR / f"{_safe(ref.label)}-{ref.checkpoint_id}"
+        by_unit: dict[int, dict[int, str]] = {}
+        for tag, i in sorted(picks.items(), key=lambda kv: kv[1]):
+            e = eps[i]
+            r = store.results[(ref.checkpoint_id, s.task, e.condition, e.seed)]
+            path = vdir / f"{tag}_{s.task}_{_safe(e.condition)}_seed{e.seed}.{fmt}"
+            entry = {"tag": tag, "path": str(path), "condition": e.condition, "seed": int(e.seed),
+                     "format": fmt, "success": r.success, "failure_reason": r.failure_reason}
+            s.videos.append(entry)
+            if path.is_file():
+                paths.append(path)
+                entry["consistent"] = True
+                continue
+            k, slot = divmod(i, spec.batch_size)
+            by_unit.setdefault(k, {})[slot] = tag
+            wanted[(f"{ref.checkpoint_id}/{s.task}/{k}", slot)] = (path, r, tag)
+        for k, slots in by_unit.items():
+            chunk = _chunks(eps, spec.batch_size)[k]
+            v = spec.video
+            req = VideoRequest(slots=slots, camera=v.camera, width=v.width, height=v.height, fps=v.fps, format=fmt)
+            units.append(_unit(ref, s.task, k, chunk, [i in slots for i in range(len(chunk))], spec, video=req,
+                               device=device))
+    if not units:
+        return paths
+    emit(ProgressEvent("videos", total=len(wanted)))
+
+    def handle(kind: str, unit: WorkUnit, payload: dict[str, Any]) -> None:
+        s = summaries[unit.checkpoint.checkpoint_id]
+        if kind == "video":
+            target = wanted.get((unit.unit_id, int(payload["slot"])))
+            if target is None:
+                return
+            path, stored, tag = target
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.tmp")
+            tmp.write_bytes(payload["data"])
+            os.replace(tmp, path)
+            paths.append(path)
+            rerun = EpisodeResult.from_dict(payload["result"])
+            for entry in s.videos:
+                if entry["path"] == str(path):
+                    entry["consistent"] = rerun.outcome() == stored.outcome()
+                    entry["camera"] = payload.get("camera")
+            emit(ProgressEvent("video", checkpoint_id=s.checkpoint_id, label=s.label, message=str(path)))
+        elif kind in ("error", "failed"):
+            for entry in s.videos:
+                if "consistent" not in entry:
+                    entry["error"] = str(payload.get("message", ""))
+
+    ex.run(units, handle)
+    for s in summaries.values():  # entries whose video never came (errors): drop the path
+        s.videos = [e for e in s.videos if Path(e["path"]).is_file() or "error" in e]
+    return paths
+
+
+__all__ = ["CampaignResult", "CheckpointResolveError", "ProgressEvent", "checkpoint_id", "evaluate", "policy_ref",
+           "resolve_checkpoint"]

@@ -1,0 +1,469 @@
+"""The rollout worker: runs work units (one checkpoint x a batch of episodes) on kept-alive envs.
+
+A worker process (:func:`worker_main`) lives for the whole campaign. It keeps
+
+* its simulators: a small LRU of env batches keyed by (task, control mode, observation
+  config, max_steps); every ``TwinEnv`` keeps its own LRU of compiled scene variants, so
+  nothing is rebuilt when the checkpoint changes;
+* the current policy: the checkpoint is loaded (``load_checkpoint``, fully validated, with
+  the env for the spec check) only when a unit names another checkpoint than the last one.
+
+A unit steps ``batch_size`` envs together and calls ``policy.act`` once per step on a batch
+of exactly ``batch_size`` rows at fixed positions: rows of episodes that are finished, or
+not to be run (already in the results store), get a zero observation and their action is
+ignored. Row ``i``'s action therefore never depends on which other episodes run, so a
+unit resumed after an interruption, or re-run after a worker died, reproduces the
+uninterrupted run exactly (``EvalSpec`` fixes the unit composition).
+
+Per-episode results stream back as they finish (``("episode", unit_id, payload)``); a unit
+ends with ``("done", ...)`` or ``("error", ...)``. Failures are per episode: a policy that
+raises fails the episodes of its batch that are running (``policy_error``), a non-finite or
+invalid action fails that episode (``policy_nonfinite_action`` / ``policy_invalid_action``),
+an env that raises fails its episode (``env_error``); the env's own ``timeout`` and
+``physics_unstable`` are passed through. A checkpoint that cannot be loaded or does not fit
+the env is reported as ``("error", unit_id, {"kind": "checkpoint", ...})``.
+
+Test hook (reliability tests only): ``TWINRANK_EVAL_TEST_SIGKILL="after=K,once=/path"``
+makes the worker SIGKILL itself at its next env step after it has streamed ``K`` episode
+results -- mid-episode -- once per ``once`` file (created atomically before the kill).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import tempfile
+import time
+import traceback
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+KILL_HOOK_ENV = "TWINRANK_EVAL_TEST_SIGKILL"
+_ENV_CACHE_SIZE = 2
+_INFO_SKIP = {"success", "is_success", "step", "condition", "failure_reason", "action_nonfinite", "action_clipped",
+              "action_invalid"}
+
+Emit = Callable[[tuple], None]
+
+
+@dataclass
+class CheckpointRef:
+    """What a unit evaluates: a checkpoint directory (``path``) or an in-memory policy
+    (``policy``, any object with ``spec``/``act``/``reset``; must be picklable for worker
+    processes). ``checkpoint_id`` is the stable id results are keyed by."""
+
+    checkpoint_id: str
+    label: str
+    path: str | None = None
+    policy: Any = None
+    task: str = ""
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if (self.path is None) == (self.policy is None):
+            raise ValueError("a CheckpointRef has either a path or an in-memory policy")
+
+
+@dataclass
+class VideoRequest:
+    """Record frames for some slots of a unit: ``slots`` maps slot index -> tag."""
+
+    slots: dict[int, str]
+    camera: str | None = None
+    width: int = 160
+    height: int = 120
+    fps: int = 10
+    format: str = "auto"
+
+
+@dataclass
+class WorkUnit:
+    """One checkpoint x ``episodes`` (condition, seed, perturbation dict) run as one batch.
+
+    ``run[i]`` tells whether slot ``i`` is simulated (False: already done). ``attempt``
+    counts re-runs after lost workers."""
+
+    unit_id: str
+    checkpoint: CheckpointRef
+    task: str
+    episodes: list[tuple[str, int, dict[str, Any]]]
+    run: list[bool]
+    batch_size: int
+    max_steps: int | None = None
+    deterministic: bool = True
+    video: VideoRequest | None = None
+    attempt: int = 0
+    device: str = "cpu"
+
+    def pending_slots(self) -> list[int]:
+        return [i for i, r in enumerate(self.run) if r]
+
+
+class _KillHook:
+    def __init__(self) -> None:
+        self.after: int | None = None
+        self.once = ""
+        raw = os.environ.get(KILL_HOOK_ENV, "")
+        for part in filter(None, raw.split(",")):
+            k, _, v = part.partition("=")
+            if k.strip() == "after" and v.strip().isdigit():
+                self.after = int(v)
+            elif k.strip() == "once":
+                self.once = v.strip()
+        self.emitted = 0
+
+    def maybe_kill(self) -> None:
+        if self.after is None or self.emitted < self.after:
+            return
+        self.after = None
+        if self.once:
+            try:
+                fd = os.open(self.once, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                return
+            os.write(fd, str(os.getpid()).encode())
+            os.close(fd)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def observation_cfg(spec: Any) -> Any:
+    """The env observation config that provides exactly what a policy spec reads."""
+    from twin.tasks.base import ObservationCfg
+
+    keys = list(spec.obs_keys)
+    cams: list[str] = []
+    image_size = None
+    for k in keys:
+        if k.startswith(("rgb/", "depth/")):
+            cam = k.split("/", 1)[1]
+            if cam not in cams:
+                cams.append(cam)
+            shape = spec.obs(k).shape
+            if image_size is None and len(shape) >= 2:
+                image_size = (int(shape[1]), int(shape[0]))
+    num_points = int(spec.obs("point_cloud").shape[0]) if "point_cloud" in keys else 2048
+    return ObservationCfg(state="state" in keys, proprio="proprio" in keys,
+                          rgb=any(k.startswith("rgb/") for k in keys), depth=any(k.startswith("depth/") for k in keys),
+                          point_cloud="point_cloud" in keys, cameras=tuple(cams), image_size=image_size,
+                          num_points=num_points)
+
+
+class CheckpointLoadError(Exception):
+    """The checkpoint of a unit cannot be evaluated (corrupt, missing, wrong spec)."""
+
+
+class WorkerState:
+    """Kept-alive envs and the current policy of one worker."""
+
+    def __init__(self, kill_hook: bool = True, parent_pid: int | None = None) -> None:
+        self._envs: OrderedDict[tuple, list[Any]] = OrderedDict()
+        self._parent_pid = parent_pid  # exit mid-unit when that process is gone
+        self._policy_id: tuple[str, str] | None = None
+        self._policy: Any = None
+        self._policy_spec: Any = None
+        self._hook = _KillHook() if kill_hook else None
+        self.loads = 0
+
+    # ---- envs and policies -----------------------------------------------------------------
+    def envs_for(self, task: str, control_mode: str, obs_cfg: Any, max_steps: int | None, n: int) -> list[Any]:
+        from twin.env import TwinEnv
+
+        key = (task, control_mode, repr(obs_cfg), max_steps)
+        envs = self._envs.get(key)
+        if envs is None:
+            envs = []
+            self._envs[key] = envs
+            while len(self._envs) > _ENV_CACHE_SIZE:
+                _, old = self._envs.popitem(last=False)
+                for e in old:
+                    e.close()
+        else:
+            self._envs.move_to_end(key)
+        while len(envs) < n:
+            envs.append(TwinEnv(task, control_mode=control_mode, observations=obs_cfg, max_steps=max_steps))
+        return envs
+
+    def policy_for(self, unit: WorkUnit) -> tuple[Any, list[Any]]:
+        """(policy, envs) for a unit; loads the checkpoint only when it changed."""
+        from policies.checkpoint import CheckpointError, load_checkpoint, read_manifest
+        from policies.interface import PolicySpec
+
+        ref = unit.checkpoint
+        n = max(1, len(unit.pending_slots()))
+        # A checkpoint directory's id is a hash of its files: the cached policy is that
+        # checkpoint. In-memory policies come with the unit and are never cached.
+        if (ref.path is not None and self._policy is not None
+                and self._policy_id == (ref.checkpoint_id, unit.device)):
+            spec = self._policy_spec
+            envs = self.envs_for(unit.task, spec.action.control_mode, observation_cfg(spec), unit.max_steps, n)
+            return self._policy, envs
+        self._policy = self._policy_id = self._policy_spec = None
+        try:
+            if ref.path is not None:
+                spec = PolicySpec.from_dict(read_manifest(ref.path)["spec"])
+            else:
+                spec = ref.policy.spec
+        except (CheckpointError, ValueError, TypeError) as exc:
+            raise CheckpointLoadError(str(exc)) from exc
+        if spec.task and spec.task != unit.task:
+            raise CheckpointLoadError(f"the policy is for task {spec.task!r}, the unit runs {unit.task!r}")
+        try:
+            envs = self.envs_for(unit.task, spec.action.control_mode, observation_cfg(spec), unit.max_steps, n)
+        except Exception as exc:  # noqa: BLE001 - a spec the env cannot be built for
+            raise CheckpointLoadError(f"cannot build a {unit.task!r} env for the policy's spec: "
+                                      f"{type(exc).__name__}: {exc}") from exc
+        if ref.path is not None:
+            try:
+                policy = load_checkpoint(ref.path, device=unit.device, task_env=envs[0])
+            except CheckpointError as exc:
+                raise CheckpointLoadError(str(exc)) from exc
+        else:
+            policy = ref.policy
+            problems = spec.mismatches(envs[0])
+            if problems:
+                raise CheckpointLoadError("the policy's spec does not match the env:\n  - " + "\n  - ".join(problems))
+        if hasattr(policy, "eval"):
+            policy.eval()
+        self._policy, self._policy_id, self._policy_spec = policy, (ref.checkpoint_id, unit.device), spec
+        if ref.path is not None:
+            self.loads += 1
+        return policy, envs
+
+    def close(self) -> None:
+        for envs in self._envs.values():
+            for e in envs:
+                e.close()
+        self._envs.clear()
+        self._policy = None
+
+    # ---- a unit ------------------------------------------------------------------------------
+    def run_unit(self, unit: WorkUnit, emit: Emit) -> None:
+        """Run a unit, streaming messages through ``emit``; never raises for unit errors."""
+        t0 = time.perf_counter()
+        try:
+            policy, envs = self.policy_for(unit)
+        except CheckpointLoadError as exc:
+            emit(("error", unit.unit_id, {"kind": "checkpoint", "message": str(exc)}))
+            return
+        except Exception as exc:  # noqa: BLE001
+            emit(("error", unit.unit_id, {"kind": "checkpoint",
+                                          "message": f"loading failed: {type(exc).__name__}: {exc}"}))
+            return
+        load_s = time.perf_counter() - t0
+        try:
+            steps = self._rollout(unit, policy, envs, emit)
+        except Exception as exc:  # noqa: BLE001 - a bug or an env that cannot reset
+            emit(("error", unit.unit_id, {"kind": "unit", "message": f"{type(exc).__name__}: {exc}",
+                                          "traceback": traceback.format_exc()}))
+            return
+        emit(("done", unit.unit_id, {"load_s": load_s, "elapsed_s": time.perf_counter() - t0, "steps": steps,
+                                     "pid": os.getpid()}))
+
+    def _rollout(self, unit: WorkUnit, policy: Any, envs: list[Any], emit: Emit) -> int:
+        from twin.perturbations import Condition
+
+        spec = self._policy_spec
+        B = int(unit.batch_size)
+        slots = unit.pending_slots()
+        if len(unit.episodes) > B:
+            raise ValueError(f"unit {unit.unit_id} has {len(unit.episodes)} episodes for batch size {B}")
+        env_of = {slot: envs[j] for j, slot in enumerate(slots)}
+        keys = list(spec.obs_keys)
+        pads = {k: np.zeros(spec.obs(k).shape, dtype=np.dtype(spec.obs(k).dtype)) for k in keys}
+        obs: dict[int, dict[str, np.ndarray]] = {}
+        ret = {i: 0.0 for i in slots}
+        length = {i: 0 for i in slots}
+        video = unit.video
+        frames: dict[int, list[np.ndarray]] = {i: [] for i in (video.slots if video else {}) if i in env_of}
+        camera = None
+        for i in slots:
+            cond, seed, pert = unit.episodes[i]
+            o, _ = env_of[i].reset(seed=int(seed), options={"condition": Condition.from_dict(pert)})
+            obs[i] = o
+        if frames:
+            camera = video.camera or env_of[next(iter(frames))].camera_names()[0]
+            for i in frames:
+                frames[i].append(env_of[i].render_camera(camera, video.width, video.height))
+        if hasattr(policy, "reset"):
+            policy.reset()
+        if not unit.deterministic and hasattr(policy, "seed"):
+            policy.seed(_stable_seed(unit.unit_id))
+        active = set(slots)
+        cap = max(env.cfg.terminations.max_steps for env in envs) + 1 if envs else 0
+        steps = 0
+
+        def finish(i: int, success: bool, reason: str, error: str = "", info: dict[str, Any] | None = None) -> None:
+            cond, seed, _ = unit.episodes[i]
+            payload = {"slot": i, "checkpoint_id": unit.checkpoint.checkpoint_id, "task": unit.task,
+                       "condition": cond, "seed": int(seed), "success": bool(success), "return": float(ret[i]),
+                       "length": int(length[i]), "failure_reason": "" if success else reason, "error": error,
+                       "final_info": _numeric_info(info or {})}
+            active.discard(i)
+            if i in frames:
+                data, fmt = encode_video(frames.pop(i), video.fps, video.format)
+                emit(("video", unit.unit_id, {"slot": i, "tag": video.slots[i], "data": data, "format": fmt,
+                                              "camera": camera, "result": payload}))
+            emit(("episode", unit.unit_id, payload))
+            if self._hook is not None:
+                self._hook.emitted += 1
+
+        while active and steps < cap:
+            if self._parent_pid is not None and os.getppid() != self._parent_pid:
+                os._exit(1)  # the campaign process died: nobody reads these results
+            batch = {k: np.stack([obs[i][k] if i in active else pads[k] for i in range(B)]) for k in keys}
+            try:
+                actions = np.asarray(policy.act(batch, deterministic=unit.deterministic))
+                if actions.shape[:1] != (B,):
+                    raise ValueError(f"act() returned shape {actions.shape} for a batch of {B}")
+            except Exception as exc:  # noqa: BLE001 - the policy's own failure
+                msg = f"step {steps}: {type(exc).__name__}: {exc}"
+                for i in sorted(active):
+                    finish(i, False, "policy_error", msg)
+                break
+            steps += 1
+            for i in sorted(active):
+                if self._hook is not None:
+                    self._hook.maybe_kill()
+                bad = _check_action(actions[i], spec.action)
+                if bad is not None:
+                    finish(i, False, bad[0], f"step {length[i]}: {bad[1]}")
+                    continue
+                try:
+                    o, r, term, trunc, info = env_of[i].step(actions[i])
+                except Exception as exc:  # noqa: BLE001
+                    finish(i, False, "env_error", f"step {length[i]}: {type(exc).__name__}: {exc}")
+                    continue
+                obs[i] = o
+                ret[i] += float(r)
+                length[i] += 1
+                if i in frames:
+                    frames[i].append(env_of[i].render_camera(camera, video.width, video.height))
+                if term or trunc:
+                    success = bool(info.get("success", False))
+                    finish(i, success, str(info.get("failure_reason") or ("" if success else "failure")), "", info)
+        for i in sorted(active):  # only if the env never ended its episode (should not happen)
+            finish(i, False, "timeout", f"no termination after {steps} steps")
+        return steps
+
+
+def _check_action(a: Any, aspec: Any) -> tuple[str, str] | None:
+    a = np.asarray(a)
+    if aspec.discrete:
+        if a.size != 1:
+            return "policy_invalid_action", f"discrete action of shape {a.shape}"
+        v = a.reshape(-1)[0]
+        if np.issubdtype(a.dtype, np.floating) and not np.isfinite(v):
+            return "policy_nonfinite_action", f"action {v!r}"
+        if not (0 <= v < aspec.n) or v != int(v):
+            return "policy_invalid_action", f"action {v!r} is not in 0..{aspec.n - 1} (NaN cast to int?)"
+        return None
+    if a.shape != tuple(aspec.shape):
+        return "policy_invalid_action", f"action shape {a.shape}, expected {tuple(aspec.shape)}"
+    if not np.isfinite(a.astype(np.float64)).all():
+        return "policy_nonfinite_action", f"non-finite action {a.tolist()}"
+    return None
+
+
+def _numeric_info(info: dict[str, Any]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for k, v in info.items():
+        if k in _INFO_SKIP or isinstance(v, (bool, np.bool_)):
+            continue
+        if isinstance(v, (int, float, np.integer, np.floating)) and np.isfinite(v):
+            out[str(k)] = float(v)
+    return out
+
+
+def _stable_seed(text: str) -> int:
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little")
+
+
+# ---------------------------------------------------------------------------------------------
+# video encoding
+# ---------------------------------------------------------------------------------------------
+
+
+def video_backend() -> str:
+    """``"mp4"`` when imageio can write H.264 (imageio-ffmpeg or PyAV installed), else ``"gif"``."""
+    for mod in ("imageio_ffmpeg", "av"):
+        try:
+            __import__(mod)
+            return "mp4"
+        except ImportError:
+            continue
+    return "gif"
+
+
+def encode_video(frames: list[np.ndarray], fps: int, fmt: str = "auto") -> tuple[bytes, str]:
+    """Encode RGB frames; returns (file bytes, ``"mp4"`` or ``"gif"``)."""
+    import imageio.v3 as iio
+
+    if fmt == "auto":
+        fmt = video_backend()
+    arr = np.stack(frames).astype(np.uint8)
+    with tempfile.TemporaryDirectory(prefix="twinrank-video-") as tmp:
+        path = os.path.join(tmp, f"video.{fmt}")
+        if fmt == "mp4":
+            try:
+                import imageio_ffmpeg  # noqa: F401
+
+                iio.imwrite(path, arr, plugin="FFMPEG", fps=fps, codec="libx264", macro_block_size=2,
+                            pixelformat="yuv420p", ffmpeg_log_level="error")
+            except ImportError:
+                iio.imwrite(path, arr, plugin="pyav", fps=fps, codec="libx264")
+        elif fmt == "gif":
+            iio.imwrite(path, arr, plugin="pillow", duration=1000.0 / fps, loop=0)
+        else:
+            raise ValueError(f"video format {fmt!r}: use mp4 or gif")
+        with open(path, "rb") as f:
+            return f.read(), fmt
+
+
+# ---------------------------------------------------------------------------------------------
+# the worker process
+# ---------------------------------------------------------------------------------------------
+
+
+def worker_main(conn: Any, index: int = 0) -> None:
+    """Entry point of a local worker process: ``conn`` receives WorkUnits (None = stop)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:  # pragma: no cover
+        pass
+    state = WorkerState(parent_pid=os.getppid())
+    try:
+        conn.send(("ready", None, {"pid": os.getpid(), "index": index}))
+        while True:
+            try:
+                unit = conn.recv()
+            except (EOFError, OSError):
+                break
+            if unit is None:
+                break
+            state.run_unit(unit, conn.send)
+    except (BrokenPipeError, EOFError, OSError):
+        pass  # the parent went away
+    finally:
+        state.close()
+        try:
+            conn.close()
+        except OSError:  # pragma: no cover
+            pass
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # skip the interpreter teardown (torch, EGL): seconds per worker
+
+
+__all__ = ["CheckpointRef", "KILL_HOOK_ENV", "VideoRequest", "WorkUnit", "WorkerState", "encode_video",
+           "observation_cfg", "video_backend", "worker_main"]
