@@ -45,7 +45,7 @@ def package_versions() -> dict[str, str]:
 
 
 def seeds_digest(spec: Any) -> str:
-    return hashlib.sha256(json.dumps(list(spec.seeds)).encode()).hexdigest()[:12]
+    return hashlib.sha256(json.dumps(list(spec.seed_list())).encode()).hexdigest()[:12]
 
 
 def log_campaign(result: Any, tracking_uri: str | None = None, experiment: str = EXPERIMENT,
@@ -55,10 +55,11 @@ def log_campaign(result: Any, tracking_uri: str | None = None, experiment: str =
     exp_id = tracking.ensure_experiment(client, experiment)
     spec = result.spec
     versions = package_versions()
-    common = {"spec_digest": result.spec_digest, "seeds_digest": seeds_digest(spec), "task": spec.task,
+    tasks = ",".join(sorted({c.task for c in result.checkpoints if c.task})) or ",".join(spec.tasks)
+    common = {"spec_digest": result.spec_digest, "seeds_digest": seeds_digest(spec), "tasks": tasks,
               **{f"version.{k}": v for k, v in versions.items()}}
-    parent = client.create_run(exp_id, run_name=campaign_name or f"eval-{spec.task}-{result.spec_digest[:8]}",
-                               tags={"twinrank.kind": "eval_campaign", "twinrank.task": spec.task})
+    parent = client.create_run(exp_id, run_name=campaign_name or f"eval-{spec.name}-{result.spec_digest[:8]}",
+                               tags={"twinrank.kind": "eval_campaign", "twinrank.tasks": tasks})
     pid = parent.info.run_id
     for k, v in common.items():
         client.log_param(pid, k, str(v))
@@ -116,5 +117,57 @@ def log_or_defer(result: Any, tracking_uri: str | None = None, **kwargs: Any) ->
     return logged
 
 
+def load_campaign(folder: str | Path) -> Any:
+    """A campaign as written on disk (its eval_info.json), in the shape :func:`log_campaign` reads."""
+    from types import SimpleNamespace
+
+    from evaluator.results import CheckpointSummary
+    from evaluator.spec import EvalSpec
+
+    folder = Path(folder)
+    info = json.loads((folder / "eval_info.json").read_text())
+    plot = folder / "success_by_condition.png"
+    return SimpleNamespace(
+        out_dir=folder, spec=EvalSpec.from_dict(info["spec"]), spec_digest=info["spec_digest"],
+        checkpoints=[CheckpointSummary(**c) for c in info["checkpoints"]], eval_info_path=folder / "eval_info.json",
+        episodes_parquet=folder / "episodes.parquet", conditions_parquet=folder / "conditions.parquet",
+        plot_path=plot if plot.exists() else None, executor=str(info.get("executor", "")))
+
+
 def pending_campaigns(root: str | Path) -> list[Path]:
     return sorted(p.parent for p in Path(root).glob(f"**/{PENDING}"))
+
+
+def resolve_model_uri(uri: str, cache_dir: str | Path, tracking_uri: str | None = None) -> tuple[Path, dict[str, str]]:
+    """``models:/<name>/<version>`` or ``models:/<name>@<alias>`` -> a local checkpoint
+    directory (the training run's own copy when it still exists, else downloaded from the
+    model version's artifacts) and {registered_model, model_version, run_id}."""
+    from mlflow.artifacts import download_artifacts
+
+    from evaluator.run import CheckpointResolveError
+
+    body = uri[len("models:/"):]
+    client = tracking.setup(tracking_uri)
+    try:
+        if "@" in body:
+            name, alias = body.split("@", 1)
+            mv = client.get_model_version_by_alias(name, alias)
+        else:
+            name, _, version = body.rpartition("/")
+            mv = client.get_model_version(name, version)
+    except Exception as exc:  # noqa: BLE001 - MLflow raises several types
+        raise CheckpointResolveError(f"{uri}: not found in the MLflow registry at "
+                                     f"{tracking.resolve_tracking_uri(tracking_uri)} ({exc})") from exc
+    info = {"registered_model": mv.name, "model_version": str(mv.version), "run_id": mv.run_id or ""}
+    local = Path(mv.tags.get("checkpoint_dir", ""))
+    if mv.tags.get("checkpoint_dir") and (local / "manifest.json").is_file():
+        return local, info
+    dest = Path(cache_dir) / f"{mv.name}-v{mv.version}"
+    if not (dest / "manifest.json").is_file():
+        dest.mkdir(parents=True, exist_ok=True)
+        download_artifacts(artifact_uri=mv.source, dst_path=str(dest), tracking_uri=client.tracking_uri)
+        inner = [p.parent for p in dest.rglob("manifest.json")]
+        if not inner:
+            raise CheckpointResolveError(f"{uri}: artifacts at {mv.source} hold no manifest.json")
+        return inner[0], info
+    return dest, info

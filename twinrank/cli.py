@@ -95,6 +95,118 @@ def train(config: Path = typer.Argument(None, help="Training config YAML (see po
     console.print(f"MLflow UI: {tracking.ui_command(tracking_uri)}")
 
 
+def _expand_checkpoints(refs: list[str]) -> list[str]:
+    """Checkpoint dirs as given; a folder of checkpoints (e.g. a training run) expands to them."""
+    out: list[str] = []
+    for r in refs:
+        p = Path(r)
+        if not r.startswith("models:/") and p.is_dir() and not (p / "manifest.json").exists():
+            found = sorted(str(m.parent) for m in p.rglob("manifest.json"))
+            out.extend(found or [r])
+        else:
+            out.append(r)
+    return out
+
+
+@app.command("eval")
+def eval_cmd(checkpoints: list[str] = typer.Argument(..., help="Checkpoint dirs, folders of them, or models:/name/version "
+                                                             "or models:/name@alias URIs."),
+             spec: str = typer.Option("default", help="Evaluation spec: a YAML path or a built-in name."),
+             out: Path = typer.Option(None, help="Campaign folder (default outputs/eval/<spec>-<digest>)."),
+             executor: str = typer.Option("local", help="local | inline | ray"),
+             address: str = typer.Option(None, help="Ray cluster address (with --executor ray)."),
+             workers: int = typer.Option(None, help="Worker processes (default: one per core)."),
+             episodes: int = typer.Option(None, help="Override episodes per condition."),
+             tracking_uri: str = typer.Option(None, help="MLflow tracking URI (default: ./mlflow.db)."),
+             mlflow_log: bool = typer.Option(True, "--mlflow/--no-mlflow", help="Log the campaign to MLflow.")) -> None:
+    """Evaluate checkpoints under the spec's perturbation conditions (paired design), log to MLflow."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from evaluator import EvalSpecError, evaluate, load_spec
+    from evaluator.run import CheckpointResolveError
+    from evaluator.tracking import load_campaign, log_or_defer, pending_campaigns, resolve_model_uri
+
+    try:
+        espec = load_spec(spec)
+        if episodes is not None:
+            espec = espec.replace(episodes_per_condition=episodes, seeds=None)
+        espec.validate()
+    except (EvalSpecError, ValueError, OSError) as exc:
+        _fail(str(exc))
+    out = out or Path("outputs/eval") / f"{espec.name}-{espec.digest()[:8]}"
+    if mlflow_log:  # campaigns whose upload failed earlier go first
+        for folder in pending_campaigns(out.parent):
+            if log_or_defer(load_campaign(folder), tracking_uri) is not None:
+                console.print(f"synced pending campaign {folder} to MLflow")
+    refs: list[str] = []
+    registry: dict[str, dict[str, str]] = {}
+    for r in _expand_checkpoints(checkpoints):
+        if r.startswith("models:/"):
+            try:
+                path, info = resolve_model_uri(r, out / ".models", tracking_uri)
+            except CheckpointResolveError as exc:
+                console.print(f"[yellow]warning:[/] {exc}")
+                refs.append(r)  # fails this checkpoint with the reason
+                continue
+            registry[str(path.resolve())] = info
+            refs.append(str(path))
+        else:
+            refs.append(r)
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                  console=console) as progress:
+        bar = progress.add_task("starting workers", total=None, rate="")
+
+        def on_event(ev) -> None:  # noqa: ANN001
+            if ev.kind == "start":
+                progress.update(bar, total=ev.total, completed=0, description=f"episodes ({ev.skipped} already done)")
+            elif ev.kind == "episode":
+                elapsed = progress.tasks[bar].elapsed or 1e-9
+                progress.update(bar, completed=ev.done, rate=f"{ev.done / elapsed:.1f} ep/s")
+            elif ev.kind == "checkpoint_failed":
+                console.print(f"[red]checkpoint failed[/] {ev.label}: {ev.message}")
+            elif ev.kind == "worker_lost":
+                console.print(f"[yellow]worker {ev.worker_pid} lost; re-running its episodes[/]")
+            elif ev.kind == "videos":
+                progress.update(bar, description="recording videos", total=ev.total, completed=0)
+            elif ev.kind == "video":
+                progress.advance(bar)
+
+        try:
+            result = evaluate(refs, espec, out, executor=executor, workers=workers, address=address, progress=on_event)
+        except KeyboardInterrupt:
+            console.print(f"interrupted; finished episodes are kept in {out} — rerun the same command to resume")
+            raise typer.Exit(code=130)
+    for s in result.checkpoints:
+        if s.path and str(Path(s.path).resolve()) in registry:
+            s.info.update(registry[str(Path(s.path).resolve())])
+    table = Table(title=f"Ranking by overall sim success (spec {espec.name!r}, {espec.episodes_per_condition} "
+                        "paired seeds per condition)")
+    for col in ("rank", "checkpoint", "success", "95% CI", "nominal", "worst factor (paired drop)", "status"):
+        table.add_column(col)
+    ranked = sorted(result.checkpoints, key=lambda c: -(c.overall.get("success_rate") or -1.0))
+    for i, c in enumerate(ranked, 1):
+        o = c.overall
+        nominal = c.per_condition.get("nominal", {}).get("success_rate")
+        drops = [(k, v.get("mean")) for k, v in c.paired_drop.items() if v.get("mean") is not None]
+        worst = max(drops, key=lambda kv: kv[1]) if drops else None
+        table.add_row(str(i), c.label, f"{o.get('success_rate', float('nan')):.2f}" if o else "-",
+                      f"[{o['ci_low']:.2f}, {o['ci_high']:.2f}]" if o.get("ci_low") is not None else "-",
+                      f"{nominal:.2f}" if nominal is not None else "-",
+                      f"{worst[0]} ({worst[1]:+.2f})" if worst else "-",
+                      c.status if not c.error else f"{c.status}: {c.error[:60]}")
+    console.print(table)
+    console.print(f"results: {result.eval_info_path}")
+    if mlflow_log:
+        logged = log_or_defer(result, tracking_uri)
+        if logged is None:
+            console.print("[yellow]MLflow unreachable: results kept on disk; they are synced on the next run[/]")
+        else:
+            from twinrank import tracking
+
+            console.print(f"MLflow run {logged.parent_run_id}; open the UI with: {tracking.ui_command(tracking_uri)}")
+
+
 @app.command()
 def tasks() -> None:
     """List the registered tasks."""
