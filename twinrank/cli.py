@@ -29,13 +29,16 @@ def _fail(msg: str) -> None:
 @app.command()
 def demo(out: Path = typer.Option(Path("demo_out"), help="Output folder."),
          task: list[str] = typer.Option(None, help="Tasks to run (default: all)."),
-         episodes: int = typer.Option(2, min=1, help="Episodes per task and condition."),
-         seed: int = typer.Option(0, help="First seed.")) -> None:
-    """Build every task, run its scripted controller under perturbations, write a contact sheet."""
+         episodes: int = typer.Option(1, min=1, help="Scripted episodes per task and condition."),
+         seed: int = typer.Option(0, help="First seed."),
+         chain: bool = typer.Option(True, "--chain/--twin-only", help="Also train, evaluate and log to MLflow."),
+         tracking_uri: str = typer.Option(None, help="MLflow tracking URI (default: ./mlflow.db).")) -> None:
+    """The whole chain: tasks under perturbations, train a checkpoint family, evaluate it, MLflow."""
     from twinrank.demo import run_demo
 
     try:
-        run_demo(out, tasks=task or None, episodes=episodes, seed=seed, console=console)
+        run_demo(out, tasks=task or None, episodes=episodes, seed=seed, console=console, chain=chain,
+                 tracking_uri=tracking_uri)
     except ValueError as exc:
         _fail(str(exc))
 

@@ -1,5 +1,12 @@
-"""`twinrank demo`: build every task, run its scripted controller under a few perturbation
-conditions, and write a contact sheet of camera views plus a success summary."""
+"""`twinrank demo`: the whole chain on the embedded default (MuJoCo + a local MLflow store).
+
+1. The twin: build every task, run its scripted controller under a few perturbation
+   conditions, write a contact sheet of camera views and a success summary.
+2. Train a small checkpoint family (BC on ``reach``; reused from the demo folder when it is
+   already there), registered in the MLflow model registry.
+3. Evaluate the family under perturbations (paired design), print the ranked table and
+   log the campaign to MLflow, then print the command that opens the MLflow UI.
+"""
 
 from __future__ import annotations
 
@@ -21,8 +28,87 @@ FRAME = (240, 180)
 DEMO_FACTORS = ("light_intensity", "camera_position", "distractors", "object_scale")
 
 
-def run_demo(out_dir: Path, tasks: list[str] | None = None, episodes: int = 2, seed: int = 0,
-             console: Console | None = None) -> dict:
+def run_demo(out_dir: Path, tasks: list[str] | None = None, episodes: int = 1, seed: int = 0,
+             console: Console | None = None, chain: bool = True, tracking_uri: str | None = None) -> dict:
+    console = console or Console()
+    console.rule("1/3 the twin: tasks under perturbations")
+    summary = run_twin_demo(out_dir, tasks, episodes, seed, console)
+    if chain:
+        run_chain(out_dir, console, tracking_uri)
+    return summary
+
+
+DEMO_SPEC = """name: demo
+tasks: [reach]
+suite: default
+conditions: [nominal, light_intensity, camera_position, object_pose, actuation_latency, combined]
+episodes_per_condition: 8
+batch_size: 8
+video: {enabled: true, width: 160, height: 120}
+"""
+
+
+def run_chain(out_dir: Path, console: Console, tracking_uri: str | None = None) -> None:
+    """Train (or reuse) a small checkpoint family, evaluate it, log everything to MLflow."""
+    from evaluator import EvalSpec, evaluate
+    from evaluator.tracking import log_or_defer
+    from policies.bc import BCConfig
+    from policies.train import DemoCfg, TrainConfig, run_training
+    from twinrank import tracking
+
+    console.rule("2/3 train a checkpoint family (BC on reach)")
+    train_dir = out_dir / "train" / "bc-reach"
+    ckpts = sorted(str(p.parent) for p in (train_dir / "checkpoints").glob("*/manifest.json"))
+    if ckpts:
+        console.print(f"reusing {len(ckpts)} cached checkpoints in {train_dir}")
+    else:
+        cfg = TrainConfig(algo="bc", task="reach", demos=DemoCfg(episodes=8, seed=1000),
+                          bc=BCConfig(epochs=200, batch_size=32), checkpoint_every=40, eval_episodes=5,
+                          experiment="twinrank-demo", model_name="reach-demo")
+        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=console) as progress:
+            bar = progress.add_task("collecting demonstrations", total=cfg.bc.epochs)
+            result = run_training(cfg, train_dir, tracking_uri=tracking_uri, cache_dir=out_dir / ".cache",
+                                  progress=lambda d, done, tot: progress.update(bar, description=d, completed=done))
+        ckpts = [str(r.path) for r in result.checkpoints]
+        console.print(f"{len(ckpts)} checkpoints registered as versions of 'reach-demo'")
+    console.rule("3/3 evaluate the family under perturbations")
+    spec = EvalSpec.from_yaml(DEMO_SPEC)
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TimeRemainingColumn(), console=console) as progress:
+        bar = progress.add_task("episodes", total=None)
+
+        def on_event(ev) -> None:  # noqa: ANN001
+            if ev.kind == "start":
+                progress.update(bar, total=ev.total, completed=0)
+            elif ev.kind == "episode":
+                progress.update(bar, completed=ev.done)
+            elif ev.kind == "videos":
+                progress.update(bar, description="videos", total=ev.total, completed=0)
+            elif ev.kind == "video":
+                progress.advance(bar)
+
+        campaign = evaluate(ckpts, spec, out_dir / "eval", progress=on_event)
+    table = Table(title="Checkpoints ranked by sim success under perturbations")
+    for col in ("rank", "checkpoint", "success", "95% CI", "nominal", "combined"):
+        table.add_column(col)
+    ranked = sorted(campaign.checkpoints, key=lambda c: -(c.overall.get("success_rate") or 0.0))
+    for i, c in enumerate(ranked, 1):
+        pc = c.per_condition
+        table.add_row(str(i), c.label, f"{c.overall.get('success_rate', 0):.2f}",
+                      f"[{c.overall.get('ci_low', 0):.2f}, {c.overall.get('ci_high', 0):.2f}]",
+                      f"{pc.get('nominal', {}).get('success_rate', float('nan')):.2f}",
+                      f"{pc.get('combined', {}).get('success_rate', float('nan')):.2f}")
+    console.print(table)
+    logged = log_or_defer(campaign, tracking_uri)
+    console.print(f"eval results: {campaign.eval_info_path}")
+    if logged is None:
+        console.print("MLflow unreachable: results kept on disk, synced by the next `twinrank eval`")
+    console.print(f"[bold]open the MLflow UI:[/] {tracking.ui_command(tracking_uri)}  (then http://127.0.0.1:5000)")
+
+
+def run_twin_demo(out_dir: Path, tasks: list[str] | None = None, episodes: int = 1, seed: int = 0,
+                  console: Console | None = None) -> dict:
     console = console or Console()
     out_dir.mkdir(parents=True, exist_ok=True)
     tasks = tasks or list_tasks()
