@@ -71,7 +71,11 @@ def register_checkpoint(client: MlflowClient, model_name: str, run_id: str, arti
 
 def ui_command(tracking_uri: str | None = None) -> str:
     """The command that opens the MLflow UI on this store (loopback only)."""
+    import sys
+
     uri = resolve_tracking_uri(tracking_uri)
     if uri.startswith("sqlite:///"):
-        return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
+        mlflow_bin = Path(sys.executable).parent / "mlflow"
+        exe = str(mlflow_bin) if mlflow_bin.exists() else "mlflow"
+        return f"{exe} ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
     return f"open {uri} in a browser"
