@@ -78,7 +78,7 @@ def train_bc(policy: Policy, obs: dict[str, np.ndarray], actions: np.ndarray, cf
             loss.backward()
             torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
             opt.step()
-            total += float(loss)
+            total += float(loss.detach())
             batches += 1
         history.append(total / max(batches, 1))
         if callback is not None and callback(epoch, history[-1]):
