@@ -179,7 +179,7 @@ def _add_body(spec: mujoco.MjSpec, parent: mujoco.MjsBody, cfg: BodyCfg) -> None
             joint.frictionloss = j.frictionloss
             set_joint_coef(joint, "stiffness", j.stiffness)
             joint.armature = 0.01
-    volumes = [_geom_volume(g) for g in cfg.geoms if g.collide]
+    volumes = [geom_volume(g) for g in cfg.geoms if g.collide]
     total_volume = sum(volumes)
     for i, g in enumerate(cfg.geoms):
         name = g.name or f"{cfg.name}_g{i}"
@@ -188,7 +188,8 @@ def _add_body(spec: mujoco.MjSpec, parent: mujoco.MjsBody, cfg: BodyCfg) -> None
         _add_body(spec, body, child)
 
 
-def _geom_volume(g: GeomCfg) -> float:
+def geom_volume(g: GeomCfg) -> float:
+    """Volume of a primitive geom (0 for meshes)."""
     s = g.size
     if g.type == "box":
         return 8.0 * s[0] * s[1] * s[2]
@@ -224,7 +225,7 @@ def _add_geom(spec: mujoco.MjSpec, body: mujoco.MjsBody, g: GeomCfg, name: str, 
         geom.mass = 0.0
         geom.density = 0.0
     elif owner.mass is not None:
-        vol = _geom_volume(g)
+        vol = geom_volume(g)
         if total_volume > 0 and vol > 0:
             geom.mass = owner.mass * vol / total_volume
         elif g.type == "mesh":

@@ -764,15 +764,10 @@ def _geom_aabb(g: GeomCfg, body_pos: np.ndarray, body_rot: np.ndarray) -> tuple[
 
 
 def _geom_volume(g: GeomCfg) -> float:
-    s = g.size
-    if g.type == "box":
-        return 8.0 * s[0] * s[1] * s[2]
-    if g.type == "sphere":
-        return 4.0 / 3.0 * math.pi * s[0] ** 3
-    if g.type == "cylinder":
-        return math.pi * s[0] ** 2 * 2.0 * s[1]
-    if g.type == "capsule":
-        return math.pi * s[0] ** 2 * (2.0 * s[1] + 4.0 / 3.0 * s[0])
+    if g.type != "mesh":
+        from twin.compile import geom_volume
+
+        return geom_volume(g)
     try:
         from twin.meshes import load_mesh
 

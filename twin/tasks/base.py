@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Callable, Literal
 
 import numpy as np
 
-from twin.scene import SceneCfg
+from twin.scene import SceneCfg, yaw_quat
 
 if TYPE_CHECKING:
     from twin.sim import TwinSim
@@ -108,6 +108,15 @@ class Task:
     def reset(self, sim: "TwinSim", rng: np.random.Generator) -> None:
         """Place the robot and objects for a new episode (nominal randomization)."""
         raise NotImplementedError
+
+    def place_object(self, sim: "TwinSim", rng: np.random.Generator, name: str, home_xy: tuple[float, float]) -> None:
+        """Put free body ``name`` at ``home_xy`` + uniform(+/- ``object_xy_range``) with yaw
+        uniform(+/- ``object_yaw_range``), at its resting height from the scene."""
+        r = self.cfg.object_xy_range
+        xy = np.asarray(home_xy, dtype=float) + rng.uniform(-r, r, size=2)
+        yaw = rng.uniform(-self.cfg.object_yaw_range, self.cfg.object_yaw_range)
+        z = sim.scene.body(name).pose.pos[2]
+        sim.set_free_body_pose(name, np.array([xy[0], xy[1], z]), np.array(yaw_quat(yaw)))
 
     def success(self, sim: "TwinSim") -> bool:
         raise NotImplementedError

@@ -58,11 +58,7 @@ class BoxToShelf(Task):
 
     def reset(self, sim: TwinSim, rng: np.random.Generator) -> None:
         sim.reset_robot()
-        r = self.cfg.object_xy_range
-        xy = np.array(BOX_HOME) + rng.uniform(-r, r, size=2)
-        yaw = rng.uniform(-self.cfg.object_yaw_range, self.cfg.object_yaw_range)
-        z = sim.scene.body("box").pose.pos[2]
-        sim.set_free_body_pose("box", np.array([xy[0], xy[1], z]), np.array(yaw_quat(yaw)))
+        self.place_object(sim, rng, "box", BOX_HOME)
 
     def task_state(self, sim: TwinSim) -> np.ndarray:
         """Box pose (position 3 + quaternion wxyz 4) and the shelf region centre (3)."""

@@ -7,7 +7,6 @@ import math
 import numpy as np
 
 from twin.cell import franka_cell, mug, sink
-from twin.scene import yaw_quat
 from twin.scripted import WaypointController, Waypoint, yaw_rot
 from twin.sim import TwinSim
 from twin.tasks.base import ActionCfg, Task, TaskCfg, TerminationCfg, inside, register_task, upright
@@ -49,11 +48,7 @@ class MugToSink(Task):
 
     def reset(self, sim: TwinSim, rng: np.random.Generator) -> None:
         sim.reset_robot()
-        r = self.cfg.object_xy_range
-        xy = np.array(MUG_HOME) + rng.uniform(-r, r, size=2)
-        yaw = rng.uniform(-self.cfg.object_yaw_range, self.cfg.object_yaw_range)
-        z = sim.scene.body("mug").pose.pos[2]
-        sim.set_free_body_pose("mug", np.array([xy[0], xy[1], z]), np.array(yaw_quat(yaw)))
+        self.place_object(sim, rng, "mug", MUG_HOME)
 
     def task_state(self, sim: TwinSim) -> np.ndarray:
         return np.concatenate([sim.body_pose("mug"), sim.site_pos("sink")])

@@ -797,7 +797,8 @@ class PushTExpert:
         self.noise = noise
         self.rng = rng if rng is not None else np.random.default_rng(0)
         self.model: PushModel | None = None
-        #: planned motion: (point, speed in units per step, TCP tolerance, "transit" | "push")
+        #: planned motion: (point, speed in units per step, TCP tolerance, kind), kind one of
+        #: "transit", "start" (of a push), "push" (its end), "retreat"
         self.queue: list[tuple[np.ndarray, float, float, str]] = []
         self._plan_pose = np.zeros(3)
         self.plans = 0
@@ -988,12 +989,25 @@ class PushTExpert:
         return best
 
     def _escape(self, pos: np.ndarray, pose: np.ndarray, obstacle: Polygon) -> list[np.ndarray]:
-        """Waypoints that take the pusher out of the obstacle (after a push it touches the T)."""
+        """A waypoint that takes the pusher out of the clearance zone (after a push it touches
+        the T): the nearest exit along a straight line that does not cross the T, preferring
+        to back off along the last push."""
         if not obstacle.contains(Point(pos)):
             return []
+        solid = self._cobs(pose, 0.0)
+        dirs = [np.array([math.cos(a), math.sin(a)]) for a in np.linspace(0.0, 2 * math.pi, 24, endpoint=False)]
         if self.last_push is not None:
-            d = -self.last_push.direction
-        else:
-            d = _unit(pos - np.array(_outline(self.parts, pose).centroid.coords[0]))
-        out = _exit_point(pos, d, obstacle)
-        return [] if out is None else [np.clip(out, 0.0, WORKSPACE_SIZE)]
+            dirs.insert(0, -self.last_push.direction)
+        best = None
+        for i, d in enumerate(dirs):
+            out = _exit_point(pos, d, obstacle)
+            if out is None or not ((out >= 0.0) & (out <= WORKSPACE_SIZE)).all():
+                continue
+            if LineString([pos, out]).intersection(solid).length > 1.0:
+                continue  # would drag the pusher through (and the T along)
+            length = float(np.linalg.norm(out - pos))
+            if i == 0 and self.last_push is not None:
+                length *= 0.7
+            if best is None or length < best[0]:
+                best = (length, out)
+        return [] if best is None else [best[1]]

@@ -6,11 +6,10 @@ import math
 
 import numpy as np
 
-from twin.scene import yaw_quat
 from twin.scripted import Waypoint, WaypointController
 from twin.sim import DOWN, TwinSim
 from twin.tasks.base import ActionCfg, Task, TaskCfg, TerminationCfg, register_task
-from twin.tasks.mug_to_sink import MugToSink
+from twin.tasks.mug_to_sink import MUG_HOME, MugToSink
 
 HOVER = 0.06  # metres above the mug's top
 RADIUS = 0.03  # success radius (the discrete action lattice is 3 cm)
@@ -38,11 +37,7 @@ class Reach(Task):
 
     def reset(self, sim: TwinSim, rng: np.random.Generator) -> None:
         sim.reset_robot()
-        r = self.cfg.object_xy_range
-        xy = np.array([0.50, 0.20]) + rng.uniform(-r, r, size=2)
-        yaw = rng.uniform(-self.cfg.object_yaw_range, self.cfg.object_yaw_range)
-        z = sim.scene.body("mug").pose.pos[2]
-        sim.set_free_body_pose("mug", np.array([xy[0], xy[1], z]), np.array(yaw_quat(yaw)))
+        self.place_object(sim, rng, "mug", MUG_HOME)
 
     def hover_point(self, sim: TwinSim) -> np.ndarray:
         pos = sim.body_pose("mug")[:3]
