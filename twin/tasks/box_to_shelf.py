@@ -7,7 +7,6 @@ import math
 import numpy as np
 
 from twin.cell import box_object, franka_cell, shelf
-from twin.scene import yaw_quat
 from twin.scripted import Waypoint, WaypointController, yaw_rot
 from twin.sim import TwinSim
 from twin.tasks.base import ActionCfg, Task, TaskCfg, TerminationCfg, inside, register_task, upright
