@@ -355,6 +355,11 @@ def render(task: str, out: Path = typer.Option(Path("render.png")), camera: str 
     console.print(f"wrote {out}")
 
 
+from twinrank.commands import register_all  # noqa: E402
+
+register_all(app)
+
+
 def main() -> None:
     app()
 

@@ -1,0 +1,166 @@
+"""Training: PPO env-steps/s vs raw env stepping, PPO+BC wall time to 80% on mug_to_sink, distillation.
+
+(i)   PPO throughput with the MLP policy on 2 cores (torch threads = 2, process pinned to two
+      cores) as a fraction of raw stepping of the same BatchedTwinEnv (random actions, same
+      envs, same run): how much the policy forward, the GAE and the PPO updates cost on top
+      of the simulator.
+(ii)  Wall time for PPO+BC (discrete actions, privileged state, demonstrations from
+      ``collect_demos``) to reach 80% deterministic success on ``mug_to_sink``, counting demo
+      collection, BC warm start, RL and the periodic evaluations; bounded by
+      ``TWINRANK_BENCH_TRAIN_LIMIT_S`` (default 300 s): when the target is not reached the
+      benchmark says so, with the best success seen.
+(iii) Distillation wall time per 1k student env steps (DAgger rounds: rollouts with rendered
+      or synthetic clouds, teacher labels, student BC on the aggregate).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from policies.bc import episodes_to_samples
+from policies.data import iter_episodes
+from policies.demos import collect_demos
+from policies.interface import PolicySpec, make_policy
+from policies.ppo import DemoBuffer, PPOConfig, PPOTrainer, evaluate_policy
+from twin.env import TwinEnv
+
+CORES = 2
+
+
+def _use_cores(n: int = CORES) -> int:
+    """Pin the process to ``n`` cores (undoing a one-core pin of an earlier benchmark) and
+    give torch as many threads; returns the number of cores in use."""
+    cpus = list(range(os.cpu_count() or 1))[:n]
+    try:
+        os.sched_setaffinity(0, set(cpus))
+    except (AttributeError, OSError):
+        pass
+    torch.set_num_threads(len(cpus))
+    return len(cpus)
+
+
+def _mlp(task: str) -> torch.nn.Module:
+    env = TwinEnv(task, control_mode="discrete")
+    spec = PolicySpec.from_env(env, obs_keys=["state"])
+    env.close()
+    return make_policy("mlp", {}, spec)
+
+
+def ppo_throughput(task: str = "mug_to_sink", num_envs: int = 8, env_steps: int = 1600) -> dict[str, float]:
+    """PPO env-steps/s (collect + update) and raw stepping of the trainer's own envs."""
+    torch.manual_seed(0)
+    policy = _mlp(task)
+    cfg = PPOConfig(num_envs=num_envs, n_steps=25, epochs=10, minibatch_size=50, bc_coef=0.0, reward="shaped",
+                    seed=0)
+    trainer = PPOTrainer(policy, task, cfg, control_mode="discrete")
+    env = trainer.env  # same envs for both measurements
+    rng = np.random.default_rng(0)
+    env.reset(seeds=list(range(num_envs)))
+    n_batches = max(1, env_steps // num_envs)
+    t0 = time.perf_counter()
+    for _ in range(n_batches):
+        env.step(rng.integers(0, 14, size=num_envs))
+    raw = n_batches * num_envs / (time.perf_counter() - t0)
+    trainer.obs, _ = env.reset(seeds=list(range(100, 100 + num_envs)))
+    t0 = time.perf_counter()
+    trainer.train(env_steps)
+    ppo = trainer.env_steps / (time.perf_counter() - t0)
+    trainer.close()
+    return {"raw_env_steps_per_s": raw, "ppo_env_steps_per_s": ppo, "ratio": ppo / raw}
+
+
+def time_to_success(task: str = "mug_to_sink", target: float = 0.8, limit_s: float | None = None,
+                    demo_episodes: int = 20, eval_seeds: int = 10, eval_every: int = 5) -> dict[str, float | bool]:
+    """Wall time for PPO+BC to reach ``target`` deterministic success on ``eval_seeds`` fixed seeds."""
+    limit = float(limit_s if limit_s is not None else os.environ.get("TWINRANK_BENCH_TRAIN_LIMIT_S", 300))
+    t0 = time.perf_counter()
+    out: dict[str, float | bool] = {"reached": False, "limit_s": limit, "best": 0.0, "best_at_env_steps": 0,
+                                    "env_steps": 0}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = collect_demos(task, Path(tmp) / "demos.h5", demo_episodes, control_mode="discrete", seed=1000,
+                             only_success=True)
+        episodes = list(iter_episodes(path, ["state"]))
+    out["demo_episodes"] = len(episodes)
+    out["demo_s"] = time.perf_counter() - t0
+    obs, acts = episodes_to_samples(episodes, ["state"])
+    torch.manual_seed(0)
+    policy = _mlp(task)
+    policy.fit_normalizer(obs)
+    cfg = PPOConfig(num_envs=8, n_steps=25, epochs=10, minibatch_size=50, reward="shaped", seed=0)
+    trainer = PPOTrainer(policy, task, cfg, demos=DemoBuffer(obs, acts), control_mode="discrete")
+    seeds = list(range(20_000, 20_000 + eval_seeds))
+
+    def check(env_steps: int) -> bool:
+        succ = evaluate_policy(policy, task, seeds, control_mode="discrete")
+        if succ > out["best"]:
+            out["best"], out["best_at_env_steps"] = succ, env_steps
+        if succ >= target:
+            out["reached"], out["time_s"], out["env_steps"] = True, time.perf_counter() - t0, env_steps
+            return True
+        return False
+
+    def on_update(s) -> bool:
+        out["env_steps"] = s.env_steps
+        if time.perf_counter() - t0 > limit:
+            return True
+        return s.update % eval_every == 0 and check(s.env_steps)
+
+    try:
+        if not check(0):  # the BC warm start alone
+            trainer.train(10**9, on_update)
+    finally:
+        trainer.close()
+    out["wall_s"] = time.perf_counter() - t0
+    return out
+
+
+def distill_time_per_1k_steps(task: str = "reach", iterations: int = 3) -> dict[str, float]:
+    """DAgger distillation (CASHER Eq. 2) wall time per 1k student env steps: rollouts (with
+    rendered or synthetic point clouds, teacher labelling) plus the student's BC training on the
+    aggregate, the same settings as tests/test_distill.py's main run (no evaluation rounds)."""
+    from policies.distill import DistillConfig, distill
+
+    cfg = DistillConfig(iterations=iterations, episodes_per_iter=8, synthetic_fraction=0.5, num_points=512,
+                        image_size=(64, 48), epochs_per_iter=30, batch_size=32, lr=3e-3, eval_episodes=0,
+                        eval_every=0, eval_teacher=False, seed=0)
+    env = TwinEnv(task, control_mode="discrete", observations=cfg.observations())
+    spec = PolicySpec.from_env(env, obs_keys=["point_cloud", "proprio"], task=task)
+    env.close()
+    torch.manual_seed(0)
+    student = make_policy("pointcloud", {"point_mlp": (32, 64), "hidden_sizes": (128, 128)}, spec)
+    t0 = time.perf_counter()
+    hist = distill(student, "expert", task, cfg, control_mode="discrete")
+    wall = time.perf_counter() - t0
+    steps = hist[-1]["dataset/transitions"]
+    roll = sum(h["time/rollout_s"] for h in hist)
+    train = sum(h["time/train_s"] for h in hist)
+    return {"steps": steps, "wall_s": wall, "per_1k_s": 1000 * wall / steps, "rollout_per_1k_s": 1000 * roll / steps,
+            "train_s": train}
+
+
+def main() -> None:
+    cores = _use_cores()
+    t = ppo_throughput()
+    print(f"PPO env-steps/s (mug_to_sink, discrete, state MLP, 8 envs, {cores} cores): {t['ppo_env_steps_per_s']:.1f}; "
+          f"raw stepping of the same envs: {t['raw_env_steps_per_s']:.1f}; ratio {t['ratio']:.2f}")
+    r = time_to_success()
+    head = f"PPO+BC to 80% success on mug_to_sink ({r['demo_episodes']} demos, discrete, privileged state): "
+    if r["reached"]:
+        print(head + f"{r['time_s']:.0f} s ({r['env_steps']} env steps; demos {r['demo_s']:.0f} s)")
+    else:
+        print(head + f"not reached in {r['wall_s']:.0f} s (limit {r['limit_s']:.0f} s; best {r['best']:.0%} "
+              f"at {r['best_at_env_steps']} env steps of {r['env_steps']})")
+    d = distill_time_per_1k_steps()
+    print(f"distillation (reach, point-cloud student, 512 points, half synthetic clouds): {d['per_1k_s']:.1f} s per "
+          f"1k student steps ({d['steps']:.0f} steps in {d['wall_s']:.0f} s; rollouts incl. rendering "
+          f"{d['rollout_per_1k_s']:.1f} s per 1k, BC training {d['train_s']:.0f} s in all)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,299 @@
+"""The ranking job: evaluation results + logged real data -> ingredients -> ranking -> promotion.
+
+``rank_checkpoints`` is what ``twinrank rank`` and the nightly job run:
+
+1. **Sim success** per checkpoint and condition from an evaluator campaign (run here, or
+   resumed: the evaluator skips episodes already in its output folder).
+2. **OOD scores** of the logged real data (rosbag2 bags, selection/realdata.py) in each
+   checkpoint's own feature space, against a reference built from that checkpoint's sim
+   rollouts (``reference_episodes`` nominal + as many under the spec's suite; cached per
+   checkpoint and data, selection/ood.py).
+3. **Rule** (selection/ranking.py): given, or chosen by leave-one-out over past validations
+   (``validations_dir``), else the default.
+4. **Outputs** in ``out_dir``: ``ranking.csv`` (every ingredient + score + rank),
+   ``ranking.json`` (the same plus the rule, its reason, warnings), plots (scatter of sim
+   success vs OOD, per-condition heat map, rank chart), an MLflow run with all of them, and
+   the ``champion``/``challenger`` aliases (selection/promotion.py).
+
+Bad input never stops the rest: a checkpoint with no evaluation, one whose observations the
+bags do not carry, or whose OOD scoring fails keeps its row with a ``note`` (and ranks at
+the bottom when its score cannot be computed); empty or broken bags are skipped with a
+warning naming them (when no bag is usable, OOD is NaN for all and the rule falls back to
+sim success alone, said in the warnings).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from selection.ranking import DEFAULT_RULE, RuleChoice, choose_rule, ingredients_frame, load_validations, rank
+
+NOMINAL = "nominal"
+
+
+@dataclass
+class RankResult:
+    ranking: pd.DataFrame
+    rule: str
+    rule_reason: str
+    out_dir: Path
+    csv_path: Path
+    json_path: Path
+    plots: dict[str, Path] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    run_id: str = ""
+    promotion: Any = None
+    campaign: Any = None
+
+
+# ---- ingredients ---------------------------------------------------------------------------
+def sim_ingredients(summary: Any) -> dict[str, Any]:
+    """Sim columns of one checkpoint from an evaluator ``CheckpointSummary``."""
+    per = {c: float(s["success_rate"]) for c, s in summary.per_condition.items() if s.get("success_rate") is not None}
+    perturbed = [v for c, v in per.items() if c != NOMINAL]
+    row: dict[str, Any] = {
+        "checkpoint": summary.label, "checkpoint_id": summary.checkpoint_id, "path": summary.path,
+        "task": summary.task,
+        "sim_nominal": per.get(NOMINAL, float(np.mean(list(per.values()))) if per else np.nan),
+        "sim_perturbed": float(np.mean(perturbed)) if perturbed else per.get(NOMINAL, np.nan),
+        "sim_overall": float(summary.overall.get("success_rate", np.nan)) if summary.overall else np.nan,
+        "model_version": str(summary.info.get("model_version", "") or ""),
+        "training_step": summary.info.get("training_step"),
+        "run_id": summary.info.get("run_id", ""),
+        "note": "" if summary.status == "ok" else f"evaluation {summary.status}: {summary.error}",
+    }
+    for c, v in per.items():
+        row[f"sim/{c}"] = v
+    return row
+
+
+def load_real_observations(bags: Sequence[str | os.PathLike[str]], keys: Sequence[str],
+                           warn: Callable[[str], None]) -> dict[str, np.ndarray] | None:
+    """Observations ``keys`` of every episode in ``bags``, stacked (with ``episode_index``)."""
+    from selection.ood import stack_episodes
+    from selection.realdata import RealDataError, read_bag
+
+    episodes: list[dict[str, np.ndarray]] = []
+    for b in bags:
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                eps = read_bag(b, images=False)
+            for w in caught:
+                warn(f"{b}: {w.message}")
+        except RealDataError as exc:
+            warn(f"real-data bag skipped: {exc}")
+            continue
+        for ep in eps:
+            missing = [k for k in keys if k not in ep.obs]
+            if missing:
+                warn(f"{b} episode {ep.episode}: no observation {missing} (topics /twinrank/obs/<key>); "
+                     f"episode not used for OOD")
+                continue
+            episodes.append({k: ep.obs[k] for k in keys})
+    if not episodes:
+        return None
+    return stack_episodes(episodes, list(keys))
+
+
+@dataclass
+class OODSettings:
+    reference_episodes: int = 10
+    reference_seed: int = 300_000
+    cache_dir: str | None = None
+
+
+def ood_ingredients(path: str, task: str, bags: Sequence[str | os.PathLike[str]], suite: Any, settings: OODSettings,
+                    warn: Callable[[str], None], real_cache: dict[tuple[str, ...], Any]) -> dict[str, Any]:
+    """OOD columns of one checkpoint (``ood`` and ``ood/<detector>``), or a ``note``."""
+    from policies.checkpoint import CheckpointError, load_checkpoint
+    from selection.ood import OODError, build_reference, collect_reference_obs, score
+
+    try:
+        policy = load_checkpoint(path)
+    except (CheckpointError, OSError, ValueError) as exc:
+        return {"note": f"OOD not scored: checkpoint cannot be loaded ({exc})"}
+    keys = tuple(policy.spec.obs_keys)
+    if keys not in real_cache:
+        real_cache[keys] = load_real_observations(bags, keys, warn)
+    target = real_cache[keys]
+    if target is None:
+        return {"note": f"OOD not scored: no usable real-data episode carries observations {list(keys)}"}
+    seeds = [settings.reference_seed + i for i in range(settings.reference_episodes)]
+    try:
+        nominal = collect_reference_obs(policy, task, seeds)
+        perturbed = collect_reference_obs(policy, task, seeds, suite=suite) if suite is not None else None
+        ref_obs = nominal
+        if perturbed is not None:
+            off = int(nominal["episode_index"].max()) + 1
+            ref_obs = {k: np.concatenate([nominal[k], perturbed[k] + (off if k == "episode_index" else 0)])
+                       for k in nominal}
+        sha = policy.checkpoint_info.get("sha256", "")
+        ref = build_reference(policy, ref_obs, cache_dir=settings.cache_dir,
+                              checkpoint_key=f"sha256:{sha}" if sha else None)
+        s = score(policy, ref, target, per_observation=False)
+    except (OODError, ValueError, RuntimeError) as exc:
+        return {"note": f"OOD scoring failed: {exc}"}
+    row: dict[str, Any] = {"ood": s.combined, "ood_n_real": s.n_target, "ood_n_ref": s.n_ref}
+    for det, stats in s.summary.items():
+        row[f"ood/{det}"] = float(stats.get("frac_ood", np.nan))
+    return row
+
+
+# ---- the job -----------------------------------------------------------------------------------
+def rank_checkpoints(checkpoints: Sequence[str | os.PathLike[str]], spec: Any, real_logs: Sequence[str | os.PathLike[str]],
+                     out_dir: str | os.PathLike[str], *, rule: str | None = None,
+                     validations_dir: str | os.PathLike[str] | None = None, tracking_uri: str | None = None,
+                     experiment: str = "twinrank-selection", promote: bool = True, executor: str = "local",
+                     workers: int | None = None, ood: OODSettings | None = None, progress: Any = None,
+                     campaign_dir: str | os.PathLike[str] | None = None,
+                     log: Callable[[str], None] | None = None, extra_columns: dict[str, dict[str, Any]] | None = None
+                     ) -> RankResult:
+    """Evaluate (or resume), score OOD, rank, log to MLflow and promote. See the module docstring.
+
+    ``extra_columns``: more ingredient columns per checkpoint label (e.g. ``train_loss``).
+    """
+    from evaluator.run import evaluate
+    from evaluator.spec import EvalSpec, load_spec
+
+    say = log or (lambda m: None)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    notes: list[str] = []
+
+    def warn(msg: str) -> None:
+        notes.append(msg)
+        say(f"warning: {msg}")
+
+    if not isinstance(spec, EvalSpec):
+        spec = load_spec(spec)
+    settings = ood or OODSettings(cache_dir=str(out / "ood_cache"))
+    if settings.cache_dir is None:
+        settings.cache_dir = str(out / "ood_cache")
+    say("evaluating checkpoints in the twin (finished episodes are reused)")
+    campaign = evaluate(list(checkpoints), spec, Path(campaign_dir) if campaign_dir else out / "campaign",
+                        executor=executor, workers=workers, progress=progress, videos=False)
+    rows: list[dict[str, Any]] = []
+    real_cache: dict[tuple[str, ...], Any] = {}
+    bags = [str(b) for b in real_logs]
+    if not bags:
+        warn("no real-data logs given: OOD scores are NaN and combined rules fall back to sim success")
+    for s in campaign.checkpoints:
+        row = sim_ingredients(s)
+        if s.status != "ok":
+            warn(f"checkpoint {s.label!r} has no complete evaluation ({s.status}: {s.error}); kept unranked")
+            row["sim_nominal"] = row["sim_perturbed"] = np.nan
+        elif bags:
+            say(f"OOD scores of {s.label}")
+            suite = spec.load_suite(s.task)
+            o = ood_ingredients(s.path, s.task, bags, suite, settings, warn, real_cache)
+            if "note" in o:
+                row["note"] = o.pop("note")
+                warn(f"checkpoint {s.label!r}: {row['note']}")
+            row.update(o)
+        if extra_columns and s.label in extra_columns:
+            row.update(extra_columns[s.label])
+        rows.append(row)
+    ingredients = ingredients_frame(rows)
+    choice = _choose(rule, validations_dir, ingredients)
+    used_rule = choice.rule
+    if used_rule not in ("sim_nominal", "sim_perturbed") and ingredients["ood"].isna().all():
+        warn(f"no OOD score for any checkpoint: rule {used_rule!r} falls back to 'sim_perturbed'")
+        used_rule = "sim_perturbed"
+    ranking = rank(ingredients, used_rule)
+    result = RankResult(ranking=ranking, rule=used_rule, rule_reason=choice.reason, out_dir=out,
+                        csv_path=out / "ranking.csv", json_path=out / "ranking.json", warnings=notes,
+                        campaign=campaign)
+    ranking.to_csv(result.csv_path, index=False)
+    _plots(result)
+    result.run_id = _log_mlflow(result, spec, bags, tracking_uri, experiment, choice)
+    if promote:
+        _promote(result, tracking_uri, warn)
+    result.json_path.write_text(json.dumps({
+        "rule": result.rule, "rule_reason": result.rule_reason, "warnings": result.warnings, "run_id": result.run_id,
+        "real_logs": bags, "spec": spec.name,
+        "promotion": [p.__dict__ for p in result.promotion.promotions] if result.promotion else [],
+        "ranking": json.loads(ranking.to_json(orient="records")),
+        "rule_table": json.loads(choice.per_rule.to_json(orient="records")) if not choice.per_rule.empty else [],
+    }, indent=1))
+    return result
+
+
+def _choose(rule: str | None, validations_dir: Any, ingredients: pd.DataFrame) -> RuleChoice:
+    if rule:
+        return RuleChoice(rule, "given explicitly")
+    vals = load_validations(validations_dir) if validations_dir else []
+    return choose_rule(vals) if vals else RuleChoice(DEFAULT_RULE, f"no past validations: default {DEFAULT_RULE!r}")
+
+
+def _plots(result: RankResult) -> None:
+    from selection.plots import condition_heatmap, rank_chart, scatter_sim_vs_ood
+
+    r = result.ranking
+    result.plots = {
+        "scatter": scatter_sim_vs_ood(r, result.out_dir / "sim_vs_ood.png"),
+        "heatmap": condition_heatmap(r, result.out_dir / "condition_heatmap.png"),
+        "rank_chart": rank_chart(r, result.out_dir / "rank_chart.png"),
+    }
+
+
+def _log_mlflow(result: RankResult, spec: Any, bags: list[str], tracking_uri: str | None, experiment: str,
+                choice: RuleChoice) -> str:
+    import mlflow
+
+    from twinrank import tracking
+
+    uri = tracking.resolve_tracking_uri(tracking_uri)
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+    run = client.create_run(exp_id, run_name=f"rank-{spec.name}", tags={"twinrank.kind": "ranking"})
+    rid = run.info.run_id
+    client.log_param(rid, "rule", result.rule)
+    client.log_param(rid, "rule_reason", result.rule_reason[:6000])
+    client.log_param(rid, "spec", spec.name)
+    client.log_param(rid, "checkpoints", len(result.ranking))
+    client.log_param(rid, "real_logs", ";".join(Path(b).name for b in bags)[:6000] or "none")
+    for _, row in result.ranking.iterrows():
+        if pd.notna(row["rank"]):
+            key = "".join(ch if ch.isalnum() or ch in "_-./ " else "_" for ch in str(row["checkpoint"]))
+            client.log_metric(rid, f"score/{key}", float(row["score"]))
+            client.log_metric(rid, f"rank/{key}", float(row["rank"]))
+    client.log_artifact(rid, str(result.csv_path))
+    for p in result.plots.values():
+        client.log_artifact(rid, str(p), artifact_path="plots")
+    if not choice.per_rule.empty:
+        path = result.out_dir / "rule_choice.csv"
+        choice.per_rule.to_csv(path, index=False)
+        client.log_artifact(rid, str(path))
+    client.set_terminated(rid)
+    return rid
+
+
+def _promote(result: RankResult, tracking_uri: str | None, warn: Callable[[str], None]) -> None:
+    import mlflow
+
+    from selection.promotion import PromotionError, promote
+    from twinrank import tracking
+
+    client = mlflow.MlflowClient(tracking_uri=tracking.resolve_tracking_uri(tracking_uri))
+    try:
+        result.promotion = promote(result.ranking, client, rule=result.rule, rule_reason=result.rule_reason,
+                                   run_id=result.run_id)
+    except PromotionError as exc:
+        warn(str(exc))
+        return
+    for w in result.promotion.warnings:
+        warn(w)
+
+
+__all__ = ["RankResult", "OODSettings", "rank_checkpoints", "sim_ingredients", "ood_ingredients",
+           "load_real_observations"]

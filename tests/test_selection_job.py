@@ -1,0 +1,131 @@
+"""The ranking job end to end: a real BC checkpoint family on ``reach``, proxy-real logs written
+through the rosbag2 schema, a real evaluator campaign, real OOD detectors, a real local MLflow
+store with registry aliases."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+
+from evaluator.spec import EvalSpec, VideoCfg
+from policies.bc import BCConfig
+from policies.train import DemoCfg, TrainConfig, run_training
+from selection.job import OODSettings, rank_checkpoints
+from selection.proxy_real import DOMAIN, ProxyRealDomain, ground_truth, record_logs
+from selection.ranking import Validation, choose_rule, rank
+
+pytestmark = pytest.mark.slow
+
+
+def _spec() -> EvalSpec:
+    return EvalSpec(name="job-test", tasks=["reach"], conditions=["nominal", "object_pose", "combined"],
+                    seeds=list(range(100_000, 100_006)), batch_size=6, video=VideoCfg(enabled=False))
+
+
+@pytest.fixture(scope="module")
+def family(tmp_path_factory):
+    """Three registered BC checkpoints of different quality, proxy-real logs, a tracking store."""
+    root = tmp_path_factory.mktemp("job")
+    uri = f"sqlite:///{root}/mlflow.db"
+    cfg = TrainConfig(algo="bc", task="reach", demos=DemoCfg(episodes=8, seed=1000),
+                      bc=BCConfig(epochs=60, batch_size=512), checkpoint_every=20, eval_episodes=4,
+                      experiment="t", model_name="reach-job")
+    result = run_training(cfg, root / "run", tracking_uri=uri, cache_dir=root / "cache")
+    bag = record_logs("reach", root / "proxy_real_bag", episodes=4)
+    return {"root": root, "uri": uri, "ckpts": [str(r.path) for r in result.checkpoints], "bag": bag,
+            "versions": {str(r.path): r.model_version for r in result.checkpoints}}
+
+
+@pytest.fixture(scope="module")
+def ranked(family):
+    out = family["root"] / "rank"
+    res = rank_checkpoints(family["ckpts"], _spec(), [family["bag"]], out, tracking_uri=family["uri"],
+                           workers=1, ood=OODSettings(reference_episodes=3))
+    return res
+
+
+def test_ranking_keeps_both_ingredients_and_is_recomputable(ranked):
+    df = pd.read_csv(ranked.csv_path)
+    assert len(df) == 3 and sorted(df["rank"]) == [1, 2, 3]
+    for col in ("sim_nominal", "sim_perturbed", "sim/nominal", "sim/object_pose", "sim/combined", "ood",
+                "ood/mahalanobis", "ood/knn", "score", "rule"):
+        assert col in df.columns, col
+    assert df["ood"].between(0, 1).all() and df["sim_perturbed"].between(0, 1).all()
+    # any rule can be recomputed from the CSV alone
+    again = rank(df.drop(columns=["score", "rank", "rule"]), ranked.rule)
+    assert list(again["checkpoint"]) == list(df.sort_values("rank")["checkpoint"])
+    info = json.loads(ranked.json_path.read_text())
+    assert info["rule"] == ranked.rule and info["rule_reason"]
+    for p in ranked.plots.values():
+        assert p.is_file() and p.stat().st_size > 5000
+
+
+def test_champion_and_challenger_aliases_with_reason(ranked, family):
+    client = mlflow.MlflowClient(tracking_uri=family["uri"])
+    df = ranked.ranking
+    champ_path = df.loc[df["rank"] == 1, "path"].iloc[0]
+    chall_path = df.loc[df["rank"] == 2, "path"].iloc[0]
+    champ = client.get_model_version_by_alias("reach-job", "champion")
+    chall = client.get_model_version_by_alias("reach-job", "challenger")
+    assert str(champ.version) == str(family["versions"][champ_path])
+    assert str(chall.version) == str(family["versions"][chall_path])
+    assert "champion by rule" in champ.tags["promotion_reason"] and champ.tags["promotion_rule"] == ranked.rule
+    assert client.get_registered_model("reach-job").tags["champion_reason"] == champ.tags["promotion_reason"]
+    run = client.get_run(ranked.run_id)
+    assert run.data.params["rule"] == ranked.rule
+    arts = {a.path for a in client.list_artifacts(ranked.run_id, "plots")}
+    assert {"plots/sim_vs_ood.png", "plots/condition_heatmap.png", "plots/rank_chart.png"} <= arts
+
+
+def test_rerun_reuses_the_evaluation_and_gives_the_same_ranking(ranked, family):
+    res = rank_checkpoints(family["ckpts"], _spec(), [family["bag"]], family["root"] / "rank",
+                           tracking_uri=family["uri"], workers=1, ood=OODSettings(reference_episodes=3),
+                           promote=False)
+    assert res.campaign.executed == 0 and res.campaign.skipped > 0
+    cols = ["checkpoint", "score", "rank", "ood", "sim_perturbed"]
+    pd.testing.assert_frame_equal(res.ranking[cols], ranked.ranking[cols])
+
+
+def test_bad_inputs_fail_their_row_not_the_ranking(family, tmp_path):
+    broken = tmp_path / "broken_ckpt"
+    shutil.copytree(family["ckpts"][0], broken)
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    empty_bag = tmp_path / "empty_bag"
+    empty_bag.mkdir()
+    res = rank_checkpoints([*family["ckpts"][:2], str(broken)], _spec(), [empty_bag, family["bag"]],
+                           tmp_path / "rank", tracking_uri=family["uri"], workers=1,
+                           ood=OODSettings(reference_episodes=3), promote=False)
+    df = res.ranking
+    bad = df[df["checkpoint"] == "broken_ckpt"]
+    assert len(bad) == 1 and np.isnan(bad["rank"].iloc[0]) and "evaluation failed" in bad["note"].iloc[0]
+    assert sorted(df["rank"].dropna()) == [1, 2]
+    assert any("empty_bag" in w for w in res.warnings), res.warnings
+    assert any("broken_ckpt" in w for w in res.warnings), res.warnings
+
+
+def test_proxy_real_truth_is_separate_and_named(family, tmp_path):
+    df = ground_truth(family["ckpts"][:2], "reach", tmp_path, episodes=4, workers=1)
+    assert list(df.columns[:2]) == ["checkpoint", "real_success"] and (df["domain"] == DOMAIN).all()
+    assert (tmp_path / "proxy_real_outcomes.csv").is_file()
+    dom = ProxyRealDomain.load()
+    assert dom.name == "proxy-real" and dom.eval_spec("reach", 4).seeds == [900_000 + k for k in range(4)]
+
+
+def test_rule_choice_by_leave_one_out_prefers_the_rule_that_tracks_real_outcomes():
+    # 6 checkpoints: real success follows sim success discounted by OOD; a sim-only ranking
+    # would put c0 (high sim, very OOD) first.
+    sim = [0.9, 0.8, 0.7, 0.6, 0.5, 0.3]
+    ood = [0.9, 0.1, 0.2, 0.1, 0.6, 0.1]
+    real = {f"c{i}": s * (1 - o) for i, (s, o) in enumerate(zip(sim, ood))}
+    ing = pd.DataFrame({"checkpoint": list(real), "sim_nominal": sim, "sim_perturbed": sim, "ood": ood})
+    choice = choose_rule([Validation(ing, real, "v1", "proxy-real")])
+    assert choice.rule == "vsdr", choice.per_rule
+    assert "leave-one-checkpoint-out" in choice.reason
+    two = choose_rule([Validation(ing, real, "v1"), Validation(ing.iloc[:4], {k: real[k] for k in list(real)[:4]})])
+    assert "leave-one-validation-out" in two.reason and np.isfinite(two.loo_mmrv)
