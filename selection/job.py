@@ -253,8 +253,7 @@ def _log_mlflow(result: RankResult, spec: Any, bags: list[str], tracking_uri: st
 
     uri = tracking.resolve_tracking_uri(tracking_uri)
     client = mlflow.MlflowClient(tracking_uri=uri)
-    exp = client.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+    exp_id = tracking.ensure_experiment(client, experiment)  # artifacts next to a local store, not in ./mlruns
     run = client.create_run(exp_id, run_name=f"rank-{spec.name}", tags={"twinrank.kind": "ranking"})
     rid = run.info.run_id
     client.log_param(rid, "rule", result.rule)

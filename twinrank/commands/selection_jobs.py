@@ -1,0 +1,385 @@
+"""`twinrank rank`, `twinrank nightly`, `twinrank serve` and `twinrank proxy-real record|truth`.
+
+See selection/README.md ("Ranking, promotion and the nightly job"). Bad input exits with code 2
+and a message naming the problem; a nightly run that finds the lock taken exits with code 3.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+proxy_app = typer.Typer(help="The proxy-real domain: a shifted twin standing in for the real cell (never real "
+                             "robot data).", no_args_is_help=True)
+
+EXIT_BAD_INPUT = 2
+EXIT_LOCKED = 3
+
+
+def _fail(msg: str, code: int = EXIT_BAD_INPUT) -> None:
+    console.print(f"[bold red]error:[/] {msg}")
+    raise typer.Exit(code=code)
+
+
+# ---- shared pieces ------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _eval_progress() -> Iterator[tuple[Callable[[Any], None], Callable[[str], None]]]:
+    """A rich progress bar for an evaluation: yields (evaluator progress callback, log callback)."""
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
+
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                  console=console) as progress:
+        bar = progress.add_task("preparing", total=None, rate="")
+
+        def on_event(ev: Any) -> None:
+            if ev.kind == "start":
+                progress.update(bar, total=max(ev.total, 1) if ev.total else 1, completed=0 if ev.total else 1,
+                                description=f"episodes ({ev.skipped} already done)")
+            elif ev.kind == "episode":
+                elapsed = progress.tasks[bar].elapsed or 1e-9
+                progress.update(bar, completed=ev.done, rate=f"{ev.done / elapsed:.1f} ep/s")
+            elif ev.kind == "checkpoint_failed":
+                progress.console.print(f"[red]checkpoint failed[/] {ev.label}: {ev.message}")
+            elif ev.kind == "worker_lost":
+                progress.console.print(f"[yellow]{ev.message}[/]")
+
+        def on_log(msg: str) -> None:
+            if msg.startswith("warning: "):
+                progress.console.print(f"[yellow]warning:[/] {msg[len('warning: '):]}")
+            else:
+                progress.console.print(f"[dim]{msg}[/]")
+                progress.update(bar, description=msg[:60])
+
+        yield on_event, on_log
+
+
+def _resolve_checkpoints(refs: list[str], cache_dir: Path, tracking_uri: str | None) -> list[Any]:
+    """Checkpoint dirs, folders of them, models:/ URIs -> FoundCheckpoint list (unique labels)."""
+    from evaluator.run import CheckpointResolveError
+    from evaluator.tracking import resolve_model_uri
+    from selection.nightly import found_checkpoint, unique_labels
+    from twinrank.cli import _expand_checkpoints
+
+    found = []
+    for r in _expand_checkpoints(refs):
+        if r.startswith("models:/"):
+            try:
+                path, info = resolve_model_uri(r, cache_dir, tracking_uri)
+            except CheckpointResolveError as exc:
+                _fail(str(exc))
+            found.append(found_checkpoint(path, r, f"{info['registered_model']}/{info['model_version']}"))
+        elif not Path(r).exists():
+            _fail(f"checkpoint {r} does not exist; give checkpoint folders (with manifest.json), folders of them, "
+                  f"or models:/NAME/VERSION")
+        else:
+            found.append(found_checkpoint(r, "path"))
+    by_id: dict[str, Any] = {}
+    for f in found:
+        by_id.setdefault(f.checkpoint_id, f)
+    kept = list(by_id.values())
+    unique_labels(kept)
+    return kept
+
+
+def _fmt(v: Any, spec: str = ".3f") -> str:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return "n/a"
+    return "n/a" if math.isnan(f) else format(f, spec)
+
+
+def _print_ranking(ranking: Any, title: str, top: int | None = None) -> None:
+    from selection.report import TABLE_COLUMNS, table_rows
+
+    table = Table(title=title)
+    for col in TABLE_COLUMNS:
+        table.add_column(col, justify="right" if col in ("rank", "score", "sim nominal", "sim perturbed", "OOD")
+                         else "left")
+    for row in table_rows(ranking, top):
+        table.add_row(*row)
+    console.print(table)
+
+
+def _print_promotion(status: str, promotion: Any) -> None:
+    console.print(f"promotion: [bold]{status}[/]")
+    if promotion is None:
+        return
+    for p in promotion.promotions:
+        prev = promotion.previous.get(p.alias, "")
+        change = "unchanged" if prev == f"{p.name}/{p.version}" else f"previously {prev or 'nobody'}"
+        console.print(f"  [bold]{p.alias}[/]: {p.name}/{p.version} ({p.checkpoint}; {change}) — {p.reason}")
+
+
+def _print_warnings(warnings: list[str]) -> None:
+    for w in warnings:
+        console.print(f"[yellow]warning:[/] {w}")
+
+
+# ---- twinrank rank --------------------------------------------------------------------------------------------
+def rank(checkpoints: list[str] = typer.Argument(..., help="Checkpoint dirs, folders of them, or models:/name/version "
+                                                            "or models:/name@alias URIs."),
+         spec: str = typer.Option("default", help="Evaluation spec: a YAML path or a built-in name."),
+         real_logs: list[Path] = typer.Option(..., "--real-logs", help="Real-data logs: rosbag2 bags or folders of "
+                                                                       "bags (repeat the option)."),
+         rule: str = typer.Option(None, help="Ranking rule (default: chosen from --validations, else vsdr)."),
+         validations: Path = typer.Option(None, help="Folder of past validations (JSON) to choose the rule from."),
+         out: Path = typer.Option(None, help="Output folder (default outputs/rank/<spec>-<digest>); re-running with "
+                                             "the same folder reuses finished episodes."),
+         tracking_uri: str = typer.Option(None, help="MLflow tracking URI (default: ./mlflow.db)."),
+         promote: bool = typer.Option(True, "--promote/--no-promote", help="Set the champion/challenger aliases."),
+         workers: int = typer.Option(None, min=1, help="Worker processes (default: one per core)."),
+         executor: str = typer.Option("local", help="local | inline | ray"),
+         ood_episodes: int = typer.Option(10, min=1, help="Sim episodes per condition of each OOD reference."),
+         top: int = typer.Option(20, min=1, help="Rows of the printed table and the report.")) -> None:
+    """Rank checkpoints by twin success and OOD on real logs; promote champion/challenger; write a report."""
+    from evaluator.results import ResultStoreError
+    from evaluator.spec import EvalSpecError, load_spec
+    from selection.job import OODSettings, rank_checkpoints
+    from selection.nightly import NightlyConfigError, resolve_real_logs
+    from selection.ranking import RULES, RankingError
+    from selection.report import log_report, report_from_rank, write_report
+    from twinrank import tracking
+
+    try:
+        espec = load_spec(spec)
+        espec.validate()
+    except (EvalSpecError, OSError, ValueError) as exc:
+        _fail(str(exc))
+    if rule is not None and rule not in RULES:
+        _fail(f"unknown ranking rule {rule!r}; rules: {', '.join(RULES)}")
+    if validations is not None and not validations.is_dir():
+        _fail(f"--validations {validations} is not a folder")
+    try:
+        bags = resolve_real_logs([str(p) for p in real_logs])
+    except NightlyConfigError as exc:
+        _fail(str(exc))
+    out = out or Path("outputs/rank") / f"{espec.name}-{espec.digest()[:8]}"
+    found = _resolve_checkpoints(checkpoints, out / ".models", tracking_uri)
+    extra = {f.label: {"model_version": f.model_version} for f in found if f.model_version}
+    console.print(f"ranking {len(found)} checkpoint(s) on spec {espec.name!r} with {len(bags)} real-data log(s)")
+    try:
+        with _eval_progress() as (on_event, on_log):
+            res = rank_checkpoints([f.ref() for f in found], espec, bags, out, rule=rule, validations_dir=validations,
+                                   tracking_uri=tracking_uri, promote=promote, executor=executor, workers=workers,
+                                   ood=OODSettings(reference_episodes=ood_episodes), progress=on_event, log=on_log,
+                                   extra_columns=extra)
+    except KeyboardInterrupt:
+        console.print(f"interrupted; finished episodes are kept in {out} — rerun the same command to resume")
+        raise typer.Exit(code=130)
+    except (ResultStoreError, RankingError, ValueError) as exc:
+        _fail(str(exc))
+    _print_ranking(res.ranking, f"Ranking by rule {res.rule!r} ({res.rule_reason})", top)
+    status = ("promoted" if res.promotion is not None else "not promoted (see warnings)") if promote else \
+        "promotion off (--no-promote)"
+    _print_promotion(status, res.promotion)
+    _print_warnings(res.warnings)
+    rep = report_from_rank(res, title=f"Ranking of {len(found)} checkpoint(s) on spec {espec.name}",
+                           promotion_status=status, top_n=top, spec=espec.name, real_logs=[str(b) for b in bags],
+                           ui_command=tracking.ui_command(tracking_uri))
+    files = write_report(rep, out)
+    if res.run_id:
+        log_report(files, res.run_id, tracking_uri)
+    console.print(f"ranking: {res.csv_path}; report: {files.markdown} ({files.html})")
+    console.print(f"MLflow run {res.run_id}; open the UI with: {tracking.ui_command(tracking_uri)}")
+
+
+# ---- twinrank nightly / serve --------------------------------------------------------------------------------
+def _config(config: Path | None, **overrides: Any) -> Any:
+    from selection.nightly import NightlyConfig, NightlyConfigError
+
+    try:
+        cfg = NightlyConfig.from_yaml(config) if config is not None else NightlyConfig()
+        over = {k: ([str(p) for p in v] if isinstance(v, list) else str(v) if isinstance(v, Path) else v)
+                for k, v in overrides.items()}
+        cfg = cfg.with_overrides(**over)
+        cfg.validate()
+    except NightlyConfigError as exc:
+        _fail(str(exc))
+    return cfg
+
+
+_CONFIG_HELP = "Nightly config YAML (fields: see selection/README.md); options override it."
+
+
+def nightly(config: Path = typer.Argument(None, help=_CONFIG_HELP),
+            task: str = typer.Option(None, help="Task whose checkpoints are ranked."),
+            spec: str = typer.Option(None, help="Evaluation spec: a YAML path or a built-in name."),
+            registered_model: list[str] = typer.Option(None, help="Registered model: all its versions (repeatable)."),
+            experiment: list[str] = typer.Option(None, help="MLflow experiment: its runs' checkpoints (repeatable)."),
+            directory: list[Path] = typer.Option(None, help="Folder searched for checkpoints (repeatable)."),
+            real_logs: list[Path] = typer.Option(None, "--real-logs", help="Bag or folder of bags (repeatable)."),
+            state_dir: Path = typer.Option(None, help="Persistent state folder (campaign, caches, reports)."),
+            tracking_uri: str = typer.Option(None, help="MLflow tracking URI (default: ./mlflow.db)."),
+            rule: str = typer.Option(None, help="Ranking rule (default: chosen from validations, else vsdr)."),
+            validations: Path = typer.Option(None, help="Folder of past validations (JSON)."),
+            workers: int = typer.Option(None, min=1, help="Worker processes (default: one per core)."),
+            executor: str = typer.Option(None, help="local | inline | ray"),
+            promote: bool = typer.Option(None, "--promote/--no-promote", help="Set champion/challenger aliases.")
+            ) -> None:
+    """One nightly run: discover checkpoints, evaluate the new ones, rank all, promote, report (cron calls this)."""
+    from selection.nightly import NightlyConfigError, NightlyError, NightlyLockedError, run_nightly
+
+    cfg = _config(config, task=task, spec=spec, registered_model=registered_model, experiment=experiment,
+                  directory=directory, real_logs=real_logs, state_dir=state_dir, tracking_uri=tracking_uri, rule=rule,
+                  validations_dir=validations, workers=workers, executor=executor, promote=promote)
+    try:
+        with _eval_progress() as (on_event, on_log):
+            res = run_nightly(cfg, progress=on_event, log=on_log)
+    except NightlyLockedError as exc:
+        _fail(str(exc), EXIT_LOCKED)
+    except NightlyConfigError as exc:
+        _fail(str(exc))
+    except NightlyError as exc:
+        _fail(str(exc), 1)
+    except KeyboardInterrupt:
+        console.print(f"interrupted; finished episodes are kept in {cfg.state_dir} — the next run resumes")
+        raise typer.Exit(code=130)
+    _print_ranking(res.rank.ranking, f"Night {res.date}: rule {res.rank.rule!r} ({res.rank.rule_reason})", cfg.top_n)
+    console.print(f"{len(res.checkpoints)} checkpoint(s), {len(res.new)} new ({', '.join(res.new) or 'none'}); "
+                  f"{res.executed} episode(s) run, {res.skipped} reused")
+    for what, why in res.failed:
+        console.print(f"[red]failed[/] {what}: {why}")
+    _print_promotion(res.promotion_status, res.promotion)
+    _print_warnings(res.warnings)
+    console.print(f"report: {res.report_md} ({res.report_html}); state: {res.state_path}")
+    from twinrank import tracking
+
+    console.print(f"MLflow run {res.rank.run_id}; open the UI with: {tracking.ui_command(cfg.tracking_uri)}")
+
+
+def serve(config: Path = typer.Argument(None, help=_CONFIG_HELP),
+          cron: str = typer.Option("0 2 * * *", help="When to run: 5-field crontab 'minute hour day month weekday' "
+                                                     "(local time)."),
+          run_now: bool = typer.Option(False, "--run-now", help="Also run once right away."),
+          task: str = typer.Option(None, help="Task whose checkpoints are ranked."),
+          spec: str = typer.Option(None, help="Evaluation spec: a YAML path or a built-in name."),
+          registered_model: list[str] = typer.Option(None, help="Registered model (repeatable)."),
+          experiment: list[str] = typer.Option(None, help="MLflow experiment (repeatable)."),
+          directory: list[Path] = typer.Option(None, help="Folder searched for checkpoints (repeatable)."),
+          real_logs: list[Path] = typer.Option(None, "--real-logs", help="Bag or folder of bags (repeatable)."),
+          state_dir: Path = typer.Option(None, help="Persistent state folder."),
+          tracking_uri: str = typer.Option(None, help="MLflow tracking URI (default: ./mlflow.db).")) -> None:
+    """Run the nightly job in this process on a cron schedule (APScheduler); Ctrl-C stops."""
+    from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED, EVENT_JOB_MISSED, EVENT_JOB_SUBMITTED
+
+    from selection.nightly import NIGHTLY_JOB_ID, NightlyConfigError, make_scheduler
+
+    cfg = _config(config, task=task, spec=spec, registered_model=registered_model, experiment=experiment,
+                  directory=directory, real_logs=real_logs, state_dir=state_dir, tracking_uri=tracking_uri)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("mlflow", "alembic", "apscheduler.executors.default"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        sched = make_scheduler(cfg, cron, blocking=True, run_now=run_now)
+    except NightlyConfigError as exc:
+        _fail(str(exc))
+    trigger = sched.get_job(NIGHTLY_JOB_ID).trigger
+
+    def next_run() -> str:
+        import datetime as dt
+
+        t = trigger.get_next_fire_time(None, dt.datetime.now(sched.timezone))
+        return t.isoformat(timespec="seconds") if t else "never"
+
+    busy = {"running": False}
+
+    def on_submit(ev: Any) -> None:
+        busy["running"] = True
+
+    def on_event(ev: Any) -> None:
+        busy["running"] = False
+        what = {EVENT_JOB_EXECUTED: "finished", EVENT_JOB_ERROR: "failed (see the log above)",
+                EVENT_JOB_MISSED: "missed (the process was busy or asleep)"}.get(ev.code, "done")
+        console.print(f"nightly run {what}; next run at {next_run()}")
+
+    sched.add_listener(on_submit, EVENT_JOB_SUBMITTED)
+    sched.add_listener(on_event, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR | EVENT_JOB_MISSED)
+    try:
+        console.print(f"serving the nightly job (state {cfg.state_dir}) on cron {cron!r}, timezone {sched.timezone}; "
+                      f"{'running now, then ' if run_now else ''}next run at {next_run()}. Ctrl-C stops.")
+        sched.start()
+    except (KeyboardInterrupt, SystemExit):
+        if busy["running"]:
+            console.print("stopping: the nightly run in progress finishes first (Ctrl-C again aborts it; the next "
+                          "run resumes its finished episodes)")
+        else:
+            console.print("stopping")
+        if sched.running:
+            sched.shutdown(wait=False)
+    console.print("scheduler stopped")
+
+
+# ---- twinrank proxy-real --------------------------------------------------------------------------------------
+@proxy_app.command("record")
+def proxy_record(task: str = typer.Argument(..., help="Task name."),
+                 out_bag: Path = typer.Argument(..., help="Output rosbag2 bag folder (must not exist)."),
+                 episodes: int = typer.Option(None, min=1, help="Episodes (default: the domain's)."),
+                 operator: str = typer.Option("expert", help="'expert' (scripted demonstrator) or a checkpoint dir."),
+                 domain: Path = typer.Option(None, help="Proxy-real domain YAML (default: the built-in one).")) -> None:
+    """Write proxy-real logs of TASK (the twin under shifted conditions) in the real-data bag schema."""
+    from selection.proxy_real import DOMAIN, ProxyRealDomain, ProxyRealError, record_logs
+    from selection.realdata import RealDataError
+
+    if out_bag.exists():
+        _fail(f"{out_bag} already exists; give a new bag folder")
+    try:
+        dom = ProxyRealDomain.load(domain)
+        path = record_logs(task, out_bag, domain=dom, episodes=episodes, operator=operator)
+    except (ProxyRealError, RealDataError, ValueError, KeyError, OSError) as exc:
+        _fail(str(exc))
+    n = episodes or dom.episodes
+    console.print(f"[bold]{DOMAIN}[/] logs (the shifted twin, not real robot data): {n} episode(s) of {task} by "
+                  f"{operator} -> {path} (domain {dom.source})")
+
+
+@proxy_app.command("truth")
+def proxy_truth(checkpoints: list[str] = typer.Argument(..., help="Checkpoint dirs, folders of them, models:/ URIs."),
+                task: str = typer.Option(..., help="Task name."),
+                out: Path = typer.Option(..., help="Output folder (proxy_real_outcomes.csv, campaign/)."),
+                episodes: int = typer.Option(None, min=1, help="Episodes per checkpoint (default: the domain's)."),
+                workers: int = typer.Option(None, min=1, help="Worker processes."),
+                executor: str = typer.Option("local", help="local | inline | ray"),
+                tracking_uri: str = typer.Option(None, help="MLflow tracking URI (for models:/ URIs)."),
+                domain: Path = typer.Option(None, help="Proxy-real domain YAML (default: the built-in one).")) -> None:
+    """Proxy-real success of checkpoints (the stand-in for a real-robot evaluation; validation only)."""
+    from selection.proxy_real import DOMAIN, ProxyRealDomain, ProxyRealError, ground_truth
+
+    try:
+        dom = ProxyRealDomain.load(domain)
+    except ProxyRealError as exc:
+        _fail(str(exc))
+    found = _resolve_checkpoints(checkpoints, out / ".models", tracking_uri)
+    try:
+        with _eval_progress() as (on_event, _log):
+            df = ground_truth([f.ref() for f in found], task, out, domain=dom, episodes=episodes, executor=executor,
+                              workers=workers, progress=on_event)
+    except (ProxyRealError, ValueError) as exc:
+        _fail(str(exc))
+    table = Table(title=f"{DOMAIN} success of {task} checkpoints (shifted twin, not real robot data)")
+    for col in ("checkpoint", f"{DOMAIN} success", "episodes"):
+        table.add_column(col)
+    for _, r in df.iterrows():
+        table.add_row(str(r["checkpoint"]), _fmt(r["real_success"], ".2f"), str(r["episodes"]))
+    console.print(table)
+    missing = [f.label for f in found if f.label not in set(df["checkpoint"])]
+    if missing:
+        console.print(f"[yellow]no {DOMAIN} outcome for[/] {', '.join(missing)} (evaluation failed; see above)")
+    console.print(f"wrote {out / 'proxy_real_outcomes.csv'} ({DOMAIN})")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("rank")(rank)
+    app.command("nightly")(nightly)
+    app.command("serve")(serve)
+    app.add_typer(proxy_app, name="proxy-real")
