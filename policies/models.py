@@ -85,9 +85,16 @@ class RunningNorm(nn.Module):
 
     ``mean``/``var`` (float32) and ``count`` (float64) are buffers, so they are saved in
     checkpoints. Identity until updated (mean 0, var 1, count 0).
+
+    ``eps`` = 1e-4 floors the divisor at a standard deviation of 0.01 (1 cm, 0.01 rad): a
+    feature that never varied in training (an object's height, a fixed orientation) would
+    otherwise be divided by ~1e-4 and a 1 cm change in the real cell would saturate the
+    input. Measured on a PPO+BC ``reach`` checkpoint: with eps 1e-8 its success fell from 0.85
+    (nominal) to 0.05 under object rescaling; the floor is what makes policies usable off the
+    training distribution at all.
     """
 
-    def __init__(self, dim: int, clip: float = 10.0, eps: float = 1e-8) -> None:
+    def __init__(self, dim: int, clip: float = 10.0, eps: float = 1e-4) -> None:
         super().__init__()
         self.clip = float(clip)
         self.eps = float(eps)

@@ -318,8 +318,10 @@ def _run_bc(cfg: TrainConfig, out: Path, client: Any, run_id: str, progress: Pro
 def default_config(algo: str, task: str) -> TrainConfig:
     """Sensible starting configs per algorithm (small enough for a laptop CPU)."""
     if algo == "diffusion_bc":
+        # push_t: condition on gym-pusht's 5-d state (agent xy, block xy, block angle), as the
+        # field's Diffusion Policy does.
         return TrainConfig(algo="diffusion_bc", task=task, control_mode=None, policy="diffusion",
-                           obs_keys=["state"], demos=DemoCfg(episodes=30), bc=BCConfig(epochs=60, batch_size=256),
+                           policy_config={"state_dims": 5} if task == "push_t" else {}, obs_keys=["state"], demos=DemoCfg(episodes=30), bc=BCConfig(epochs=60, batch_size=256),
                            checkpoint_every=10, eval_episodes=10)
     if algo == "bc":
         return TrainConfig(algo="bc", task=task, demos=DemoCfg(episodes=20), bc=BCConfig(epochs=40),
