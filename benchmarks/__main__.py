@@ -8,7 +8,7 @@ import sys
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
-BENCHMARKS = ["bench_twin", "bench_training", "bench_evaluator", "bench_selection"]
+BENCHMARKS = ["bench_twin", "bench_training", "bench_evaluator", "bench_selection", "bench_splats", "bench_live"]
 
 
 def main(argv: list[str]) -> None:

@@ -23,6 +23,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import mujoco
 import numpy as np
@@ -100,22 +101,29 @@ def _rss_kib(pid: int) -> int:
     return 0
 
 
-def memory_growth(tmp: Path, n_checkpoints: int = 100, workers: int = 2) -> dict[str, float]:
-    """Workers' total RSS after a campaign of 1 checkpoint and after ``n_checkpoints`` more."""
+def memory_growth(tmp: Path, n_checkpoints: int = 100, workers: int = 2) -> dict[str, Any]:
+    """Workers' RSS after a campaign of 1 checkpoint and after ``n_checkpoints`` more (same workers).
+
+    Each checkpoint's campaign is ``workers`` units (2 episodes each), so every worker has
+    built its envs and loaded a policy before the first measurement; the per-worker RSS is
+    printed too, and a midpoint tells warm-up from steady growth."""
     ckpts = [_checkpoint(tmp / "mem" / f"ckpt{i:03d}", seed=i) for i in range(n_checkpoints)]
-    spec = _spec(2, max_steps=20, batch_size=2)
+    spec = _spec(2 * workers, max_steps=20, batch_size=2)
     ex = LocalExecutor(workers)
     try:
         evaluate(ckpts[:1], spec, tmp / "mem1", executor=ex, plots=False, videos=False)
-        rss1 = sum(_rss_kib(p) for p in ex.worker_pids)
+        rss1 = [_rss_kib(p) / 1024 for p in ex.worker_pids]
         t0 = time.perf_counter()
-        evaluate(ckpts, spec, tmp / "mem100", executor=ex, plots=False, videos=False)
+        half = n_checkpoints // 2
+        evaluate(ckpts[:half], spec, tmp / "memhalf", executor=ex, plots=False, videos=False)
+        rss_half = [_rss_kib(p) / 1024 for p in ex.worker_pids]
+        evaluate(ckpts, spec, tmp / "memall", executor=ex, plots=False, videos=False)
         wall = time.perf_counter() - t0
-        rss100 = sum(_rss_kib(p) for p in ex.worker_pids)
+        rss_n = [_rss_kib(p) / 1024 for p in ex.worker_pids]
     finally:
         ex.close()
-    return {"rss_after_1_mib": rss1 / 1024, "rss_after_n_mib": rss100 / 1024, "growth": rss100 / rss1 - 1.0,
-            "n": n_checkpoints, "wall_s": wall}
+    return {"rss_after_1_mib": rss1, "rss_after_half_mib": rss_half, "rss_after_n_mib": rss_n,
+            "growth": sum(rss_n) / sum(rss1) - 1.0, "half": half, "n": n_checkpoints, "wall_s": wall}
 
 
 def main() -> None:
@@ -140,9 +148,13 @@ def main() -> None:
         print(f"  1 worker: {one['env_steps_per_s']:.0f} env-steps/s; 1 -> 2 worker scaling "
               f"{two['env_steps_per_s'] / one['env_steps_per_s']:.2f}x (target >= 1.8x)")
         mem = memory_growth(tmp)
-        print(f"  workers' RSS after 1 checkpoint {mem['rss_after_1_mib']:.0f} MiB, after {mem['n']} more "
-              f"{mem['rss_after_n_mib']:.0f} MiB: growth {mem['growth']:+.1%} (target < 10%; "
-              f"{mem['n']} checkpoints in {mem['wall_s']:.0f} s)")
+        def fmt(v: list[float]) -> str:
+            return f"{sum(v):.0f} MiB (" + " + ".join(f"{x:.0f}" for x in v) + ")"
+
+        print(f"  workers' RSS after 1 checkpoint {fmt(mem['rss_after_1_mib'])}, after {mem['half']} more "
+              f"{fmt(mem['rss_after_half_mib'])}, after {mem['n']} more {fmt(mem['rss_after_n_mib'])}: "
+              f"growth 1 -> {mem['n']} {mem['growth']:+.1%} (target < 10%; "
+              f"{mem['half'] + mem['n']} checkpoint campaigns in {mem['wall_s']:.0f} s)")
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 

@@ -117,13 +117,10 @@ ROBOT_STATE_DIM = 15  # twin robot state: 7 joints + gripper width + TCP pos (3)
 SHORT_TOPICS = {"joint_states": TOPIC_JOINTS, "episode": TOPIC_EPISODE, "meta": TOPIC_META,
                 "action": TOPIC_ACTION, "obs/state": OBS_PREFIX + "state", "obs/proprio": OBS_PREFIX + "proprio"}
 
-T_JOINT_STATE = "sensor_msgs/msg/JointState"
-T_IMAGE = "sensor_msgs/msg/Image"
-T_CAMERA_INFO = "sensor_msgs/msg/CameraInfo"
-T_POINTS = "sensor_msgs/msg/PointCloud2"
-T_POSE = "geometry_msgs/msg/PoseStamped"
-T_FLOATS = "std_msgs/msg/Float32MultiArray"
-T_STRING = "std_msgs/msg/String"
+# message types: the live twin's (its recorder writes these bags), named once there
+from twin.live.interfaces import (  # noqa: E402
+    T_CAMERA_INFO, T_FLOATS, T_IMAGE, T_JOINT_STATE, T_POINTS, T_POSE, T_STRING,
+)
 
 _RE_OBS = re.compile(r"^/twinrank/obs/([A-Za-z0-9_]+)$")
 _RE_COLOR = re.compile(r"^/(.+)/color/image_raw$")
