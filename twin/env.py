@@ -80,6 +80,7 @@ class TwinEnv(gym.Env):
         self._sims: OrderedDict[str, TwinSim] = OrderedDict()
         self._renderers: dict[tuple[str, int, int], Any] = {}
         self._scene_key = ""
+        self._splats: tuple[str, Any] | None = None  # (scene key, SplatBinding) for splat cameras
         self.sim: TwinSim = self._sim_for(self.base_scene)
         self.scene: SceneCfg = self.base_scene
         self.condition: Condition = nominal_condition()
@@ -91,6 +92,10 @@ class TwinEnv(gym.Env):
         self._failed_reason = ""
         self.action_space = self._make_action_space()
         self.observation_space = self._make_observation_space()
+        extra = [c for c in self.cfg.observations.splat_cameras if c not in self.camera_names()]
+        if extra:
+            raise ValueError(f"ObservationCfg.splat_cameras {extra} are not observed cameras {self.camera_names()}: "
+                             "list only cameras in ObservationCfg.cameras (or the scene's when that is empty)")
 
     # ---- spaces ------------------------------------------------------------------------------
     def _make_action_space(self) -> spaces.Space:
@@ -320,8 +325,14 @@ class TwinEnv(gym.Env):
         clouds = []
         for cam in self.camera_names():
             w, h = self._image_size(cam)
-            r = self._renderer(w, h)
-            frame = r.render(self.sim.data, cam, rgb=ocfg.rgb or ocfg.point_cloud, depth=ocfg.depth or ocfg.point_cloud)
+            if cam in ocfg.splat_cameras:
+                from twin.splats.twin_camera import render_twin_camera_splats
+
+                frame = render_twin_camera_splats(self, cam, self._splat_binding(), width=w, height=h,
+                                                  backend=ocfg.splat_backend).frame
+            else:
+                frame = self._renderer(w, h).render(self.sim.data, cam, rgb=ocfg.rgb or ocfg.point_cloud,
+                                                    depth=ocfg.depth or ocfg.point_cloud)
             if ocfg.rgb:
                 out[f"rgb/{cam}"] = frame.rgb
             if ocfg.depth:
@@ -331,6 +342,18 @@ class TwinEnv(gym.Env):
         if ocfg.point_cloud:
             out["point_cloud"] = fuse_point_clouds(clouds, self.scene.workspace, ocfg.num_points, self._noise_rng)
         return out
+
+    def _splat_binding(self) -> Any:
+        """Mesh-sampled splats of the current scene variant, bound to its bodies (made once per
+        variant, at the pose it is first rendered in: sampling and binding use the same state)."""
+        if self._splats is None or self._splats[0] != self._scene_key:
+            from twin.splats.binding import SplatBinding
+            from twin.splats.from_mesh import splats_from_model
+
+            self.sim.forward()
+            splats = splats_from_model(self.sim.model, self.sim.data, count=self.cfg.observations.splat_count)
+            self._splats = (self._scene_key, SplatBinding(splats, self.sim.model, self.sim.data))
+        return self._splats[1]
 
     def _renderer(self, w: int, h: int):
         from twin.render import Renderer

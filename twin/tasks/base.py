@@ -30,6 +30,10 @@ class ObservationCfg:
     (all scene cameras when empty) at ``image_size`` (width, height; the camera's own when
     None). ``point_cloud``: coloured points (x, y, z, r, g, b) fused from those cameras,
     cropped to the scene workspace and resampled to ``num_points``.
+    ``splat_cameras``: cameras whose RGB/depth (and share of the point cloud) are rendered
+    from Gaussian splats of the scene (sampled from its meshes, bound to the bodies;
+    ``twin.splats``) instead of MuJoCo's renderer, on ``splat_backend`` ("auto": gsplat on
+    CUDA, else the CPU rasterizer), with ``splat_count`` Gaussians.
     """
 
     state: bool = True
@@ -41,6 +45,9 @@ class ObservationCfg:
     image_size: tuple[int, int] | None = None
     num_points: int = 2048
     noise_std: float = 0.0
+    splat_cameras: tuple[str, ...] = ()
+    splat_backend: str = "auto"
+    splat_count: int = 20_000
 
 
 @dataclass
