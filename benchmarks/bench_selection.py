@@ -3,15 +3,15 @@ success, (c) perturbed sim success, (d) OOD score alone, (e) the combined scores
 
 Setup (issue 5's benchmark), all on ``reach`` so it runs on a laptop CPU:
 
-* a checkpoint family with a real spread of quality: a BC run (12 checkpoints, epochs 25..300
-  on 8 demos) and a PPO+BC run (8 checkpoints, 1k..8k env steps), each registered in a local
+* a checkpoint family with a real spread of quality: a BC run (12 checkpoints, epochs 3..36
+  on 8 demos: from barely trained to converged) and a PPO+BC run (8 checkpoints, 1k..8k env steps), each registered in a local
   MLflow store;
 * proxy-real logs: 20 demonstrator episodes in the proxy-real domain, written through the
   rosbag2 schema (what selection reads);
-* proxy-real ground truth: every checkpoint on 40 proxy-real episodes (read only here, to
+* proxy-real ground truth: every checkpoint on 80 proxy-real episodes (read only here, to
   score the rankings);
 * the ranking job (``rank_checkpoints``): sim success under nominal + 6 single factors +
-  combined, 10 episodes each, OOD of the logs in each checkpoint's feature space.
+  combined, 16 episodes each, OOD of the logs in each checkpoint's feature space.
 
 (a) is each checkpoint's BC loss on 10 held-out demonstrations. For (e) every combined rule is
 listed, plus the rule that leave-one-checkpoint-out picks from the proxy-real outcomes of the
@@ -48,8 +48,8 @@ def train_family(root: Path, uri: str) -> list[str]:
     done = root / "family.txt"
     if done.is_file():
         return done.read_text().split()
-    bc = TrainConfig(algo="bc", task=TASK, demos=DemoCfg(episodes=8, seed=1000), bc=BCConfig(epochs=300, batch_size=64),
-                     checkpoint_every=25, eval_episodes=10, experiment="bench-selection", model_name="reach-bench")
+    bc = TrainConfig(algo="bc", task=TASK, demos=DemoCfg(episodes=8, seed=1000), bc=BCConfig(epochs=36, batch_size=64),
+                     checkpoint_every=3, eval_episodes=10, experiment="bench-selection", model_name="reach-bench")
     r1 = run_training(bc, root / "bc", tracking_uri=uri, cache_dir=root / "demos")
     ppo = TrainConfig(algo="ppo_bc", task=TASK, demos=DemoCfg(episodes=5, seed=1000), total_env_steps=8000,
                       checkpoint_every=5, eval_episodes=10, experiment="bench-selection", model_name="reach-bench")
@@ -97,13 +97,13 @@ def main() -> None:
     if not bag.exists():
         record_logs(TASK, bag, episodes=20)
     truth_csv = root / "truth" / "proxy_real_outcomes.csv"
-    truth = pd.read_csv(truth_csv) if truth_csv.is_file() else ground_truth(paths, TASK, root / "truth", episodes=40)
+    truth = pd.read_csv(truth_csv) if truth_csv.is_file() else ground_truth(paths, TASK, root / "truth", episodes=80)
     real = dict(zip(truth["checkpoint"], truth["real_success"]))
     losses = train_losses(paths, root)
     spec = EvalSpec(name="bench-selection", tasks=[TASK],
                     conditions=["nominal", "object_pose", "object_scale", "friction", "mass", "actuation_latency",
                                 "observation_noise", "combined"],
-                    episodes_per_condition=10, video=VideoCfg(enabled=False))
+                    episodes_per_condition=16, video=VideoCfg(enabled=False))
     res = rank_checkpoints(paths, spec, [bag], root / "rank", tracking_uri=uri, rule="vsdr", promote=False,
                            ood=OODSettings(reference_episodes=10),
                            extra_columns={_label(Path(p)): {"train_loss": losses[p]} for p in paths})
