@@ -80,8 +80,9 @@ def campaign_rate(ckpt: Path, workers: int, episodes: int, max_steps: int, tmp: 
     """Steady-state episodes/s and env-steps/s of one checkpoint's campaign on ``workers`` workers."""
     ex = LocalExecutor(workers)
     try:
-        evaluate([ckpt], _spec(2 * workers, max_steps), tmp / f"warm{workers}", executor=ex, plots=False,
-                 videos=False)
+        # warm-up: one full-batch unit per worker, so every worker has built its 8 envs and
+        # loaded the policy before the clock starts
+        evaluate([ckpt], _spec(8 * workers, 5), tmp / f"warm{workers}", executor=ex, plots=False, videos=False)
         t0 = time.perf_counter()
         res = evaluate([ckpt], _spec(episodes, max_steps), tmp / f"timed{workers}", executor=ex, plots=False,
                        videos=False)

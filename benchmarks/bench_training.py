@@ -7,7 +7,7 @@
 (ii)  Wall time for PPO+BC (discrete actions, privileged state, demonstrations from
       ``collect_demos``) to reach 80% deterministic success on ``mug_to_sink``, counting demo
       collection, BC warm start, RL and the periodic evaluations; bounded by
-      ``TWINRANK_BENCH_TRAIN_LIMIT_S`` (default 300 s): when the target is not reached the
+      ``TWINRANK_BENCH_TRAIN_LIMIT_S`` (default 900 s): when the target is not reached the
       benchmark says so, with the best success seen.
 (iii) Distillation wall time per 1k student env steps (DAgger rounds: rollouts with rendered
       or synthetic clouds, teacher labels, student BC on the aggregate).
@@ -76,9 +76,9 @@ def ppo_throughput(task: str = "mug_to_sink", num_envs: int = 8, env_steps: int 
 
 
 def time_to_success(task: str = "mug_to_sink", target: float = 0.8, limit_s: float | None = None,
-                    demo_episodes: int = 20, eval_seeds: int = 10, eval_every: int = 5) -> dict[str, float | bool]:
+                    demo_episodes: int = 80, eval_seeds: int = 10, eval_every: int = 5) -> dict[str, float | bool]:
     """Wall time for PPO+BC to reach ``target`` deterministic success on ``eval_seeds`` fixed seeds."""
-    limit = float(limit_s if limit_s is not None else os.environ.get("TWINRANK_BENCH_TRAIN_LIMIT_S", 300))
+    limit = float(limit_s if limit_s is not None else os.environ.get("TWINRANK_BENCH_TRAIN_LIMIT_S", 900))
     t0 = time.perf_counter()
     out: dict[str, float | bool] = {"reached": False, "limit_s": limit, "best": 0.0, "best_at_env_steps": 0,
                                     "env_steps": 0}
@@ -92,7 +92,10 @@ def time_to_success(task: str = "mug_to_sink", target: float = 0.8, limit_s: flo
     torch.manual_seed(0)
     policy = _mlp(task)
     policy.fit_normalizer(obs)
-    cfg = PPOConfig(num_envs=8, n_steps=25, epochs=10, minibatch_size=50, reward="shaped", seed=0)
+    # mug_to_sink needs more than reach's warm start: BC from 20 demos stays at 0 % (measured
+    # 0/10 after 100 epochs), from ~75 demos it reaches 30-40 % after ~75 epochs.
+    cfg = PPOConfig(num_envs=8, n_steps=25, epochs=10, minibatch_size=50, reward="shaped", seed=0,
+                    bc_pretrain_steps=3000, bc_batch_size=128)
     trainer = PPOTrainer(policy, task, cfg, demos=DemoBuffer(obs, acts), control_mode="discrete")
     seeds = list(range(20_000, 20_000 + eval_seeds))
 

@@ -10,6 +10,7 @@ named points/regions in the world frame.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import math
@@ -265,16 +266,23 @@ def dataclass_from_dict(cls: Any, data: Any, strict: bool = False) -> Any:
     return _from_dict(cls, data, strict)
 
 
-def _from_dict(cls: Any, data: Any, strict: bool = False) -> Any:
+@functools.lru_cache(maxsize=None)
+def _type_hints(cls: Any) -> dict[str, Any]:
+    """``typing.get_type_hints`` of a dataclass, once per class (it compiles every string
+    annotation on each call; scenes are rebuilt from dicts on every reset)."""
     import typing
 
+    return typing.get_type_hints(cls)
+
+
+def _from_dict(cls: Any, data: Any, strict: bool = False) -> Any:
     if data is None:
         return None
     if isinstance(data, cls):
         return data
     if not isinstance(data, dict):
         raise ValueError(f"{cls.__name__}: expected a mapping of fields, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
+    hints = _type_hints(cls)
     if strict:
         unknown = sorted(set(data) - {f.name for f in fields(cls)})
         if unknown:
