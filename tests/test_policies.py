@@ -244,6 +244,22 @@ def test_running_norm_matches_dataset_statistics(cont_env):
     assert float(p.obs_norm.count) == 6
 
 
+def test_running_norm_floors_only_features_constant_in_training():
+    """A feature that never varied is divided by 0.01 (a 1 cm shift -> 1, not saturated);
+    features that varied, even slightly, keep their own deviation."""
+    x = torch.zeros(100, 3, dtype=torch.float64)
+    x[:, 1] = torch.linspace(-1, 1, 100) * 0.005  # small but real variation
+    x[:, 2] = torch.linspace(-1, 1, 100)
+    rn = RunningNorm(3)
+    rn.fit(x)
+    y = rn(torch.tensor([[0.01, 0.0, 0.0]], dtype=torch.float32))
+    assert float(y[0, 0]) == pytest.approx(1.0, rel=1e-4)  # constant in training: floor 0.01
+    std1 = float(torch.sqrt(rn.var[1]))
+    assert 1e-3 < std1 < 0.01
+    z = rn(torch.tensor([[0.0, std1, 0.0]], dtype=torch.float32))
+    assert float(z[0, 1]) == pytest.approx(1.0, rel=1e-3)  # varied: its own deviation
+
+
 def test_mlp_bc_loss_decreases(disc_env):
     env, obs = disc_env
     torch.manual_seed(0)
