@@ -839,7 +839,8 @@ def make_scheduler(cfg: NightlyConfig, cron: str, *, blocking: bool = False, run
                    timezone: Any = None) -> Any:
     """A scheduler (not started) running :func:`nightly_job` on ``cron`` (5-field crontab).
 
-    ``blocking``: a ``BlockingScheduler`` (``twinrank serve``), else a ``BackgroundScheduler``.
+    ``blocking``: a ``BlockingScheduler`` (``start()`` runs it in this thread), else a
+    ``BackgroundScheduler`` (its own thread; ``twinrank serve`` uses this one).
     ``run_now``: also run once as soon as the scheduler starts. The job is ``NIGHTLY_JOB_ID``;
     one instance at a time, missed runs coalesced into one (up to an hour late).
     """

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -281,7 +282,9 @@ def serve(config: Path = typer.Argument(None, help=_CONFIG_HELP),
     for noisy in ("mlflow", "alembic", "apscheduler.executors.default"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        sched = make_scheduler(cfg, cron, blocking=True, run_now=run_now)
+        # A background scheduler thread and a main thread that only sleeps: Ctrl-C always lands in
+        # the sleep below (a blocking scheduler could take it inside its own start-up and hang).
+        sched = make_scheduler(cfg, cron, blocking=False, run_now=run_now)
     except NightlyConfigError as exc:
         _fail(str(exc))
     trigger = sched.get_job(NIGHTLY_JOB_ID).trigger
@@ -306,9 +309,11 @@ def serve(config: Path = typer.Argument(None, help=_CONFIG_HELP),
     sched.add_listener(on_submit, EVENT_JOB_SUBMITTED)
     sched.add_listener(on_event, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR | EVENT_JOB_MISSED)
     try:
+        sched.start()
         console.print(f"serving the nightly job (state {cfg.state_dir}) on cron {cron!r}, timezone {sched.timezone}; "
                       f"{'running now, then ' if run_now else ''}next run at {next_run()}. Ctrl-C stops.")
-        sched.start()
+        while sched.running:
+            time.sleep(0.5)
     except (KeyboardInterrupt, SystemExit):
         if busy["running"]:
             console.print("stopping: the nightly run in progress finishes first (Ctrl-C again aborts it; the next "
