@@ -244,6 +244,7 @@ def run_node(create: Callable[[list[str] | None], Node], argv: Sequence[str] | N
     args = list(sys.argv if argv is None else argv)
     # our own handlers: rclpy's would shut the context down under the node's threads
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     signal.signal(signal.SIGINT, interrupt)
     signal.signal(signal.SIGTERM, interrupt)
     node = None
@@ -269,4 +270,6 @@ def run_node(create: Callable[[list[str] | None], Node], argv: Sequence[str] | N
             node.destroy_node()
         if rclpy.ok():
             rclpy.shutdown()
+        for sig, handler in previous.items():  # a caller (a test, an embedding program) keeps its own
+            signal.signal(sig, handler)
     return 0

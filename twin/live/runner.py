@@ -243,6 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # explicit handlers: SIGINT is ignored in background jobs of non-interactive shells, and
     # rclpy's own handler would shut the context down under the running nodes
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     signal.signal(signal.SIGINT, interrupt)
     signal.signal(signal.SIGTERM, interrupt)
     owns = False
@@ -268,6 +269,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             if rclpy.ok():
                 rclpy.shutdown()
+        for sig, handler in previous.items():  # a caller (a test, an embedding program) keeps its own
+            signal.signal(sig, handler)
     return 0
 
 

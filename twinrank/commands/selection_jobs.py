@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import signal
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -295,6 +296,15 @@ def serve(config: Path = typer.Argument(None, help=_CONFIG_HELP),
         t = trigger.get_next_fire_time(None, dt.datetime.now(sched.timezone))
         return t.isoformat(timespec="seconds") if t else "never"
 
+    # Ctrl-C stops even when this process was started with SIGINT ignored (a shell's background
+    # job, a parent that ignores it: Python then installs no KeyboardInterrupt handler); SIGTERM
+    # (kill, docker stop, systemd) stops the same way.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, on_term)
     busy = {"running": False}
 
     def on_submit(ev: Any) -> None:
