@@ -10,11 +10,20 @@ intrinsics and pixels; fake-hardware mode streams twin renders.
 from __future__ import annotations
 
 import json
+import os
+import sys
+import tempfile
 import threading
 import time
 
 import numpy as np
 import pytest
+
+os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+os.environ.setdefault("AMENT_PREFIX_PATH", sys.prefix)
+os.environ["ROS_HOME"] = os.environ.get("TWINRANK_TEST_ROS_HOME") or tempfile.mkdtemp(prefix="ros-home-")
+os.environ["ROS_DOMAIN_ID"] = str(100 + os.getpid() % 100)  # same in every test module of a run
+os.environ.pop("ROS_LOCALHOST_ONLY", None)
 
 rclpy = pytest.importorskip("rclpy", reason="ROS 2 wheels not installed (`make install`)")
 

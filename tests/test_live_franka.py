@@ -23,6 +23,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -31,6 +32,14 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# ROS environment: loopback discovery, this venv's ament index, logs in a temp dir, a domain
+# of our own so parallel sessions do not see each other. Set before rclpy is imported.
+os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+os.environ.setdefault("AMENT_PREFIX_PATH", sys.prefix)
+os.environ["ROS_HOME"] = os.environ.get("TWINRANK_TEST_ROS_HOME") or tempfile.mkdtemp(prefix="ros-home-")
+os.environ["ROS_DOMAIN_ID"] = str(100 + os.getpid() % 100)  # same in every test module of a run
+os.environ.pop("ROS_LOCALHOST_ONLY", None)
 
 franky = pytest.importorskip("franky", reason="franky-control not installed (`make install`)")
 rclpy = pytest.importorskip("rclpy", reason="ROS 2 wheels not installed (`make install`)")

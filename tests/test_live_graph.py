@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -19,6 +21,15 @@ from typing import Any, Callable
 
 import numpy as np
 import pytest
+
+# ---- ROS environment: before rclpy is imported anywhere ---------------------------------------
+os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+os.environ.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 100))
+os.environ.setdefault("ROS_HOME", tempfile.mkdtemp(prefix="twinrank-roshome-"))
+os.environ.setdefault("RCUTILS_LOGGING_BUFFERED_STREAM", "0")
+_ament = [p for p in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if p]
+if sys.prefix not in _ament:
+    os.environ["AMENT_PREFIX_PATH"] = os.pathsep.join([sys.prefix, *_ament])
 
 rclpy = pytest.importorskip("rclpy", reason="ROS 2 from PyPI: pip install -e '.[ros]' (make install)")
 
