@@ -50,6 +50,9 @@ from twin.perturbations import (
     nominal_condition,
 )
 
+
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when built in
+
 #: Bump when the meaning of an episode result changes (part of every spec digest).
 EVAL_FORMAT_VERSION = 1
 SPECS_DIR = Path(__file__).resolve().parent / "specs"
@@ -340,7 +343,7 @@ class EvalSpec:
         s = str(self.suite)
         path = Path(s) if ("/" in s or s.endswith((".yaml", ".yml")) or Path(s).is_file()) else SUITES_DIR / f"{s}.yaml"
         try:
-            return yaml.safe_load(path.read_text())
+            return yaml.load(path.read_text(), Loader=_YAML_LOADER)
         except (OSError, yaml.YAMLError):
             return s
 

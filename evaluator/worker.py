@@ -3,8 +3,8 @@
 A worker process (:func:`worker_main`) lives for the whole campaign. It keeps
 
 * its simulators: a small LRU of env batches keyed by (task, control mode, observation
-  config, max_steps); every ``TwinEnv`` keeps its own LRU of compiled scene variants, so
-  nothing is rebuilt when the checkpoint changes;
+  config), the unit's max_steps set on them; every ``TwinEnv`` keeps its own LRU of
+  compiled scene variants, so nothing is rebuilt when the checkpoint changes;
 * the current policy: the checkpoint is loaded (``load_checkpoint``, fully validated, with
   the env for the spec check) only when a unit names another checkpoint than the last one.
 
@@ -174,7 +174,7 @@ class WorkerState:
     def envs_for(self, task: str, control_mode: str, obs_cfg: Any, max_steps: int | None, n: int) -> list[Any]:
         from twin.env import TwinEnv
 
-        key = (task, control_mode, repr(obs_cfg), max_steps)
+        key = (task, control_mode, repr(obs_cfg))  # not max_steps: set per unit below
         envs = self._envs.get(key)
         if envs is None:
             envs = []
@@ -186,7 +186,9 @@ class WorkerState:
         else:
             self._envs.move_to_end(key)
         while len(envs) < n:
-            envs.append(TwinEnv(task, control_mode=control_mode, observations=obs_cfg, max_steps=max_steps))
+            envs.append(TwinEnv(task, control_mode=control_mode, observations=obs_cfg))
+        for e in envs:
+            e.set_max_steps(max_steps)
         return envs
 
     def policy_for(self, unit: WorkUnit) -> tuple[Any, list[Any]]:

@@ -106,11 +106,20 @@ class RunningNorm(nn.Module):
         self.register_buffer("mean", torch.zeros(dim, dtype=torch.float32))
         self.register_buffer("var", torch.ones(dim, dtype=torch.float32))
         self.register_buffer("count", torch.zeros((), dtype=torch.float64))
+        # the divisor, recomputed only when ``var`` changed (in place: its version counter;
+        # moved or replaced: its storage), not on every batch of an evaluation
+        self._std_cache: tuple[tuple[int, int], torch.Tensor] | None = None
+
+    def std(self) -> torch.Tensor:
+        key = (self.var.data_ptr(), self.var._version)
+        if self._std_cache is None or self._std_cache[0] != key:
+            std = torch.sqrt(self.var + self.eps)
+            std = torch.where(std < self.const_std, torch.full_like(std, self.floor_std), std)
+            self._std_cache = (key, std.detach())
+        return self._std_cache[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        std = torch.sqrt(self.var + self.eps)
-        std = torch.where(std < self.const_std, torch.full_like(std, self.floor_std), std)
-        y = (x - self.mean) / std
+        y = (x - self.mean) / self.std()
         return y.clamp(-self.clip, self.clip) if self.clip > 0 else y
 
     @torch.no_grad()

@@ -172,3 +172,97 @@ def test_batched_autoreset_restarts_finished_envs():
     assert not trunc.any()
     b.close()
     fresh.close()
+
+
+def test_task_outcome_equals_success_reward_info_along_episodes():
+    """The env reads success, reward and info through ``Task.outcome`` once per step; it must
+    agree with the three separate methods, including at success (scripted expert) and for a
+    subclass that redefines only ``success``."""
+    from twin.tasks.mug_to_sink import MugToSink
+
+    for task in ("mug_to_sink", "reach"):
+        e = TwinEnv(task, control_mode="discrete")
+        rng = np.random.default_rng(0)
+        for seed in range(3):
+            e.reset(seed=seed)
+            for _ in range(15):
+                e.step(int(rng.integers(14)))
+                t, s = e.task, e.sim
+                assert t.outcome(s) == (t.success(s), float(t.reward(s)), t.info(s))
+        e.close()
+    e = TwinEnv("mug_to_sink", control_mode="ee_pose")
+    e.reset(seed=0)
+    expert = e.task.expert()
+    expert.reset(e.sim)
+    successes = 0
+    for _ in range(e.cfg.terminations.max_steps):
+        _, r, term, trunc, info = e.step(expert.act(e.sim))
+        assert e.task.outcome(e.sim) == (info["success"], r, {"mug_sink_distance": info["mug_sink_distance"]})
+        successes += info["success"]
+        if term or trunc:
+            break
+    assert successes == 1 and r == 1.0
+    e.close()
+
+    class NeverDone(MugToSink):
+        def success(self, sim):  # type: ignore[override]
+            return False
+
+    t = NeverDone()
+    e = TwinEnv(t, control_mode="ee_pose")
+    e.reset(seed=0)
+    expert = t.expert()
+    expert.reset(e.sim)
+    for _ in range(e.cfg.terminations.max_steps):
+        _, r, term, trunc, info = e.step(expert.act(e.sim))
+        assert info["success"] is False and not term
+    e.close()
+
+
+def test_max_steps_can_change_on_a_kept_env():
+    e = TwinEnv("reach", control_mode="discrete")
+    assert e.cfg.terminations.max_steps == 25
+    e.set_max_steps(3)
+    e.reset(seed=0)
+    for i in range(3):
+        _, _, term, trunc, info = e.step(0)
+    assert trunc or term
+    e.set_max_steps(None)
+    assert e.cfg.terminations.max_steps == 25 and e.task.cfg.terminations.max_steps == 25
+    with pytest.raises(ValueError, match="at least one step"):
+        e.set_max_steps(0)
+    e.close()
+
+
+def test_scene_variants_are_reused_per_condition_values():
+    """A reset under scene values seen before reuses the perturbed scene (same object, same
+    compiled sim); other values or no values give their own; unknown factors still fail."""
+    from twin.perturbations import Condition, PerturbationError
+
+    e = TwinEnv("reach", control_mode="discrete")
+    e.reset(seed=0)
+    base_sim = e.sim
+    assert e.scene is e.base_scene
+    lit = Condition(name="light", values={"light_intensity": 0.5})
+    e.reset(seed=1, options={"condition": lit})
+    lit_scene, lit_sim = e.scene, e.sim
+    assert lit_sim is not base_sim and lit_scene.digest() != e.base_scene.digest()
+    e.reset(seed=2, options={"condition": Condition(name="again", values={"light_intensity": 0.5})})
+    assert e.scene is lit_scene and e.sim is lit_sim
+    e.reset(seed=3, options={"condition": Condition(name="noise", values={"observation_noise": 0.01})})
+    assert e.scene is e.base_scene and e.sim is base_sim  # not a scene factor
+    with pytest.raises(PerturbationError):
+        e.reset(seed=4, options={"condition": Condition(name="bad", values={"no_such_factor": 1.0})})
+    e.close()
+
+
+def test_is_stable_catches_nan_and_runaway_speeds(env):
+    env.reset(seed=0)
+    assert env.sim.is_stable()
+    env.sim.data.qvel[0] = np.nan
+    assert not env.sim.is_stable()
+    env.sim.data.qvel[0] = -2e3
+    assert not env.sim.is_stable()
+    env.sim.data.qvel[0] = 0.0
+    env.sim.data.qpos[3] = np.inf
+    assert not env.sim.is_stable()

@@ -491,3 +491,22 @@ def test_policies_that_raise_or_return_nan_fail_their_episodes(executor, tmp_pat
     inline = evaluate([refs[0], refs[4]], spec, tmp_path / "fail_inline", executor=InlineExecutor(), plots=False)
     assert [s.status for s in inline.checkpoints] == ["ok", "ok"]
     assert _outcomes(inline)[:4] == _outcomes(result)[:4]
+
+
+def test_worker_keeps_its_envs_across_episode_lengths():
+    """Specs that differ only in max_steps run on the same kept-alive envs."""
+    from evaluator.worker import WorkerState
+    from twin.tasks.base import ObservationCfg
+
+    ws = WorkerState(kill_hook=False)
+    try:
+        obs = ObservationCfg(state=True)
+        a = [id(e) for e in ws.envs_for("reach", "discrete", obs, 5, 2)]
+        b = ws.envs_for("reach", "discrete", obs, 40, 2)
+        assert a == [id(e) for e in b]
+        assert all(e.cfg.terminations.max_steps == 40 for e in b)
+        c = ws.envs_for("reach", "discrete", obs, None, 3)
+        assert [id(e) for e in c[:2]] == a and len(c) == 3
+        assert all(e.cfg.terminations.max_steps == 25 for e in c)  # the task's own
+    finally:
+        ws.close()

@@ -488,3 +488,24 @@ def test_adapters_continuous_and_callable(cont_env):
     assert out.dtype == np.float32 and out.shape == (3, 7) and out[0, -1] == 1.0
     env.step(out)
     cp.reset([0])
+
+
+def test_running_norm_divisor_follows_updates_loads_and_moves():
+    """The divisor is cached between batches; an update, a loaded state and new buffers
+    must each be seen by the next forward."""
+    rn = RunningNorm(2)
+    x = torch.tensor([[1.0, 1.0]])
+    assert torch.allclose(rn(x), x)  # identity before any update
+    rn.fit(torch.tensor([[0.0, 0.0], [2.0, 4.0]], dtype=torch.float64))  # std 1, 2
+    assert torch.allclose(rn(torch.tensor([[2.0, 4.0]])), torch.tensor([[1.0, 1.0]]), atol=1e-5)
+    rn.update(torch.tensor([[10.0, 10.0]] * 2, dtype=torch.float64))
+    ref = (torch.tensor([[2.0, 4.0]]) - rn.mean) / torch.sqrt(rn.var + rn.eps)
+    assert torch.allclose(rn(torch.tensor([[2.0, 4.0]])), ref.clamp(-rn.clip, rn.clip), atol=1e-5)
+    other = RunningNorm(2)
+    other.load_state_dict(rn.state_dict())
+    other(x)
+    fresh = RunningNorm(2)
+    other.load_state_dict(fresh.state_dict())  # back to identity: in-place copy of var
+    assert torch.allclose(other(x), x)
+    rn.var = torch.full((2,), 4.0)  # replaced buffer
+    assert torch.allclose(rn(rn.mean[None] + 2.0), torch.ones(1, 2), atol=1e-5)

@@ -27,6 +27,7 @@ _SIM_CACHE_SIZE = 6
 
 
 def _discrete_table(pos_step: float, rot_step: float) -> list[tuple[np.ndarray, np.ndarray, float | None]]:
+    """The 14 discrete actions: (TCP translation, rotation matrix, gripper command or None)."""
     out: list[tuple[np.ndarray, np.ndarray, float | None]] = []
     for axis in range(3):
         for sign in (1.0, -1.0):
@@ -40,7 +41,8 @@ def _discrete_table(pos_step: float, rot_step: float) -> list[tuple[np.ndarray, 
             out.append((np.zeros(3), r, None))
     out.append((np.zeros(3), np.zeros(3), 1.0))
     out.append((np.zeros(3), np.zeros(3), 0.0))
-    return out
+    # the rotation deltas as matrices once, not per step
+    return [(dpos, euler_to_mat(*drot), grip) for dpos, drot, grip in out]
 
 
 class TwinEnv(gym.Env):
@@ -64,6 +66,7 @@ class TwinEnv(gym.Env):
             tcfg = tcfg.replace(actions=_replace(tcfg.actions, mode=control_mode))
         if observations is not None:
             tcfg = tcfg.replace(observations=observations)
+        self._task_max_steps = tcfg.terminations.max_steps
         if max_steps is not None:
             tcfg = tcfg.replace(terminations=_replace(tcfg.terminations, max_steps=max_steps))
         self.task.cfg = tcfg
@@ -81,7 +84,11 @@ class TwinEnv(gym.Env):
         self._renderers: dict[tuple[str, int, int], Any] = {}
         self._scene_key = ""
         self._splats: tuple[str, Any] | None = None  # (scene key, SplatBinding) for splat cameras
+        # condition's scene values -> (perturbed scene, its digest): a reset under values seen
+        # before neither copies nor hashes the scene again
+        self._variants: OrderedDict[str, tuple[SceneCfg, str]] = OrderedDict()
         self.sim: TwinSim = self._sim_for(self.base_scene)
+        self._variants[""] = (self.base_scene, self._scene_key)
         self.scene: SceneCfg = self.base_scene
         self.condition: Condition = nominal_condition()
         self.nsub = max(1, int(round(tcfg.control_dt / self.base_scene.physics.timestep)))
@@ -96,6 +103,16 @@ class TwinEnv(gym.Env):
         if extra:
             raise ValueError(f"ObservationCfg.splat_cameras {extra} are not observed cameras {self.camera_names()}: "
                              "list only cameras in ObservationCfg.cameras (or the scene's when that is empty)")
+
+    def set_max_steps(self, max_steps: int | None) -> None:
+        """Episode step limit from the next step on (``None``: the task's own), so a kept-alive
+        env serves evaluations of any length without being rebuilt."""
+        n = self._task_max_steps if max_steps is None else int(max_steps)
+        if n < 1:
+            raise ValueError(f"max_steps = {n}: an episode needs at least one step")
+        if n != self.cfg.terminations.max_steps:
+            self.cfg = self.cfg.replace(terminations=_replace(self.cfg.terminations, max_steps=n))
+            self.task.cfg = self.cfg
 
     # ---- spaces ------------------------------------------------------------------------------
     def _make_action_space(self) -> spaces.Space:
@@ -148,8 +165,8 @@ class TwinEnv(gym.Env):
         return c.width, c.height
 
     # ---- sims --------------------------------------------------------------------------------
-    def _sim_for(self, scene: SceneCfg) -> TwinSim:
-        key = self._scene_key = scene.digest()
+    def _sim_for(self, scene: SceneCfg, key: str | None = None) -> TwinSim:
+        key = self._scene_key = key or scene.digest()
         sim = self._sims.get(key)
         if sim is None:
             sim = TwinSim(scene)
@@ -161,6 +178,24 @@ class TwinEnv(gym.Env):
         else:
             self._sims.move_to_end(key)
         return sim
+
+    def _scene_variant(self, condition: Condition) -> tuple[SceneCfg, str]:
+        """The scene under ``condition`` and its digest (remembered per scene values)."""
+        condition._check_names()  # an unknown factor is an error even when nothing else changes
+        vkey = condition.scene_values_key()
+        hit = self._variants.get(vkey)
+        if hit is not None:
+            self._variants.move_to_end(vkey)
+            return hit
+        scene = condition.apply_to_scene(self.base_scene, self.task)
+        self._variants[vkey] = (scene, scene.digest())
+        while len(self._variants) > 4 * _SIM_CACHE_SIZE:
+            oldest = next(iter(self._variants))
+            if oldest == "":
+                self._variants.move_to_end("")
+                continue
+            self._variants.pop(oldest)
+        return self._variants[vkey]
 
     # ---- gym API -----------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
@@ -174,8 +209,8 @@ class TwinEnv(gym.Env):
         elif isinstance(condition, dict):
             condition = Condition.from_dict(condition)
         self.condition = condition
-        self.scene = condition.apply_to_scene(self.base_scene, self.task)
-        self.sim = self._sim_for(self.scene)
+        self.scene, key = self._scene_variant(condition)
+        self.sim = self._sim_for(self.scene, key)
         self.sim.latency_substeps = int(round(condition.latency_s / self.scene.physics.timestep))
         self._rng = np.random.default_rng(seed)
         self._noise_rng = np.random.default_rng([seed, 1])
@@ -198,11 +233,10 @@ class TwinEnv(gym.Env):
             info = self._info(success=False, **report)
             info["failure_reason"] = "physics_unstable"
             return obs, 0.0, True, False, info
-        success = self.task.success(self.sim)
-        reward = float(self.task.reward(self.sim))
+        success, reward, task_info = self.task.outcome(self.sim)
         terminated = success and self.cfg.terminations.terminate_on_success
         truncated = (not terminated) and self.steps >= self.cfg.terminations.max_steps
-        info = self._info(success=success, **report)
+        info = self._info(success=success, task_info=task_info, **report)
         if truncated and not success:
             info["failure_reason"] = "timeout"
         return self._obs(), reward, terminated, truncated, info
@@ -225,6 +259,10 @@ class TwinEnv(gym.Env):
         sim = self.sim
         report: dict[str, Any] = {"action_nonfinite": False, "action_clipped": False}
         if acfg.mode == "discrete":
+            if isinstance(action, (int, np.integer)) and 0 <= action < 14:  # the common case, checked cheaply
+                dpos, drot, grip = self._discrete[int(action)]
+                sim.command_delta(dpos, drot, sim.gripper_cmd if grip is None else grip)
+                return report
             a = np.asarray(action).reshape(-1)
             if a.size != 1 or not np.isfinite(a).all() or not (0 <= int(a[0]) < 14) or a[0] != int(a[0]):
                 report["action_invalid"] = True
@@ -233,7 +271,7 @@ class TwinEnv(gym.Env):
             else:
                 idx = int(a[0])
             dpos, drot, grip = self._discrete[idx]
-            sim.command_delta(dpos, euler_to_mat(*drot), sim.gripper_cmd if grip is None else grip)
+            sim.command_delta(dpos, drot, sim.gripper_cmd if grip is None else grip)
             return report
         a = np.asarray(action, dtype=np.float64).reshape(-1)
         space = self.action_space
@@ -292,12 +330,12 @@ class TwinEnv(gym.Env):
 
     # ---- observations ------------------------------------------------------------------------
     def robot_state(self) -> np.ndarray:
-        sim = self.sim
-        return np.concatenate([sim.arm_qpos(), [sim.gripper_width()], sim.tcp_pose()])
+        """Arm joints, gripper width, TCP position and quaternion wxyz (15, float64)."""
+        return self.sim.robot_state()
 
     def state(self) -> np.ndarray:
         """Privileged state: task state (object poses etc.) + robot state."""
-        return np.concatenate([self.task.task_state(self.sim), self.robot_state()]).astype(np.float32)
+        return np.concatenate([self.task.task_state(self.sim), self.sim.robot_state()], dtype=np.float32)
 
     def _obs(self) -> dict[str, np.ndarray]:
         ocfg = self.cfg.observations
@@ -376,7 +414,7 @@ class TwinEnv(gym.Env):
         """Observation after a blow-up: zeros of the right shapes (state is meaningless)."""
         return {k: np.zeros(sp.shape, dtype=sp.dtype) for k, sp in self.observation_space.spaces.items()}
 
-    def _info(self, success: bool, **extra: Any) -> dict[str, Any]:
+    def _info(self, success: bool, task_info: dict[str, float] | None = None, **extra: Any) -> dict[str, Any]:
         info: dict[str, Any] = {
             "success": bool(success),
             "is_success": bool(success),
@@ -386,7 +424,7 @@ class TwinEnv(gym.Env):
         }
         info.update(extra)
         if self._failed_reason == "":
-            info.update(self.task.info(self.sim))
+            info.update(self.task.info(self.sim) if task_info is None else task_info)
         return info
 
 

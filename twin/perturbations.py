@@ -93,6 +93,7 @@ left out.
 from __future__ import annotations
 
 import copy
+import json
 import math
 import os
 import zlib
@@ -555,6 +556,12 @@ class Condition:
         for n in self.values:
             if n not in FACTORS:
                 raise _unknown_factor(n)
+
+    def scene_values_key(self) -> str:
+        """Canonical JSON of the values that change the scene ("" when none do): two
+        conditions with the same key give the same perturbed scene from the same base."""
+        vals = {k: v for k, v in self.values.items() if k in _SCENE_APPLIERS}
+        return json.dumps(vals, sort_keys=True, default=str) if vals else ""
 
     def apply_to_scene(self, scene: SceneCfg, task: "Task | None") -> SceneCfg:
         """A perturbed copy of ``scene`` (the input is left untouched)."""

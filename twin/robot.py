@@ -178,6 +178,10 @@ class PandaIK:
         self._jacr = np.zeros((3, model.nv))
         self._damp_eye = (damping**2) * np.eye(6)
         self._eye7 = np.eye(7)
+        # The arm's qpos/dof addresses as slices when contiguous (they are for the Panda):
+        # slicing is a view, fancy indexing a copy per call.
+        self._qadr = contiguous_slice(handles.qpos_adr)
+        self._dadr = contiguous_slice(handles.dof_adr)
         # Nominal posture the null space is pulled towards (keeps the elbow up).
         self.rest = None
 
@@ -188,41 +192,70 @@ class PandaIK:
 
     def _fk_view(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         d = self.data
-        d.qpos[self.h.qpos_adr] = q
+        d.qpos[self._qadr] = q
         mujoco.mj_kinematics(self.model, d)
         return d.site_xpos[self.h.tcp_site], d.site_xmat[self.h.tcp_site].reshape(3, 3)
 
     def solve(self, target_pos: np.ndarray, target_rot: np.ndarray | None, q_seed: np.ndarray,
               iters: int = 20, tol: float = 1e-4) -> np.ndarray:
+        """Damped least squares with a null-space pull towards ``rest``:
+        dq = v + J^T (J J^T + l^2 I)^-1 (err - J v), v = 0.1 (rest - q), |dq| <= 0.2.
+
+        Runs once per control step of every Cartesian action, so the loop keeps to
+        preallocated arrays and MuJoCo's own small dense routines (Cholesky of the 6x6
+        system) instead of per-iteration numpy allocations."""
         q = np.array(q_seed, dtype=float)
-        d, m, dof, site = self.data, self.model, self.h.dof_adr, self.h.tcp_site
+        d, m, site = self.data, self.model, self.h.tcp_site
         jacp, jacr = self._jacp, self._jacr
-        n = 6 if target_rot is not None else 3
+        dadr = self._dadr
+        lower, upper = self.h.lower, self.h.upper
+        use_rot = target_rot is not None
+        n = 6 if use_rot else 3
+        w = self.rot_weight
+        target_pos = np.asarray(target_pos, dtype=float)
         err = np.zeros(n)
         jac = np.zeros((n, 7))
+        jjt = np.empty((n, n))
+        rhs = np.empty(n)
+        sol = np.empty(n)
         damp = self._damp_eye[:n, :n]
+        rest = self.rest
+        tol2 = tol * tol
         for _ in range(iters):
             pos, rot = self._fk_view(q)
-            err[:3] = target_pos - pos
-            if target_rot is not None:
-                err[3:] = rotation_error(target_rot, rot) * self.rot_weight
-            if err @ err < tol * tol:
+            np.subtract(target_pos, pos, out=err[:3])
+            if use_rot:
+                err[3:] = rotation_error(target_rot, rot)
+                err[3:] *= w
+            if float(err @ err) < tol2:
                 break
             mujoco.mj_comPos(m, d)
             mujoco.mj_jacSite(m, d, jacp, jacr, site)
-            jac[:3] = jacp[:, dof]
-            if target_rot is not None:
-                jac[3:] = jacr[:, dof]
-                jac[3:] *= self.rot_weight
-            # Damped least squares with a null-space pull towards `rest`:
-            # dq = v + J^T (J J^T + l^2 I)^-1 (err - J v), v = 0.1 (rest - q).
-            v = 0.1 * (self.rest - q) if self.rest is not None else np.zeros(7)
-            dq = v + jac.T @ np.linalg.solve(jac @ jac.T + damp, err - jac @ v)
-            step = float(np.sqrt(dq @ dq))
+            jac[:3] = jacp[:, dadr]
+            if use_rot:
+                np.multiply(jacr[:, dadr], w, out=jac[3:])
+            v = 0.1 * (rest - q) if rest is not None else np.zeros(7)
+            np.matmul(jac, jac.T, out=jjt)
+            jjt += damp
+            np.subtract(err, jac @ v, out=rhs)
+            mujoco.mju_cholFactor(jjt, 0.0)
+            mujoco.mju_cholSolve(sol, jjt, rhs)
+            dq = v + jac.T @ sol
+            step = math.sqrt(float(dq @ dq))
             if step > 0.2:
                 dq *= 0.2 / step
-            q = np.clip(q + dq, self.h.lower, self.h.upper)
+            q += dq
+            np.maximum(q, lower, out=q)  # = np.clip, at a third of its call overhead
+            np.minimum(q, upper, out=q)
         return q
+
+
+def contiguous_slice(idx: np.ndarray) -> slice | np.ndarray:
+    """``idx`` as a slice when it is a contiguous increasing range, else unchanged."""
+    idx = np.asarray(idx)
+    if idx.size and np.array_equal(idx, np.arange(idx[0], idx[0] + idx.size)):
+        return slice(int(idx[0]), int(idx[0]) + int(idx.size))
+    return idx
 
 
 def rotation_error(target: np.ndarray, current: np.ndarray) -> np.ndarray:

@@ -7,13 +7,14 @@ in physics sub-steps, and reports non-finite physics as ``unstable``.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 
 import mujoco
 import numpy as np
 
 from twin.compile import CompiledScene, compile_scene
-from twin.robot import GRIPPER_MAX_WIDTH, PandaIK, RobotHandles, mat_to_quat, quat_to_mat
+from twin.robot import GRIPPER_MAX_WIDTH, PandaIK, RobotHandles, contiguous_slice, mat_to_quat, quat_to_mat
 from twin.scene import SceneCfg, SceneError
 
 # Top-down TCP orientation used at home: gripper z pointing down.
@@ -28,6 +29,8 @@ class TwinSim:
         self.data = mujoco.MjData(self.model)
         self.h = RobotHandles.from_model(self.model)
         self.ik = PandaIK(self.model, self.h)
+        self._qadr = contiguous_slice(self.h.qpos_adr)
+        self._arm_act = contiguous_slice(self.h.arm_act)
         self.ik.rest = np.array(self.scene.robot.home_qpos)
         self.latency_substeps = 0
         self._pending: deque[tuple[int, np.ndarray]] = deque()
@@ -37,6 +40,7 @@ class TwinSim:
         self.q_target = np.array(self.scene.robot.home_qpos, dtype=float)
         self.gripper_cmd = 1.0
         self._body_ids: dict[str, int] = {}
+        self._site_ids: dict[str, int] = {}
         self._free_adr = {
             self.model.body(self.model.jnt_bodyid[j]).name: int(self.model.jnt_qposadr[j])
             for j in range(self.model.njnt)
@@ -74,6 +78,20 @@ class TwinSim:
             quat = -quat
         return np.concatenate([pos, quat])
 
+    def robot_state(self) -> np.ndarray:
+        """Arm joints (7), gripper width (1), TCP position (3) and quaternion wxyz (4), read
+        straight into one array (the env observes it after every step)."""
+        d, h = self.data, self.h
+        out = np.empty(15)
+        out[:7] = d.qpos[self._qadr]
+        out[7] = d.qpos[h.finger_qpos_adr].sum()
+        out[8:11] = d.site_xpos[h.tcp_site]
+        quat = out[11:15]
+        mujoco.mju_mat2Quat(quat, d.site_xmat[h.tcp_site])
+        if quat[0] < 0:
+            quat *= -1.0
+        return out
+
     def arm_qpos(self) -> np.ndarray:
         return self.data.qpos[self.h.qpos_adr].copy()
 
@@ -92,6 +110,12 @@ class TwinSim:
         if bid is None:
             bid = self._body_ids[name] = self.model.body(name).id
         return bid
+
+    def site_id(self, name: str) -> int:
+        sid = self._site_ids.get(name)
+        if sid is None:
+            sid = self._site_ids[name] = self.model.site(name).id
+        return sid
 
     def body_pose(self, name: str) -> np.ndarray:
         """World position (3) + quaternion wxyz (4) of a body."""
@@ -112,16 +136,19 @@ class TwinSim:
         return float(self.data.qpos[self.model.jnt_qposadr[self.model.joint(name).id]])
 
     def site_pos(self, name: str) -> np.ndarray:
-        return self.data.site_xpos[self.model.site(name).id].copy()
+        return self.data.site_xpos[self.site_id(name)].copy()
 
     def is_stable(self) -> bool:
+        """Finite positions and every speed below 1e3 (a NaN fails both comparisons)."""
         d = self.data
-        return bool(np.isfinite(d.qpos).all() and np.isfinite(d.qvel).all() and np.abs(d.qvel).max(initial=0) < 1e3)
+        if not math.isfinite(float(d.qpos.sum())):
+            return False
+        return d.qvel.size == 0 or bool(-1e3 < d.qvel.min() and d.qvel.max() < 1e3)
 
     # ---- commands ---------------------------------------------------------------------------
     def command_joints(self, q: np.ndarray, gripper: float) -> None:
         self.q_target = np.clip(q, self.h.lower, self.h.upper)
-        self.gripper_cmd = float(np.clip(gripper, 0.0, 1.0))
+        self.gripper_cmd = _unit_clip(gripper)
         self.target_pos, self.target_rot = self.ik.fk(self.q_target)
 
     def command_pose(self, pos: np.ndarray, rot: np.ndarray, gripper: float, iters: int = 4,
@@ -132,7 +159,7 @@ class TwinSim:
         # Warm-started from the last solution; residuals below `tol` (0.2 mm) are
         # corrected on the next command since targets are absolute.
         self.q_target = self.ik.solve(self.target_pos, self.target_rot, self.q_target, iters=iters, tol=tol)
-        self.gripper_cmd = float(np.clip(gripper, 0.0, 1.0))
+        self.gripper_cmd = _unit_clip(gripper)
 
     def command_delta(self, dpos: np.ndarray, drot: np.ndarray, gripper: float) -> None:
         """Move the commanded TCP pose by a world-frame translation and rotation."""
@@ -143,11 +170,12 @@ class TwinSim:
 
         Returns False if the physics became non-finite.
         """
-        ctrl = np.concatenate([self.q_target, [self.gripper_cmd]])
         if self.latency_substeps > 0:
+            ctrl = np.concatenate([self.q_target, [self.gripper_cmd]])
             self._pending.append((self._substep + self.latency_substeps, ctrl))
         else:
-            self._apply(ctrl)
+            self.data.ctrl[self._arm_act] = self.q_target
+            self.data.ctrl[self.h.gripper_act] = self.gripper_cmd
         d, m = self.data, self.model
         if not self._pending:
             mujoco.mj_step(m, d, nstep=nsub)
@@ -161,7 +189,13 @@ class TwinSim:
         return self.is_stable()
 
     def _apply(self, ctrl: np.ndarray) -> None:
-        self.data.ctrl[self.h.arm_act] = ctrl[:7]
+        self.data.ctrl[self._arm_act] = ctrl[:7]
         self.data.ctrl[self.h.gripper_act] = ctrl[7]
+
+
+def _unit_clip(v: float) -> float:
+    """``v`` clipped to [0, 1] as a float (NaN stays NaN, as with np.clip)."""
+    v = float(v)
+    return 0.0 if v < 0.0 else 1.0 if v > 1.0 else v
 
 

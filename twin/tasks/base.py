@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Literal
+from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence
 
 import numpy as np
 
@@ -107,6 +107,14 @@ class Task:
     def __init__(self, cfg: TaskCfg | None = None) -> None:
         self.cfg = cfg if cfg is not None else self.default_cfg()
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # A subclass that redefines success/reward/info but inherits a parent's shared
+        # ``outcome`` would have the env ignore its override: give it the generic one.
+        own = cls.__dict__
+        if "outcome" not in own and any(k in own for k in ("success", "reward", "info")):
+            cls.outcome = Task.outcome  # type: ignore[method-assign]
+
     @classmethod
     def default_cfg(cls) -> TaskCfg:
         raise NotImplementedError
@@ -148,6 +156,12 @@ class Task:
     def info(self, sim: "TwinSim") -> dict[str, float]:
         """Extra per-step diagnostics (distances, coverage...) put into ``info``."""
         return {}
+
+    def outcome(self, sim: "TwinSim") -> tuple[bool, float, dict[str, float]]:
+        """``(success, reward, info)`` of the current state: what the env asks after every
+        step. Tasks whose three share work (object poses, distances) override this to
+        compute it once; it must equal ``(success(sim), reward(sim), info(sim))``."""
+        return self.success(sim), float(self.reward(sim)), self.info(sim)
 
 
 _REGISTRY: dict[str, type[Task]] = {}
@@ -191,5 +205,6 @@ def upright(quat: np.ndarray, max_tilt_rad: float = 0.5) -> bool:
     return bool(zz >= np.cos(max_tilt_rad))
 
 
-def inside(point: np.ndarray, center: np.ndarray, half: np.ndarray, margin: float = 0.0) -> bool:
-    return bool(np.all(np.abs(np.asarray(point) - np.asarray(center)) <= np.asarray(half) + margin))
+def inside(point: Sequence[float], center: Sequence[float], half: Sequence[float], margin: float = 0.0) -> bool:
+    """True if ``point`` lies in the axis-aligned box ``center`` +/- (``half`` + ``margin``)."""
+    return all(abs(float(p) - float(c)) <= float(h) + margin for p, c, h in zip(point, center, half))

@@ -55,26 +55,33 @@ class MugToSink(Task):
 
     def in_sink(self, sim: TwinSim) -> bool:
         site = sim.scene.site("sink")
-        return inside(sim.body_pose("mug")[:3], sim.site_pos("sink"), np.array(site.half_extents), margin=0.0)
+        return inside(sim.body_pose("mug")[:3], sim.site_pos("sink"), site.half_extents, margin=0.0)
 
     def success(self, sim: TwinSim) -> bool:
-        pose = sim.body_pose("mug")
-        return self.in_sink(sim) and upright(pose[3:]) and sim.gripper_open()
+        return MugToSink.outcome(self, sim)[0]
 
     def reward(self, sim: TwinSim) -> float:
-        if self.success(sim):
-            return 1.0
-        mug_pos = sim.body_pose("mug")[:3]
-        tcp = sim.tcp_pose()[:3]
-        reach = 1.0 - math.tanh(5.0 * float(np.linalg.norm(tcp - mug_pos)))
-        lifted = float(mug_pos[2] > sim.scene.body("mug").pose.pos[2] + 0.03 or self.in_sink(sim))
-        d_sink = float(np.linalg.norm((mug_pos - sim.site_pos("sink"))[:2]))
-        transport = (1.0 - math.tanh(4.0 * d_sink)) * lifted
-        return 0.25 * reach + 0.25 * lifted + 0.5 * transport * 0.99
+        return MugToSink.outcome(self, sim)[1]
 
     def info(self, sim: TwinSim) -> dict[str, float]:
-        d = float(np.linalg.norm((sim.body_pose("mug")[:3] - sim.site_pos("sink"))[:2]))
-        return {"mug_sink_distance": d}
+        return MugToSink.outcome(self, sim)[2]
+
+    def outcome(self, sim: TwinSim) -> tuple[bool, float, dict[str, float]]:
+        """Success, reward and info from one read of the mug, sink and TCP poses."""
+        data = sim.data
+        b = sim.body_id("mug")
+        mug_pos, mug_quat = data.xpos[b], data.xquat[b]
+        sink_c = data.site_xpos[sim.site_id("sink")]
+        in_sink = inside(mug_pos, sink_c, sim.scene.site("sink").half_extents, margin=0.0)
+        d_sink = math.hypot(float(mug_pos[0] - sink_c[0]), float(mug_pos[1] - sink_c[1]))
+        info = {"mug_sink_distance": d_sink}
+        if in_sink and upright(mug_quat) and sim.gripper_open():
+            return True, 1.0, info
+        tcp = data.site_xpos[sim.h.tcp_site]
+        reach = 1.0 - math.tanh(5.0 * math.dist(tcp, mug_pos))
+        lifted = float(mug_pos[2] > sim.scene.body("mug").pose.pos[2] + 0.03 or in_sink)
+        transport = (1.0 - math.tanh(4.0 * d_sink)) * lifted
+        return False, 0.25 * reach + 0.25 * lifted + 0.5 * transport * 0.99, info
 
     def expert(self, noise: float = 0.0, rng: np.random.Generator | None = None) -> "MugToSinkExpert":
         return MugToSinkExpert(noise=noise, rng=rng)

@@ -55,6 +55,11 @@ class Reach(Task):
     def info(self, sim: TwinSim) -> dict[str, float]:
         return {"hover_distance": self.distance(sim)}
 
+    def outcome(self, sim: TwinSim) -> tuple[bool, float, dict[str, float]]:
+        d = self.distance(sim)
+        success = d < RADIUS
+        return success, 1.0 if success else 1.0 - math.tanh(5.0 * d), {"hover_distance": d}
+
     def expert(self, noise: float = 0.0, rng: np.random.Generator | None = None) -> "ReachExpert":
         return ReachExpert(noise=noise, rng=rng)
 
