@@ -7,12 +7,14 @@ Targets (issue 4):
       throughput of the same compiled model on 2 processes: >= 0.8. Two raw baselines are
       measured and both ratios printed:
       - "at rest": the task's model stepped from its reset state with the home command held
-        (the robot still, the mug resting: the cheapest states this model has);
+        (the robot still, the mug resting);
       - "replayed": the same model stepped through the very episodes the evaluator runs
         (same seeds, the policy's control sequence recorded beforehand, replayed with nothing
         but ``data.ctrl`` writes between ``mj_step(nstep=substeps)`` calls), i.e. the physics
         cost of the workload itself. Its ratio is the evaluator's efficiency: the share of
         its time that is physics.
+      The workers also time their own physics stepping; that share of their unit time is
+      printed too (a measure of the same thing that the machine's speed swings cancel out of).
 (ii)  1 -> 2 worker scaling of the same campaign (measured in the same rounds): >= 1.8x.
 (iii) resident memory of the workers after evaluating 100 checkpoints vs after 1 (same
       persistent workers, weights swapped per checkpoint): growth < 10%.
@@ -167,7 +169,7 @@ def campaign_rate(ckpt: Path, workers: int, episodes: int, max_steps: int, tmp: 
     eps = res.episodes
     steps = sum(e.length for e in eps)
     return {"episodes": len(eps), "env_steps": steps, "wall_s": wall, "episodes_per_s": len(eps) / wall,
-            "env_steps_per_s": steps / wall}
+            "env_steps_per_s": steps / wall, "physics_share": res.physics_share or 0.0}
 
 
 def throughput_rounds(ckpt: Path, episodes: int, max_steps: int, tmp: Path, rounds: int = 3,
@@ -245,9 +247,12 @@ def main() -> None:
         med_rest = float(np.median([r["env_steps_per_s"] * nsub / r["rest"] for r in rounds]))
         med_replay = float(np.median([r["env_steps_per_s"] * nsub / r["replay"] for r in rounds]))
         med_phys = float(np.median([r["replay"] / r["rest"] for r in rounds]))
+        shares = [r["physics_share"] for r in rounds]
         print(f"  median ratio evaluator / raw physics: vs replayed episodes {med_replay:.2f}, vs at rest "
               f"{med_rest:.2f} (target >= 0.8); the episodes' own physics runs at {med_phys:.2f} of the "
               f"at-rest rate")
+        print("  the workers' own time in physics stepping (measured inside them, so machine speed swings "
+              "cancel): " + ", ".join(f"{x:.2f}" for x in shares) + f", median {float(np.median(shares)):.2f}")
         scaling = [r["env_steps_per_s"] / r["one_env_steps_per_s"] for r in rounds]
         print("  1 worker: " + ", ".join(f"{r['one_env_steps_per_s']:.0f}" for r in rounds)
               + " env-steps/s in the rounds; 1 -> 2 worker scaling per round "

@@ -5,7 +5,8 @@
 
 * ``"episode"``: a finished episode (payload: the result dict with its ``slot``);
 * ``"video"``: frames of a recorded episode, encoded (``data`` bytes, ``format``);
-* ``"done"``: the unit finished (``elapsed_s``, ``steps``, ``pid``);
+* ``"done"``: the unit finished (``elapsed_s``, ``steps``, ``physics_s``: time in physics
+  stepping, ``pid``);
 * ``"error"``: the unit could not run (``kind``: ``"checkpoint"`` when the checkpoint cannot
   be loaded or does not fit the env, ``"unit"`` for anything else; ``message``);
 * ``"lost"``: the worker running the unit died (``pid``, ``exitcode``); the episodes it had

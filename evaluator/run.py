@@ -191,6 +191,14 @@ class CampaignResult:
     worker_restarts: int = 0
     elapsed_s: float = 0.0
     executor: str = ""
+    #: workers' wall time running this campaign's units, and the part of it spent in physics
+    #: stepping (their ratio: how much of the evaluator's time is simulation)
+    worker_unit_s: float = 0.0
+    physics_s: float = 0.0
+
+    @property
+    def physics_share(self) -> float | None:
+        return self.physics_s / self.worker_unit_s if self.worker_unit_s > 0 else None
 
     def summary(self, key: str) -> CheckpointSummary:
         """A checkpoint's summary by id, label or path."""
@@ -215,6 +223,7 @@ class CampaignResult:
             "plot": str(self.plot_path) if self.plot_path else None, "videos": [str(v) for v in self.videos],
             "executed": self.executed, "skipped": self.skipped, "worker_restarts": self.worker_restarts,
             "elapsed_s": self.elapsed_s, "executor": self.executor,
+            "worker_unit_s": self.worker_unit_s, "physics_s": self.physics_s, "physics_share": self.physics_share,
         }
 
 
@@ -305,7 +314,7 @@ def evaluate(checkpoints: Sequence[Any], spec: EvalSpec | str | os.PathLike[str]
 
         # ---- episodes -----------------------------------------------------------------------
         total = sum(len(u.pending_slots()) for u in units)
-        state = {"done": 0, "restarts": 0}
+        state: dict[str, Any] = {"done": 0, "restarts": 0, "unit_s": 0.0, "physics_s": 0.0}
         emit(ProgressEvent("start", total=total, skipped=skipped))
 
         def skip(unit: WorkUnit) -> bool:
@@ -319,6 +328,9 @@ def evaluate(checkpoints: Sequence[Any], spec: EvalSpec | str | os.PathLike[str]
                     state["done"] += 1
                     emit(ProgressEvent("episode", done=state["done"], total=total, checkpoint_id=s.checkpoint_id,
                                        label=s.label, episode=r))
+            elif kind == "done":
+                state["unit_s"] += float(payload.get("elapsed_s", 0.0))
+                state["physics_s"] += float(payload.get("physics_s", 0.0))
             elif kind == "error":
                 prefix = "" if payload.get("kind") == "checkpoint" else "evaluation error: "
                 _fail(s, prefix + str(payload.get("message", "")), emit)
@@ -353,8 +365,11 @@ def evaluate(checkpoints: Sequence[Any], spec: EvalSpec | str | os.PathLike[str]
             all_results.extend(mine)
         summary_list = [summaries[r.checkpoint_id] for r in refs]
         elapsed = time.perf_counter() - t0
+        physics_share = state["physics_s"] / state["unit_s"] if state["unit_s"] > 0 else None
         extra = {"campaign": {"executor": ex.name, "executed": state["done"], "skipped": skipped,
-                              "worker_restarts": state["restarts"], "elapsed_s": elapsed}}
+                              "worker_restarts": state["restarts"], "elapsed_s": elapsed,
+                              "worker_unit_s": state["unit_s"], "physics_s": state["physics_s"],
+                              "physics_share": physics_share}}
         info_path = write_eval_info(out / EVAL_INFO_FILE, spec, summary_list, all_results, extra)
         p_eps, p_conds = write_parquet(out, summary_list, all_results)
         plot_path = None
@@ -367,7 +382,8 @@ def evaluate(checkpoints: Sequence[Any], spec: EvalSpec | str | os.PathLike[str]
                               episodes=all_results, eval_info_path=info_path, episodes_parquet=p_eps,
                               conditions_parquet=p_conds, plot_path=plot_path, videos=video_paths,
                               executed=state["done"], skipped=skipped, worker_restarts=state["restarts"],
-                              elapsed_s=elapsed, executor=ex.name)
+                              elapsed_s=elapsed, executor=ex.name, worker_unit_s=state["unit_s"],
+                              physics_s=state["physics_s"])
     finally:
         store.close()
         if own_executor:

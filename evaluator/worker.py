@@ -258,6 +258,7 @@ class WorkerState:
                                           "message": f"loading failed: {type(exc).__name__}: {exc}"}))
             return
         load_s = time.perf_counter() - t0
+        physics0 = sum(e.physics_s for e in envs)
         try:
             steps = self._rollout(unit, policy, envs, emit)
         except Exception as exc:  # noqa: BLE001 - a bug or an env that cannot reset
@@ -265,7 +266,7 @@ class WorkerState:
                                           "traceback": traceback.format_exc()}))
             return
         emit(("done", unit.unit_id, {"load_s": load_s, "elapsed_s": time.perf_counter() - t0, "steps": steps,
-                                     "pid": os.getpid()}))
+                                     "physics_s": sum(e.physics_s for e in envs) - physics0, "pid": os.getpid()}))
 
     def _rollout(self, unit: WorkUnit, policy: Any, envs: list[Any], emit: Emit) -> int:
         from twin.perturbations import Condition
@@ -329,6 +330,10 @@ class WorkerState:
                     finish(i, False, "policy_error", msg)
                 break
             steps += 1
+            # One env step per active env, in the env's three phases across the batch (every
+            # action, then every env's physics, then every outcome and observation): the same
+            # results as env.step per env, with each phase's code kept hot in the CPU caches.
+            begun: list[tuple[int, Any, dict[str, Any]]] = []
             for i in sorted(active):
                 if self._hook is not None:
                     self._hook.maybe_kill()
@@ -336,8 +341,20 @@ class WorkerState:
                 if bad is not None:
                     finish(i, False, bad[0], f"step {length[i]}: {bad[1]}")
                     continue
+                env = env_of[i]
                 try:
-                    o, r, term, trunc, info = env_of[i].step(actions[i])
+                    begun.append((i, env, env.begin_step(actions[i])))
+                except Exception as exc:  # noqa: BLE001
+                    finish(i, False, "env_error", f"step {length[i]}: {type(exc).__name__}: {exc}")
+            stepped: list[tuple[int, Any, dict[str, Any], bool]] = []
+            for i, env, report in begun:
+                try:
+                    stepped.append((i, env, report, env.physics_step()))
+                except Exception as exc:  # noqa: BLE001
+                    finish(i, False, "env_error", f"step {length[i]}: {type(exc).__name__}: {exc}")
+            for i, env, report, stable in stepped:
+                try:
+                    o, r, term, trunc, info = env.end_step(report, stable)
                 except Exception as exc:  # noqa: BLE001
                     finish(i, False, "env_error", f"step {length[i]}: {type(exc).__name__}: {exc}")
                     continue

@@ -622,15 +622,42 @@ class Policy(nn.Module):
     # -- device / randomness -----------------------------------------------------------------
     @property
     def device(self) -> str:
-        for t in self.parameters():
-            return str(t.device)
-        for t in self.buffers():
-            return str(t.device)
-        return str(self._device)
+        return str(self.torch_device)
 
     @property
     def torch_device(self) -> torch.device:
-        return torch.device(self.device)
+        """Where the parameters live; remembered (walking the module tree costs more than a
+        small policy's forward pass) and forgotten whenever tensors move or are replaced
+        (``_apply`` behind ``to``/``cuda``/``cpu``, ``load_state_dict``)."""
+        dev = self.__dict__.get("_param_device")
+        if dev is None:
+            dev = self._device
+            for t in self.parameters():
+                dev = t.device
+                break
+            else:
+                for t in self.buffers():
+                    dev = t.device
+                    break
+            self.__dict__["_param_device"] = dev
+        return dev
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, (nn.Module, torch.Tensor)):
+            self.__dict__["_param_device"] = None
+        super().__setattr__(name, value)
+
+    def _apply(self, *args: Any, **kwargs: Any) -> "Policy":
+        self.__dict__["_param_device"] = None
+        out = super()._apply(*args, **kwargs)
+        self.__dict__["_param_device"] = None
+        return out
+
+    def load_state_dict(self, *args: Any, **kwargs: Any) -> Any:
+        self.__dict__["_param_device"] = None
+        out = super().load_state_dict(*args, **kwargs)
+        self.__dict__["_param_device"] = None
+        return out
 
     def to(self, *args: Any, **kwargs: Any) -> "Policy":  # type: ignore[override]
         """``policy.to("cpu" | "cuda" | "cuda:N" | "auto")``; a clear DeviceError when unavailable."""

@@ -266,3 +266,58 @@ def test_is_stable_catches_nan_and_runaway_speeds(env):
     env.sim.data.qvel[0] = 0.0
     env.sim.data.qpos[3] = np.inf
     assert not env.sim.is_stable()
+
+
+def test_step_phases_equal_step_across_interleaved_envs():
+    """begin_step / physics_step / end_step, run across several envs phase by phase (as the
+    evaluator's workers do), give every env exactly what env.step gives it alone."""
+    seeds = [3, 4, 5]
+    ref = [TwinEnv("mug_to_sink", control_mode="discrete", max_steps=25) for _ in seeds]
+    phased = [TwinEnv("mug_to_sink", control_mode="discrete", max_steps=25) for _ in seeds]
+    for a, b, s in zip(ref, phased, seeds):
+        oa, _ = a.reset(seed=s)
+        ob, _ = b.reset(seed=s)
+        np.testing.assert_array_equal(oa["state"], ob["state"])
+    rng = np.random.default_rng(0)
+    for t in range(25):
+        actions = [int(x) for x in rng.integers(0, 14, size=len(seeds))]
+        want = [e.step(a) for e, a in zip(ref, actions)]
+        reports = [e.begin_step(a) for e, a in zip(phased, actions)]
+        stable = [e.physics_step() for e in phased]
+        got = [e.end_step(r, s) for e, r, s in zip(phased, reports, stable)]
+        for (ow, rw, tw, uw, iw), (og, rg, tg, ug, ig) in zip(want, got):
+            for k in ow:
+                np.testing.assert_array_equal(ow[k], og[k])
+            assert (rw, tw, uw) == (rg, tg, ug) and iw == ig
+    assert all(e.steps == 25 for e in phased) and all(e.physics_s > 0 for e in phased)
+    for e in ref + phased:
+        e.close()
+
+
+def test_envs_share_a_compiled_model_unless_the_task_writes_it():
+    """Envs of one scene share the MjModel (each with its own MjData and IK scratch data) and
+    stay independent; a task that writes into its model at reset (open_cabinet moves the
+    cabinet) gets a model per env."""
+    a = TwinEnv("mug_to_sink", control_mode="discrete")
+    b = TwinEnv("mug_to_sink", control_mode="discrete")
+    assert a.sim.model is b.sim.model
+    assert a.sim.data is not b.sim.data and a.sim.ik.data is not b.sim.ik.data
+    actions = [int(x) for x in np.random.default_rng(1).integers(0, 14, size=20)]
+    a.reset(seed=7)
+    alone = [a.step(x)[0]["state"] for x in actions]
+    a.reset(seed=7)
+    b.reset(seed=8)
+    for x, want in zip(actions, alone):
+        b.step(13 - x)
+        np.testing.assert_array_equal(a.step(x)[0]["state"], want)
+    c = TwinEnv("open_cabinet")
+    d = TwinEnv("open_cabinet")
+    assert c.task.writes_model and c.sim.model is not d.sim.model
+    c.reset(seed=1)
+    cab = c.sim.model.body("cabinet").id
+    pos = c.sim.model.body_pos[cab].copy()
+    d.reset(seed=2)
+    np.testing.assert_array_equal(c.sim.model.body_pos[cab], pos)
+    assert not np.array_equal(d.sim.model.body_pos[cab], pos)
+    for e in (a, b, c, d):
+        e.close()

@@ -236,6 +236,10 @@ def test_campaign_paired_results_and_failed_checkpoints(reference, ckpts):
     for s in ok:
         assert [(r.condition, r.seed) for r in result.episodes_of(s.checkpoint_id)] == want
     assert result.executed == 36 and result.skipped == 0 and result.worker_restarts == 0
+    # the workers report their time and the part of it spent in physics stepping
+    assert 0.0 < result.physics_s < result.worker_unit_s and 0.0 < result.physics_share < 1.0
+    campaign = json.loads(result.eval_info_path.read_text())["campaign"]
+    assert campaign["physics_share"] == pytest.approx(result.physics_share)
     # the BC checkpoint is better than the random ones
     assert by_label["bc"].overall["success_rate"] > max(by_label["rand_a"].overall["success_rate"],
                                                         by_label["rand_b"].overall["success_rate"])

@@ -145,6 +145,21 @@ def test_registry_and_config_validation(disc_env):
             pass
 
 
+def test_device_is_remembered_and_forgotten_when_tensors_move(disc_env):
+    """The parameters' device is cached (act() asks for it every call) and re-read after
+    anything that moves or replaces tensors."""
+    p = make_policy("mlp", {"hidden_sizes": (8,)}, PolicySpec.from_env(disc_env[0]))
+    assert p.torch_device == torch.device("cpu")
+    p._apply(lambda t: t.to("meta"))  # what .to()/.cuda()/.cpu() run underneath
+    assert p.device == "meta" == str(next(p.parameters()).device)
+    fresh = make_policy("mlp", {"hidden_sizes": (8,)}, PolicySpec.from_env(disc_env[0]))
+    assert fresh.device == "cpu"
+    p.load_state_dict(fresh.state_dict(), assign=True)  # replaces the meta tensors
+    assert p.device == "cpu" == str(next(p.parameters()).device)
+    obs = {k: v for k, v in disc_env[1].items() if k in p.spec.obs_keys}
+    assert p.act(obs).shape == (2,)
+
+
 def test_device_selection(disc_env):
     p = make_policy("mlp", {"hidden_sizes": (8,)}, PolicySpec.from_env(disc_env[0]))
     assert p.device == "cpu"

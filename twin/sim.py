@@ -24,6 +24,7 @@ DOWN = np.array([[1.0, 0.0, 0.0], [0.0, -1.0, 0.0], [0.0, 0.0, -1.0]])
 class TwinSim:
     def __init__(self, scene: SceneCfg | CompiledScene) -> None:
         compiled = scene if isinstance(scene, CompiledScene) else compile_scene(scene)
+        self.compiled = compiled  # keeps a model shared between sims (twin.env) alive
         self.scene = compiled.scene
         self.model = compiled.model
         self.data = mujoco.MjData(self.model)

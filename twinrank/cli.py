@@ -199,6 +199,10 @@ def eval_cmd(checkpoints: list[str] = typer.Argument(..., help="Checkpoint dirs,
                       f"{worst[0]} ({worst[1]:+.2f})" if worst else "-",
                       c.status if not c.error else f"{c.status}: {c.error[:60]}")
     console.print(table)
+    if result.executed and result.elapsed_s > 0:
+        share = result.physics_share
+        console.print(f"{result.executed} episodes in {result.elapsed_s:.1f} s ({result.executed / result.elapsed_s:.1f}"
+                      " episodes/s)" + (f"; {share:.0%} of the workers' time in physics" if share else ""))
     console.print(f"results: {result.eval_info_path}")
     if mlflow_log:
         logged = log_or_defer(result, tracking_uri)

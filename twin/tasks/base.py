@@ -103,6 +103,9 @@ class Task:
     object_names: tuple[str, ...] = ()
     #: sites kept clear of distractor objects
     keepout_sites: tuple[str, ...] = ()
+    #: True when ``reset`` (or anything else) writes into ``sim.model``: such a task's envs each
+    #: keep a model of their own; the others share one compiled model per scene in a process
+    writes_model: bool = False
 
     def __init__(self, cfg: TaskCfg | None = None) -> None:
         self.cfg = cfg if cfg is not None else self.default_cfg()

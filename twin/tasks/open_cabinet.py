@@ -51,6 +51,7 @@ class OpenCabinet(Task):
 
     object_names = ()
     keepout_sites = ("cabinet_swing",)
+    writes_model = True  # reset moves the cabinet in sim.model
     #: door angle (rad) that counts as open
     open_threshold: float = 0.65
     #: nominal reset randomization of the cabinet pose
