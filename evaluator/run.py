@@ -172,6 +172,11 @@ class ProgressEvent:
 ProgressFn = Callable[[ProgressEvent], None]
 
 
+def _physics_share(physics_s: float, unit_s: float) -> float | None:
+    """The part of the workers' unit time spent in physics stepping (None before any unit ran)."""
+    return physics_s / unit_s if unit_s > 0 else None
+
+
 @dataclass
 class CampaignResult:
     """What :func:`evaluate` produced (all paths are inside ``out_dir``)."""
@@ -198,7 +203,7 @@ class CampaignResult:
 
     @property
     def physics_share(self) -> float | None:
-        return self.physics_s / self.worker_unit_s if self.worker_unit_s > 0 else None
+        return _physics_share(self.physics_s, self.worker_unit_s)
 
     def summary(self, key: str) -> CheckpointSummary:
         """A checkpoint's summary by id, label or path."""
@@ -365,11 +370,10 @@ def evaluate(checkpoints: Sequence[Any], spec: EvalSpec | str | os.PathLike[str]
             all_results.extend(mine)
         summary_list = [summaries[r.checkpoint_id] for r in refs]
         elapsed = time.perf_counter() - t0
-        physics_share = state["physics_s"] / state["unit_s"] if state["unit_s"] > 0 else None
         extra = {"campaign": {"executor": ex.name, "executed": state["done"], "skipped": skipped,
                               "worker_restarts": state["restarts"], "elapsed_s": elapsed,
                               "worker_unit_s": state["unit_s"], "physics_s": state["physics_s"],
-                              "physics_share": physics_share}}
+                              "physics_share": _physics_share(state["physics_s"], state["unit_s"])}}
         info_path = write_eval_info(out / EVAL_INFO_FILE, spec, summary_list, all_results, extra)
         p_eps, p_conds = write_parquet(out, summary_list, all_results)
         plot_path = None

@@ -316,6 +316,9 @@ class WorkerState:
             if self._hook is not None:
                 self._hook.emitted += 1
 
+        def env_failed(i: int, exc: Exception) -> None:
+            finish(i, False, "env_error", f"step {length[i]}: {type(exc).__name__}: {exc}")
+
         while active and steps < cap:
             if self._parent_pid is not None and os.getppid() != self._parent_pid:
                 os._exit(1)  # the campaign process died: nobody reads these results
@@ -345,24 +348,24 @@ class WorkerState:
                 try:
                     begun.append((i, env, env.begin_step(actions[i])))
                 except Exception as exc:  # noqa: BLE001
-                    finish(i, False, "env_error", f"step {length[i]}: {type(exc).__name__}: {exc}")
+                    env_failed(i, exc)
             stepped: list[tuple[int, Any, dict[str, Any], bool]] = []
             for i, env, report in begun:
                 try:
                     stepped.append((i, env, report, env.physics_step()))
                 except Exception as exc:  # noqa: BLE001
-                    finish(i, False, "env_error", f"step {length[i]}: {type(exc).__name__}: {exc}")
+                    env_failed(i, exc)
             for i, env, report, stable in stepped:
                 try:
                     o, r, term, trunc, info = env.end_step(report, stable)
                 except Exception as exc:  # noqa: BLE001
-                    finish(i, False, "env_error", f"step {length[i]}: {type(exc).__name__}: {exc}")
+                    env_failed(i, exc)
                     continue
                 obs[i] = o
                 ret[i] += float(r)
                 length[i] += 1
                 if i in frames:
-                    frames[i].append(env_of[i].render_camera(camera, video.width, video.height))
+                    frames[i].append(env.render_camera(camera, video.width, video.height))
                 if term or trunc:
                     success = bool(info.get("success", False))
                     finish(i, success, str(info.get("failure_reason") or ("" if success else "failure")), "", info)
