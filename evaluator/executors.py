@@ -6,7 +6,7 @@
 * ``"episode"``: a finished episode (payload: the result dict with its ``slot``);
 * ``"video"``: frames of a recorded episode, encoded (``data`` bytes, ``format``);
 * ``"done"``: the unit finished (``elapsed_s``, ``steps``, ``physics_s``: time in physics
-  stepping, ``pid``);
+  stepping, ``pid``, ``torch_threads``: torch's intra-op threads in the worker that ran it);
 * ``"error"``: the unit could not run (``kind``: ``"checkpoint"`` when the checkpoint cannot
   be loaded or does not fit the env, ``"unit"`` for anything else; ``message``);
 * ``"lost"``: the worker running the unit died (``pid``, ``exitcode``); the episodes it had
@@ -15,6 +15,20 @@
 
 ``skip(unit)`` is asked before a unit is dispatched (e.g. its checkpoint failed meanwhile).
 Exceptions raised by ``handle`` stop the run; the caller closes the executor.
+
+Every process that runs policies sets its torch threads with
+``policies.runtime.set_torch_threads("worker")`` (1 thread, or ``TWINRANK_TORCH_THREADS`` as
+set in the calling process, which is handed to workers and Ray actors explicitly; the inline
+executor restores the caller's intra-op count afterwards).
+
+Workers end with the process that started them, whatever kills it (SIGKILL included): local
+workers arm ``PR_SET_PDEATHSIG`` and watch their parent (:func:`evaluator.worker.die_with_parent`;
+the kernel signal is armed only for workers started from the main thread, since it fires when
+the creating *thread* ends; workers started from another thread rely on the 1 s parent check).
+A local Ray started by :class:`RayExecutor` is fate-shared by Ray itself (its head processes
+get ``PR_SET_PDEATHSIG`` from the thread that called ``ray.init``; its workers exit with their
+raylet), and a small reaper process SIGKILLs what is left of it (its agents outlived a killed
+driver by ~60 s): see :class:`RayExecutor`.
 
 Backends:
 
@@ -33,14 +47,20 @@ Backends:
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import multiprocessing as mp
 import os
+import subprocess
+import sys
+import threading
 import time
 from collections import deque
 from multiprocessing.connection import wait
 from typing import Any, Callable
 
 from evaluator.worker import WorkerState, WorkUnit, worker_main
+from policies.runtime import ENV_VAR as TORCH_THREADS_ENV
+from policies.runtime import torch_threads_for
 
 Handle = Callable[[str, WorkUnit, dict[str, Any]], None]
 Skip = Callable[[WorkUnit], bool]
@@ -105,10 +125,12 @@ class InlineExecutor(Executor):
     def run(self, units: list[WorkUnit], handle: Handle, skip: Skip = _never) -> None:
         import torch
 
+        from policies.runtime import set_torch_threads
+
         if self._state is None:
             self._state = WorkerState(kill_hook=False)
         threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # the same kernels as the worker processes
+        set_torch_threads("worker")  # the same kernels as the worker processes
         try:
             for unit in units:
                 if skip(unit):
@@ -132,8 +154,10 @@ class _Worker:
         parent, child = ctx.Pipe(duplex=True)
         self.index = index
         self.conn = parent
-        self.process = ctx.Process(target=worker_main, args=(child, index), name=f"twinrank-eval-{index}",
-                                   daemon=True)
+        # PR_SET_PDEATHSIG fires when the creating thread ends: armed only from the main thread
+        pdeathsig = threading.current_thread() is threading.main_thread()
+        self.process = ctx.Process(target=worker_main, name=f"twinrank-eval-{index}", daemon=True,
+                                   args=(child, index, os.getpid(), os.environ.get(TORCH_THREADS_ENV), pdeathsig))
         self.process.start()
         child.close()
         self.unit: WorkUnit | None = None
@@ -155,6 +179,7 @@ class LocalExecutor(Executor):
         self.workers = int(workers) if workers else default_workers()
         if self.workers < 1:
             raise ValueError(f"workers = {workers}: need at least one")
+        torch_threads_for("worker")  # a bad TWINRANK_TORCH_THREADS fails here, not in every worker
         self.max_retries = int(max_retries)
         self._ctx = mp.get_context("spawn")
         self._pool: list[_Worker] = []
@@ -356,12 +381,14 @@ class LocalExecutor(Executor):
 
 
 class _RayWorkerImpl:
-    """The body of a Ray actor: a WorkerState that returns a unit's messages as a list."""
+    """The body of a Ray actor: a WorkerState that returns a unit's messages as a list.
 
-    def __init__(self) -> None:
-        import torch
+    ``torch_threads``: the driver's ``TWINRANK_TORCH_THREADS`` (None: unset there)."""
 
-        torch.set_num_threads(1)
+    def __init__(self, torch_threads: str | None = None) -> None:
+        from evaluator.worker import set_worker_threads
+
+        set_worker_threads(torch_threads)
         self.state = WorkerState()
 
     def pid(self) -> int:
@@ -373,10 +400,93 @@ class _RayWorkerImpl:
         return out
 
 
+def _proc_table() -> dict[int, tuple[int, str, int]]:
+    """``{pid: (parent pid, state letter, start time in clock ticks)}`` of every process (Linux
+    /proc; empty elsewhere, where a local Ray then gets no reaper)."""
+    out: dict[int, tuple[int, str, int]] = {}
+    if not os.path.isdir("/proc"):
+        return out
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        out[int(name)] = (int(fields[1]), fields[0], int(fields[19]))
+    return out
+
+
+def _ray_reaper() -> None:
+    """Body of the reaper process of a local Ray (run by ``python -I -c``: stdlib only).
+
+    ``sys.argv[1:]``: the PIDs of the Ray processes the driver started (GCS, raylet, log
+    monitor...). While the driver lives (its end of our stdin is open), their descendants
+    (agents, workers) are added every 0.5 s; when stdin reaches EOF -- the driver closed the
+    executor, exited or was killed by any signal -- every one of them still running is
+    SIGKILLed. (Ray fate-shares its head processes with the driver, but the dashboard and
+    runtime-env agents it starts outlived a SIGKILLed driver: they hang reporting to the
+    dead GCS.)"""
+    import os
+    import signal
+    import sys
+    import threading
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C / SIGTERM to the group: wait for EOF
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    procs = _proc_table()
+    known = {pid: procs[pid][2] for pid in map(int, sys.argv[1:]) if pid in procs}
+
+    def scan() -> dict[int, tuple[int, str, int]]:
+        table = _proc_table()
+        grew = True
+        while grew:
+            grew = False
+            for pid, (ppid, _, start) in table.items():
+                if pid not in known and ppid in known and table.get(ppid, (0, "", -1))[2] == known[ppid]:
+                    known[pid] = start
+                    grew = True
+        return table
+
+    closed = threading.Event()
+
+    def wait_for_eof() -> None:
+        sys.stdin.buffer.read()
+        closed.set()
+
+    threading.Thread(target=wait_for_eof, daemon=True).start()
+    while not closed.wait(0.5):
+        scan()
+    table = scan()
+    for pid, start in known.items():
+        entry = table.get(pid)
+        if entry is not None and entry[2] == start and entry[1] != "Z":
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+
+def _start_ray_reaper(pids: list[int]) -> subprocess.Popen[bytes]:
+    """Start :func:`_ray_reaper` for ``pids`` in its own process (its stdin is our lifeline)."""
+    code = "\n".join(["import os", inspect.getsource(_proc_table), inspect.getsource(_ray_reaper), "_ray_reaper()"])
+    return subprocess.Popen([sys.executable, "-I", "-c", code, *map(str, pids)], stdin=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, close_fds=True)
+
+
 class RayExecutor(Executor):
     """Units on Ray actors (one CPU each): ``address`` of a running cluster (``"auto"``,
     ``"ray://host:10001"``...) or None for a local Ray started by this executor (and shut
-    down by ``close``; only ``ray.shutdown()`` is used, never ``ray stop``)."""
+    down by ``close``; only ``ray.shutdown()`` is used, never ``ray stop``).
+
+    A local Ray ends with the driver (this process), whatever kills it: Ray itself gives its
+    head processes ``PR_SET_PDEATHSIG`` (tied to the thread that calls ``ray.init``, i.e. the
+    first ``run``: call it from the main thread) and its workers exit with their raylet; a
+    small reaper process (:func:`_ray_reaper`) SIGKILLs whatever of that Ray is left (the
+    dashboard and runtime-env agents otherwise outlive a SIGKILLed driver). Actors get the
+    driver's ``TWINRANK_TORCH_THREADS`` as an argument."""
 
     name = "ray"
 
@@ -386,11 +496,13 @@ class RayExecutor(Executor):
             import ray  # noqa: F401
         except ImportError as exc:
             raise ExecutorError("the Ray executor needs the 'ray' package (pip install ray)") from exc
+        torch_threads_for("worker")  # a bad TWINRANK_TORCH_THREADS fails here, not in every actor
         self.workers = int(workers) if workers else None
         self.address = address
         self.max_retries = int(max_retries)
         self.init_kwargs = dict(init_kwargs or {})
         self._started_ray = False
+        self._reaper: subprocess.Popen[bytes] | None = None
         self._actors: list[Any] = []
         self._actor_cls: Any = None
         self.restarts = 0
@@ -407,14 +519,26 @@ class RayExecutor(Executor):
                 kwargs.update(num_cpus=self.workers or default_workers(), include_dashboard=False,
                               object_store_memory=256 * 1024 * 1024)
             kwargs.update(self.init_kwargs)
+            before = self._children()
             ray.init(**kwargs)
             self._started_ray = True
+            started = sorted(self._children() - before)  # empty when ray.init joined a running cluster
+            if started:
+                self._reaper = _start_ray_reaper(started)
         if self._actor_cls is None:
             self._actor_cls = ray.remote(num_cpus=1, max_restarts=0)(_RayWorkerImpl)
         if self.workers is None:
             self.workers = max(1, int(ray.cluster_resources().get("CPU", 1)))
         while len(self._actors) < min(self.workers, max(1, n_units)):
-            self._actors.append(self._actor_cls.remote())
+            self._actors.append(self._new_actor())
+
+    def _new_actor(self) -> Any:
+        return self._actor_cls.remote(os.environ.get(TORCH_THREADS_ENV))
+
+    @staticmethod
+    def _children() -> set[int]:
+        me = os.getpid()
+        return {pid for pid, (ppid, _, _) in _proc_table().items() if ppid == me}
 
     @property
     def worker_pids(self) -> list[int]:
@@ -454,7 +578,7 @@ class RayExecutor(Executor):
                     will_retry = retry is not None and unit.attempt < self.max_retries
                     handle("lost", unit, {"pid": None, "exitcode": None, "will_retry": will_retry,
                                           "remaining": unit.pending_slots(), "message": str(exc)[:500]})
-                    new = self._actor_cls.remote()  # keep the pool at full strength
+                    new = self._new_actor()  # keep the pool at full strength
                     self._actors.append(new)
                     idle.append(new)
                     if will_retry:
@@ -480,6 +604,15 @@ class RayExecutor(Executor):
         if self._started_ray and ray.is_initialized():
             ray.shutdown()
         self._started_ray = False
+        if self._reaper is not None:  # EOF: it kills what ray.shutdown() left of our Ray
+            reaper, self._reaper = self._reaper, None
+            if reaper.stdin is not None:
+                reaper.stdin.close()
+            try:
+                reaper.wait(timeout=30)
+            except subprocess.TimeoutExpired:  # pragma: no cover
+                reaper.kill()
+                reaper.wait()
 
 
 def make_executor(kind: str | Executor = "local", workers: int | None = None, address: str | None = None) -> Executor:

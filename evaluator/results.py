@@ -301,27 +301,50 @@ class CheckpointSummary:
     episodes_expected: int = 0
     episodes_done: int = 0
     videos: list[dict[str, Any]] = field(default_factory=list)
+    #: wall-clock span (epoch seconds) of the work units that evaluated this checkpoint
+    started_at: float | None = None
+    finished_at: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def metrics(self) -> dict[str, float]:
-        """Flat numeric metrics (``success_rate``, ``success_rate/<condition>``,
-        ``paired_drop/<condition>``, ...), for experiment trackers."""
+        """Flat numeric metrics for experiment trackers, grouped by ``/`` the way MLflow's UI
+        groups charts (sections in ASCII order, so the capitalised groups come first):
+        ``Overall/success`` (the headline: success over all conditions) with ``Overall/ci_low``,
+        ``Overall/ci_high`` (Wilson 95 %), ``Overall/episodes``, ``Overall/return``,
+        ``Overall/length``; ``Success/<condition>`` per condition with ``ci_low/<condition>``,
+        ``ci_high/<condition>`` and ``return/<condition>``; per factor
+        ``paired_drop/<condition>`` with ``paired_drop_ci_low/…`` and ``paired_drop_ci_high/…``."""
         out: dict[str, float] = {}
-        for k in ("success_rate", "ci_low", "ci_high", "return_mean", "length_mean"):
-            if self.overall.get(k) is not None:
-                out[k] = float(self.overall[k])
+        o = self.overall
+        for name, k in (("success", "success_rate"), ("ci_low", "ci_low"), ("ci_high", "ci_high"),
+                        ("episodes", "n"), ("return", "return_mean"), ("length", "length_mean")):
+            if o.get("n") and o.get(k) is not None:
+                out[f"Overall/{name}"] = float(o[k])
         for c, s in self.per_condition.items():
-            for k in ("success_rate", "ci_low", "ci_high", "return_mean"):
+            if not s.get("n"):
+                continue
+            for name, k in (("Success", "success_rate"), ("ci_low", "ci_low"), ("ci_high", "ci_high"),
+                            ("return", "return_mean")):
                 if s.get(k) is not None:
-                    out[f"{k}/{c}"] = float(s[k])
+                    out[f"{name}/{c}"] = float(s[k])
         for c, s in self.paired_drop.items():
             if s.get("mean") is not None:
                 out[f"paired_drop/{c}"] = float(s["mean"])
                 out[f"paired_drop_ci_low/{c}"] = float(s["ci_low"])
                 out[f"paired_drop_ci_high/{c}"] = float(s["ci_high"])
         return out
+
+    def worst_condition(self) -> str | None:
+        """The perturbed condition with the lowest success rate (with the paired design, the
+        largest drop from nominal); nominal when it is the only one; ties go to the first in
+        the spec's order. None without results."""
+        rated = [c for c, s in self.per_condition.items() if s.get("n") and s.get("success_rate") is not None]
+        candidates = [c for c in rated if c != NOMINAL] or rated
+        if not candidates:
+            return None
+        return min(candidates, key=lambda c: self.per_condition[c]["success_rate"])
 
 
 def summarize_checkpoint(summary: CheckpointSummary, results: Sequence[EpisodeResult], spec: EvalSpec) -> None:

@@ -24,6 +24,7 @@ checkpoint summaries and metrics, file paths).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pickle
 import re
@@ -44,6 +45,7 @@ from evaluator.results import (
 )
 from evaluator.spec import EvalSpec, EvalSpecError, EpisodeSpec
 from evaluator.worker import CheckpointRef, VideoRequest, WorkUnit
+from policies.checkpoint import checkpoint_id
 
 PLOT_FILE = "success_by_condition.png"
 VIDEOS_DIR = "videos"
@@ -73,26 +75,6 @@ def resolve_checkpoint(ref: str | os.PathLike[str]) -> Path:
     return p.resolve()
 
 
-def checkpoint_id(path: str | os.PathLike[str]) -> str:
-    """Stable id of a checkpoint directory: the first 12 hex digits of the sha256 of
-    ``model.safetensors`` and ``manifest.json`` (of the path, for a missing checkpoint)."""
-    d = Path(path)
-    h = hashlib.sha256()
-    found = False
-    for name in ("model.safetensors", "manifest.json"):
-        f = d / name
-        h.update(name.encode() + b"\0")
-        if f.is_file():
-            found = True
-            with open(f, "rb") as fh:
-                for block in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(block)
-        h.update(b"\0")
-    if not found:
-        return "missing-" + hashlib.sha256(str(d.resolve()).encode()).hexdigest()[:8]
-    return h.hexdigest()[:12]
-
-
 def policy_ref(policy: Any, name: str, checkpoint_id: str | None = None) -> CheckpointRef:
     """An in-memory policy (anything with ``spec``/``act``/``reset``) as a campaign entry.
     Its id defaults to a hash of ``name``: keep names unique and stable for resuming."""
@@ -102,6 +84,13 @@ def policy_ref(policy: Any, name: str, checkpoint_id: str | None = None) -> Chec
     return CheckpointRef(checkpoint_id=cid, label=name, policy=policy, task=getattr(policy.spec, "task", ""))
 
 
+def unresolved_ref(text: str, reason: str) -> CheckpointRef:
+    """A campaign entry for a reference that could not be resolved (e.g. a registered model
+    that does not exist): it fails with ``reason`` and the others go on."""
+    return CheckpointRef(checkpoint_id="unresolved-" + hashlib.sha256(text.encode()).hexdigest()[:8], label=text,
+                         path=text, info={"resolve_error": reason})
+
+
 def _as_ref(item: Any) -> CheckpointRef:
     if isinstance(item, CheckpointRef):
         return item
@@ -109,9 +98,7 @@ def _as_ref(item: Any) -> CheckpointRef:
         try:
             path = resolve_checkpoint(item)
         except CheckpointResolveError as exc:  # fails this checkpoint only
-            text = os.fspath(item)
-            return CheckpointRef(checkpoint_id="unresolved-" + hashlib.sha256(text.encode()).hexdigest()[:8],
-                                 label=text, path=text, info={"resolve_error": str(exc)})
+            return unresolved_ref(os.fspath(item), str(exc))
         return CheckpointRef(checkpoint_id=checkpoint_id(path), label=_label(path), path=str(path))
     if hasattr(item, "spec") and hasattr(item, "act"):
         return policy_ref(item, type(item).__name__)
@@ -200,6 +187,10 @@ class CampaignResult:
     #: stepping (their ratio: how much of the evaluator's time is simulation)
     worker_unit_s: float = 0.0
     physics_s: float = 0.0
+    #: wall-clock span of the campaign (epoch seconds): its first work unit's start (an earlier
+    #: invocation's, when resumed) to the end of this call
+    started_at: float | None = None
+    finished_at: float | None = None
 
     @property
     def physics_share(self) -> float | None:
@@ -229,6 +220,7 @@ class CampaignResult:
             "executed": self.executed, "skipped": self.skipped, "worker_restarts": self.worker_restarts,
             "elapsed_s": self.elapsed_s, "executor": self.executor,
             "worker_unit_s": self.worker_unit_s, "physics_s": self.physics_s, "physics_share": self.physics_share,
+            "started_at": self.started_at, "finished_at": self.finished_at,
         }
 
 
@@ -334,8 +326,12 @@ def evaluate(checkpoints: Sequence[Any], spec: EvalSpec | str | os.PathLike[str]
                     emit(ProgressEvent("episode", done=state["done"], total=total, checkpoint_id=s.checkpoint_id,
                                        label=s.label, episode=r))
             elif kind == "done":
-                state["unit_s"] += float(payload.get("elapsed_s", 0.0))
+                unit_s = float(payload.get("elapsed_s", 0.0))
+                state["unit_s"] += unit_s
                 state["physics_s"] += float(payload.get("physics_s", 0.0))
+                now = time.time()
+                s.started_at = min(s.started_at or now, now - unit_s)
+                s.finished_at = max(s.finished_at or now, now)
             elif kind == "error":
                 prefix = "" if payload.get("kind") == "checkpoint" else "evaluation error: "
                 _fail(s, prefix + str(payload.get("message", "")), emit)
@@ -354,13 +350,7 @@ def evaluate(checkpoints: Sequence[Any], spec: EvalSpec | str | os.PathLike[str]
         if units:
             ex.run(units, handle, skip)
 
-        # ---- videos -------------------------------------------------------------------------
-        video_paths: list[Path] = []
-        do_videos = spec.video.enabled if videos is None else bool(videos)
-        if do_videos:
-            video_paths = _record_videos(ex, refs, summaries, store, spec, episode_lists, out, emit, device)
-
-        # ---- reports ------------------------------------------------------------------------
+        # ---- summaries ----------------------------------------------------------------------
         all_results: list[EpisodeResult] = []
         for ref in refs:
             s = summaries[ref.checkpoint_id]
@@ -368,9 +358,22 @@ def evaluate(checkpoints: Sequence[Any], spec: EvalSpec | str | os.PathLike[str]
             if s.task:
                 summarize_checkpoint(s, mine, spec)
             all_results.extend(mine)
+
+        # ---- videos -------------------------------------------------------------------------
+        video_paths: list[Path] = []
+        do_videos = spec.video.enabled if videos is None else bool(videos)
+        if do_videos:
+            video_paths = _record_videos(ex, refs, summaries, store, spec, episode_lists, out, emit, device)
+
+        # ---- reports ------------------------------------------------------------------------
+        _carry_times(out / EVAL_INFO_FILE, summaries)
         summary_list = [summaries[r.checkpoint_id] for r in refs]
         elapsed = time.perf_counter() - t0
-        extra = {"campaign": {"executor": ex.name, "executed": state["done"], "skipped": skipped,
+        finished_at = time.time()
+        starts = [s.started_at for s in summary_list if s.started_at is not None]
+        started_at = min(starts + [finished_at - elapsed])
+        extra = {"campaign": {"started_at": started_at, "finished_at": finished_at,
+                              "executor": ex.name, "executed": state["done"], "skipped": skipped,
                               "worker_restarts": state["restarts"], "elapsed_s": elapsed,
                               "worker_unit_s": state["unit_s"], "physics_s": state["physics_s"],
                               "physics_share": _physics_share(state["physics_s"], state["unit_s"])}}
@@ -387,11 +390,25 @@ def evaluate(checkpoints: Sequence[Any], spec: EvalSpec | str | os.PathLike[str]
                               conditions_parquet=p_conds, plot_path=plot_path, videos=video_paths,
                               executed=state["done"], skipped=skipped, worker_restarts=state["restarts"],
                               elapsed_s=elapsed, executor=ex.name, worker_unit_s=state["unit_s"],
-                              physics_s=state["physics_s"])
+                              physics_s=state["physics_s"], started_at=started_at, finished_at=finished_at)
     finally:
         store.close()
         if own_executor:
             ex.close()
+
+
+def _carry_times(eval_info: Path, summaries: dict[str, CheckpointSummary]) -> None:
+    """Checkpoints that ran nothing in this call keep the time span an earlier call recorded."""
+    if not eval_info.is_file():
+        return
+    try:
+        before = {c["checkpoint_id"]: c for c in json.loads(eval_info.read_text()).get("checkpoints", [])}
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return
+    for cid, s in summaries.items():
+        old = before.get(cid, {})
+        if s.started_at is None and old.get("started_at") is not None:
+            s.started_at, s.finished_at = old["started_at"], old.get("finished_at")
 
 
 def _fail(s: CheckpointSummary, reason: str, emit: ProgressFn) -> None:
@@ -425,7 +442,9 @@ def _safe(name: str) -> str:
 def _record_videos(ex: Executor, refs: list[CheckpointRef], summaries: dict[str, CheckpointSummary],
                    store: ResultStore, spec: EvalSpec, episode_lists: dict[str, list[EpisodeSpec]], out: Path,
                    emit: ProgressFn, device: str = "cpu") -> list[Path]:
-    """Re-run the first success and the first failure of every checkpoint with a camera."""
+    """Re-run the first success and the first failure of every checkpoint with a camera, and
+    its first failure under its worst condition (``CheckpointSummary.worst_condition``) when that is
+    another episode; the worker labels every frame with condition, seed and outcome."""
     from evaluator.worker import video_backend
 
     fmt = spec.video.format if spec.video.format != "auto" else video_backend()
@@ -446,6 +465,13 @@ def _record_videos(ex: Executor, refs: list[CheckpointRef], summaries: dict[str,
             picks.setdefault(tag, i)
             if len(picks) == 2:
                 break
+        worst = s.worst_condition()
+        for i, e in enumerate(eps):  # the first failure under the worst condition, if not picked already
+            r = store.results.get((ref.checkpoint_id, s.task, e.condition, e.seed))
+            if e.condition == worst and r is not None and not r.success:
+                if i != picks.get("failure"):
+                    picks["worst_failure"] = i
+                break
         vdir = out / VIDEOS_DIR / f"{_safe(ref.label)}-{ref.checkpoint_id}"
         by_unit: dict[int, dict[int, str]] = {}
         for tag, i in sorted(picks.items(), key=lambda kv: kv[1]):
@@ -453,7 +479,8 @@ def _record_videos(ex: Executor, refs: list[CheckpointRef], summaries: dict[str,
             r = store.results[(ref.checkpoint_id, s.task, e.condition, e.seed)]
             path = vdir / f"{tag}_{s.task}_{_safe(e.condition)}_seed{e.seed}.{fmt}"
             entry = {"tag": tag, "path": str(path), "condition": e.condition, "seed": int(e.seed),
-                     "format": fmt, "success": r.success, "failure_reason": r.failure_reason}
+                     "format": fmt, "success": r.success, "failure_reason": r.failure_reason,
+                     "worst_condition": e.condition == worst}
             s.videos.append(entry)
             if path.is_file():
                 paths.append(path)
@@ -502,4 +529,4 @@ def _record_videos(ex: Executor, refs: list[CheckpointRef], summaries: dict[str,
 
 
 __all__ = ["CampaignResult", "CheckpointResolveError", "ProgressEvent", "checkpoint_id", "evaluate", "policy_ref",
-           "resolve_checkpoint"]
+           "resolve_checkpoint", "unresolved_ref"]

@@ -59,6 +59,8 @@ SPECS_DIR = Path(__file__).resolve().parent / "specs"
 NOMINAL = "nominal"
 COMBINED = "combined"
 VIDEO_FORMATS = ("auto", "mp4", "gif")
+VIDEO_MIN = (128, 96)
+VIDEO_MAX = (1280, 720)
 DEFAULT_EPISODES = 10
 
 
@@ -77,14 +79,17 @@ class EpisodeSpec(NamedTuple):
 @dataclass
 class VideoCfg:
     """Sample rollout videos: the first success and the first failure of every checkpoint
-    (in episode order) are re-run with frames from ``camera`` (the env's first camera when
-    None). ``format``: ``auto`` = MP4 when an ffmpeg backend (imageio-ffmpeg or PyAV) is
-    installed, GIF otherwise."""
+    (in episode order), and its first failure under its worst condition (lowest success
+    rate, i.e. largest paired drop), are re-run with frames from ``camera`` (the env's first
+    camera when None), each frame labelled with condition, seed and outcome. ``format``:
+    ``auto`` = MP4 when an ffmpeg backend (imageio-ffmpeg or PyAV) is installed, GIF
+    otherwise. Sizes from 128x96 (labels stay readable) to 1280x720 (frames are kept in
+    memory until the episode ends)."""
 
     enabled: bool = True
     camera: str | None = None
-    width: int = 160
-    height: int = 120
+    width: int = 320
+    height: int = 240
     fps: int = 10
     format: str = "auto"
 
@@ -95,6 +100,12 @@ class VideoCfg:
                 raise EvalSpecError(f"video.{name} = {v!r}: give a positive integer")
         if self.width % 2 or self.height % 2:
             raise EvalSpecError(f"video size {self.width}x{self.height}: width and height must be even (H.264)")
+        if self.width < VIDEO_MIN[0] or self.height < VIDEO_MIN[1]:
+            raise EvalSpecError(f"video size {self.width}x{self.height} is too small for its labels: give at least "
+                                f"{VIDEO_MIN[0]}x{VIDEO_MIN[1]} (default 320x240)")
+        if self.width * self.height > VIDEO_MAX[0] * VIDEO_MAX[1]:
+            raise EvalSpecError(f"video size {self.width}x{self.height} is larger than {VIDEO_MAX[0]}x{VIDEO_MAX[1]} "
+                                f"(frames are kept in memory until the episode ends): give a smaller size")
         if self.format not in VIDEO_FORMATS:
             raise EvalSpecError(f"video.format = {self.format!r}: use one of {', '.join(VIDEO_FORMATS)}")
         if self.camera is not None and (not isinstance(self.camera, str) or not self.camera):
@@ -323,6 +334,9 @@ class EvalSpec:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
             raise EvalSpecError(f"{source}: not valid YAML ({exc})") from exc
+        if data is None:
+            raise EvalSpecError(f"{source} is empty; write at least 'name:' and 'tasks:' (see evaluator/specs/"
+                                f"default.yaml), or give a built-in spec: {', '.join(available_specs())}")
         return cls.from_dict(data, source=source)
 
     def replace(self, **changes: Any) -> "EvalSpec":

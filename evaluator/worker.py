@@ -34,6 +34,7 @@ import os
 import signal
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from collections import OrderedDict
@@ -72,12 +73,14 @@ class CheckpointRef:
 
 @dataclass
 class VideoRequest:
-    """Record frames for some slots of a unit: ``slots`` maps slot index -> tag."""
+    """Record frames for some slots of a unit: ``slots`` maps slot index -> tag
+    (``success``, ``failure``, ``worst_failure``). Every frame is labelled with the
+    checkpoint, condition, seed and outcome (:func:`label_frames`)."""
 
     slots: dict[int, str]
     camera: str | None = None
-    width: int = 160
-    height: int = 120
+    width: int = 320
+    height: int = 240
     fps: int = 10
     format: str = "auto"
 
@@ -266,7 +269,8 @@ class WorkerState:
                                           "traceback": traceback.format_exc()}))
             return
         emit(("done", unit.unit_id, {"load_s": load_s, "elapsed_s": time.perf_counter() - t0, "steps": steps,
-                                     "physics_s": sum(e.physics_s for e in envs) - physics0, "pid": os.getpid()}))
+                                     "physics_s": sum(e.physics_s for e in envs) - physics0, "pid": os.getpid(),
+                                     "torch_threads": _torch_threads_now()}))
 
     def _rollout(self, unit: WorkUnit, policy: Any, envs: list[Any], emit: Emit) -> int:
         from twin.perturbations import Condition
@@ -309,7 +313,9 @@ class WorkerState:
                        "final_info": _numeric_info(info or {})}
             active.discard(i)
             if i in frames:
-                data, fmt = encode_video(frames.pop(i), video.fps, video.format)
+                labels = video_labels(unit.checkpoint.label, cond, int(seed), bool(success), payload["failure_reason"],
+                                      video.slots[i])
+                data, fmt = encode_video(label_frames(frames.pop(i), labels), video.fps, video.format)
                 emit(("video", unit.unit_id, {"slot": i, "tag": video.slots[i], "data": data, "format": fmt,
                                               "camera": camera, "result": payload}))
             emit(("episode", unit.unit_id, payload))
@@ -413,6 +419,63 @@ def _stable_seed(text: str) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
+#: text colours of the frame labels (RGB)
+_LABEL_WHITE = (255, 255, 255)
+_LABEL_GREEN = (90, 230, 90)
+_LABEL_RED = (255, 90, 90)
+
+
+def video_labels(checkpoint: str, condition: str, seed: int, success: bool, failure_reason: str,
+                 tag: str) -> list[tuple[str, tuple[int, int, int]]]:
+    """The two lines drawn on an episode's frames: condition, seed and checkpoint (top; cut
+    from the right when too long), the outcome (bottom)."""
+    top = f"{condition} | seed {seed} | {checkpoint}"
+    if success:
+        return [(top, _LABEL_WHITE), ("SUCCESS", _LABEL_GREEN)]
+    bottom = f"FAILURE: {failure_reason or 'failure'}"
+    if tag == "worst_failure":
+        bottom += " | worst condition"
+    return [(top, _LABEL_WHITE), (bottom, _LABEL_RED)]
+
+
+def label_frames(frames: list[np.ndarray], labels: list[tuple[str, tuple[int, int, int]]]) -> list[np.ndarray]:
+    """``frames`` (H, W, 3 uint8) with ``labels[0]`` in a dark band at the top and
+    ``labels[1:]`` at the bottom, text sized to the frame (PIL; the band is drawn once and
+    pasted on every frame)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    if not frames:
+        return frames
+    h, w = frames[0].shape[:2]
+    size = max(9, h // 20)
+    font = ImageFont.load_default(size=size)
+    band_h = size + max(4, size // 2)
+    bands: list[tuple[int, np.ndarray, np.ndarray]] = []  # (row, pixels, mask)
+    for k, (text, colour) in enumerate(labels):
+        img = Image.new("RGB", (w, band_h), (0, 0, 0))
+        draw = ImageDraw.Draw(img)
+        if draw.textlength(text, font=font) > w - 8:  # too long for the frame: cut, with "..."
+            while len(text) > 1 and draw.textlength(text + "...", font=font) > w - 8:
+                text = text[:-1]
+            text += "..."
+        draw.text((4, (band_h - size) // 2 - 1), text, fill=colour, font=font)
+        row = 0 if k == 0 else h - band_h * (len(labels) - k)
+        band = np.asarray(img, dtype=np.uint8)
+        bands.append((row, band, band.any(axis=2)))
+    out: list[np.ndarray] = []
+    for frame in frames:
+        f = np.array(frame, dtype=np.uint8, copy=True)
+        for row, band, mask in bands:
+            region = f[row:row + band_h]
+            if row < 0 or region.shape[0] != band_h:  # a frame too small for its labels: left as it is
+                continue
+            # a darkened band under the text keeps it readable on any scene
+            region[...] = (region.astype(np.uint16) * 2 // 5).astype(np.uint8)
+            region[mask] = band[mask]
+        out.append(f)
+    return out
+
+
 def video_backend() -> str:
     """``"mp4"`` when imageio can write H.264 (imageio-ffmpeg or PyAV installed), else ``"gif"``."""
     for mod in ("imageio_ffmpeg", "av"):
@@ -454,18 +517,70 @@ def encode_video(frames: list[np.ndarray], fps: int, fmt: str = "auto") -> tuple
 # ---------------------------------------------------------------------------------------------
 
 
-def worker_main(conn: Any, index: int = 0) -> None:
-    """Entry point of a local worker process: ``conn`` receives WorkUnits (None = stop)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
-    try:
-        import torch
+#: seconds between two parent-alive checks of a worker's watchdog thread
+PARENT_CHECK_S = 1.0
+_PR_SET_PDEATHSIG = 1
 
-        torch.set_num_threads(1)
-    except ImportError:  # pragma: no cover
-        pass
-    state = WorkerState(parent_pid=os.getppid())
+
+def die_with_parent(parent_pid: int, pdeathsig: bool = True) -> None:
+    """End this process when ``parent_pid`` (the process that started it) dies, by any signal.
+
+    1. ``prctl(PR_SET_PDEATHSIG, SIGKILL)`` (Linux, when ``pdeathsig``): the kernel kills us
+       when the parent *thread* that created us ends, so the caller asks for it only when the
+       worker was started from the parent's main thread (which ends only with the process);
+    2. exit at once if we were already re-parented (the parent died before step 1);
+    3. a daemon thread re-checks the parent every :data:`PARENT_CHECK_S` seconds (second line,
+       and the only one on other systems or for workers started from another thread).
+    """
+    if pdeathsig and sys.platform.startswith("linux"):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:  # pragma: no cover
+            print(f"twinrank worker {os.getpid()}: prctl(PR_SET_PDEATHSIG) failed (errno {ctypes.get_errno()}); "
+                  f"relying on the parent check", file=sys.stderr)
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            time.sleep(PARENT_CHECK_S)
+            if os.getppid() != parent_pid:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="twinrank-parent-watch", daemon=True).start()
+
+
+def set_worker_threads(torch_threads: str | None = None) -> int:
+    """torch threads of a worker (``set_torch_threads("worker")``: 1, or ``TWINRANK_TORCH_THREADS``).
+    ``torch_threads``: the driver's ``TWINRANK_TORCH_THREADS`` (None: this process's own
+    environment decides), so the driver's choice also reaches workers on other machines."""
+    from policies.runtime import ENV_VAR, set_torch_threads
+
+    if torch_threads is not None:
+        os.environ[ENV_VAR] = torch_threads
+    return set_torch_threads("worker")
+
+
+def _torch_threads_now() -> int:
+    """torch's intra-op thread count in this process (0 when torch is not imported)."""
+    torch = sys.modules.get("torch")
+    return int(torch.get_num_threads()) if torch is not None else 0
+
+
+def worker_main(conn: Any, index: int = 0, parent_pid: int | None = None, torch_threads: str | None = None,
+                pdeathsig: bool = True) -> None:
+    """Entry point of a local worker process: ``conn`` receives WorkUnits (None = stop).
+
+    ``parent_pid``: the process that started this one (the worker ends with it, see
+    :func:`die_with_parent`); ``torch_threads``: see :func:`set_worker_threads`."""
+    parent = os.getppid() if parent_pid is None else int(parent_pid)
+    die_with_parent(parent, pdeathsig)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
+    threads = set_worker_threads(torch_threads)
+    state = WorkerState(parent_pid=parent)
     try:
-        conn.send(("ready", None, {"pid": os.getpid(), "index": index}))
+        conn.send(("ready", None, {"pid": os.getpid(), "index": index, "torch_threads": threads}))
         while True:
             try:
                 unit = conn.recv()
@@ -487,5 +602,6 @@ def worker_main(conn: Any, index: int = 0) -> None:
     os._exit(0)  # skip the interpreter teardown (torch, EGL): seconds per worker
 
 
-__all__ = ["CheckpointRef", "KILL_HOOK_ENV", "VideoRequest", "WorkUnit", "WorkerState", "encode_video",
-           "observation_cfg", "video_backend", "worker_main"]
+__all__ = ["CheckpointRef", "KILL_HOOK_ENV", "PARENT_CHECK_S", "VideoRequest", "WorkUnit", "WorkerState",
+           "die_with_parent", "encode_video", "label_frames", "observation_cfg", "set_worker_threads", "video_backend",
+           "video_labels", "worker_main"]

@@ -18,8 +18,11 @@ A checkpoint is a directory with
 :func:`load_checkpoint` checks, before anything reaches a policy: the manifest (JSON,
 format, version, fields), the weights file (not a pickle/zip renamed, sha256, safetensors
 header consistent with the file size and with the manifest's tensor table), the policy
-class (registered), its config and spec, and that the tensors are exactly those of a
-freshly built model (names, shapes, dtypes); optionally that the spec fits an env. Every
+class (registered), its config and spec, and that the tensors are exactly those of a model
+built from the config (names, shapes, dtypes) -- checked on a model built on the ``meta``
+device first, so an edited config (``hidden_sizes: [100000, 100000]``) is refused before
+anything is allocated, as is a config deriving far more elements than the file holds;
+optionally that the spec fits an env. Every
 failure is a :class:`CheckpointError` naming the file and the field. Only
 ``safetensors.torch.load_file`` reads tensors; ``torch.load`` is never called except by
 :func:`import_torch_checkpoint` with ``allow_torch_load=True`` (and then with
@@ -410,6 +413,69 @@ def _model_table(policy: Policy) -> dict[str, dict[str, Any]]:
             for k, t in policy.state_dict().items()}
 
 
+#: elements a model may hold beyond its checkpoint's tensors (buffers derived from the config,
+#: e.g. a noise schedule): at most this many, or as many as the checkpoint holds when more
+_MIN_DERIVED_ELEMENTS = 1 << 22
+
+
+def _numel(shape: list[int]) -> int:
+    n = 1
+    for s in shape:
+        n *= int(s)
+    return n
+
+
+def _fields_setting(config: dict[str, Any], dims: set[int]) -> list[str]:
+    """Config fields whose value (an int or a list of ints) contains one of ``dims``."""
+    out: list[str] = []
+    for name, value in config.items():
+        values = value if isinstance(value, list) else [value]
+        if any(isinstance(v, int) and not isinstance(v, bool) and v in dims for v in values):
+            out.append(name)
+    return out
+
+
+def _check_config_fits_weights(mpath: Path, m: dict[str, Any], header: dict[str, dict[str, Any]]) -> None:
+    """Build the policy on the ``meta`` device (no memory) from the manifest's config and spec
+    and refuse, before anything is allocated, a config whose model differs from the tensors in
+    the weights file or that derives far more elements than the file holds (an edited manifest
+    could otherwise ask for any amount of memory)."""
+    try:
+        with torch.device("meta"):
+            meta = _build(mpath, m["policy_class"], m["config"], m["spec"])
+    except (NotImplementedError, RuntimeError):  # a custom policy whose __init__ needs real tensors:
+        return  # checked after the real build, as before
+    cls_name = type(meta).__name__
+    model = _model_table(meta)
+    config = m["config"]
+
+    def refuse(detail: str, dims: set[int]) -> None:
+        fields = _fields_setting(config, dims)
+        where = ", ".join(f"config.{f}={config[f]!r}" for f in fields) if fields else "config"
+        raise CheckpointError(mpath, f"config.{fields[0]}" if len(fields) == 1 else "config",
+                              f"manifest {where} does not match the tensors in {WEIGHTS_NAME} ({detail}); the "
+                              f"manifest was edited or belongs to other weights: restore the config the weights "
+                              f"were saved with")
+
+    for name in model:
+        if name in header and list(header[name]["shape"]) != list(model[name]["shape"]):
+            have, want = list(header[name]["shape"]), list(model[name]["shape"])
+            dims = set(want) - set(have)
+            if _fields_setting(config, dims):
+                refuse(f"{name} has shape {have}, the config implies {want}", dims)
+    # names, dtypes and the remaining shape differences keep the tensor-level wording
+    _compare_tables(mpath, header, model, "the checkpoint", f"a fresh {cls_name} built from its config")
+    stored = sum(_numel(t["shape"]) for t in header.values())
+    derived = [(n, list(b.shape)) for n, b in meta.named_buffers() if n not in model]
+    total = stored + sum(_numel(s) for _, s in derived)
+    limit = stored + max(stored, _MIN_DERIVED_ELEMENTS)
+    if total > limit:
+        name, shape = max(derived, key=lambda d: _numel(d[1]))
+        stored_dims = {int(s) for t in header.values() for s in t["shape"]}
+        refuse(f"the config implies {total} elements, the file holds {stored}; buffer {name} alone has shape "
+               f"{shape}", set(shape) - stored_dims)
+
+
 def _load_into(path: Path, policy: Policy, tensors: dict[str, torch.Tensor]) -> None:
     try:
         policy.load_state_dict(tensors, strict=True)
@@ -442,6 +508,7 @@ def load_checkpoint(directory_or_manifest: str | os.PathLike[str], device: str =
         raise CheckpointError(mpath, "task", f"manifest task {m['task']!r} differs from spec.task "
                                              f"{m['spec'].get('task')!r}")
     dev = resolve_device(device)
+    _check_config_fits_weights(mpath, m, header)
     policy = _build(mpath, m["policy_class"], m["config"], m["spec"])
     _compare_tables(mpath, m["tensors"], _model_table(policy), "the checkpoint",
                     f"a fresh {type(policy).__name__} built from its config")
@@ -508,6 +575,27 @@ def import_torch_checkpoint(pt_path: str | os.PathLike[str], policy_class: str |
     return policy.to(resolve_device(device))
 
 
+
+def checkpoint_id(path: str | os.PathLike[str]) -> str:
+    """Stable id of a checkpoint directory: the first 12 hex digits of the sha256 of
+    ``model.safetensors`` and ``manifest.json`` (of the path, for a missing checkpoint)."""
+    d = Path(path)
+    h = hashlib.sha256()
+    found = False
+    for name in ("model.safetensors", "manifest.json"):
+        f = d / name
+        h.update(name.encode() + b"\0")
+        if f.is_file():
+            found = True
+            with open(f, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+        h.update(b"\0")
+    if not found:
+        return "missing-" + hashlib.sha256(str(d.resolve()).encode()).hexdigest()[:8]
+    return h.hexdigest()[:12]
+
+
 __all__ = [
     "CheckpointError",
     "CheckpointSpecError",
@@ -515,6 +603,7 @@ __all__ = [
     "FORMAT_VERSION",
     "MANIFEST_NAME",
     "WEIGHTS_NAME",
+    "checkpoint_id",
     "code_version",
     "import_torch_checkpoint",
     "load_checkpoint",

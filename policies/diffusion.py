@@ -53,6 +53,10 @@ from policies.interface import (
 # ---------------------------------------------------------------------------------------------
 
 
+#: upper bound of ``num_train_timesteps`` (the noise schedule is built in memory from it)
+MAX_TRAIN_TIMESTEPS = 100_000
+
+
 def make_betas(num_train_timesteps: int, schedule: str = "squaredcos_cap_v2") -> torch.Tensor:
     """Betas (float64). ``squaredcos_cap_v2``: Nichol & Dhariwal's cosine schedule, capped at 0.999."""
     if schedule == "squaredcos_cap_v2":
@@ -227,6 +231,9 @@ class DiffusionConfig:
         if self.n_action_steps > self.horizon - self.n_obs_steps + 1:
             raise ConfigError(f"{n}.n_action_steps = {self.n_action_steps} exceeds horizon - n_obs_steps + 1 = "
                               f"{self.horizon - self.n_obs_steps + 1}")
+        if self.num_train_timesteps > MAX_TRAIN_TIMESTEPS:  # the schedule is built before any tensor check
+            raise ConfigError(f"{n}.num_train_timesteps = {self.num_train_timesteps} exceeds {MAX_TRAIN_TIMESTEPS}; "
+                              f"diffusion policies use 50-1000")
         if self.num_inference_steps > self.num_train_timesteps:
             raise ConfigError(f"{n}.num_inference_steps = {self.num_inference_steps} exceeds "
                               f"num_train_timesteps = {self.num_train_timesteps}")

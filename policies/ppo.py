@@ -314,7 +314,10 @@ class PPOTrainer:
 
 def evaluate_policy(policy: Policy, task: str, seeds: list[int], *, control_mode: str | None = None,
                     suite: Any = None, deterministic: bool = True) -> float:
-    """Success rate of ``policy`` over ``seeds`` (one episode each) in a fresh env."""
+    """Success rate of ``policy`` over ``seeds`` (one episode each) in a fresh env; NaN (not
+    evaluated) for no seeds."""
+    if not seeds:
+        return float("nan")
     env = TwinEnv(task, control_mode=control_mode, suite=suite)
     keys = policy.spec.obs_keys
     wins = 0

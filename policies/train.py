@@ -29,13 +29,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
 
 import numpy as np
-import torch
 import yaml
 
 from policies.bc import BCConfig, episodes_to_samples, train_bc
@@ -44,6 +44,7 @@ from policies.data import data_digest, iter_episodes
 from policies.demos import collect_demos
 from policies.interface import Policy, PolicySpec, make_policy
 from policies.ppo import DemoBuffer, PPOConfig, PPOTrainer, UpdateStats, evaluate_policy
+from policies.runtime import set_torch_threads
 from twin.env import TwinEnv
 from twin.scene import dataclass_from_dict
 
@@ -186,9 +187,9 @@ def build_policy(cfg: TrainConfig, env: TwinEnv) -> Policy:
 def run_training(cfg: TrainConfig, out_dir: str | Path, *, tracking_uri: str | None = None,
                  progress: ProgressFn | None = None, cache_dir: str | Path | None = None) -> TrainResult:
     """Run one training job end to end (demos, training, checkpoints, MLflow)."""
-    from twinrank import tracking
+    from policies import tracking
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    set_torch_threads("training")
     out = Path(out_dir)
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
     cache = Path(cache_dir) if cache_dir else out.parent / ".cache"
@@ -223,18 +224,25 @@ def run_training(cfg: TrainConfig, out_dir: str | Path, *, tracking_uri: str | N
 def save_and_register(policy: Policy, cfg: TrainConfig, out: Path, client: Any, run_id: str, step: int,
                       digest: str, success: float, extra: dict[str, Any] | None = None) -> CheckpointRecord:
     """Write a checkpoint, log it as an artifact of the run and register it as a model version."""
-    from twinrank import tracking
+    from policies import tracking
+    from policies.checkpoint import checkpoint_id
+    from policies.mlflow_model import write_mlmodel
 
     ckpt_dir = out / "checkpoints" / f"step_{step:07d}"
+    evaluated = math.isfinite(success)
     save_checkpoint(policy, ckpt_dir, training_step=step, run_id=run_id, data_digest=digest,
-                    extra={"algo": cfg.algo, "train_success_rate": success, **(extra or {})})
+                    extra={"algo": cfg.algo, "train_success_rate": success if evaluated else None, **(extra or {})})
     artifact_path = f"checkpoints/step_{step:07d}"
+    write_mlmodel(ckpt_dir, run_id=run_id, artifact_path=artifact_path)  # signature + flavors in the registry
     client.log_artifacts(run_id, str(ckpt_dir), artifact_path=artifact_path)
     version = tracking.register_checkpoint(
         client, cfg.registered_model, run_id, artifact_path,
-        tags={"task": cfg.task, "algo": cfg.algo, "training_step": str(step), "train_success_rate": f"{success:.3f}",
-              "checkpoint_dir": str(ckpt_dir.resolve())})
-    client.log_metric(run_id, "checkpoint/success_rate", success, step=step)
+        tags={"task": cfg.task, "algo": cfg.algo, "training_step": str(step),
+              "train_success_rate": f"{success:.3f}" if evaluated else "not evaluated",
+              "train_success_episodes": str(cfg.eval_episodes if evaluated else 0),
+              "checkpoint_dir": str(ckpt_dir.resolve()), "checkpoint_id": checkpoint_id(ckpt_dir)})
+    if evaluated:
+        client.log_metric(run_id, "checkpoint/success_rate", success, step=step)
     return CheckpointRecord(step=step, path=ckpt_dir, success_rate=success, model_version=version)
 
 
@@ -271,7 +279,8 @@ def _run_ppo(cfg: TrainConfig, out: Path, client: Any, run_id: str, progress: Pr
         history.append({"env_steps": s.env_steps, **m})
         if s.update % cfg.checkpoint_every == 0 or s.env_steps >= cfg.total_env_steps:
             succ = evaluate_policy(policy, cfg.task, _eval_seeds(cfg), control_mode=cfg.control_mode)
-            client.log_metric(run_id, "eval/success_rate", succ, step=s.env_steps)
+            if math.isfinite(succ):
+                client.log_metric(run_id, "eval/success_rate", succ, step=s.env_steps)
             records.append(save_and_register(policy, cfg, out, client, run_id, s.env_steps, digest, succ))
             policy.train()
         if progress is not None:
@@ -306,7 +315,8 @@ def _run_bc(cfg: TrainConfig, out: Path, client: Any, run_id: str, progress: Pro
         history.append({"epoch": epoch, "loss/bc": loss})
         if epoch % cfg.checkpoint_every == 0 or epoch == bc_cfg.epochs:
             succ = evaluate_policy(policy, cfg.task, _eval_seeds(cfg), control_mode=cfg.control_mode)
-            client.log_metric(run_id, "eval/success_rate", succ, step=epoch)
+            if math.isfinite(succ):
+                client.log_metric(run_id, "eval/success_rate", succ, step=epoch)
             records.append(save_and_register(policy, cfg, out, client, run_id, epoch, digest, succ))
         if progress is not None:
             progress(f"BC epoch {epoch} (loss {loss:.4f})", epoch, bc_cfg.epochs)

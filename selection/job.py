@@ -185,7 +185,7 @@ def rank_checkpoints(checkpoints: Sequence[str | os.PathLike[str]], spec: Any, r
     real_cache: dict[tuple[str, ...], Any] = {}
     bags = [str(b) for b in real_logs]
     if not bags:
-        warn("no real-data logs given: OOD scores are NaN and combined rules fall back to sim success")
+        warn("no real-data logs to score OOD on: OOD scores are NaN and combined rules fall back to sim success")
     for s in campaign.checkpoints:
         row = sim_ingredients(s)
         if s.status != "ok":
@@ -214,8 +214,12 @@ def rank_checkpoints(checkpoints: Sequence[str | os.PathLike[str]], spec: Any, r
                         campaign=campaign)
     ranking.to_csv(result.csv_path, index=False)
     _plots(result)
-    result.run_id = _log_mlflow(result, spec, bags, tracking_uri, experiment, choice)
-    if promote:
+    try:
+        result.run_id = _log_mlflow(result, spec, bags, tracking_uri, experiment, choice)
+    except Exception as exc:  # noqa: BLE001 - any transport/server error: the ranking stays on disk
+        warn(f"MLflow unreachable ({type(exc).__name__}: {str(exc)[:300]}): the ranking is kept in {out}, not "
+             f"logged, and nothing is promoted")
+    if promote and result.run_id:
         _promote(result, tracking_uri, warn)
     result.json_path.write_text(json.dumps({
         "rule": result.rule, "rule_reason": result.rule_reason, "warnings": result.warnings, "run_id": result.run_id,
@@ -247,14 +251,15 @@ def _plots(result: RankResult) -> None:
 
 def _log_mlflow(result: RankResult, spec: Any, bags: list[str], tracking_uri: str | None, experiment: str,
                 choice: RuleChoice) -> str:
-    import mlflow
 
-    from twinrank import tracking
+    from policies import tracking
 
     uri = tracking.resolve_tracking_uri(tracking_uri)
-    client = mlflow.MlflowClient(tracking_uri=uri)
+    client = tracking.setup(uri)
+    tracking.wait_for_server(uri)
     exp_id = tracking.ensure_experiment(client, experiment)  # artifacts next to a local store, not in ./mlruns
-    run = client.create_run(exp_id, run_name=f"rank-{spec.name}", tags={"twinrank.kind": "ranking"})
+    run = client.create_run(exp_id, run_name=f"rank-{spec.name}",
+                            tags={"twinrank.kind": "ranking", **tracking.source_tags("twinrank rank")})
     rid = run.info.run_id
     client.log_param(rid, "rule", result.rule)
     client.log_param(rid, "rule_reason", result.rule_reason[:6000])
@@ -281,7 +286,7 @@ def _promote(result: RankResult, tracking_uri: str | None, warn: Callable[[str],
     import mlflow
 
     from selection.promotion import PromotionError, promote
-    from twinrank import tracking
+    from policies import tracking
 
     client = mlflow.MlflowClient(tracking_uri=tracking.resolve_tracking_uri(tracking_uri))
     try:

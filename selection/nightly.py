@@ -247,9 +247,9 @@ def _is_bag(p: Path) -> bool:
     return p.is_dir() and ((p / "metadata.yaml").is_file() or any(p.glob("*.mcap")) or any(p.glob("*.db3")))
 
 
-def resolve_real_logs(paths: list[str]) -> list[Path]:
+def resolve_real_logs(paths: list[str], warn: Callable[[str], None] | None = None) -> list[Path]:
     """Bag paths from bags and folders of bags. A path that does not exist is an error; a folder
-    with no bag in it gives no bag (the ranking then warns that OOD cannot be scored)."""
+    with no bag in it gives no bag, and ``warn`` is told so (the ranking then scores no OOD)."""
     bags: list[Path] = []
     for s in paths:
         p = Path(s)
@@ -259,7 +259,11 @@ def resolve_real_logs(paths: list[str]) -> list[Path]:
         if _is_bag(p):
             bags.append(p)
         elif p.is_dir():
-            bags.extend(sorted(c for c in p.iterdir() if _is_bag(c)))
+            inside = sorted(c for c in p.iterdir() if _is_bag(c))
+            if not inside and warn is not None:
+                warn(f"real-data folder {p} holds no rosbag2 bags (folders with metadata.yaml, or .mcap/.db3 files); "
+                     f"record some with the live recorder or `twinrank proxy-real record`")
+            bags.extend(inside)
         else:
             raise NightlyConfigError(f"real-data log {p} is not a rosbag2 bag (folder with metadata.yaml, or a "
                                      f".mcap/.db3 file) nor a folder of bags")
@@ -358,7 +362,7 @@ def discover(cfg: NightlyConfig, state_dir: Path, say: Callable[[str], None] = l
     import mlflow
 
     from selection.promotion import find_model_version
-    from twinrank import tracking
+    from policies import tracking
 
     out = Discovery()
     client = mlflow.MlflowClient(tracking_uri=tracking.resolve_tracking_uri(cfg.tracking_uri))
@@ -619,7 +623,7 @@ def _decide_promotion(rank: RankResult, cfg: NightlyConfig, warn: Callable[[str]
     import mlflow
 
     from selection.promotion import PromotionError, promote
-    from twinrank import tracking
+    from policies import tracking
 
     if not cfg.promote:
         return "promotion off", None
@@ -652,20 +656,19 @@ def run_nightly(cfg: NightlyConfig, *, now: _dt.datetime | None = None, progress
     say = log or _log
     cfg.validate()
     spec = cfg.load_spec()
-    bags = resolve_real_logs(cfg.real_logs)
     state_dir = Path(cfg.state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
     night = (now or _dt.datetime.now().astimezone()).date().isoformat()
     with NightlyLock(state_dir / LOCK_FILE) as lock:
         if lock.took_over:
             say(lock.took_over)
-        return _run_locked(cfg, spec, bags, state_dir, night, progress, say)
+        return _run_locked(cfg, spec, state_dir, night, progress, say)
 
 
-def _run_locked(cfg: NightlyConfig, spec: Any, bags: list[Path], state_dir: Path, night: str, progress: Any,
+def _run_locked(cfg: NightlyConfig, spec: Any, state_dir: Path, night: str, progress: Any,
                 say: Callable[[str], None]) -> NightlyResult:
     from selection.report import log_report, report_from_rank, write_report
-    from twinrank import tracking
+    from policies import tracking
 
     state_path = state_dir / STATE_FILE
     state = load_state(state_path, say)
@@ -680,6 +683,7 @@ def _run_locked(cfg: NightlyConfig, spec: Any, bags: list[Path], state_dir: Path
         notes.append(msg)
         say(f"warning: {msg}")
 
+    bags = resolve_real_logs(cfg.real_logs, warn)
     say(f"night {night}: discovering checkpoints of task {cfg.task!r}")
     found = discover(cfg, state_dir, say)
     for what, why in found.failed:
@@ -792,7 +796,7 @@ def _patch_ranking_json(rank: RankResult, status: str) -> None:
 def _tag_run(rank: RankResult, cfg: NightlyConfig, status: str, night: str) -> None:
     import mlflow
 
-    from twinrank import tracking
+    from policies import tracking
 
     client = mlflow.MlflowClient(tracking_uri=tracking.resolve_tracking_uri(cfg.tracking_uri))
     tags = {"twinrank.nightly_date": night, "twinrank.promotion": status[:5000], "twinrank.task": cfg.task}

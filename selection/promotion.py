@@ -18,7 +18,6 @@ from __future__ import annotations
 import datetime as _dt
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -59,14 +58,11 @@ def _split(mv: str) -> tuple[str, str] | None:
 
 
 def find_model_version(client: Any, checkpoint_dir: str | os.PathLike[str]) -> str | None:
-    """``name/version`` of the registered version whose ``checkpoint_dir`` tag is this directory."""
-    path = str(Path(checkpoint_dir).resolve())
-    try:
-        hits = client.search_model_versions(f"tags.checkpoint_dir = '{path}'")
-    except Exception:  # noqa: BLE001 - a store without tag search: scan
-        hits = [v for v in client.search_model_versions("") if v.tags.get("checkpoint_dir") == path]
-    hits = sorted(hits, key=lambda v: int(v.version))
-    return f"{hits[-1].name}/{hits[-1].version}" if hits else None
+    """``name/version`` of the newest registered version whose ``checkpoint_dir`` tag is this directory."""
+    from policies.tracking import find_model_version as find
+
+    mv = find(client, checkpoint_dir)
+    return f"{mv.name}/{mv.version}" if mv is not None else None
 
 
 def _current(client: Any, name: str, alias: str) -> str | None:

@@ -290,7 +290,7 @@ def log_report(files: ReportFiles, run_id: str, tracking_uri: str | None = None)
     """Log both report files as artifacts (under ``report/``) of the MLflow run ``run_id``."""
     import mlflow
 
-    from twinrank import tracking
+    from policies import tracking
 
     client = mlflow.MlflowClient(tracking_uri=tracking.resolve_tracking_uri(tracking_uri))
     for p in (files.markdown, files.html):

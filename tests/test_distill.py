@@ -275,8 +275,12 @@ def test_camera_viewpoints_keep_what_faces_a_camera_inside_its_view(reach_env):
 
 # The main distillation run (shared by the tests below): reach, CASHER's 14 discrete actions,
 # the task's scripted expert as the teacher, half of the episodes with synthetic clouds.
-MAIN = dict(iterations=4, episodes_per_iter=8, synthetic_fraction=0.5, num_points=512, image_size=(64, 48),
-            epochs_per_iter=30, batch_size=32, lr=3e-3, eval_episodes=10, eval_every=0, seed=0)
+# 5 rounds, not 4: after round 4 the student succeeds on only 0.53-0.70 of 30 seeds (torch
+# seeds 0-2), i.e. right at the 0.6 bar below, and the 10-seed estimate flipped between
+# machines (0.5 / 0.7 / 0.9); after round 5 it is 0.83-0.97. 30 evaluation seeds: a binomial
+# estimate with a usable interval (+-0.07 at p = 0.85, not +-0.15 as with 10).
+MAIN = dict(iterations=5, episodes_per_iter=8, synthetic_fraction=0.5, num_points=512, image_size=(64, 48),
+            epochs_per_iter=30, batch_size=32, lr=3e-3, eval_episodes=30, eval_every=0, seed=0)
 STUDENT = {"point_mlp": (32, 64), "hidden_sizes": (128, 128)}
 
 
@@ -304,19 +308,24 @@ def distilled(tmp_path_factory):
                            seconds=time.perf_counter() - t0)
 
 
-# The three tests below share one distillation run (~100 s on a 2-core CPU): marked slow,
-# still part of `make test`.
+# The three tests below share one distillation run (~100 s on an idle 2-core CPU, 4 DAgger
+# rounds + 10 eval seeds took ~55 s): marked slow, still part of `make test`.
 @pytest.mark.slow
 def test_distilled_student_reaches_most_of_teacher_success(distilled):
     last = distilled.history[-1]
     teacher, student = last["distill/teacher_success"], last["eval/success_rate"]
     print(f"teacher {teacher:.2f} student {student:.2f} agreement {last['distill/agreement']:.2f} "
           f"({distilled.seconds:.0f} s)")
-    # Both measured on the same 10 fixed seeds (10000-10009); the student sees RENDERED clouds
-    # only. Measured on a 2-core CPU (torch 2.13, mujoco 4.0): teacher 1.0, student 0.9,
-    # agreement 0.94 (seed 1 of the same config: student 0.9, agreement 0.93).
+    # Both measured on the same 30 fixed seeds (10000-10029); the student sees RENDERED clouds
+    # only. Measured 2026-12-04 on a 2-core CPU (torch 2.13, mujoco 4.0), torch seed x torch
+    # threads: teacher 1.0 in all; student / agreement (0, 1) 0.97 / 0.94, (1, 1) 0.83 / 0.97,
+    # (2, 1) 0.83 / 0.93, (0, 2) 0.93 / 0.98, (1, 2) 0.90 / 0.98, (2, 2) 0.83 / 0.97; with
+    # DistillConfig seed=1 (other episodes and shuffling) 0.87 / 0.86. The bar
+    # (18 of 30 seeds) is 7 seeds below the worst of these (P(< 18/30 | p = 0.83) < 1e-3); an
+    # untrained student scores 0/30 and the one after round 1 (teacher data only, agreement
+    # 0.48) 0/30, so the bar still catches a distillation that does not work.
     assert teacher >= 0.9
-    assert student >= 0.6 * teacher
+    assert student >= 0.6 * teacher, f"student {student:.2f} < 0.6 x teacher {teacher:.2f}"
     assert last["distill/agreement"] > 0.8
     assert distilled.history[-1]["loss/bc"] < distilled.history[0]["loss/bc"]
 

@@ -405,3 +405,14 @@ def test_serve_reports_the_next_run_and_stops_cleanly_on_ctrl_c(family, tmp_path
     text = "".join(out)
     assert "stopping" in text and "scheduler stopped" in text and "Traceback" not in text, text
     assert not (tmp_path / "state" / STATE_FILE).exists()  # nothing ran: the next run is at 03:30
+
+
+def test_cli_rank_with_an_empty_real_logs_folder_says_it_holds_no_bags(family, tmp_path):
+    empty = tmp_path / "no_bags_here"
+    empty.mkdir()
+    r = runner.invoke(app, ["rank", str(family["ckpts"][0]), "--spec", str(family["root"] / "spec.yaml"),
+                            "--real-logs", str(empty), "--out", str(tmp_path / "rank"), "--tracking-uri",
+                            family["uri"], "--no-promote", "--executor", "inline"])
+    assert r.exit_code == 0, r.output
+    assert _has(r.output, f"real-data folder {empty} holds no rosbag2 bags"), r.output
+    assert "no real-data logs given" not in r.output

@@ -46,6 +46,10 @@ Conditions by name: ``suite.sample(seed).name`` is ``"nominal"`` with no enabled
 factor's name for a single-factor suite (``suite.only(name)``) and the suite's name
 otherwise. ``suite.evaluation_suites()`` gives nominal, each factor alone and all together.
 
+Reading a condition: :func:`describe_condition` gives one ``(factor, kind, value)`` row per
+factor with 3 significant digits in the factor's own units, angles in degrees
+(``twinrank suite sample`` prints it; ``--json`` prints the exact ``Condition.to_dict()``).
+
 Distributions: ``scale`` multiplies a nominal value by U(lo, hi); ``offset`` adds U(lo, hi)
 per component; ``angle`` rotates by U(lo, hi) rad about a random axis/azimuth; ``value`` is
 an absolute U(lo, hi); ``count`` an integer in [lo, hi]; ``color`` random rgb with each
@@ -117,6 +121,9 @@ DISTRIBUTIONS = ("scale", "offset", "angle", "value", "count", "color", "texture
 N_SLOTS = 4
 #: default density MuJoCo gives geoms of a body without an explicit mass (kg/m^3)
 DEFAULT_DENSITY = 1000.0
+#: units of colour-channel ranges (colours and textures), and of the observation noise std
+RGB_UNITS = "rgb channel"
+OBS_UNITS = "obs units (std)"
 
 
 class PerturbationError(ValueError):
@@ -135,6 +142,19 @@ class RangeDef:
     lower_open: bool = False  # True: values must be strictly above bounds[0]
     integer: bool = False
     units: str = ""
+
+    @property
+    def is_angle(self) -> bool:
+        return self.units == "rad"
+
+    def range_text(self, rng: tuple[float, float] | None = None) -> str:
+        """``[lo, hi] units`` as written in YAML (default: this field's default range); an
+        angle range (rad) is followed by its value in degrees, e.g. ``[0, 0.5] rad = [0, 28.6] deg``."""
+        lo, hi = self.default if rng is None else rng
+        text = f"[{lo:g}, {hi:g}]" + (f" {self.units}" if self.units else "")
+        if self.is_angle:
+            text += f" = [{_sig(math.degrees(lo))}, {_sig(math.degrees(hi))}] deg"
+        return text
 
     def bounds_text(self) -> str:
         lo = f"{self.bounds[0]:g} (exclusive)" if self.lower_open else f"{self.bounds[0]:g}"
@@ -170,19 +190,19 @@ def _r(default: tuple[float, float], bounds: tuple[float, float], lower_open: bo
 
 
 _DEFS: tuple[FactorDef, ...] = (
-    FactorDef("light_intensity", "AI", "scale", (_r((0.4, 1.6), (0.0, 10.0), lower_open=True),),
+    FactorDef("light_intensity", "AI", "scale", (_r((0.4, 1.6), (0.0, 10.0), lower_open=True, units="x"),),
               "scale of every light's diffuse, ambient and specular intensity"),
     FactorDef("light_direction", "AI", "angle", (_r((0.0, 0.5), (0.0, math.pi / 2), units="rad"),),
               "tilt of every light's direction by an angle in range, random azimuth"),
-    FactorDef("light_color", "AI", "scale", (_r((0.7, 1.3), (0.0, 5.0), lower_open=True),),
+    FactorDef("light_color", "AI", "scale", (_r((0.7, 1.3), (0.0, 5.0), lower_open=True, units="x"),),
               "per-channel (r, g, b) scale of every light's colour"),
-    FactorDef("object_color", "AI", "color", (_r((0.05, 0.95), (0.0, 1.0)),),
+    FactorDef("object_color", "AI", "color", (_r((0.05, 0.95), (0.0, 1.0), units=RGB_UNITS),),
               "random rgb (channels in range) for each object's geoms"),
-    FactorDef("object_texture", "AI", "texture", (_r((0.05, 0.95), (0.0, 1.0)),),
+    FactorDef("object_texture", "AI", "texture", (_r((0.05, 0.95), (0.0, 1.0), units=RGB_UNITS),),
               "random checker/gradient texture (colour channels in range) on each object"),
-    FactorDef("table_texture", "AI", "texture", (_r((0.05, 0.95), (0.0, 1.0)),),
+    FactorDef("table_texture", "AI", "texture", (_r((0.05, 0.95), (0.0, 1.0), units=RGB_UNITS),),
               "random checker/gradient texture (colour channels in range) on the table top"),
-    FactorDef("background", "AI", "color", (_r((0.05, 0.95), (0.0, 1.0)),),
+    FactorDef("background", "AI", "color", (_r((0.05, 0.95), (0.0, 1.0), units=RGB_UNITS),),
               "random skybox (background_rgb) and floor colours (channels in range)"),
     FactorDef("distractors", "AI", "count", (_r((1, 4), (0, 12), integer=True, units="objects"),),
               "number of small random primitive free bodies placed on the table top"),
@@ -190,25 +210,25 @@ _DEFS: tuple[FactorDef, ...] = (
               "camera translation per axis (position and look-at target move together)"),
     FactorDef("camera_orientation", "AI", "angle", (_r((0.0, 0.087), (0.0, 0.5), units="rad"),),
               "camera rotation by an angle in range about a random axis (target and up rotate)"),
-    FactorDef("camera_fov", "AI", "scale", (_r((0.87, 1.15), (0.25, 4.0)),),
+    FactorDef("camera_fov", "AI", "scale", (_r((0.87, 1.15), (0.25, 4.0), units="x"),),
               "scale of the focal lengths fx, fy (> 1 narrows the field of view)"),
     FactorDef("object_pose", "SA", "offset",
               (_r((-0.05, 0.05), (-0.3, 0.3), units="m"),
                _r((-0.26, 0.26), (-math.pi, math.pi), units="rad", field_name="yaw_range")),
               "object xy offset (range) and yaw offset (yaw_range) applied after the task's reset"),
-    FactorDef("object_scale", "SA", "scale", (_r((0.9, 1.1), (0.5, 2.0)),),
+    FactorDef("object_scale", "SA", "scale", (_r((0.9, 1.1), (0.5, 2.0), units="x"),),
               "uniform scale of each object's geoms (sizes and positions); spawn z raised"),
-    FactorDef("friction", "SA", "scale", (_r((0.5, 1.5), (0.0, 5.0), lower_open=True),),
+    FactorDef("friction", "SA", "scale", (_r((0.5, 1.5), (0.0, 5.0), lower_open=True, units="x"),),
               "scale of sliding friction of object and table geoms"),
-    FactorDef("mass", "SA", "scale", (_r((0.5, 2.0), (0.0, 10.0), lower_open=True),),
+    FactorDef("mass", "SA", "scale", (_r((0.5, 2.0), (0.0, 10.0), lower_open=True, units="x"),),
               "scale of each object's mass"),
-    FactorDef("joint_damping", "SA", "scale", (_r((0.5, 2.0), (0.0, 10.0), lower_open=True),),
+    FactorDef("joint_damping", "SA", "scale", (_r((0.5, 2.0), (0.0, 10.0), lower_open=True, units="x"),),
               "scale of arm joint damping and of fixture joint (e.g. cabinet hinge) damping"),
-    FactorDef("controller_gains", "SA", "scale", (_r((0.7, 1.3), (0.0, 3.0), lower_open=True),),
+    FactorDef("controller_gains", "SA", "scale", (_r((0.7, 1.3), (0.0, 3.0), lower_open=True, units="x"),),
               "independent scales of the arm servo stiffness kp and damping kd"),
     FactorDef("actuation_latency", "SA", "value", (_r((0.0, 0.06), (0.0, 0.5), units="s"),),
               "delay between a command and its application to the actuators"),
-    FactorDef("observation_noise", "AI", "value", (_r((0.0, 0.01), (0.0, 0.5)),),
+    FactorDef("observation_noise", "AI", "value", (_r((0.0, 0.01), (0.0, 0.5), units=OBS_UNITS),),
               "std of Gaussian noise added to state and proprio observations"),
 )
 FACTORS: dict[str, FactorDef] = {d.name: d for d in _DEFS}
@@ -216,7 +236,10 @@ FACTOR_NAMES: tuple[str, ...] = tuple(FACTORS)
 
 
 def list_factors() -> list[dict[str, Any]]:
-    """Every factor: name, kind (AI/SA), distribution, default range(s), bounds, description."""
+    """Every factor: name, kind (AI/SA), distribution, default range and its ``units`` (``x`` for
+    a scale of the nominal value, ``m``, ``s``, ``rad``, ``objects``, ``rgb channel`` in [0, 1],
+    ``obs units (std)``), bounds, extra ranges with their ``extra_units``, ``range_text`` (every
+    default range with units as YAML takes them, angles also in degrees) and description."""
     out = []
     for d in _DEFS:
         out.append({
@@ -227,6 +250,8 @@ def list_factors() -> list[dict[str, Any]]:
             "units": d.ranges[0].units,
             "bounds": d.ranges[0].bounds_text(),
             "extra_ranges": {r.field: list(r.default) for r in d.ranges[1:]},
+            "extra_units": {r.field: r.units for r in d.ranges[1:]},
+            "range_text": "; ".join([d.ranges[0].range_text()] + [f"{r.field} {r.range_text()}" for r in d.ranges[1:]]),
             "description": d.description,
         })
     return out
@@ -495,7 +520,8 @@ class PerturbationSuite:
         if isinstance(path_or_text, Path) or _looks_like_path(path_or_text):
             path = Path(path_or_text)
             if not path.is_file():
-                raise PerturbationError(f"suite file {str(path)!r} not found; built-in suites: "
+                what = "is a folder, not a suite YAML file" if path.is_dir() else "not found"
+                raise PerturbationError(f"suite file {str(path)!r} {what}; built-in suites: "
                                         f"{', '.join(available_suites())}")
             text, source = path.read_text(), str(path)
         else:
@@ -503,8 +529,16 @@ class PerturbationSuite:
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise PerturbationError(f"{source}: not valid YAML ({exc})") from exc
+            raise PerturbationError(f"{source}: not valid YAML ({_yaml_error_line(exc)})") from exc
         return cls.from_dict(data, task=task, source=source)
+
+
+def _yaml_error_line(exc: yaml.YAMLError) -> str:
+    """A YAML error on one line: ``line L, column C: problem``."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or " ".join(str(exc).split())
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return f"{where}{problem}"
 
 
 def _looks_like_path(s: str) -> bool:
@@ -614,6 +648,132 @@ class Condition:
 
 def nominal_condition() -> Condition:
     return Condition()
+
+
+# ---- readable conditions -----------------------------------------------------------------
+
+def _sig(x: float, digits: int = 3) -> str:
+    """``x`` with exactly ``digits`` significant digits (``1.00``, ``0.0240``, ``75.0``; ``0`` for zero)."""
+    x = float(x)
+    if x == 0 or not math.isfinite(x):
+        return "0" if x == 0 else str(x)
+    return f"{x:#.{digits}g}".rstrip(".")
+
+
+def _q(x: Any, rdef: RangeDef) -> str:
+    """One value in its range's units: an angle (rad) in degrees, a scale as ``x1.05``."""
+    x = float(x)
+    if rdef.is_angle:
+        return f"{_sig(math.degrees(x))} deg"
+    if rdef.units == "x":
+        return f"x{_sig(x)}"
+    if rdef.units == OBS_UNITS:
+        return f"std {_sig(x)}"
+    if rdef.units in ("", RGB_UNITS):
+        return _sig(x)
+    return f"{_sig(x)} {rdef.units}"
+
+
+def _vec(v: Any, rdef: RangeDef | None = None) -> str:
+    """A vector as ``(a, b, c)`` (3 significant digits) with its range's units."""
+    inner = "(" + ", ".join(_sig(float(x)) for x in v) + ")"
+    if rdef is None or rdef.units in ("", RGB_UNITS, OBS_UNITS):
+        return inner
+    if rdef.units == "x":
+        return "x" + inner
+    if rdef.is_angle:
+        return "(" + ", ".join(_sig(math.degrees(float(x))) for x in v) + ") deg"
+    return f"{inner} {rdef.units}"
+
+
+def _slots(values: Any, entity: str, fmt: Callable[[Any], str]) -> str:
+    """Per-entity values: ``cam0 ...; cam1 ...`` (entity ``i`` uses slot ``i % N_SLOTS``)."""
+    return "; ".join(f"{entity}{i} {fmt(v)}" for i, v in enumerate(values))
+
+
+def _tex(v: dict[str, Any]) -> str:
+    return f"{v['builtin']} {_vec(v['rgb1'][:3])}/{_vec(v['rgb2'][:3])} repeat {_sig(float(v['repeat'][0]))}"
+
+
+def _describe_distractors(v: dict[str, Any], d: FactorDef) -> str:
+    shapes = [str(item["shape"]) for item in v["items"]]
+    return f"{len(shapes)} object{'' if len(shapes) == 1 else 's'}" + (f": {', '.join(shapes)}" if shapes else "")
+
+
+def _describe_object_pose(v: Any, d: FactorDef) -> str:
+    xy, yaw = d.ranges[0], d.range_def("yaw_range")
+    return _slots(v, "obj", lambda p: f"{_vec(p[:2], xy)}, yaw {_q(p[2], yaw)}")
+
+
+_DESCRIBERS: dict[str, Callable[[Any, FactorDef], str]] = {
+    "light_intensity": lambda v, d: _q(v, d.ranges[0]),
+    "light_direction": lambda v, d: (f"tilt {_q(v['tilt'], d.ranges[0])}, azimuth "
+                                     f"{_sig(math.degrees(float(v['azimuth'])))} deg"),
+    "light_color": lambda v, d: "rgb " + _vec(v, d.ranges[0]),
+    "object_color": lambda v, d: _slots(v, "obj", lambda c: _vec(c[:3])),
+    "object_texture": lambda v, d: _slots(v, "obj", _tex),
+    "table_texture": lambda v, d: _tex(v),
+    "background": lambda v, d: f"sky {_vec(v['sky'][:3])}, floor {_vec(v['floor'][:3])}",
+    "distractors": _describe_distractors,
+    "camera_position": lambda v, d: _slots(v, "cam", lambda p: _vec(p, d.ranges[0])),
+    "camera_orientation": lambda v, d: _slots(v, "cam", lambda a: f"{_q(a[3], d.ranges[0])} about axis "
+                                                                  f"{_vec(a[:3])}"),
+    "camera_fov": lambda v, d: _slots(v, "cam", lambda x: _q(x, d.ranges[0])),
+    "object_pose": _describe_object_pose,
+    "object_scale": lambda v, d: _slots(v, "obj", lambda x: _q(x, d.ranges[0])),
+    "friction": lambda v, d: (f"table {_q(v['table'], d.ranges[0])}; "
+                              + _slots(v["objects"], "obj", lambda x: _q(x, d.ranges[0]))),
+    "mass": lambda v, d: _slots(v, "obj", lambda x: _q(x, d.ranges[0])),
+    "joint_damping": lambda v, d: _q(v, d.ranges[0]),
+    "controller_gains": lambda v, d: f"kp {_q(v['kp'], d.ranges[0])}, kd {_q(v['kd'], d.ranges[0])}",
+    "actuation_latency": lambda v, d: _q(v, d.ranges[0]),
+    "observation_noise": lambda v, d: _q(v, d.ranges[0]),
+}
+
+
+def _rounded(v: Any) -> Any:
+    if isinstance(v, float):
+        return float(_sig(v))
+    if isinstance(v, dict):
+        return {k: _rounded(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_rounded(x) for x in v]
+    return v
+
+
+def describe_condition(cond: Condition, suite: PerturbationSuite | None = None) -> list[tuple[str, str, str]]:
+    """A condition as readable rows ``(factor, kind, value)``, one per factor, in factor-table order.
+
+    Values have 3 significant digits and the units of the factor's own range definition
+    (:data:`FACTORS`, ``ranges[i].units``): angles (rad in the suite) are shown in degrees
+    (``camera_orientation`` as ``2.3 deg about axis (x, y, z)``, ``object_pose`` yaw,
+    ``light_direction`` tilt and azimuth), scales as ``x1.05``, offsets in ``m``, latency in
+    ``s``, colours as ``(r, g, b)`` triples with channels in [0, 1], textures by their
+    builtin name (``checker``/``gradient``) with both colours and the repeat. Per-entity
+    factors list their ``N_SLOTS`` values as ``cam0 ...; cam1 ...`` / ``obj0 ...``: camera or
+    object ``i`` (scene order, task objects first) uses slot ``i % N_SLOTS``. ``kind`` is the
+    suite's tag for the factor when ``suite`` is given, else the factor's default tag. A value
+    that is not shaped as the factor's sampler makes it (or an unknown factor) is shown as
+    rounded JSON prefixed ``malformed:`` / ``unknown factor:`` instead of raising. The exact
+    values are ``cond.to_dict()``; this text is for people only.
+    """
+    def order(n: str) -> tuple[int, str]:
+        return (FACTOR_NAMES.index(n) if n in FACTORS else len(FACTOR_NAMES), n)
+
+    rows: list[tuple[str, str, str]] = []
+    for name in sorted(cond.values, key=order):
+        value = cond.values[name]
+        if name not in FACTORS:
+            rows.append((name, "?", "unknown factor: " + json.dumps(_rounded(value), default=str)))
+            continue
+        spec = suite.factors.get(name) if suite is not None else None
+        kind = spec.kind if spec is not None else FACTORS[name].kind
+        try:
+            text = _DESCRIBERS[name](value, FACTORS[name])
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError):
+            text = "malformed: " + json.dumps(_rounded(value), default=str)
+        rows.append((name, kind, text))
+    return rows
 
 
 def factor_rng(seed: int, factor_name: str) -> np.random.Generator:
@@ -1144,6 +1304,7 @@ __all__ = [
     "PerturbationSuite",
     "RangeDef",
     "available_suites",
+    "describe_condition",
     "factor_rng",
     "list_factors",
     "load_suite",

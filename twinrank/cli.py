@@ -1,29 +1,43 @@
-"""The `twinrank` command line."""
+"""The `twinrank` command line. Exit codes: see twinrank/output.py (and the README)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 import typer  # noqa: E402
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
 
-app = typer.Typer(help="Twinrank: digital-twin evaluation and policy selection for Franka manipulation.",
-                  no_args_is_help=True, pretty_exceptions_show_locals=False)
-scene_app = typer.Typer(help="Scenes: export to USD, import scans, check compilation.", no_args_is_help=True)
-suite_app = typer.Typer(help="Perturbation suites.", no_args_is_help=True)
+from twinrank.output import ExitCode, console, fail, print_table, styled  # noqa: E402
+from twinrank import output  # noqa: E402
+
+app = typer.Typer(help="Twinrank: digital-twin evaluation and policy selection for Franka manipulation. "
+                       "Exit codes: 0 done, 1 internal error, 2 bad input, 3 locked, 4 partial (some items failed), "
+                       "5 MLflow unreachable (results kept, synced next run), 130 interrupted.",
+                  no_args_is_help=True, pretty_exceptions_show_locals=False, rich_markup_mode=None)
+scene_app = typer.Typer(help="Scenes: export to USD, import scans, check compilation.", no_args_is_help=True,
+                        rich_markup_mode=None)
+suite_app = typer.Typer(help="Perturbation suites.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(scene_app, name="scene")
 app.add_typer(suite_app, name="suite")
-console = Console()
+
+TRACKING_TIMEOUT_HELP = ("Seconds to wait for an MLflow tracking server before deferring the upload (default 15, "
+                         "or TWINRANK_TRACKING_TIMEOUT).")
 
 
-def _fail(msg: str) -> None:
-    console.print(f"[bold red]error:[/] {msg}")
-    raise typer.Exit(code=2)
+def _tracking_timeout(value: float | None) -> None:
+    """Apply --tracking-timeout for this process (MLflow's HTTP retries are bounded by it)."""
+    from policies import tracking
+
+    if value is None:
+        return
+    try:
+        os.environ[tracking.TIMEOUT_ENV] = str(tracking.timeout_budget(value))
+    except ValueError as exc:
+        fail(str(exc))
 
 
 @app.command()
@@ -32,15 +46,18 @@ def demo(out: Path = typer.Option(Path("demo_out"), help="Output folder."),
          episodes: int = typer.Option(1, min=1, help="Scripted episodes per task and condition."),
          seed: int = typer.Option(0, help="First seed."),
          chain: bool = typer.Option(True, "--chain/--twin-only", help="Also train, evaluate and log to MLflow."),
-         tracking_uri: str = typer.Option(None, help="MLflow tracking URI (default: ./mlflow.db).")) -> None:
+         tracking_uri: str = typer.Option(None, help="MLflow tracking URI (default: ./mlflow.db)."),
+         tracking_timeout: float = typer.Option(None, help=TRACKING_TIMEOUT_HELP)) -> None:
     """The whole chain: tasks under perturbations, train a checkpoint family, evaluate it, MLflow."""
     from twinrank.demo import run_demo
 
+    _tracking_timeout(tracking_timeout)
     try:
-        run_demo(out, tasks=task or None, episodes=episodes, seed=seed, console=console, chain=chain,
-                 tracking_uri=tracking_uri)
+        code = run_demo(out, tasks=task or None, episodes=episodes, seed=seed, console=console, chain=chain,
+                        tracking_uri=tracking_uri)
     except ValueError as exc:
-        _fail(str(exc))
+        fail(str(exc))
+    output.exit_with(code)
 
 
 @app.command()
@@ -52,14 +69,14 @@ def train(config: Path = typer.Argument(None, help="Training config YAML (see po
           seed: int = typer.Option(None, help="Training seed."),
           out: Path = typer.Option(Path("outputs/train"), help="Output folder (checkpoints under it)."),
           tracking_uri: str = typer.Option(None, help="MLflow tracking URI (default: ./mlflow.db)."),
+          tracking_timeout: float = typer.Option(None, help=TRACKING_TIMEOUT_HELP),
           set_: list[str] = typer.Option([], "--set", help="Override any config field: key.sub=value (YAML value).")
           ) -> None:
     """Train a policy (PPO+BC, PPO, BC, diffusion BC, distillation) with checkpoints in MLflow."""
     import yaml
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from policies.train import TrainConfig, TrainConfigError, default_config, run_training, with_overrides
-    from twinrank import tracking
+    from policies import tracking
 
     try:
         if config is not None:
@@ -75,27 +92,35 @@ def train(config: Path = typer.Argument(None, help="Training config YAML (see po
             overrides[key] = yaml.safe_load(value)
         cfg = with_overrides(cfg, **overrides)
     except (TrainConfigError, KeyError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     run_dir = out / f"{cfg.algo}-{cfg.task}-{cfg.digest()}"
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total:.0f}"),
-                  TimeElapsedColumn(), TimeRemainingColumn(), console=console) as progress:
-        bar = progress.add_task("collecting demonstrations", total=1)
+    _tracking_timeout(tracking_timeout)
+    try:  # training registers every checkpoint: the store must answer before anything is trained
+        tracking.wait_for_server(tracking.resolve_tracking_uri(tracking_uri), on_wait=output.info)
+    except tracking.TrackingUnavailable as exc:
+        fail(f"{exc}; nothing was trained: start the server or give another --tracking-uri")
+    from policies.runtime import set_torch_threads
+
+    threads = set_torch_threads("training")
+    console.print(f"training {cfg.algo} on {cfg.task} with {threads} torch thread(s) (TWINRANK_TORCH_THREADS "
+                  f"changes it); output {run_dir}")
+    with output.ProgressDisplay(unit="it") as bar:
+        bar.update(desc="collecting demonstrations", done=0, total=1)
 
         def on_progress(desc: str, done: float, total: float) -> None:
-            progress.update(bar, description=desc, completed=done, total=total)
+            bar.update(desc=desc, done=done, total=total)
 
         try:
             result = run_training(cfg, run_dir, tracking_uri=tracking_uri, progress=on_progress,
                                   cache_dir=out / ".cache")
         except (TrainConfigError, ValueError) as exc:
-            _fail(str(exc))
-    table = Table(title=f"Checkpoints of run {result.run_id} (registered model {cfg.registered_model!r})")
-    for col in ("step", "in-sim success", "model version", "path"):
-        table.add_column(col)
-    for r in result.checkpoints:
-        table.add_row(str(r.step), f"{r.success_rate:.2f}", r.model_version, str(r.path))
-    console.print(table)
-    console.print(f"MLflow UI: {tracking.ui_command(tracking_uri)}")
+            fail(str(exc))
+    evaluated = cfg.eval_episodes > 0
+    rows = [(r.step, f"{r.success_rate:.2f} (n = {cfg.eval_episodes})" if evaluated else "not evaluated",
+             r.model_version, r.path) for r in result.checkpoints]
+    print_table(f"Checkpoints of run {result.run_id} (registered model {cfg.registered_model!r})",
+                ("step", "in-sim success", "model version", "path"), rows, right=("step",))
+    output.command("MLflow UI:", tracking.ui_command(tracking_uri))
 
 
 def _expand_checkpoints(refs: list[str]) -> list[str]:
@@ -118,100 +143,92 @@ def eval_cmd(checkpoints: list[str] = typer.Argument(..., help="Checkpoint dirs,
              out: Path = typer.Option(None, help="Campaign folder (default outputs/eval/<spec>-<digest>)."),
              executor: str = typer.Option("local", help="local | inline | ray"),
              address: str = typer.Option(None, help="Ray cluster address (with --executor ray)."),
-             workers: int = typer.Option(None, help="Worker processes (default: one per core)."),
-             episodes: int = typer.Option(None, help="Override episodes per condition."),
+             workers: int = typer.Option(None, min=1, help="Worker processes (default: one per core)."),
+             episodes: int = typer.Option(None, min=1, help="Override episodes per condition."),
              tracking_uri: str = typer.Option(None, help="MLflow tracking URI (default: ./mlflow.db)."),
+             tracking_timeout: float = typer.Option(None, help=TRACKING_TIMEOUT_HELP),
              mlflow_log: bool = typer.Option(True, "--mlflow/--no-mlflow", help="Log the campaign to MLflow.")) -> None:
-    """Evaluate checkpoints under the spec's perturbation conditions (paired design), log to MLflow."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    """Evaluate checkpoints under the spec's perturbation conditions (paired design), log to MLflow.
 
+    Exit code 2 when a checkpoint path or registered model does not exist, 4 when a checkpoint
+    failed (the others are evaluated and logged either way), 5 when MLflow was unreachable."""
     from evaluator import EvalSpecError, evaluate, load_spec
-    from evaluator.run import CheckpointResolveError
-    from evaluator.tracking import load_campaign, log_or_defer, pending_campaigns, resolve_model_uri
+    from evaluator.run import CheckpointResolveError, unresolved_ref
+    from evaluator.tracking import log_or_defer, resolve_model_uri, sync_pending
+    from policies import tracking
 
+    _tracking_timeout(tracking_timeout)
     try:
         espec = load_spec(spec)
         if episodes is not None:
             espec = espec.replace(episodes_per_condition=episodes, seeds=None)
         espec.validate()
     except (EvalSpecError, ValueError, OSError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     out = out or Path("outputs/eval") / f"{espec.name}-{espec.digest()[:8]}"
-    if mlflow_log:  # campaigns whose upload failed earlier go first
-        for folder in pending_campaigns(out.parent):
-            if log_or_defer(load_campaign(folder), tracking_uri) is not None:
-                console.print(f"synced pending campaign {folder} to MLflow")
-    refs: list[str] = []
+    status = output.info
+    if mlflow_log:  # campaigns whose upload failed earlier go first (this one is logged at the end)
+        for folder in sync_pending(out.parent, tracking_uri, skip=[out], status=status):
+            console.print(f"synced pending campaign {folder} to MLflow")
+    refs: list[Any] = []
     registry: dict[str, dict[str, str]] = {}
+    bad_input: list[str] = []
     for r in _expand_checkpoints(checkpoints):
         if r.startswith("models:/"):
             try:
                 path, info = resolve_model_uri(r, out / ".models", tracking_uri)
             except CheckpointResolveError as exc:
-                console.print(f"[yellow]warning:[/] {exc}")
-                refs.append(r)  # fails this checkpoint with the reason
+                output.error(str(exc))
+                bad_input.append(r)
+                refs.append(unresolved_ref(r, str(exc)))  # a row with the reason
                 continue
             registry[str(path.resolve())] = info
             refs.append(str(path))
         else:
+            if not Path(r).exists():
+                output.error(f"checkpoint {r} does not exist; give checkpoint folders (with manifest.json), "
+                             f"folders of them, or models:/NAME/VERSION")
+                bad_input.append(r)
             refs.append(r)
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                  console=console) as progress:
-        bar = progress.add_task("starting workers", total=None, rate="")
-
-        def on_event(ev) -> None:  # noqa: ANN001
-            if ev.kind == "start":
-                progress.update(bar, total=ev.total, completed=0, description=f"episodes ({ev.skipped} already done)")
-            elif ev.kind == "episode":
-                elapsed = progress.tasks[bar].elapsed or 1e-9
-                progress.update(bar, completed=ev.done, rate=f"{ev.done / elapsed:.1f} ep/s")
-            elif ev.kind == "checkpoint_failed":
-                console.print(f"[red]checkpoint failed[/] {ev.label}: {ev.message}")
-            elif ev.kind == "worker_lost":
-                console.print(f"[yellow]worker {ev.worker_pid} lost; re-running its episodes[/]")
-            elif ev.kind == "videos":
-                progress.update(bar, description="recording videos", total=ev.total, completed=0)
-            elif ev.kind == "video":
-                progress.advance(bar)
-
-        try:
-            result = evaluate(refs, espec, out, executor=executor, workers=workers, address=address, progress=on_event)
-        except KeyboardInterrupt:
-            console.print(f"interrupted; finished episodes are kept in {out} — rerun the same command to resume")
-            raise typer.Exit(code=130)
+    if len(bad_input) == len(refs):
+        fail("no checkpoint to evaluate (see above)")
+    console.print(f"evaluating {len(refs)} checkpoint(s) on spec {espec.name!r} ({espec.digest()[:8]}); campaign "
+                  f"folder {out}")
+    try:
+        with output.eval_progress() as (on_event, _log):
+            result = evaluate(refs, espec, out, executor=executor, workers=workers, address=address,
+                              progress=on_event)
+    except KeyboardInterrupt:
+        console.print(f"interrupted; finished episodes are kept in {out}; rerun the same command to resume")
+        raise typer.Exit(code=ExitCode.INTERRUPTED)
+    except (ValueError, RuntimeError) as exc:  # e.g. the folder holds another spec's results
+        fail(str(exc))
     for s in result.checkpoints:
         if s.path and str(Path(s.path).resolve()) in registry:
             s.info.update(registry[str(Path(s.path).resolve())])
-    table = Table(title=f"Ranking by overall sim success (spec {espec.name!r}, {espec.episodes_per_condition} "
-                        "paired seeds per condition)")
-    for col in ("rank", "checkpoint", "success", "95% CI", "nominal", "worst factor (paired drop)", "status"):
-        table.add_column(col)
-    ranked = sorted(result.checkpoints, key=lambda c: -(c.overall.get("success_rate") or -1.0))
-    for i, c in enumerate(ranked, 1):
-        o = c.overall
-        nominal = c.per_condition.get("nominal", {}).get("success_rate")
-        drops = [(k, v.get("mean")) for k, v in c.paired_drop.items() if v.get("mean") is not None]
-        worst = max(drops, key=lambda kv: kv[1]) if drops else None
-        table.add_row(str(i), c.label, f"{o.get('success_rate', float('nan')):.2f}" if o else "-",
-                      f"[{o['ci_low']:.2f}, {o['ci_high']:.2f}]" if o.get("ci_low") is not None else "-",
-                      f"{nominal:.2f}" if nominal is not None else "-",
-                      f"{worst[0]} ({worst[1]:+.2f})" if worst else "-",
-                      c.status if not c.error else f"{c.status}: {c.error[:60]}")
-    console.print(table)
+    output.print_campaign(result, f"Ranking by overall sim success (spec {espec.name!r}, {espec.episodes_per_condition} "
+                        f"paired seeds per condition, Wilson 95% CI)")
     if result.executed and result.elapsed_s > 0:
         share = result.physics_share
         console.print(f"{result.executed} episodes in {result.elapsed_s:.1f} s ({result.executed / result.elapsed_s:.1f}"
                       " episodes/s)" + (f"; {share:.0%} of the workers' time in physics" if share else ""))
     console.print(f"results: {result.eval_info_path}")
+    code = ExitCode.BAD_INPUT if bad_input else ExitCode.PARTIAL if result.failed else ExitCode.OK
     if mlflow_log:
-        logged = log_or_defer(result, tracking_uri)
+        uri = tracking.resolve_tracking_uri(tracking_uri)
+        console.print(f"uploading the campaign to MLflow at {uri}")
+        logged = log_or_defer(result, tracking_uri, status=status)
         if logged is None:
-            console.print("[yellow]MLflow unreachable: results kept on disk; they are synced on the next run[/]")
+            output.warn(f"MLflow at {uri} unreachable: results kept in {out}; the next `twinrank eval` syncs them")
+            code = code or ExitCode.TRACKING_DEFERRED
         else:
-            from twinrank import tracking
-
-            console.print(f"MLflow run {logged.parent_run_id}; open the UI with: {tracking.ui_command(tracking_uri)}")
+            verb = "updated" if logged.updated else "logged"
+            console.print(f"MLflow campaign run {logged.parent_run_id} {verb} ({len(logged.checkpoint_runs)} "
+                          f"checkpoint runs)")
+            output.command("open the UI with:", tracking.ui_command(tracking_uri))
+    for s in result.failed:
+        console.print(styled("failed:", "red", f"{s.label}: {s.error}"))
+    output.exit_with(code)
 
 
 @app.command()
@@ -219,28 +236,23 @@ def tasks() -> None:
     """List the registered tasks."""
     from twin.tasks import get_task_class, list_tasks
 
-    table = Table(title="Tasks")
-    table.add_column("name")
-    table.add_column("control (expert)")
-    table.add_column("summary")
+    rows = []
     for name in list_tasks():
         cls = get_task_class(name)
         doc = (cls.__doc__ or "").strip().splitlines()[0]
-        table.add_row(name, f"{cls.default_cfg().actions.mode} ({cls.expert_mode})", doc)
-    console.print(table)
+        rows.append((name, f"{cls.default_cfg().actions.mode} ({cls.expert_mode})", doc))
+    print_table("Tasks", ("name", "control (expert)", "summary"), rows)
 
 
 @app.command()
 def factors() -> None:
-    """List the perturbation factors (name, AI/SA kind, default range)."""
+    """List the perturbation factors (name, AI/SA kind, default range with units)."""
     from twin.perturbations import list_factors
 
-    table = Table(title="Perturbation factors (AI = action-invariant, SA = semantic)")
-    for col in ("factor", "kind", "default range", "description"):
-        table.add_column(col)
-    for f in list_factors():
-        table.add_row(f["name"], f["kind"], str(f["range"]), f["description"])
-    console.print(table)
+    rows = [(f["name"], f["kind"], f["range_text"], f["description"]) for f in list_factors()]
+    print_table("Perturbation factors (AI = action-invariant, SA = semantic; default ranges as suite YAML takes them: "
+                "x = scale of the nominal value, angles in rad with degrees after '=')",
+                ("factor", "kind", "default range (units)", "description"), rows)
 
 
 @suite_app.command("validate")
@@ -252,18 +264,44 @@ def suite_validate(path: Path) -> None:
         suite = load_suite(str(path))
         suite.validate()
     except (PerturbationError, ValueError, OSError) as exc:
-        _fail(str(exc))
-    console.print(f"[green]ok[/] suite {suite.name!r}: {', '.join(suite.factor_names())}")
+        fail(str(exc))
+    console.print(styled("ok", "green", f"suite {suite.name!r}: {', '.join(suite.factor_names())}"))
 
 
 @suite_app.command("sample")
-def suite_sample(path: str = typer.Argument("default"), seed: int = 0) -> None:
-    """Print the condition a suite gives for a seed (a pure function of suite and seed)."""
+def suite_sample(path: str = typer.Argument("default", help="A built-in suite name or a suite YAML path."),
+                 seed: int = typer.Option(0, help="Episode seed (a non-negative integer)."),
+                 as_json: bool = typer.Option(False, "--json", help="Print the exact condition as JSON "
+                                                                    "(Condition.to_dict()) instead of the table.")
+                 ) -> None:
+    """Print the condition a suite gives for a seed (a pure function of suite and seed): one row per
+    factor, 3 significant digits, angles in degrees; --json for the exact values."""
     import json
+    import shlex
 
-    from twin.perturbations import load_suite
+    from twin.perturbations import N_SLOTS, PerturbationError, available_suites, describe_condition, load_suite
 
-    console.print_json(json.dumps(load_suite(path).sample(seed).to_dict()))
+    if seed < 0:
+        fail(f"--seed {seed}: seeds are non-negative integers (e.g. --seed 0)")
+    try:
+        suite = load_suite(path)
+        cond = suite.sample(seed)
+    except PerturbationError as exc:
+        fail(str(exc))
+    except (OSError, ValueError) as exc:  # unreadable file, not UTF-8 text, ...
+        fail(f"suite {path!r} cannot be read ({exc}); give a built-in suite ({', '.join(available_suites())}) "
+             f"or a path to a suite YAML file")
+    if as_json:
+        print(json.dumps(cond.to_dict(), indent=2))
+        return
+    rows = describe_condition(cond, suite)
+    if not rows:
+        console.print(f"suite {suite.name!r}, seed {seed}: condition {cond.name!r} (no factor enabled)")
+        return
+    print_table(f"Suite {suite.name!r}, seed {seed}: condition {cond.name!r} (3 significant digits; angles in deg; "
+                f"xN = N times the nominal value; cam<i>/obj<i> = value for camera/object i, cycling every {N_SLOTS})",
+                ("factor", "kind", "value"), rows)
+    output.command("exact values:", f"twinrank suite sample {shlex.quote(path)} --seed {seed} --json")
 
 
 @scene_app.command("export")
@@ -276,7 +314,7 @@ def scene_export(task: str, out: Path = typer.Argument(..., help="Output .usda p
     try:
         write_scene_usd(make_task(task).cfg.scene, out)
     except (SceneError, TaskError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     console.print(f"wrote {out}")
 
 
@@ -291,10 +329,11 @@ def scene_check(path: Path) -> None:
         scene = read_scene_usd(path)
         compiled = compile_scene(scene)
     except SceneError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     m = compiled.model
-    console.print(f"[green]ok[/] {scene.name}: {len(scene.iter_bodies())} bodies, {len(scene.cameras)} cameras, "
-                  f"{len(scene.sites)} sites; MuJoCo: nbody={m.nbody} ngeom={m.ngeom} nq={m.nq}")
+    console.print(styled("ok", "green", f"{scene.name}: {len(scene.iter_bodies())} bodies, {len(scene.cameras)} "
+                                        f"cameras, {len(scene.sites)} sites; MuJoCo: nbody={m.nbody} ngeom={m.ngeom} "
+                                        f"nq={m.nq}"))
 
 
 @scene_app.command("scan")
@@ -327,7 +366,7 @@ def scene_scan(mesh: Path = typer.Argument(..., help="Scanned mesh (OBJ, GLB/GLT
                          up_axis=up_axis, voxel_pitch=voxel_pitch)
         write_scene_usd(scene, out)
     except (SceneError, TaskError, ValueError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     console.print(f"wrote {out} ({len(scene.body('scan').geoms) - 1} collision boxes, sites: {', '.join(sites) or 'none'})")
 
 
@@ -355,7 +394,7 @@ def render(task: str, out: Path = typer.Option(Path("render.png")), camera: str 
         cam = camera or env.camera_names()[0]
         Image.fromarray(env.render_camera(cam, width, height)).save(out)
     except (SceneError, TaskError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     console.print(f"wrote {out}")
 
 

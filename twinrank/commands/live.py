@@ -16,17 +16,11 @@ import sys
 from pathlib import Path
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-console = Console()
+from twinrank.output import console, fail, print_table, styled
+
 live_app = typer.Typer(help="Live twin over ROS 2: node graph, launch arguments, run, ament registration.",
-                       no_args_is_help=True)
-
-
-def _fail(msg: str) -> None:
-    console.print(f"[bold red]error:[/] {msg}")
-    raise typer.Exit(code=2)
+                       no_args_is_help=True, rich_markup_mode=None)
 
 
 def _nodes(assignments: list[str]):
@@ -36,7 +30,7 @@ def _nodes(assignments: list[str]):
     try:
         return live_graph(**parse_assignments(assignments or []))
     except ValueError as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 @live_app.command("graph")
@@ -48,7 +42,7 @@ def graph(assignments: list[str] = typer.Argument(None, help="Launch arguments a
         print(json.dumps([n.to_dict() for n in nodes], indent=2))
         return
     for n in nodes:
-        console.print(f"[bold]{n.name}[/] ({n.package}/{n.executable}): {n.description}")
+        console.print(styled(n.name, "bold", f"({n.package}/{n.executable}): {n.description}"))
         for k, v in n.full_parameters().items():
             mark = "" if k in n.parameters else "  (default)"
             console.print(f"    {k} = {v!r}{mark}")
@@ -84,12 +78,8 @@ def args(markdown: bool = typer.Option(False, "--markdown", help="Markdown table
         print()
         print(node_parameters_markdown())
         return
-    table = Table(title="ros2 launch twin live.launch.py <name>:=<value>")
-    for col in ("argument", "default", "description"):
-        table.add_column(col)
-    for a in LAUNCH_ARGUMENTS:
-        table.add_row(a.name, a.default or "(empty)", a.description)
-    console.print(table)
+    print_table("ros2 launch twin live.launch.py <name>:=<value>", ("argument", "default", "description"),
+                [(a.name, a.default or "(empty)", a.description) for a in LAUNCH_ARGUMENTS])
 
 
 @live_app.command("run")
@@ -131,11 +121,11 @@ def install_ament(prefix: Path = typer.Option(None, help="Install prefix (defaul
         try:
             written = do_install(root, symlink=symlink)
         except (FileNotFoundError, OSError) as exc:
-            _fail(str(exc))
+            fail(str(exc))
         console.print(f"registered ROS 2 package 'twin' in {root} ({len(written)} files)")
     problems = check_ament(root)
     if problems:
-        _fail("; ".join(problems))
+        fail("; ".join(problems))
     console.print(f"ok: AMENT_PREFIX_PATH={root} ros2 launch twin live.launch.py")
 
 

@@ -6,63 +6,23 @@ and a message naming the problem; a nightly run that finds the lock taken exits 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import signal
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-console = Console()
+from twinrank import output
+from twinrank.output import ExitCode, console, fail, styled
+
 proxy_app = typer.Typer(help="The proxy-real domain: a shifted twin standing in for the real cell (never real "
-                             "robot data).", no_args_is_help=True)
+                             "robot data).", no_args_is_help=True, rich_markup_mode=None)
 
-EXIT_BAD_INPUT = 2
-EXIT_LOCKED = 3
-
-
-def _fail(msg: str, code: int = EXIT_BAD_INPUT) -> None:
-    console.print(f"[bold red]error:[/] {msg}")
-    raise typer.Exit(code=code)
-
-
-# ---- shared pieces ------------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def _eval_progress() -> Iterator[tuple[Callable[[Any], None], Callable[[str], None]]]:
-    """A rich progress bar for an evaluation: yields (evaluator progress callback, log callback)."""
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
-
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                  console=console) as progress:
-        bar = progress.add_task("preparing", total=None, rate="")
-
-        def on_event(ev: Any) -> None:
-            if ev.kind == "start":
-                progress.update(bar, total=max(ev.total, 1) if ev.total else 1, completed=0 if ev.total else 1,
-                                description=f"episodes ({ev.skipped} already done)")
-            elif ev.kind == "episode":
-                elapsed = progress.tasks[bar].elapsed or 1e-9
-                progress.update(bar, completed=ev.done, rate=f"{ev.done / elapsed:.1f} ep/s")
-            elif ev.kind == "checkpoint_failed":
-                progress.console.print(f"[red]checkpoint failed[/] {ev.label}: {ev.message}")
-            elif ev.kind == "worker_lost":
-                progress.console.print(f"[yellow]{ev.message}[/]")
-
-        def on_log(msg: str) -> None:
-            if msg.startswith("warning: "):
-                progress.console.print(f"[yellow]warning:[/] {msg[len('warning: '):]}")
-            else:
-                progress.console.print(f"[dim]{msg}[/]")
-                progress.update(bar, description=msg[:60])
-
-        yield on_event, on_log
+EXIT_BAD_INPUT = int(ExitCode.BAD_INPUT)
+EXIT_LOCKED = int(ExitCode.LOCKED)
 
 
 def _resolve_checkpoints(refs: list[str], cache_dir: Path, tracking_uri: str | None) -> list[Any]:
@@ -78,10 +38,10 @@ def _resolve_checkpoints(refs: list[str], cache_dir: Path, tracking_uri: str | N
             try:
                 path, info = resolve_model_uri(r, cache_dir, tracking_uri)
             except CheckpointResolveError as exc:
-                _fail(str(exc))
+                fail(str(exc))
             found.append(found_checkpoint(path, r, f"{info['registered_model']}/{info['model_version']}"))
         elif not Path(r).exists():
-            _fail(f"checkpoint {r} does not exist; give checkpoint folders (with manifest.json), folders of them, "
+            fail(f"checkpoint {r} does not exist; give checkpoint folders (with manifest.json), folders of them, "
                   f"or models:/NAME/VERSION")
         else:
             found.append(found_checkpoint(r, "path"))
@@ -104,28 +64,32 @@ def _fmt(v: Any, spec: str = ".3f") -> str:
 def _print_ranking(ranking: Any, title: str, top: int | None = None) -> None:
     from selection.report import TABLE_COLUMNS, table_rows
 
-    table = Table(title=title)
-    for col in TABLE_COLUMNS:
-        table.add_column(col, justify="right" if col in ("rank", "score", "sim nominal", "sim perturbed", "OOD")
-                         else "left")
-    for row in table_rows(ranking, top):
-        table.add_row(*row)
-    console.print(table)
+    output.print_table(title, TABLE_COLUMNS, table_rows(ranking, top),
+                       right=("rank", "score", "sim nominal", "sim perturbed", "OOD"))
 
 
-def _print_promotion(status: str, promotion: Any) -> None:
-    console.print(f"promotion: [bold]{status}[/]")
+def _print_promotion(status: str, promotion: Any, header: bool = True) -> None:
+    if header:
+        console.print(styled("promotion:", "bold", status))
     if promotion is None:
         return
     for p in promotion.promotions:
         prev = promotion.previous.get(p.alias, "")
         change = "unchanged" if prev == f"{p.name}/{p.version}" else f"previously {prev or 'nobody'}"
-        console.print(f"  [bold]{p.alias}[/]: {p.name}/{p.version} ({p.checkpoint}; {change}) — {p.reason}")
+        console.print(styled(f"  {p.alias}:", "bold", f"{p.name}/{p.version} ({p.checkpoint}; {change}) — {p.reason}"))
 
 
 def _print_warnings(warnings: list[str]) -> None:
     for w in warnings:
-        console.print(f"[yellow]warning:[/] {w}")
+        output.warn(w)
+
+
+def _ranking_exit_code(res: Any) -> ExitCode:
+    """4 when a checkpoint could not be evaluated, 5 when MLflow was unreachable, else 0."""
+    failed = [s for s in getattr(res.campaign, "checkpoints", []) if s.status != "ok"]
+    if failed:
+        return ExitCode.PARTIAL
+    return ExitCode.TRACKING_DEFERRED if not res.run_id else ExitCode.OK
 
 
 # ---- twinrank rank --------------------------------------------------------------------------------------------
@@ -151,36 +115,36 @@ def rank(checkpoints: list[str] = typer.Argument(..., help="Checkpoint dirs, fol
     from selection.nightly import NightlyConfigError, resolve_real_logs
     from selection.ranking import RULES, RankingError
     from selection.report import log_report, report_from_rank, write_report
-    from twinrank import tracking
+    from policies import tracking
 
     try:
         espec = load_spec(spec)
         espec.validate()
     except (EvalSpecError, OSError, ValueError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if rule is not None and rule not in RULES:
-        _fail(f"unknown ranking rule {rule!r}; rules: {', '.join(RULES)}")
+        fail(f"unknown ranking rule {rule!r}; rules: {', '.join(RULES)}")
     if validations is not None and not validations.is_dir():
-        _fail(f"--validations {validations} is not a folder")
+        fail(f"--validations {validations} is not a folder")
     try:
-        bags = resolve_real_logs([str(p) for p in real_logs])
+        bags = resolve_real_logs([str(p) for p in real_logs], output.warn)
     except NightlyConfigError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     out = out or Path("outputs/rank") / f"{espec.name}-{espec.digest()[:8]}"
     found = _resolve_checkpoints(checkpoints, out / ".models", tracking_uri)
     extra = {f.label: {"model_version": f.model_version} for f in found if f.model_version}
     console.print(f"ranking {len(found)} checkpoint(s) on spec {espec.name!r} with {len(bags)} real-data log(s)")
     try:
-        with _eval_progress() as (on_event, on_log):
+        with output.eval_progress() as (on_event, on_log):
             res = rank_checkpoints([f.ref() for f in found], espec, bags, out, rule=rule, validations_dir=validations,
                                    tracking_uri=tracking_uri, promote=promote, executor=executor, workers=workers,
                                    ood=OODSettings(reference_episodes=ood_episodes), progress=on_event, log=on_log,
                                    extra_columns=extra)
     except KeyboardInterrupt:
         console.print(f"interrupted; finished episodes are kept in {out} — rerun the same command to resume")
-        raise typer.Exit(code=130)
+        raise typer.Exit(code=ExitCode.INTERRUPTED)
     except (ResultStoreError, RankingError, ValueError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     _print_ranking(res.ranking, f"Ranking by rule {res.rule!r} ({res.rule_reason})", top)
     status = ("promoted" if res.promotion is not None else "not promoted (see warnings)") if promote else \
         "promotion off (--no-promote)"
@@ -193,7 +157,10 @@ def rank(checkpoints: list[str] = typer.Argument(..., help="Checkpoint dirs, fol
     if res.run_id:
         log_report(files, res.run_id, tracking_uri)
     console.print(f"ranking: {res.csv_path}; report: {files.markdown} ({files.html})")
-    console.print(f"MLflow run {res.run_id}; open the UI with: {tracking.ui_command(tracking_uri)}")
+    if res.run_id:
+        console.print(f"MLflow run {res.run_id}")
+        output.command("open the UI with:", tracking.ui_command(tracking_uri))
+    output.exit_with(_ranking_exit_code(res))
 
 
 # ---- twinrank nightly / serve --------------------------------------------------------------------------------
@@ -207,7 +174,7 @@ def _config(config: Path | None, **overrides: Any) -> Any:
         cfg = cfg.with_overrides(**over)
         cfg.validate()
     except NightlyConfigError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     return cfg
 
 
@@ -236,28 +203,31 @@ def nightly(config: Path = typer.Argument(None, help=_CONFIG_HELP),
                   directory=directory, real_logs=real_logs, state_dir=state_dir, tracking_uri=tracking_uri, rule=rule,
                   validations_dir=validations, workers=workers, executor=executor, promote=promote)
     try:
-        with _eval_progress() as (on_event, on_log):
+        with output.eval_progress() as (on_event, on_log):
             res = run_nightly(cfg, progress=on_event, log=on_log)
     except NightlyLockedError as exc:
-        _fail(str(exc), EXIT_LOCKED)
+        fail(str(exc), EXIT_LOCKED)
     except NightlyConfigError as exc:
-        _fail(str(exc))
-    except NightlyError as exc:
-        _fail(str(exc), 1)
+        fail(str(exc))
+    except NightlyError as exc:  # e.g. no checkpoint of the task in any source
+        fail(str(exc), ExitCode.BAD_INPUT)
     except KeyboardInterrupt:
         console.print(f"interrupted; finished episodes are kept in {cfg.state_dir} — the next run resumes")
-        raise typer.Exit(code=130)
+        raise typer.Exit(code=ExitCode.INTERRUPTED)
     _print_ranking(res.rank.ranking, f"Night {res.date}: rule {res.rank.rule!r} ({res.rank.rule_reason})", cfg.top_n)
     console.print(f"{len(res.checkpoints)} checkpoint(s), {len(res.new)} new ({', '.join(res.new) or 'none'}); "
                   f"{res.executed} episode(s) run, {res.skipped} reused")
     for what, why in res.failed:
-        console.print(f"[red]failed[/] {what}: {why}")
-    _print_promotion(res.promotion_status, res.promotion)
+        console.print(styled("failed", "red", f"{what}: {why}"))
+    _print_promotion(res.promotion_status, res.promotion, header=False)  # the run's log said "promotion: ..."
     _print_warnings(res.warnings)
-    console.print(f"report: {res.report_md} ({res.report_html}); state: {res.state_path}")
-    from twinrank import tracking
+    console.print(f"state: {res.state_path}")  # the run's log named the report
+    from policies import tracking
 
-    console.print(f"MLflow run {res.rank.run_id}; open the UI with: {tracking.ui_command(cfg.tracking_uri)}")
+    if res.rank.run_id:
+        console.print(f"MLflow run {res.rank.run_id}")
+        output.command("open the UI with:", tracking.ui_command(cfg.tracking_uri))
+    output.exit_with(ExitCode.PARTIAL if res.failed else _ranking_exit_code(res.rank))
 
 
 def serve(config: Path = typer.Argument(None, help=_CONFIG_HELP),
@@ -287,7 +257,7 @@ def serve(config: Path = typer.Argument(None, help=_CONFIG_HELP),
         # the sleep below (a blocking scheduler could take it inside its own start-up and hang).
         sched = make_scheduler(cfg, cron, blocking=False, run_now=run_now)
     except NightlyConfigError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     trigger = sched.get_job(NIGHTLY_JOB_ID).trigger
 
     def next_run() -> str:
@@ -347,14 +317,14 @@ def proxy_record(task: str = typer.Argument(..., help="Task name."),
     from selection.realdata import RealDataError
 
     if out_bag.exists():
-        _fail(f"{out_bag} already exists; give a new bag folder")
+        fail(f"{out_bag} already exists; give a new bag folder")
     try:
         dom = ProxyRealDomain.load(domain)
         path = record_logs(task, out_bag, domain=dom, episodes=episodes, operator=operator)
     except (ProxyRealError, RealDataError, ValueError, KeyError, OSError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     n = episodes or dom.episodes
-    console.print(f"[bold]{DOMAIN}[/] logs (the shifted twin, not real robot data): {n} episode(s) of {task} by "
+    console.print(f"{DOMAIN} logs (the shifted twin, not real robot data): {n} episode(s) of {task} by "
                   f"{operator} -> {path} (domain {dom.source})")
 
 
@@ -373,23 +343,21 @@ def proxy_truth(checkpoints: list[str] = typer.Argument(..., help="Checkpoint di
     try:
         dom = ProxyRealDomain.load(domain)
     except ProxyRealError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     found = _resolve_checkpoints(checkpoints, out / ".models", tracking_uri)
     try:
-        with _eval_progress() as (on_event, _log):
+        with output.eval_progress() as (on_event, _log):
             df = ground_truth([f.ref() for f in found], task, out, domain=dom, episodes=episodes, executor=executor,
                               workers=workers, progress=on_event)
     except (ProxyRealError, ValueError) as exc:
-        _fail(str(exc))
-    table = Table(title=f"{DOMAIN} success of {task} checkpoints (shifted twin, not real robot data)")
-    for col in ("checkpoint", f"{DOMAIN} success", "episodes"):
-        table.add_column(col)
-    for _, r in df.iterrows():
-        table.add_row(str(r["checkpoint"]), _fmt(r["real_success"], ".2f"), str(r["episodes"]))
-    console.print(table)
+        fail(str(exc))
+    output.print_table(f"{DOMAIN} success of {task} checkpoints (shifted twin, not real robot data)",
+                       ("checkpoint", f"{DOMAIN} success", "episodes"),
+                       [(str(r["checkpoint"]), _fmt(r["real_success"], ".2f"), str(r["episodes"]))
+                        for _, r in df.iterrows()])
     missing = [f.label for f in found if f.label not in set(df["checkpoint"])]
     if missing:
-        console.print(f"[yellow]no {DOMAIN} outcome for[/] {', '.join(missing)} (evaluation failed; see above)")
+        output.warn(f"no {DOMAIN} outcome for {', '.join(missing)} (evaluation failed; see above)")
     console.print(f"wrote {out / 'proxy_real_outcomes.csv'} ({DOMAIN})")
 
 

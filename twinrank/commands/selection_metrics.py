@@ -9,15 +9,10 @@ import warnings
 from pathlib import Path
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-console = Console()
+from twinrank import output
+from twinrank.output import console, fail
 
-
-def _fail(msg: str) -> None:
-    console.print(f"[bold red]error:[/] {msg}")
-    raise typer.Exit(code=2)
 
 
 def _fmt(v: float | None, spec: str = ".3f") -> str:
@@ -46,33 +41,27 @@ def validate(ranking: Path = typer.Argument(..., help="Ranking CSV: a 'checkpoin
             real_results = load_real_results(real)
             cmp = compare_ranking(scores, real_results, k=k)
         except SelectionMetricsError as exc:
-            _fail(str(exc))
+            fail(str(exc))
     for w in caught:
         if issubclass(w.category, MetricWarning):
-            console.print(f"[yellow]warning:[/] {w.message}")
+            output.warn(str(w.message))
     if cmp.missing_real:
-        console.print(f"[yellow]no real result for {len(cmp.missing_real)} ranked checkpoint(s), not scored:[/] "
-                      f"{', '.join(cmp.missing_real)}")
+        output.warn(f"no real result for {len(cmp.missing_real)} ranked checkpoint(s), not scored: "
+                    f"{', '.join(cmp.missing_real)}")
     m = cmp.metrics
-    table = Table(title=f"Ranking quality of {column!r} on {m['n']} checkpoints with real results")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    table.add_column("meaning")
     rows = [("MMRV", m["mmrv"], "mean max rank violation (real-success units, 0 = perfect)"),
             ("Pearson", m["pearson"], "linear correlation score vs real"),
             ("Spearman", m["spearman"], "rank correlation"),
             ("Kendall tau-b", m["kendall_tau"], "pairwise order agreement"),
             ("regret@1", m["regret_at_1"], "best real success minus that of the score's top pick"),
             (f"top-{k} recall", m["topk_recall"], f"share of the real top-{k} in the score's top-{k}")]
-    for name, value, meaning in rows:
-        table.add_row(name, _fmt(value), meaning)
-    console.print(table)
-    order = Table(title="Checkpoints by score")
-    for col in ("rank", "checkpoint", column, "real success"):
-        order.add_column(col)
-    for i, (c, s, r) in enumerate(zip(cmp.checkpoints, cmp.sim, cmp.real), 1):
-        order.add_row(str(i), c, f"{s:.4g}", f"{r:.3f}")
-    console.print(order)
+    output.print_table(f"Ranking quality of {column!r} on {m['n']} checkpoints with real results",
+                       ("metric", "value", "meaning"), [(n, _fmt(v), meaning) for n, v, meaning in rows],
+                       right=("value",))
+    output.print_table("Checkpoints by score", ("rank", "checkpoint", column, "real success"),
+                       [(str(i), c, f"{s:.4g}", f"{r:.3f}")
+                        for i, (c, s, r) in enumerate(zip(cmp.checkpoints, cmp.sim, cmp.real), 1)],
+                       right=("rank", column, "real success"))
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         payload = {"ranking": str(ranking), "real": str(real), "column": column, **cmp.to_dict()}
@@ -99,14 +88,14 @@ def utilization(table_csv: Path = typer.Argument(..., help="Run table CSV: n_rea
     budget_opts = {"--budget-hours": budget_hours, "--cost-real": cost_real, "--cost-other": cost_other}
     given = [k for k, v in budget_opts.items() if v is not None]
     if given and len(given) < 3:
-        _fail(f"{', '.join(given)} given without {', '.join(k for k in budget_opts if k not in given)}: "
+        fail(f"{', '.join(given)} given without {', '.join(k for k in budget_opts if k not in given)}: "
               "the allocation needs all three")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UtilizationWarning)
         try:
             runs = load_table(table_csv)
         except UtilizationError as exc:
-            _fail(str(exc))
+            fail(str(exc))
         local = fit = None
         notes: list[str] = []
         try:
@@ -120,9 +109,9 @@ def utilization(table_csv: Path = typer.Argument(..., help="Run table CSV: n_rea
             notes.append(f"eta_global not computed: {exc}")
             ratios = []
     for w in caught:
-        console.print(f"[yellow]warning:[/] {w.message}")
+        output.warn(str(w.message))
     for note in notes:
-        console.print(f"[yellow]{note}[/]")
+        output.warn(note)
     n_real_only = sum(1 for r in runs if r.real_only)
     console.print(f"{len(runs)} runs ({n_real_only} real-only, {len(runs) - n_real_only} with other data) "
                   f"from {table_csv}")
@@ -134,17 +123,15 @@ def utilization(table_csv: Path = typer.Argument(..., help="Run table CSV: n_rea
                       f"{local.success_mix:.3f} with {local.n_other:g} other samples "
                       f"(gamma_real {local.gamma_real:.3g}, gamma_other {local.gamma_other:.3g})")
     if ratios:
-        t = Table(title="eta_global per mixed run (S = alpha N^beta inverted: N_eq real samples reach S_mix)")
-        for col in ("n_real", "n_other", "success", "N_eq", "eta_global"):
-            t.add_column(col, justify="right")
-        for g in ratios:
-            t.add_row(f"{g.n_real:g}", f"{g.n_other:g}", f"{g.success:.3f}", f"{g.n_equivalent:.1f}", _eta(g.eta))
-        console.print(t)
+        cols = ("n_real", "n_other", "success", "N_eq", "eta_global")
+        output.print_table("eta_global per mixed run (S = alpha N^beta inverted: N_eq real samples reach S_mix)",
+                           cols, [(f"{g.n_real:g}", f"{g.n_other:g}", f"{g.success:.3f}", f"{g.n_equivalent:.1f}",
+                                   _eta(g.eta)) for g in ratios], right=cols)
     if not given:
         return
     use_eta = eta if eta is not None else (local.eta if local is not None else None)
     if use_eta is None:
-        _fail("the allocation needs an exchange rate: add a real-only and a mixed run at the same n_real, "
+        fail("the allocation needs an exchange rate: add a real-only and a mixed run at the same n_real, "
               "or pass --eta")
     if max_other is None:
         mixed = [r.n_other for r in runs if not r.real_only]
@@ -156,20 +143,18 @@ def utilization(table_csv: Path = typer.Argument(..., help="Run table CSV: n_rea
                                     fit=fit if fit is not None and fit.beta > 0 else None,
                                     min_real=min_real, max_other=max_other)
     except UtilizationError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     for w in caught:
-        console.print(f"[yellow]warning:[/] {w.message}")
-    t = Table(title=f"Allocation for {budget_hours:g} h (real {cost_real:g} s/sample, other {cost_other:g} s/sample)")
-    for col in ("mix", "n_real", "n_other", "hours", "real-equivalent N", "expected success"):
-        t.add_column(col, justify="right")
-    t.add_row("chosen", str(alloc.n_real), str(alloc.n_other), f"{alloc.seconds_used / 3600:.2f}",
-              f"{alloc.n_equivalent_real:.1f}", _fmt(alloc.expected_success))
-    t.add_row("real only", str(alloc.all_real_n), "0", f"{alloc.all_real_n * cost_real / 3600:.2f}",
-              f"{alloc.all_real_n:.1f}", _fmt(alloc.all_real_success))
-    console.print(t)
+        output.warn(str(w.message))
+    cols = ("mix", "n_real", "n_other", "hours", "real-equivalent N", "expected success")
+    output.print_table(f"Allocation for {budget_hours:g} h (real {cost_real:g} s/sample, other {cost_other:g} s/sample)",
+                       cols, [("chosen", str(alloc.n_real), str(alloc.n_other), f"{alloc.seconds_used / 3600:.2f}",
+                               f"{alloc.n_equivalent_real:.1f}", _fmt(alloc.expected_success)),
+                              ("real only", str(alloc.all_real_n), "0", f"{alloc.all_real_n * cost_real / 3600:.2f}",
+                               f"{alloc.all_real_n:.1f}", _fmt(alloc.all_real_success))], right=cols[1:])
     verdict = "include other data" if alloc.include_other else "real data only"
     cap = f"; other data capped at {max_other}" if alloc.include_other and max_other is not None else ""
-    console.print(f"decision: [bold]{verdict}[/] — {alloc.reason}{cap}")
+    console.print(output.styled("decision:", "bold", f"{verdict} — {alloc.reason}{cap}"))
 
 
 def register(app: typer.Typer) -> None:

@@ -1,0 +1,66 @@
+"""`twinrank train` as a user runs it from anywhere: where MLflow puts things, what it prints,
+and the registered versions as MLflow models (real MuJoCo, real local MLflow store)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+
+TWINRANK = str(Path(sys.executable).with_name("twinrank"))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train_cli")
+    store, elsewhere = root / "store", root / "elsewhere"
+    store.mkdir()
+    elsewhere.mkdir()
+    uri = f"sqlite:///{store}/mlflow.db"
+    p = subprocess.run([TWINRANK, "train", "--algo", "bc", "--task", "reach", "--epochs", "2", "--set",
+                        "eval_episodes=0", "--set", "demos.episodes=2", "--set", "checkpoint_every=1",
+                        "--tracking-uri", uri, "--out", str(store / "train")],
+                       cwd=elsewhere, capture_output=True, text=True, timeout=900, env=dict(os.environ))
+    return root, store, elsewhere, uri, p
+
+
+def test_artifacts_beside_the_store_not_in_the_working_directory(trained):
+    root, store, elsewhere, uri, p = trained
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert list(elsewhere.iterdir()) == [], list(elsewhere.rglob("*"))
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    assert runs
+    for r in runs:
+        assert r.info.artifact_uri.startswith((store / "mlartifacts").as_uri()), r.info.artifact_uri
+
+
+def test_summary_says_not_evaluated_without_eval_episodes(trained):
+    _, _, _, _, p = trained
+    assert p.returncode == 0, p.stdout + p.stderr
+    rows = [line for line in p.stdout.splitlines() if "step_000000" in line]
+    assert len(rows) == 2 and all("not evaluated" in line for line in rows), p.stdout
+    assert "0.00" not in "".join(rows)
+    assert "torch thread(s)" in p.stdout
+
+
+def test_registered_versions_are_mlflow_models_with_a_signature(trained):
+    _, _, _, uri, p = trained
+    assert p.returncode == 0, p.stdout + p.stderr
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    versions = client.search_model_versions("name = 'reach-bc'")
+    assert len(versions) == 2
+    for v in versions:
+        assert len(v.tags["checkpoint_id"]) == 12 and v.tags["train_success_rate"] == "not evaluated"
+    mlflow.set_registry_uri(uri)
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.pyfunc.load_model("models:/reach-bc/2")
+    inputs = model.metadata.get_input_schema().inputs
+    assert [i.name for i in inputs] == ["state"]
+    shape = inputs[0].shape
+    assert model.metadata.flavors["twinrank"]["checkpoint_format"] == "safetensors+manifest"
+    actions = model.predict({"state": np.zeros((3, *shape[1:]), np.float32)})
+    assert actions.shape == (3,) and actions.dtype.kind == "i"
