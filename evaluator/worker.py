@@ -34,7 +34,6 @@ import os
 import signal
 import sys
 import tempfile
-import threading
 import time
 import traceback
 from collections import OrderedDict
@@ -517,38 +516,23 @@ def encode_video(frames: list[np.ndarray], fps: int, fmt: str = "auto") -> tuple
 # ---------------------------------------------------------------------------------------------
 
 
-#: seconds between two parent-alive checks of a worker's watchdog thread
+#: seconds between two parent-alive checks of a worker's watch thread
 PARENT_CHECK_S = 1.0
-_PR_SET_PDEATHSIG = 1
 
 
 def die_with_parent(parent_pid: int, pdeathsig: bool = True) -> None:
-    """End this process when ``parent_pid`` (the process that started it) dies, by any signal.
+    """End this process when ``parent_pid`` (the process that started it) dies, by any signal
+    (:func:`twin.lifeline.bind_to_parent` with SIGKILL): the kernel's parent-death signal when
+    ``pdeathsig`` (only for workers started from the parent's main thread: it fires when the
+    creating *thread* ends), an immediate exit if already re-parented, and a watch thread
+    that re-checks the parent every :data:`PARENT_CHECK_S` seconds."""
+    from twin.lifeline import ParentGone, bind_to_parent
 
-    1. ``prctl(PR_SET_PDEATHSIG, SIGKILL)`` (Linux, when ``pdeathsig``): the kernel kills us
-       when the parent *thread* that created us ends, so the caller asks for it only when the
-       worker was started from the parent's main thread (which ends only with the process);
-    2. exit at once if we were already re-parented (the parent died before step 1);
-    3. a daemon thread re-checks the parent every :data:`PARENT_CHECK_S` seconds (second line,
-       and the only one on other systems or for workers started from another thread).
-    """
-    if pdeathsig and sys.platform.startswith("linux"):
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:  # pragma: no cover
-            print(f"twinrank worker {os.getpid()}: prctl(PR_SET_PDEATHSIG) failed (errno {ctypes.get_errno()}); "
-                  f"relying on the parent check", file=sys.stderr)
-    if os.getppid() != parent_pid:
+    try:
+        bind_to_parent("twinrank eval worker", signal.SIGKILL, poll_s=PARENT_CHECK_S, grace_s=0.0,
+                       expected=parent_pid, death_signal=pdeathsig)
+    except ParentGone:
         os._exit(1)
-
-    def watch() -> None:
-        while True:
-            time.sleep(PARENT_CHECK_S)
-            if os.getppid() != parent_pid:
-                os._exit(1)
-
-    threading.Thread(target=watch, name="twinrank-parent-watch", daemon=True).start()
 
 
 def set_worker_threads(torch_threads: str | None = None) -> int:

@@ -5,7 +5,14 @@ not defined here: every launch argument comes from ``twin.live.graph.LAUNCH_ARGU
 the nodes from ``twin.live.graph.live_graph`` (the tests start the same graph with plain
 rclpy). Needs ``launch`` / ``launch_ros`` (a ROS 2 Jazzy install) and the twinrank Python
 package importable by the Python running ``ros2 launch``. See launch/README.md.
+
+Every node (and the franka-sim it may start) ends when this launch process dies, by any
+signal: each node ties itself to its parent at start (``twin.lifeline``), and
+``TWINRANK_PARENT_PID`` tells it which PID that must be. Arguments are validated by
+``live_graph`` before any node starts.
 """
+
+import os
 
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
@@ -19,12 +26,13 @@ from twin.live.graph import LAUNCH_ARGUMENTS, live_graph, parse_launch_arguments
 def _nodes(context, *args, **kwargs):
     values = {a.name: LaunchConfiguration(a.name).perform(context) for a in LAUNCH_ARGUMENTS}
     actions = []
+    parent = {"TWINRANK_PARENT_PID": str(os.getpid())}  # nodes end with this process (twin.lifeline)
     for desc in live_graph(**parse_launch_arguments(values)):
         # value_type keeps e.g. a string parameter '1' a string (launch_ros YAML-parses strings)
         params = {k: ParameterValue(v, value_type=type(v)) for k, v in desc.parameters.items()}
         actions.append(Node(package=desc.package, executable=desc.executable, name=desc.name,
                             parameters=[params], remappings=list(desc.remaps), output="screen",
-                            emulate_tty=True))
+                            emulate_tty=True, additional_env=parent))
     return actions
 
 

@@ -1,28 +1,90 @@
 #!/usr/bin/env python3
 """Run franka-sim's FCI server on loopback; meant for ``.venv-franka-sim/bin/python``.
 
-Started by :class:`twin.live.fake_hardware.FrankaSim` (and usable by hand). Binds the arm
-(TCP/UDP 1337, the port libfranka always dials) and the gripper (1338) on ``--host``
-(127.0.0.1 by default, unlike franka-sim's own CLI, which binds 0.0.0.0). The FR3 model is
-``$FR3_MJCF`` when set, else ``--model`` (default: the repo's mesh-free
-``twin/assets/fr3/fr3.xml``), so it never downloads anything.
+Started by :class:`twin.live.fake_hardware.FrankaSim` (and usable by hand). Every socket is
+bound to ``--host`` (127.0.0.1 by default, unlike franka-sim's own CLI, which binds 0.0.0.0):
+the arm's TCP listener (1337, the port libfranka always dials) and the gripper's (1338) by
+franka-sim itself, and the UDP sockets of the robot-state streams here (see
+:func:`bind_udp_to`: franka-sim 1.1.7 creates them unbound in ``server/state_stream.py``
+``start_robot_state_transmission`` and ``gripper/server.py`` ``_handle_connect``, so the kernel
+binds them to 0.0.0.0 on their first ``sendto``). The FR3 model is ``$FR3_MJCF`` when set,
+else ``--model`` (default: the repo's mesh-free ``twin/assets/fr3/fr3.xml``), so it never
+downloads anything.
 
 Prints ``FRANKA_SIM_READY host port`` on stdout once the physics loop is running and the
 listener is bound. SIGTERM or SIGINT stops it cleanly (sockets closed, threads joined).
+
+It ends with its parent (the bridge or test that started it), by any signal: a parent-death
+signal (SIGTERM) plus a watch on its parent PID (``$TWINRANK_PARENT_PID``, set by
+``twin.lifeline.spawn``, else the parent at start); see :func:`bind_to_parent`. This
+script runs in franka-sim's own venv, without twinrank installed, hence its own copy of that
+logic (``twin/lifeline.py`` is the project's).
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
+import types
 from pathlib import Path
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "twin" / "assets" / "fr3" / "fr3.xml"
+PARENT_PID_ENV = "TWINRANK_PARENT_PID"
+PR_SET_PDEATHSIG = 1
+
+
+def bind_to_parent(grace_s: float = 15.0) -> None:
+    """End this process when its parent dies: parent-death signal SIGTERM, and a thread that
+    polls the parent PID (SIGTERM to itself, then a hard exit after ``grace_s``). Exits at
+    once if the expected parent is already gone."""
+    text = os.environ.pop(PARENT_PID_ENV, "").strip()
+    expected = int(text) if text.isdigit() else os.getppid()
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != expected:
+        print(f"franka-sim: parent process {expected} exited before the simulator started; not starting",
+              file=sys.stderr, flush=True)
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == expected:
+            time.sleep(0.25)
+        print(f"franka-sim: parent process {expected} is gone; exiting", file=sys.stderr, flush=True)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(grace_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def bind_udp_to(host: str, *modules: types.ModuleType) -> None:
+    """Make the UDP sockets these franka-sim modules create bound to ``host`` (port chosen by
+    the kernel) instead of left unbound, which the kernel turns into 0.0.0.0 on the first
+    ``sendto``. Replaces the modules' ``socket`` name with a copy of the socket module whose
+    ``socket`` class binds datagram sockets at creation; TCP sockets are unchanged."""
+
+    class LoopbackSocket(socket.socket):
+        def __init__(self, family: int = -1, type: int = -1, proto: int = -1, fileno: int | None = None) -> None:
+            super().__init__(family, type, proto, fileno)
+            if fileno is None and self.family == socket.AF_INET and self.type == socket.SOCK_DGRAM:
+                self.bind((host, 0))
+
+    shim = types.ModuleType("socket")
+    shim.__dict__.update(socket.__dict__)
+    shim.socket = LoopbackSocket  # type: ignore[attr-defined]
+    for mod in modules:
+        mod.socket = shim  # type: ignore[attr-defined]
 
 
 def main() -> int:
@@ -34,6 +96,7 @@ def main() -> int:
                     help="a stalled client gets a real communication_constraints_violation reflex")
     ap.add_argument("--log-level", default="WARNING")
     args = ap.parse_args()
+    bind_to_parent()
 
     os.environ.setdefault("FR3_MJCF", args.model)
     if not Path(os.environ["FR3_MJCF"]).is_file():
@@ -42,8 +105,12 @@ def main() -> int:
     logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.WARNING),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
+    import franka_sim.gripper.server
+    import franka_sim.server.state_stream
     from franka_sim import FrankaSimServer
 
+    # the robot-state (arm) and gripper-state UDP streams: loopback like the TCP listeners
+    bind_udp_to(args.host, franka_sim.server.state_stream, franka_sim.gripper.server)
     server = FrankaSimServer(
         host=args.host,
         enable_vis=False,

@@ -37,7 +37,8 @@ except ImportError as exc:  # pragma: no cover - make install provides it
 from twin.live.camera_bridge import TOPIC_CAMERA_STATUS, create_node  # noqa: E402
 from twin.live.interfaces import camera_topics  # noqa: E402
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = pytest.mark.timeout(600)
+WAIT_S = 90  # hang guard for a loaded machine (not a timing verdict)
 
 INTR = fh.Intrinsics(width=160, height=120, fx=150.0, fy=151.0, cx=79.5, cy=61.0)
 DEPTH_M = 1.0
@@ -190,7 +191,7 @@ def test_software_device_frames_arrive_with_correct_intrinsics(graph):
         np.testing.assert_allclose([ys.min(), ys.max()], [(0 - 61.0) / 151.0, (119 - 61.0) / 151.0], atol=0.01)
         # colours: b channel of the pattern is 128 everywhere
         assert np.all((pts["rgb"] & 0xFF) == 128)
-        sink.wait(lambda: sink.status.get("cameras", {}).get("cam_a", {}).get("frames", 0) > 0, 10, "status")
+        sink.wait(lambda: sink.status.get("cameras", {}).get("cam_a", {}).get("frames", 0) > 0, WAIT_S, "status")
         st = sink.status["cameras"]["cam_a"]
         assert st["connected"] and st["serial"] == "sn-frames"
     finally:
@@ -206,14 +207,14 @@ def test_camera_unplugged_and_replugged_comes_back(graph):
     try:
         sink.wait(lambda: sink.count("color") >= 3, 60, "first frames")
         hub.unplug("sn-plug")
-        sink.wait(lambda: not sink.status.get("cameras", {}).get("cam_b", {}).get("connected", True), 20,
+        sink.wait(lambda: not sink.status.get("cameras", {}).get("cam_b", {}).get("connected", True), WAIT_S,
                   "the bridge to notice the unplugged camera")
-        sink.wait(lambda: "not found" in sink.status["cameras"]["cam_b"]["reason"], 20,
+        sink.wait(lambda: "not found" in sink.status["cameras"]["cam_b"]["reason"], WAIT_S,
                   "the bridge to report the device missing")
         reason = sink.status["cameras"]["cam_b"]["reason"]
         t_plug = time.monotonic()
         hub.plug("sn-plug")
-        sink.wait(lambda: sink.count("color", t_plug) >= 3, 30, "frames after plugging back in")
+        sink.wait(lambda: sink.count("color", t_plug) >= 3, WAIT_S, "frames after plugging back in")
         st = sink.status["cameras"]["cam_b"]
         assert st["connected"] and st["restarts"] >= 2
         print(f"\nunplugged: {reason!r}; back after {time.monotonic() - t_plug:.2f} s")

@@ -59,23 +59,45 @@ def test_joint_packing_and_status_json_round_trip():
 
 
 # ---- graph -------------------------------------------------------------------------------------
-def test_live_graph_nodes_parameters_and_remaps():
+def _checkpoint(path: Path, task: str) -> Path:
+    import torch
+
+    from policies import PolicySpec, save_checkpoint
+    from policies.interface import make_policy
+    from twin.env import TwinEnv
+
+    torch.manual_seed(0)
+    env = TwinEnv(task)
+    try:
+        save_checkpoint(make_policy("mlp", {}, PolicySpec.from_env(env, obs_keys=["state"])), path, training_step=0)
+    finally:
+        env.close()
+    return path
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    """A real (untrained) mug_to_sink checkpoint: the graph checks checkpoints up front."""
+    return _checkpoint(tmp_path_factory.mktemp("ckpt") / "mug_to_sink_mlp", "mug_to_sink")
+
+
+def test_live_graph_nodes_parameters_and_remaps(ckpt):
     default = live_graph()
     assert [n.name for n in default] == ["franka_bridge", "twin_sync", "recorder"]
-    full = live_graph("10.0.0.2", "cam_left=111,cam_right", False, "ckpt", "mug_to_sink")
+    full = live_graph("10.0.0.2", "cam_left=123456789012,cam_right", False, str(ckpt), "mug_to_sink")
     assert [n.name for n in full] == ["franka_bridge", "camera_bridge", "twin_sync", "policy_runner", "recorder"]
     by = {n.name: n for n in full}
     assert by["franka_bridge"].parameters["robot_ip"] == "10.0.0.2"
-    assert by["camera_bridge"].parameters["cameras"] == "cam_left=111,cam_right"
+    assert by["camera_bridge"].parameters["cameras"] == "cam_left=123456789012,cam_right"
     assert by["recorder"].parameters["cameras"] == "cam_left,cam_right" and by["recorder"].parameters["domain"] == "real"
-    assert by["policy_runner"].parameters["checkpoint"] == "ckpt"
+    assert by["policy_runner"].parameters["checkpoint"] == str(ckpt)
     assert all(n.parameters.get("task", "mug_to_sink") == "mug_to_sink" for n in full)
     fake = {n.name: n for n in live_graph(use_fake_hardware=True, cameras=["cam_left"])}
     assert fake["franka_bridge"].parameters["robot_ip"] == "127.0.0.1"
     assert fake["camera_bridge"].parameters["use_fake_hardware"] is True
     assert fake["recorder"].parameters["domain"] == "proxy-real"
     assert [n.name for n in live_graph(hardware=False, record=False)] == ["twin_sync"]
-    remapped = live_graph(joint_states_topic="/franka/joint_states", checkpoint="c")
+    remapped = live_graph(joint_states_topic="/franka/joint_states", checkpoint=str(ckpt), task="mug_to_sink")
     assert all(n.remaps == (("/joint_states", "/franka/joint_states"),) for n in remapped)
     # launch-style strings give the same graph as typed values
     as_strings = live_graph(**{"use_fake_hardware": "true", "render_size": "64x48", "sync_rate_hz": "50"})
@@ -98,6 +120,42 @@ def test_live_graph_nodes_parameters_and_remaps():
                 {"cameras": "1cam"}, {"joint_states_topic": "joint_states"}, {"task": ""}):
         with pytest.raises(GraphError):
             live_graph(**bad)
+
+
+def test_live_graph_validates_every_argument_up_front(ckpt, tmp_path):
+    """Each bad value raises GraphError: one line naming the argument (and the fix)."""
+    not_dir = tmp_path / "file"
+    not_dir.write_text("x")
+    cases = [
+        ({"task": "no_such_task"}, "task:='no_such_task' is not a twin task; use one of"),
+        ({"checkpoint": str(tmp_path / "missing")}, "does not exist"),
+        ({"checkpoint": str(tmp_path)}, "has no manifest.json"),
+        ({"checkpoint": str(ckpt), "task": "reach"}, "was trained for task 'mug_to_sink'"),
+        ({"cameras": "cam_left=12 34"}, "serials"),
+        ({"cameras": "cam_left=123456789012,cam_right=123456789012"}, "duplicate camera serials"),
+        ({"cameras": "cam_left,cam_left"}, "duplicate camera names"),
+        ({"use_fake_hardware": True, "cameras": "cam_top"}, "task 'reach' has no ['cam_top']"),
+        ({"objects": "cup"}, "not bodies of task 'reach'"),
+        ({"sync_rate_hz": 0}, "sync_rate_hz"),
+        ({"joint_state_rate_hz": 5000}, "joint_state_rate_hz"),
+        ({"command_timeout_s": -1}, "command_timeout_s"),
+        ({"object_gain": 1.5}, "object_gain"),
+        ({"render_rate_hz": -1}, "render_rate_hz"),
+        ({"render_size": "4x4"}, "render_size"),
+        ({"policy_device": "gpu0"}, "policy_device"),
+        ({"robot_ip": "172.16.0.256"}, "robot_ip"),
+        ({"joint_states_topic": "/franka//joint_states"}, "joint_states_topic"),
+        ({"bag_dir": str(not_dir)}, "bag_dir"),
+        ({"record_images": True}, "record_images"),
+    ]
+    for kwargs, needle in cases:
+        with pytest.raises(GraphError) as info:
+            live_graph(**kwargs)
+        msg = str(info.value)
+        assert needle in msg and "\n" not in msg, (kwargs, msg)
+    # good values pass: real serials, twin camera names with fake hardware, the task's bodies, a hostname
+    live_graph(robot_ip="fr3-controller.local", cameras="cam_left=123456789012", objects="mug,sink")
+    live_graph(use_fake_hardware=True, cameras="cam_left,cam_right", checkpoint=str(ckpt), task="mug_to_sink")
 
 
 def test_launch_argument_defaults_parse():
@@ -158,7 +216,7 @@ def _stub_launch_modules(monkeypatch):
     return made
 
 
-def test_launch_file_declares_every_argument_and_builds_the_graph(monkeypatch):
+def test_launch_file_declares_every_argument_and_builds_the_graph(monkeypatch, ckpt):
     path = REPO / "launch" / "live.launch.py"
     tree = ast.parse(path.read_text())
     assert len(path.read_text().splitlines()) < 60, "keep the launch file thin"
@@ -172,8 +230,8 @@ def test_launch_file_declares_every_argument_and_builds_the_graph(monkeypatch):
     assert [(d.name, d.default_value, d.description) for d in made["declare"]] == \
         [(a.name, a.default, a.description) for a in LAUNCH_ARGUMENTS]
     context = {a.name: a.default for a in LAUNCH_ARGUMENTS}
-    context.update(use_fake_hardware="true", cameras="cam_left", checkpoint="ckpt", sync_rate_hz="1",
-                   joint_states_topic="/franka/joint_states")
+    context.update(use_fake_hardware="true", cameras="cam_left", checkpoint=str(ckpt), task="mug_to_sink",
+                   sync_rate_hz="1", joint_states_topic="/franka/joint_states")
     opaque = desc[-1]
     actions = opaque.function(context)
     expected = live_graph(**parse_launch_arguments(context))
@@ -183,6 +241,8 @@ def test_launch_file_declares_every_argument_and_builds_the_graph(monkeypatch):
         params = a.kw["parameters"][0]
         assert {k: v.value for k, v in params.items()} == n.parameters
         assert a.kw["remappings"] == list(n.remaps)
+        # the nodes end with the launch process (twin.lifeline)
+        assert a.kw["additional_env"] == {"TWINRANK_PARENT_PID": str(os.getpid())}
     twin = next(a for a in actions if a.kw["name"] == "twin_sync")
     assert twin.kw["parameters"][0]["sync_rate_hz"].value_type is float  # "1" stays a float parameter
 
@@ -251,12 +311,13 @@ def test_this_venv_has_the_package_registered():
         assert os.access(Path(sys.prefix) / "lib" / "twin" / n, os.X_OK)
 
 
-def test_cli_live_commands():
+def test_cli_live_commands(ckpt):
     from typer.testing import CliRunner
 
     from twinrank.cli import app
 
-    r = CliRunner().invoke(app, ["live", "graph", "use_fake_hardware:=true", "checkpoint:=ck", "--json"])
+    r = CliRunner().invoke(app, ["live", "graph", "use_fake_hardware:=true", f"checkpoint:={ckpt}",
+                                 "task:=mug_to_sink", "--json"])
     assert r.exit_code == 0, r.output
     nodes = json.loads(r.output)
     assert [n["name"] for n in nodes] == ["franka_bridge", "twin_sync", "policy_runner", "recorder"]
@@ -266,5 +327,7 @@ def test_cli_live_commands():
     assert r.exit_code == 0 and launch_arguments_markdown() in r.output
     r = CliRunner().invoke(app, ["live", "run", "hardware:=false", "--dry-run"])
     assert r.exit_code == 0 and "-m twin.live.twin_sync --ros-args" in r.output
+    r = CliRunner().invoke(app, ["live", "run", "task:=no_such_task"])  # refused before anything starts
+    assert r.exit_code == 2 and "no_such_task" in r.output, r.output
     r = CliRunner().invoke(app, ["live", "install-ament", "--check"])
     assert r.exit_code == 0, r.output

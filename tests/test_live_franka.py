@@ -1,18 +1,32 @@
 """franka_bridge against franka-sim through franky: real processes on loopback, no mocks.
 
 franka-sim (MuJoCo FR3 speaking libfranka's protocol) runs from its own venv on
-127.0.0.1:1337/1338; the bridge runs as its own process (``python -m twin.live.franka_bridge``)
-exactly as ``ros2 launch`` starts it; this test process is a plain rclpy peer.
+127.0.0.1:1337/1338, enforcing the FCI's communication constraints as a real FR3 does (a
+client that misses 20 cycles gets a ``communication_constraints_violation`` reflex); the
+bridge runs as its own process (``python -m twin.live.franka_bridge``) exactly as
+``ros2 launch`` starts it; this test process is a plain rclpy peer.
+
+Verdicts do not depend on machine load. A loaded host stalls the bridge's state loop or the
+simulator (measured on a busy 2-core machine: gaps of 50-350 ms between robot states,
+simulator at 0.35-0.9x real time); then the arm must stop safely (reflex, watchdog, guard or
+lost connection, reported in the status) and follow again once the stream is back (by itself,
+or after re-arming when the stop disarmed it). Tracking is judged only where the state stream
+is *live*: bridge status windows with no gap between robot states over LIVE_GAP_S and the
+robot clock at >= LIVE_RTF of real time, while following, from SETTLE_S after such a
+stretch begins. The tests stream until they have enough live time (within a generous budget).
 
 Tolerances (stated, and printed with the measured figures; run with ``-s`` to see them):
-- follow: a 0.25 Hz, 0.1 rad sine on three joints streamed at 100 Hz is tracked, after
-  removing the follow lag, within FOLLOW_TOL_RAD (95 % of samples, max joint error) and
-  FOLLOW_MAX_RAD (all samples); the lag (command stamp to robot-state stamp) is below
-  FOLLOW_LAG_MAX_S, and a held target is reached within HOLD_TOL_RAD;
-- commanded joint speeds stay within the velocity scale of the FR3 limits (+ 10 %);
+- follow (live windows): a 0.25 Hz, 0.1 rad sine on three joints streamed at 100 Hz is
+  tracked, after removing the follow lag, within FOLLOW_TOL_RAD (95 % of samples, max joint
+  error) and FOLLOW_MAX_RAD (99 %); the lag (command stamp to robot-state stamp) is below
+  FOLLOW_LAG_MAX_S; a held target is reached within HOLD_TOL_RAD; measured joint speeds stay
+  within the velocity scale of the FR3 limits (+ 10 %);
 - disarmed: joints move less than STILL_TOL_RAD while far targets are streamed;
 - watchdog: after the commands stop the arm stops well short of its last target and stays
-  still.
+  still;
+- stall (the bridge frozen 0.4 s mid-follow): the arm moves less than STALL_MOVE_TOL_RAD
+  across the stall (franka-sim without enforced constraints ran on 0.106 rad), the reflex is
+  reported and recovered, and following resumes.
 """
 
 from __future__ import annotations
@@ -27,6 +41,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import pytest
@@ -45,33 +60,32 @@ franky = pytest.importorskip("franky", reason="franky-control not installed (`ma
 rclpy = pytest.importorskip("rclpy", reason="ROS 2 wheels not installed (`make install`)")
 
 from twin.live import fake_hardware as fh  # noqa: E402
-from twin.live.franka_bridge import FR3_DQ_MAX  # noqa: E402
+from twin.live.franka_bridge import FR3_DQ_MAX, STATE_STALL_S  # noqa: E402
 from twin.live.interfaces import JOINT_NAMES, pack_joints  # noqa: E402
+from twin.lifeline import spawn  # noqa: E402
 
 SCALE = 0.2  # bridge velocity/acceleration/jerk scale in these tests
 CMD_TIMEOUT = 0.5  # generous: the test process itself must stream commands on a busy machine
 FOLLOW_TOL_RAD = 0.015  # 95th percentile of the per-sample max joint error, after the lag
-FOLLOW_MAX_RAD = 0.04  # 99th percentile: a starved 2-core CI host delays single cycles (the
-# worst sample reached 0.058 rad once in a full clean-clone run; the test passes alone)
+FOLLOW_MAX_RAD = 0.04  # 99th percentile
 FOLLOW_LAG_MAX_S = 0.3
 HOLD_TOL_RAD = 0.005
 STILL_TOL_RAD = 0.002
+STALL_MOVE_TOL_RAD = 0.01
+# the state stream is live: no gap over LIVE_GAP_S between robot states, robot clock >= LIVE_RTF
+LIVE_GAP_S = STATE_STALL_S
+LIVE_RTF = 0.7  # the follow loop's gain makes up for a slower robot (at 0.7x: < 4 mrad of extra error)
+SETTLE_S = 0.5  # tracking is judged from this long after the stream became live
+FOLLOW_LIVE_S = 3.0  # live following wanted for the tracking verdict
+MIN_JUDGED_S = 1.0  # ... and needed: with less (an overloaded machine) tracking is not judged
+BUDGET_S = 180.0  # streaming time allowed to collect it on a loaded machine
 
-pytestmark = pytest.mark.timeout(300)
-
-
-def _missing() -> str:
-    why = fh.franka_sim_missing()
-    if why:
-        return why
-    if fh.tcp_listening("127.0.0.1", fh.ARM_PORT):
-        return "127.0.0.1:1337 is taken by another process (libfranka can only dial port 1337)"
-    return ""
+pytestmark = pytest.mark.timeout(900)
 
 
 @pytest.fixture(scope="module")
 def sim(tmp_path_factory):
-    why = _missing()
+    why = fh.franka_sim_unavailable()
     if why:
         pytest.skip(why)
     s = fh.FrankaSim("127.0.0.1", log_path=tmp_path_factory.mktemp("sim") / "franka-sim.log")
@@ -80,8 +94,8 @@ def sim(tmp_path_factory):
     s.stop()
 
 
-def _bridge_cmd(**params) -> list[str]:
-    args = [sys.executable, "-m", "twin.live.franka_bridge", "--ros-args"]
+def _bridge_cmd(name: str = "franka_bridge", **params: Any) -> list[str]:
+    args = [sys.executable, "-m", "twin.live.franka_bridge", "--ros-args", "-r", f"__node:={name}"]
     for k, v in params.items():
         v = ("true" if v else "false") if isinstance(v, bool) else v
         args += ["-p", f"{k}:={v}"]
@@ -96,13 +110,14 @@ def _renice() -> None:
 
 
 class BridgeProc:
-    def __init__(self, log_path: Path, **params) -> None:
+    def __init__(self, log_path: Path, name: str = "franka_bridge", **params: Any) -> None:
         self.log_path = log_path
         self._log = open(log_path, "wb")
         # Like libfranka with RealtimeConfig.Enforce on a realtime kernel, give the 1 kHz client a
-        # higher priority than the rest of a busy test machine (best effort: root/CAP_SYS_NICE).
-        self.proc = subprocess.Popen(_bridge_cmd(**params), stdout=self._log, stderr=subprocess.STDOUT,
-                                     cwd=str(ROOT), env=dict(os.environ), preexec_fn=_renice)
+        # higher priority than the rest of a busy test machine (best effort: root/CAP_SYS_NICE);
+        # its own session, so that the priority also holds against other sessions (autogroups)
+        self.proc = spawn(_bridge_cmd(name, **params), nice=-5, stdout=self._log, stderr=subprocess.STDOUT,
+                          cwd=str(ROOT), env=dict(os.environ), start_new_session=True)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -119,8 +134,8 @@ class BridgeProc:
 
 
 class Probe:
-    """The test's own rclpy node: records /joint_states and status, calls services, publishes
-    commands; spun by a background executor thread."""
+    """The test's own rclpy node: records /joint_states (taken in batches from a polling thread:
+    cheap at 1 kHz) and the bridge status, calls services, publishes commands."""
 
     def __init__(self) -> None:
         from rclpy.executors import SingleThreadedExecutor
@@ -129,19 +144,20 @@ class Probe:
         from std_msgs.msg import String
         from std_srvs.srv import Trigger
 
-        from twin.live.common import joint_qos
+        from twin.live.common import PolledSubscription, joint_qos
 
         self.JointState = JointState
         self.Trigger = Trigger
         self.node = rclpy.create_node("franka_probe")
         self.lock = threading.Lock()
-        self.states: list[tuple[float, np.ndarray, np.ndarray]] = []
-        self.stamped: list[tuple[float, np.ndarray]] = []  # (bridge stamp, q): robot-side timing
+        self.states: list[tuple[float, np.ndarray, np.ndarray]] = []  # (arrival, q, dq)
+        self.stamped: list[tuple[float, np.ndarray, np.ndarray]] = []  # (bridge stamp, q, dq): robot-side timing
         self.status: dict = {}
         self.status_log: list[dict] = []
         self.names: list[str] = []
-        self.node.create_subscription(JointState, "/joint_states", self._on_js, joint_qos())
-        qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
+        self.js = PolledSubscription(self.node, JointState, "/joint_states", joint_qos(), "js_sampler")
+        assert self.js.available
+        qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE,
                          durability=DurabilityPolicy.TRANSIENT_LOCAL)
         self.node.create_subscription(String, "/franka_bridge/status", self._on_status, qos)
         self.cmd_pub = self.node.create_publisher(JointState, "/twin/joint_commands", joint_qos())
@@ -152,23 +168,27 @@ class Probe:
         self._stop = False
         self.thread = threading.Thread(target=self._spin, daemon=True)
         self.thread.start()
+        self.poll_thread = threading.Thread(target=self._poll, daemon=True)
+        self.poll_thread.start()
 
     def _spin(self) -> None:
         while not self._stop and rclpy.ok():
             self.ex.spin_once(timeout_sec=0.05)
 
-    def _on_js(self, msg) -> None:
-        t = time.monotonic()
-        stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
-        with self.lock:
-            self.stamped.append((stamp, np.asarray(msg.position[:7])))
-            if len(self.stamped) > 60000:
-                del self.stamped[:20000]
-            if not self.names:
-                self.names = list(msg.name)
-            self.states.append((t, np.asarray(msg.position[:7]), np.asarray(msg.velocity[:7])))
-            if len(self.states) > 60000:
-                del self.states[:20000]
+    def _poll(self) -> None:
+        while not self._stop:
+            for msg, received in self.js.take(limit=5000):
+                stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+                q, dq = np.asarray(msg.position[:7]), np.asarray(msg.velocity[:7])
+                with self.lock:
+                    if not self.names:
+                        self.names = list(msg.name)
+                    self.stamped.append((stamp, q, dq))
+                    self.states.append((time.monotonic(), q, dq))
+                    for buf in (self.stamped, self.states):
+                        if len(buf) > 400_000:
+                            del buf[:100_000]
+            time.sleep(0.005)
 
     def _on_status(self, msg) -> None:
         d = json.loads(msg.data)
@@ -184,6 +204,10 @@ class Probe:
     def states_since(self, t0: float):
         with self.lock:
             return [s for s in self.states if s[0] >= t0]
+
+    def statuses_since(self, t0: float) -> list[dict]:
+        with self.lock:
+            return [d for d in self.status_log if d.get("time", 0.0) >= t0]
 
     def wait_for(self, pred, timeout: float, what: str):
         deadline = time.monotonic() + timeout
@@ -220,6 +244,17 @@ class Probe:
         with self.lock:
             return [s for s in self.stamped if s[0] >= t0]
 
+    def wait_states(self, n: int, timeout: float, since: float | None = None) -> list:
+        """Wait (bounded) until ``n`` states stamped after ``since`` (default now) arrived."""
+        t0 = self.now() if since is None else since
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            got = self.stamped_since(t0)
+            if len(got) >= n:
+                return got
+            time.sleep(0.02)
+        raise AssertionError(f"only {len(self.stamped_since(t0))} of {n} /joint_states in {timeout} s")
+
     def wait_matched(self, timeout: float = 15.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -231,8 +266,96 @@ class Probe:
     def close(self) -> None:
         self._stop = True
         self.thread.join(timeout=2)
+        self.poll_thread.join(timeout=2)
         self.ex.shutdown()
+        self.js.close()
         self.node.destroy_node()
+
+
+class CommandStream:
+    """Streams ``target(t)`` at 100 Hz from a thread (the twin); records (stamp, q) sent."""
+
+    def __init__(self, probe: Probe, target: Callable[[float], np.ndarray]) -> None:
+        self.probe, self.target = probe, target
+        self.sent: list[tuple[float, np.ndarray]] = []
+        self._stop = threading.Event()
+        self.t0 = time.monotonic()
+        self._th = threading.Thread(target=self._run, daemon=True)
+        self._th.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            q = self.target(time.monotonic() - self.t0)
+            self.sent.append((self.probe.command(q), q))
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._th.join(timeout=2)
+
+
+# ---- live windows -------------------------------------------------------------------------------
+def live_intervals(statuses: list[dict]) -> list[tuple[float, float]]:
+    """(start, end) ROS times where the bridge followed on a live state stream, merged.
+
+    Each status message covers the time since the previous one (``state_gap_max_s`` is the
+    largest gap between robot states in it, ``robot_rtf`` the robot clock's rate); the mode
+    during a window is the previous message's (every change is published at once). A window
+    after a lost status message (a ``seq`` jump) is not trusted."""
+    out: list[tuple[float, float]] = []
+    for prev, cur in zip(statuses, statuses[1:]):
+        live = (prev.get("mode") == "follow" and prev.get("armed") and not prev.get("error")
+                and cur.get("seq", 0) == prev.get("seq", 0) + 1
+                and cur.get("state_gap_max_s", 1.0) <= LIVE_GAP_S
+                and (cur.get("robot_rtf") or 0.0) >= LIVE_RTF)
+        if not live:
+            continue
+        if out and abs(out[-1][1] - prev["time"]) < 1e-9:
+            out[-1] = (out[-1][0], cur["time"])
+        else:
+            out.append((prev["time"], cur["time"]))
+    return out
+
+
+def settled(intervals: list[tuple[float, float]], settle: float = SETTLE_S, after: float = -np.inf
+            ) -> list[tuple[float, float]]:
+    """The parts of ``intervals`` from ``settle`` after each starts (or after ``after``)."""
+    return [(max(a, after) + settle, b) for a, b in intervals if b > max(a, after) + settle]
+
+
+def total(intervals: list[tuple[float, float]]) -> float:
+    return float(sum(b - a for a, b in intervals))
+
+
+def inside(ts: np.ndarray, intervals: list[tuple[float, float]]) -> np.ndarray:
+    mask = np.zeros(len(ts), bool)
+    for a, b in intervals:
+        mask |= (ts >= a) & (ts <= b)
+    return mask
+
+
+def keep_following(probe: Probe, until: Callable[[], bool], budget: float, events: list[str]) -> None:
+    """Re-arm whenever a stop disarmed the bridge (guard, lost connection, failed recovery) and
+    wait out reflex recoveries, until ``until()`` or ``budget`` seconds."""
+    deadline = time.monotonic() + budget
+    while time.monotonic() < deadline and not until():
+        st = dict(probe.status)
+        if not st.get("armed") and st.get("connected") and not st.get("error"):
+            events.append(st.get("reason", ""))
+            probe.call(probe.arm_cli)
+        time.sleep(0.1)
+
+
+def _still(probe: Probe, seconds: float) -> float:
+    """Largest joint motion among robot states stamped in the next ``seconds``."""
+    s0 = probe.now()
+    time.sleep(seconds)
+    end = s0 + seconds
+    deadline = time.monotonic() + 10.0
+    while time.monotonic() < deadline and not probe.stamped_since(end):
+        time.sleep(0.05)
+    qs = np.array([s[1] for s in probe.stamped_since(s0) if s[0] <= end])
+    return float(np.abs(qs - qs[0]).max()) if len(qs) else float("nan")
 
 
 @pytest.fixture(scope="module")
@@ -261,33 +384,54 @@ def bridge(sim, ros, tmp_path_factory):
         b.stop()
 
 
-def _still(probe: Probe, seconds: float) -> float:
-    """Largest joint motion among robot states stamped in the next ``seconds``."""
-    s0 = probe.now()
-    time.sleep(seconds)
-    end = s0 + seconds
-    deadline = time.monotonic() + 10.0
-    while time.monotonic() < deadline and not probe.stamped_since(end):
-        time.sleep(0.05)
-    qs = np.array([s[1] for s in probe.stamped_since(s0) if s[0] <= end])
-    return float(np.abs(qs - qs[0]).max()) if len(qs) else float("nan")
-
-
 def test_state_stream(bridge):
     b, probe = bridge
     t0 = time.monotonic()
-    time.sleep(2.0)
-    states = probe.states_since(t0)
-    rate = len(states) / 2.0
+    states = probe.wait_states(200, 30.0)
+    rate = len(probe.states_since(t0)) / (time.monotonic() - t0)
     assert probe.names == list(JOINT_NAMES)
     q = states[-1][1]
     # franka-sim starts the arm at [0, 0, 0, -1.57, 0, 1.57, 0.785]
     assert np.abs(q - [0, 0, 0, -1.57, 0, 1.57, 0.785]).max() < 0.3
-    st = probe.status
-    print(f"\n/joint_states received: {rate:.0f} Hz (bridge measured {st.get('state_rate_hz')} Hz, "
-          f"target 1000 Hz, franka-sim physics rate bounds it on a loaded machine)")
-    assert rate > 50, f"/joint_states only {rate:.0f} Hz; bridge log:\n{b.log()}"
-    assert st["connected"] and not st["armed"] and not st["error"]
+    st = probe.wait_for(lambda s: s.get("robot_rtf") is not None, 10, "a status with the robot clock rate")
+    print(f"\n/joint_states received: {rate:.0f} Hz (bridge measured {st.get('state_rate_hz')} Hz, target 1000 Hz; "
+          f"robot clock at {st.get('robot_rtf')} of real time, {st.get('state_stalls')} stalls over "
+          f"{LIVE_GAP_S * 1000:.0f} ms so far)")
+    assert st["connected"] and not st["armed"] and not st["error"], st
+    assert {"state_gap_max_s", "state_stalls", "robot_rtf", "time", "seq"} <= set(st)
+
+
+def test_simulator_binds_loopback_only(bridge, sim):
+    """Every socket of the franka-sim process (arm and gripper TCP listeners, the UDP state
+    streams of a connected client) is bound to 127.0.0.1."""
+    b, probe = bridge
+    probe.wait_for(lambda s: s.get("connected") and s.get("gripper"), 30, "the bridge connected with the gripper")
+    inodes = set()
+    for fd in os.listdir(f"/proc/{sim.pid}/fd"):
+        try:
+            link = os.readlink(f"/proc/{sim.pid}/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            inodes.add(link[8:-1])
+    bound: dict[str, list[str]] = {}
+    for table in ("tcp", "udp", "tcp6", "udp6"):
+        try:
+            lines = Path(f"/proc/net/{table}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            f = line.split()
+            if len(f) > 9 and f[9] in inodes:
+                addr, port = f[1].split(":")
+                ip = (socket.inet_ntoa(bytes.fromhex(addr)[::-1]) if len(addr) == 8 else
+                      socket.inet_ntop(socket.AF_INET6, bytes.fromhex(addr)))
+                bound.setdefault(table, []).append(f"{ip}:{int(port, 16)}")
+    print(f"\nfranka-sim sockets: {bound}")
+    assert bound.get("udp"), f"no UDP socket found in franka-sim (PID {sim.pid}): {bound}"
+    assert bound.get("tcp"), bound
+    wrong = [a for addrs in bound.values() for a in addrs if not a.startswith("127.0.0.1:")]
+    assert not wrong, f"franka-sim sockets not on loopback: {wrong} (all: {bound})"
 
 
 def test_disarmed_bridge_refuses_to_move(bridge):
@@ -296,11 +440,13 @@ def test_disarmed_bridge_refuses_to_move(bridge):
     assert resp.success and "will not move" in resp.message
     q0 = probe.latest_q()
     target = q0 + np.array([0.3, -0.2, 0.2, 0.2, 0.3, 0.2, 0.3])
+    s0 = probe.now()
     t0 = time.monotonic()
     while time.monotonic() - t0 < 1.5:
         probe.command(target)
         time.sleep(0.01)
-    moved = np.abs(np.array([s[1] for s in probe.states_since(t0)]) - q0).max()
+    probe.wait_states(1, 30.0, since=probe.now())
+    moved = np.abs(np.array([s[1] for s in probe.stamped_since(s0)]) - q0).max()
     assert moved < STILL_TOL_RAD, f"disarmed arm moved {moved:.4f} rad"
     st = probe.wait_for(lambda s: s.get("ignored_disarmed", 0) > 0, 5, "ignored commands to be counted")
     assert "not armed" in st["reason"], st
@@ -308,42 +454,66 @@ def test_disarmed_bridge_refuses_to_move(bridge):
 
 
 def test_armed_follow_tracks_commands(bridge):
+    """Follows a sine while the state stream is live; every stop on the way (reflex, guard,
+    lost connection) is followed by following again (re-armed when disarmed)."""
     b, probe = bridge
     q0 = probe.latest_q()
     resp = probe.call(probe.arm_cli)
     assert resp.success, resp.message
-    amp, freq, dur = np.array([0.1, 0, 0, 0.1, 0, 0, 0.1]), 0.25, 4.0
-    sent: list[tuple[float, np.ndarray]] = []  # (command stamp, q)
-    t0 = time.monotonic()
+    amp, freq = np.array([0.1, 0, 0, 0.1, 0, 0, 0.1]), 0.25
+    phase = {"hold": None}
+
+    def target(t: float) -> np.ndarray:
+        hold = phase["hold"]
+        return hold if hold is not None else q0 + amp * np.sin(2 * np.pi * freq * t)
+
     s0 = probe.now()
-    while (t := time.monotonic() - t0) < dur:
-        q = q0 + amp * np.sin(2 * np.pi * freq * t)
-        sent.append((probe.command(q), q))
-        time.sleep(0.01)
-    # hold the final target
-    final = sent[-1][1]
-    t_hold = time.monotonic()
-    s_hold = probe.now()
-    while time.monotonic() - t_hold < 1.0:
-        probe.command(final)
-        time.sleep(0.01)
-    end = probe.now()
-    deadline = time.monotonic() + 10.0  # a busy test process may still be working off its queue
-    while time.monotonic() < deadline and not probe.stamped_since(end):
-        time.sleep(0.05)
-    states = probe.states_since(t0)
+    events: list[str] = []
+    stream = CommandStream(probe, target)
+    try:
+        def enough_follow() -> bool:
+            return probe.now() - s0 > 4.0 and total(settled(live_intervals(probe.statuses_since(s0)))) >= FOLLOW_LIVE_S
+
+        keep_following(probe, enough_follow, BUDGET_S, events)
+        s_hold = probe.now()
+        phase["hold"] = target(time.monotonic() - stream.t0)
+
+        def enough_hold() -> bool:
+            return total(settled(live_intervals(probe.statuses_since(s0)), 0.7, s_hold)) >= 0.3
+
+        keep_following(probe, enough_hold, BUDGET_S / 3, events)
+        end = probe.now()
+    finally:
+        stream.stop()
+    probe.wait_states(1, 30.0, since=end)
+    statuses = probe.statuses_since(s0 - 1.0)
+    live = live_intervals(statuses)
+    judged = settled(live)
     stamped = probe.stamped_since(s0)
-    st = probe.status
-    assert st["armed"] and st["mode"] == "follow" and not st["error"], st
-    # timing from the message stamps (command publish -> robot state read by the bridge), so
-    # delivery delays of this busy test process do not count as lag
     ts = np.array([x[0] for x in stamped])
     qs = np.array([x[1] for x in stamped])
-    dqs = np.array([x[2] for x in states])
-    cmd_t = np.array([x[0] for x in sent])
-    cmd_q = np.array([x[1] for x in sent])
-    moving = (ts > s0 + 0.5) & (ts < cmd_t[-1])
+    dqs = np.array([x[2] for x in stamped])
+    cmd_t = np.array([x[0] for x in stream.sent])
+    cmd_q = np.array([x[1] for x in stream.sent])
+    moving = inside(ts, judged) & (ts < s_hold)
+    held = inside(ts, settled(live, 0.7, s_hold)) & (ts <= end)
+    last = statuses[-1]
+    span = probe.now() - s0
+    rtf = [d["robot_rtf"] for d in statuses if d.get("robot_rtf") is not None]
+    summary = (f"{span:.1f} s streamed, live {total(live):.1f} s, judged {total(judged):.1f} s; robot clock at "
+               f"{np.median(rtf) if rtf else float('nan'):.2f} of real time (median); stalls over "
+               f"{LIVE_GAP_S * 1000:.0f} ms: {last.get('state_stalls')}, reflexes recovered {last.get('recoveries')}, "
+               f"re-armed after {len(events)} stops {events[:3]}")
+    # safety holds at any load: never faster than the guard (which stops and disarms)
+    guard = 1.5 * SCALE * 1.05
+    over = (np.abs(dqs) / FR3_DQ_MAX).max(axis=1) > guard
+    assert not over.any() or last.get("rejected", {}).get("guard", 0) > 0, \
+        f"the arm moved faster than the guard allows and no guard stop was reported: {summary}"
+    if total(judged) < MIN_JUDGED_S or total(settled(live, 0.7, s_hold)) < 0.1:
+        pytest.skip(f"tracking not judged: the state stream was live too little on this loaded machine ({summary})")
 
+    # timing from the message stamps (command publish -> robot state read by the bridge), so
+    # delivery delays of this test process do not count as lag
     def err_at(lag: float) -> np.ndarray:
         ref = np.stack([np.interp(ts[moving] - lag, cmd_t, cmd_q[:, j]) for j in range(7)], axis=1)
         return np.abs(qs[moving] - ref).max(axis=1)
@@ -352,51 +522,67 @@ def test_armed_follow_tracks_commands(bridge):
     errs = [float(np.percentile(err_at(lag), 95)) for lag in lags]
     i = int(np.argmin(errs))
     lag, p95 = float(lags[i]), errs[i]
-    err = float(np.percentile(err_at(lag), 99))
+    p99 = float(np.percentile(err_at(lag), 99))
     raw = float(err_at(0.0).max())
-    hold_err = float(np.abs(qs[ts > s_hold + 0.7] - final).max())
-    vmax = float((np.abs(dqs) / FR3_DQ_MAX).max())
-    print(f"\nfollow: lag {lag * 1000:.0f} ms, error after lag p95 {p95 * 1000:.1f} mrad, p99 {err * 1000:.1f} "
-          f"mrad (raw max {raw * 1000:.1f} mrad), hold error {hold_err * 1000:.2f} mrad, "
+    hold_err = float(np.abs(qs[held] - phase["hold"]).max())
+    vmax = float((np.abs(dqs[inside(ts, judged)]) / FR3_DQ_MAX).max())
+    ref = np.stack([np.interp(ts[moving] - lag, cmd_t, cmd_q[:, j]) for j in range(7)], axis=1)
+    print(f"\nfollow: {summary}\n  lag {lag * 1000:.0f} ms, error after lag p95 {p95 * 1000:.1f} mrad, p99 "
+          f"{p99 * 1000:.1f} mrad (raw max {raw * 1000:.1f} mrad), hold error {hold_err * 1000:.2f} mrad, "
           f"peak speed {vmax:.3f} of FR3 limits (scale {SCALE})")
-    assert p95 < FOLLOW_TOL_RAD and err < FOLLOW_MAX_RAD, \
-        f"tracking error p95 {p95:.4f} / p99 {err:.4f} rad; log:\n{b.log()}"
+    assert p95 < FOLLOW_TOL_RAD and p99 < FOLLOW_MAX_RAD, \
+        f"tracking error p95 {p95:.4f} / p99 {p99:.4f} rad ({summary}); log:\n{b.log()}"
     assert lag < FOLLOW_LAG_MAX_S
-    assert hold_err < HOLD_TOL_RAD
-    assert vmax <= SCALE * 1.1
-    # the arm really moved along the sine
-    assert np.ptp(qs[moving][:, 0]) > 0.15
+    assert hold_err < HOLD_TOL_RAD, (hold_err, summary)
+    assert vmax <= SCALE * 1.1, (vmax, summary)
+    # the arm really moved along the sine where it was judged
+    assert np.ptp(qs[moving][:, 0]) > 0.8 * np.ptp(ref[:, 0]) and np.ptp(ref[:, 0]) > 0.05
 
 
 def test_watchdog_stops_motion_when_commands_stop(bridge):
+    """Commands toward a target 0.45 rad away stop after a short burst: the arm stops well
+    short of it and stays still. A stop for another reason on a loaded machine (a reflex of
+    a stalled client) must stop it short too; the watchdog is then tried again."""
     b, probe = bridge
-    if not probe.status.get("armed"):
+    report = ""
+    for attempt in range(5):
+        probe.wait_for(lambda s: s.get("connected") and not s.get("error"), 60, "a usable connection")
+        assert probe.call(probe.disarm_cli).success  # from idle: the next stop is this attempt's
         assert probe.call(probe.arm_cli).success
-    q0 = probe.latest_q()
-    target = q0 + np.array([0.45, 0, 0, 0, 0, 0, 0])
-    for _ in range(5):  # a short burst, then silence
-        probe.command(target)
-        time.sleep(0.01)
-    t_last = time.monotonic()
-    st = probe.wait_for(lambda s: s.get("mode") == "stopped", 3.0, "the watchdog to stop the arm")
-    assert "watchdog" in st["reason"], st
-    t_stop = time.monotonic()
-    time.sleep(0.5)  # the jerk-limited stop decelerates for a few tens of ms
-    still = _still(probe, 0.5)
-    q_end = probe.latest_q()
-    travelled = q_end[0] - q0[0]
-    print(f"\nwatchdog: reported {t_stop - t_last:.3f} s after the last command (timeout {CMD_TIMEOUT} s); "
-          f"joint1 travelled {travelled:.3f} of 0.45 rad, then moved {still * 1000:.2f} mrad in 0.5 s")
-    assert 0.005 < travelled < 0.35, f"joint1 travelled {travelled:.3f} rad"
-    assert still < STILL_TOL_RAD
-    assert st["armed"], "the watchdog stops the arm; it does not disarm"
+        q0 = probe.latest_q()
+        target = q0 + np.array([0.45, 0, 0, 0, 0, 0, 0])
+        c0 = probe.status.get("recoveries", 0)
+        s0 = probe.now()
+        for _ in range(5):  # a short burst, then silence
+            probe.command(target)
+            time.sleep(0.01)
+        t_last = time.monotonic()
+        st = probe.wait_for(lambda s: s.get("mode") in ("stopped", "recovering", "disconnected")
+                            or not s.get("armed") or s.get("recoveries", 0) > c0, 30.0, "the arm to be stopped")
+        t_stop = time.monotonic()
+        time.sleep(0.5)  # the jerk-limited stop decelerates for a few tens of ms
+        still = _still(probe, 0.5)
+        q_end = probe.latest_q()
+        travelled = float(np.array([s[1][0] for s in probe.stamped_since(s0)]).max() - q0[0])
+        print(f"\nwatchdog attempt {attempt}: {st['mode']} ({st['reason'][:80]}) {t_stop - t_last:.3f} s after the last "
+              f"command (timeout {CMD_TIMEOUT} s); joint1 travelled {travelled:.3f} of 0.45 rad, then moved "
+              f"{still * 1000:.2f} mrad in 0.5 s")
+        assert travelled < 0.35, f"joint1 travelled {travelled:.3f} rad toward a target 0.45 rad away"
+        assert still < STILL_TOL_RAD or st["mode"] != "stopped", still
+        report = st["reason"]
+        if "watchdog" in st["reason"]:
+            assert q_end[0] - q0[0] > 0.005, "the arm never moved toward the target"
+            assert st["armed"], "the watchdog stops the arm; it does not disarm"
+            break
+    else:
+        raise AssertionError(f"the watchdog never got to stop the arm in 5 attempts; last stop: {report}")
     # fresh commands resume following (from where it stopped)
     q_now = probe.latest_q()
-    t1 = time.monotonic()
-    while time.monotonic() - t1 < 0.8:
+    deadline = time.monotonic() + 30.0
+    while probe.status.get("mode") != "follow" and time.monotonic() < deadline:
         probe.command(q_now)
         time.sleep(0.01)
-    assert probe.status["mode"] == "follow"
+    assert probe.status.get("mode") == "follow", probe.status
     assert probe.call(probe.disarm_cli).success
 
 
@@ -404,7 +590,7 @@ def test_killed_simulator_is_reported_and_bridge_recovers(bridge, sim):
     b, probe = bridge
     t_kill = time.monotonic()
     sim.kill()
-    st = probe.wait_for(lambda s: not s.get("connected"), 20, "the lost connection to be reported")
+    st = probe.wait_for(lambda s: not s.get("connected"), 30, "the lost connection to be reported")
     t_seen = time.monotonic() - t_kill
     assert st["error"] and "connection lost" in st["reason"], st
     assert not st["armed"]
@@ -412,14 +598,13 @@ def test_killed_simulator_is_reported_and_bridge_recovers(bridge, sim):
     assert not resp.success and "not connected" in resp.message, resp.message
     sim.start()
     t_up = time.monotonic()
-    st = probe.wait_for(lambda s: s.get("connected"), 30, "the bridge to reconnect")
+    st = probe.wait_for(lambda s: s.get("connected"), 60, "the bridge to reconnect")
     t_back = time.monotonic() - t_up
     assert "reconnected" in st["reason"] and not st["error"], st
-    t0 = time.monotonic()
-    time.sleep(0.5)
-    assert len(probe.states_since(t0)) > 50, "/joint_states did not resume after reconnecting"
+    probe.wait_states(50, 30.0)  # /joint_states resumed
     print(f"\nkill: reported {t_seen:.2f} s after SIGKILL; reconnected {t_back:.2f} s after franka-sim was up")
     assert probe.call(probe.arm_cli).success  # usable again
+    assert probe.call(probe.disarm_cli).success
 
 
 def test_connect_timeout_reports_unresponsive_robot(ros, tmp_path):
@@ -444,10 +629,12 @@ def test_connect_timeout_reports_unresponsive_robot(ros, tmp_path):
 
     th = threading.Thread(target=accept, daemon=True)
     th.start()
-    b = BridgeProc(tmp_path / "bridge.log", robot_ip="127.0.0.2", connect_timeout_s=1.5, use_gripper=False)
+    # its own node name: the module's bridge is still running (same-named nodes are refused)
+    b = BridgeProc(tmp_path / "bridge.log", name="franka_bridge_silent", robot_ip="127.0.0.2", connect_timeout_s=1.5,
+                   use_gripper=False)
     probe = Probe()
     try:
-        st = probe.wait_for(lambda s: "connect timeout" in s.get("reason", ""), 30, "a connect timeout")
+        st = probe.wait_for(lambda s: "connect timeout" in s.get("reason", ""), 60, "a connect timeout")
         assert not st["connected"] and st["error"]
         assert "127.0.0.2" in st["reason"] and "1.5" in st["reason"]
         assert held, "the bridge never dialled the silent robot"
@@ -461,41 +648,48 @@ def test_connect_timeout_reports_unresponsive_robot(ros, tmp_path):
         srv.close()
 
 
-def test_reflex_is_recovered_automatically(bridge, sim):
-    """A real reflex: franka-sim enforcing libfranka's communication constraints aborts the
-    motion with ``communication_constraints_violation`` when the bridge process is frozen
-    (SIGSTOP) mid-motion; the bridge logs the reason and recovers by itself."""
+def test_stall_stops_the_arm_and_following_resumes(bridge, sim):
+    """A real stall: the bridge process frozen (SIGSTOP) for 0.4 s mid-motion. franka-sim,
+    enforcing the FCI's communication constraints like an FR3, aborts the motion with a
+    ``communication_constraints_violation`` reflex: the arm stops where it was. The bridge logs
+    the reason, recovers by itself, and follows again."""
     b, probe = bridge
-    c0 = probe.status.get("connects", 0)
-    sim.stop()
-    sim.enforce_comm_constraints = True
-    sim.start()
-    probe.wait_for(lambda s: s.get("connected") and s.get("connects", 0) > c0, 30, "the bridge to reconnect")
+    probe.wait_for(lambda s: s.get("connected") and not s.get("error"), 60, "a usable connection")
     assert probe.call(probe.arm_cli).success
     q0 = probe.latest_q()
-    stop = threading.Event()
+    stream = CommandStream(probe, lambda t: q0 + np.array([0.1, 0, 0, 0.1, 0, 0, 0]) * np.sin(2 * np.pi * 0.25 * t))
+    events: list[str] = []
 
-    def stream() -> None:
-        t0 = time.monotonic()
-        while not stop.is_set():
-            t = time.monotonic() - t0
-            probe.command(q0 + np.array([0.1, 0, 0, 0.1, 0, 0, 0]) * np.sin(2 * np.pi * 0.25 * t))
-            time.sleep(0.01)
+    def following() -> bool:
+        return probe.status.get("mode") == "follow"
 
-    th = threading.Thread(target=stream, daemon=True)
-    th.start()
     try:
-        probe.wait_for(lambda s: s.get("mode") == "follow", 5, "following")
+        keep_following(probe, following, 60, events)
         time.sleep(0.5)
+        keep_following(probe, following, 60, events)
+        c0 = probe.status.get("recoveries", 0)
+        s_stop = probe.now()
         os.kill(b.proc.pid, signal.SIGSTOP)
-        time.sleep(0.3)
+        time.sleep(0.4)
         os.kill(b.proc.pid, signal.SIGCONT)
-        st = probe.wait_for(lambda s: s.get("recoveries", 0) >= 1, 20, "an automatic recovery")
+        st = probe.wait_for(lambda s: s.get("recoveries", 0) > c0, 60, "an automatic recovery")
+        keep_following(probe, following, 60, events)
+        assert following(), probe.status
     finally:
-        stop.set()
-        th.join(timeout=2)
-    print(f"\nreflex: {st['last_reflex']}")
-    assert "reflex" in st["last_reflex"].lower() or "communication" in st["last_reflex"].lower(), st
+        stream.stop()
+    # every gap in the robot states around the stall (the stall itself, the recovery): the arm
+    # was standing still across each
+    around = probe.stamped_since(s_stop - 1.0)
+    ts = np.array([x[0] for x in around])
+    qs = np.array([x[1] for x in around])
+    gaps = np.flatnonzero(np.diff(ts) > 0.2)
+    jumps = [float(np.abs(qs[i + 1] - qs[i]).max()) for i in gaps]
+    print(f"\nstall: gaps of {[round(float(ts[i + 1] - ts[i]), 2) for i in gaps]} s between robot states, the arm "
+          f"moved {[round(j * 1000, 2) for j in jumps]} mrad across them; {st['last_reflex'].splitlines()[0]}; "
+          f"following again")
+    assert len(gaps) and max(ts[i + 1] - ts[i] for i in gaps) >= 0.3, np.diff(ts).max()
+    assert max(jumps) < STALL_MOVE_TOL_RAD, f"the arm moved {max(jumps):.4f} rad across the stall"
+    assert "communication_constraints_violation" in st["last_reflex"], st
+    st = probe.status
     assert st["connected"] and not st["error"], st
-    assert "recovered" in st["reason"] or st["mode"] in ("follow", "stopped", "idle"), st
     assert probe.call(probe.disarm_cli).success

@@ -9,6 +9,8 @@ Modules (each node module has ``create_node(cli_args=None)`` and ``main(argv=Non
 - :mod:`twin.live.twin_sync`, :mod:`twin.live.policy_runner`, :mod:`twin.live.recorder`: nodes.
 - :mod:`twin.live.franka_bridge`, :mod:`twin.live.camera_bridge`: hardware bridges (franky,
   pyrealsense2).
+- :mod:`twin.lifeline` (shared with the evaluator's workers): child processes end with their
+  parent (parent-death signal + parent watch); leftovers of another run are refused.
 
 Importing this package does not import rclpy (only the node modules and the runner do).
 """

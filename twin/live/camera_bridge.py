@@ -435,7 +435,7 @@ def create_node(cli_args: list[str] | None = None, name: str = NODE_CAMERA_BRIDG
 def main(argv: list[str] | None = None) -> int:
     from twin.live.common import run_node
 
-    return run_node(create_node, argv)
+    return run_node(create_node, argv, name=NODE_CAMERA_BRIDGE)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from twin.lifeline import spawn
+
 log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -79,17 +81,38 @@ def franka_sim_missing() -> str:
     return ""
 
 
+def franka_sim_unavailable() -> str:
+    """'' when franka-sim can be started and listen here, else why not: not installed, or the
+    arm port already taken (libfranka always dials 1337; tests run in a private network
+    namespace, ``scripts/isolated``, as ``make test`` does)."""
+    why = franka_sim_missing()
+    if why:
+        return why
+    if tcp_listening("127.0.0.1", ARM_PORT):
+        return (f"127.0.0.1:{ARM_PORT} is taken by another process (libfranka always dials port {ARM_PORT}; run "
+                f"under scripts/isolated, as make test does)")
+    return ""
+
+
+def _listen_inodes(host: str, port: int) -> list[str]:
+    """Socket inodes LISTENing on host:port (or 0.0.0.0:port), from /proc/net/tcp."""
+    want_ip = socket.inet_aton(host)
+    want = f"{int.from_bytes(want_ip, 'little'):08X}:{port:04X}"
+    any_addr = f"00000000:{port:04X}"
+    lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    return [p[9] for p in (line.split() for line in lines)
+            if len(p) > 9 and p[3] == "0A" and p[1] in (want, any_addr)]
+
+
 def tcp_listening(host: str, port: int) -> bool:
     """Whether something LISTENs on host:port, read from /proc/net/tcp (no connection made:
     a probe connection would be taken by franka-sim as a client session)."""
     try:
-        want_ip = socket.inet_aton(host)
+        socket.inet_aton(host)
     except OSError:
         return False
-    want = f"{int.from_bytes(want_ip, 'little'):08X}:{port:04X}"
-    any_addr = f"00000000:{port:04X}"
     try:
-        lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+        return bool(_listen_inodes(host, port))
     except OSError:  # not Linux: fall back to a bind test (fails if the port is taken)
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             try:
@@ -97,28 +120,60 @@ def tcp_listening(host: str, port: int) -> bool:
             except OSError:
                 return True
         return False
-    for line in lines:
-        parts = line.split()
-        if len(parts) > 3 and parts[3] == "0A" and parts[1] in (want, any_addr):
-            return True
-    return False
 
 
-def _renice(nice: int) -> Callable[[], None]:
-    """Child-side priority change (best effort: needs root or CAP_SYS_NICE for nice < 0).
-
-    The simulated robot stands in for the FR3's own controller, a dedicated real-time computer;
-    on a busy host, priority keeps its 1 kHz physics/state loop near real time. When it falls
-    behind, the desired velocities/accelerations it reports (which franky re-plans from) are
-    differenced over irregular steps and can be far off."""
-
-    def apply() -> None:
+def socket_owner_pids(inodes: list[str]) -> list[int]:
+    """PIDs holding any of these socket inodes open (processes this user may inspect)."""
+    want = {f"socket:[{i}]" for i in inodes}
+    pids = []
+    for entry in os.listdir("/proc") if want else ():
+        if not entry.isdigit():
+            continue
         try:
-            os.setpriority(os.PRIO_PROCESS, 0, nice)
+            fds = os.listdir(f"/proc/{entry}/fd")
         except OSError:
-            pass
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{entry}/fd/{fd}") in want:
+                    pids.append(int(entry))
+                    break
+            except OSError:
+                continue
+    return pids
 
-    return apply
+
+def listener_pids(host: str, port: int) -> list[int]:
+    """PIDs of the processes listening on host:port (empty when unknown)."""
+    try:
+        return socket_owner_pids(_listen_inodes(host, port))
+    except OSError:
+        return []
+
+
+def describe_listener(host: str, port: int) -> str:
+    """'PID 1234 (python .../franka_sim_server.py ...)' for whatever listens on host:port, or
+    'PID unknown' when it cannot be found."""
+    pids = listener_pids(host, port)
+    if not pids:
+        return "PID unknown"
+    out = []
+    for pid in pids:
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            cmd = "?"
+        out.append(f"PID {pid} ({cmd[:100]})")
+    return ", ".join(out)
+
+
+def port_in_use_message(host: str, port: int) -> str:
+    """One line: who holds the franka-sim port and how to get past it."""
+    pids = listener_pids(host, port)
+    who = describe_listener(host, port)
+    stop = f"stop it (kill {' '.join(map(str, pids))})" if pids else "stop it"
+    return (f"{host}:{port} is already in use by {who}, e.g. a franka-sim left from another run; {stop}, or pass "
+            f"reuse_simulator:=true to use it (libfranka always dials port {ARM_PORT}: one simulator per machine)")
 
 
 class FrankaSim:
@@ -127,13 +182,26 @@ class FrankaSim:
     ``start()`` waits until the server is up (its ``FRANKA_SIM_READY`` line, then the
     listening socket); ``stop()`` sends SIGTERM and waits for a clean exit (SIGKILL after
     ``timeout``); ``kill()`` is SIGKILL at once (a crashed/unplugged robot). Restartable.
-    Output goes to ``log_path`` (default: a temp file). ``enforce_comm_constraints`` makes a
-    stalled client get a real ``communication_constraints_violation`` reflex. ``nice``: the
-    process priority (default -10, best effort; see :func:`_renice`).
+    Output goes to ``log_path`` (default: a temp file). ``enforce_comm_constraints`` (default
+    on) makes a stalled client get a real ``communication_constraints_violation`` reflex, as the
+    FR3 does after 20 lost command cycles: the arm stops. Without it franka-sim keeps executing
+    the last velocity reference while the client is stalled (measured: a 0.5 s SIGSTOP of
+    franka_bridge mid-follow let the arm run on 0.106 rad, then trip the bridge's speed guard
+    when it resumed).
+
+    ``nice``: the process priority (default -10, best effort: needs root or CAP_SYS_NICE), set
+    for the process and for its session's autogroup (it runs in a session of its own; see
+    :func:`twin.lifeline.set_priority`). The simulated robot stands in for the FR3's own
+    controller, a dedicated real-time computer; on a busy host priority keeps its 1 kHz
+    physics/state loop near real time (when it falls behind, the desired velocities it reports
+    are differenced over irregular steps and can be far off).
+
+    The process is tied to this one (:func:`twin.lifeline.spawn`): it ends when its
+    parent dies, by any signal, so no simulator outlives the run that started it.
     """
 
     def __init__(self, host: str = "127.0.0.1", *, python: str | Path | None = None,
-                 model: str | Path | None = None, enforce_comm_constraints: bool = False,
+                 model: str | Path | None = None, enforce_comm_constraints: bool = True,
                  gripper: bool = True, log_path: str | Path | None = None,
                  env: dict[str, str] | None = None, nice: int | None = -10) -> None:
         self.host = host
@@ -157,8 +225,7 @@ class FrankaSim:
         if not self.model.is_file():
             raise FakeHardwareError(f"FR3 model {self.model} is missing; run `make franka-sim`")
         if tcp_listening(self.host, ARM_PORT):
-            raise FakeHardwareError(f"{self.host}:{ARM_PORT} is already in use (another franka-sim or robot "
-                                    "server?); libfranka always dials port 1337, so only one can run")
+            raise FakeHardwareError(port_in_use_message(self.host, ARM_PORT))
         cmd = [str(self.python), "-u", str(SIM_SCRIPT), "--host", self.host, "--model", str(self.model)]
         if self.enforce_comm_constraints:
             cmd.append("--enforce-comm-constraints")
@@ -173,9 +240,10 @@ class FrankaSim:
             os.close(fd)
             self.log_path = Path(name)
         self._log_file = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._log_file, env=env,
-                                     cwd=str(REPO_ROOT), start_new_session=True,
-                                     preexec_fn=_renice(self.nice) if self.nice else None)
+        # tied to this process: the simulator ends when its parent dies, by any signal
+        # (parent-death signal + its own parent watch, see twin.lifeline)
+        self.proc = spawn(cmd, env=env, nice=self.nice, stdout=subprocess.PIPE, stderr=self._log_file,
+                          cwd=str(REPO_ROOT), start_new_session=True)
         self.starts += 1
         ready = threading.Event()
         lines: list[str] = []

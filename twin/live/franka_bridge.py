@@ -19,8 +19,9 @@ Safety behaviour (see ``twin/live/HARDWARE.md``):
   when a joint is measured faster than 1.5x its scaled limit.
 - **Watchdog**: while following, commands older than ``command_timeout_s`` stop the arm
   (franky ``JointVelocityStopMotion``: a jerk-limited stop); fresh commands resume following.
-  Each velocity command also expires on the robot side after ``velocity_hold_s``, so a
-  stalled or killed bridge stops the arm too.
+  Each velocity command also lasts only ``velocity_hold_s``, so a stalled robot thread stops
+  the arm too; a frozen or killed bridge process (libfranka's loop included) gets the FR3's
+  ``communication_constraints_violation`` reflex, which stops it.
 - **Connect timeout**: franky/libfranka has none (a peer that accepts TCP but does not answer
   blocks ~100 s), so connecting runs in a worker thread and is reported as failed after
   ``connect_timeout_s``; attempts repeat every ``reconnect_period_s``.
@@ -30,8 +31,18 @@ Safety behaviour (see ``twin/live/HARDWARE.md``):
   (``connected: false``, ``error: true``, reason), the bridge disarms and reconnects when
   the robot answers again.
 
-All robot I/O happens on one thread (connect, state reads, motion commands, recovery); the
-ROS callbacks only hand over requests. Gripper reads/moves run on a second thread.
+- **Stalls**: gaps between new robot states are measured (status ``state_gap_max_s`` since the
+  previous status, ``state_stalls`` over 50 ms) with the robot clock's rate (``robot_rtf``,
+  1 on a real FR3). A stalled bridge gets the FR3's ``communication_constraints_violation``
+  reflex after 20 missed cycles (franka-sim enforces it too), which stops the arm.
+- **Fake hardware**: with ``use_fake_hardware`` franka-sim is started tied to this process
+  (it ends when the bridge dies, by any signal); a simulator already on port 1337 (e.g. left
+  from another run) is refused with its PID unless ``reuse_simulator``.
+
+All robot I/O happens on one thread (connect, state reads, motion commands, recovery), which
+also takes ``/twin/joint_commands`` from their queue at every turn (with their DDS receive
+times); the executor (single-threaded) only serves the arm/disarm services and the status
+timer. Gripper reads/moves run on a second thread.
 """
 
 from __future__ import annotations
@@ -71,6 +82,9 @@ FR3_DDQ_MAX = np.array([10.0, 10.0, 10.0, 10.0, 10.0, 10.0, 10.0])
 FR3_GRIPPER_MAX_WIDTH = 0.08
 # Stop following when a joint moves faster than this multiple of its scaled velocity limit.
 GUARD_VELOCITY_FACTOR = 1.5
+# A gap between successive new robot states longer than this counts as a stall of the state
+# stream (status ``state_stalls``); the FCI sends one state per millisecond.
+STATE_STALL_S = 0.05
 
 # Parameters beyond the shared contract (interfaces.FRANKA_BRIDGE_PARAMS); declared with these
 # defaults unless the contract already lists them.
@@ -89,7 +103,8 @@ EXTRA_PARAMS = (
     Param("acceleration_scale", 1.0, "Fraction of the FR3 joint acceleration limits for motions (see HARDWARE.md)."),
     Param("jerk_scale", 1.0, "Fraction of the FR3 joint jerk limits for motions (see HARDWARE.md)."),
     Param("realtime", "auto", "libfranka realtime mode: enforce | ignore | auto (enforce on PREEMPT_RT kernels)."),
-    Param("start_franka_sim", True, "With use_fake_hardware: start franka-sim if nothing listens on 1337."),
+    Param("start_franka_sim", True, "With use_fake_hardware: start franka-sim (refused if port 1337 is taken, "
+                                    "unless reuse_simulator)."),
 )
 
 
@@ -146,7 +161,7 @@ class FrankaBridge:
         from std_msgs.msg import String
         from std_srvs.srv import Trigger
 
-        from twin.live.common import joint_qos
+        from twin.live.common import PolledSubscription, joint_qos
 
         self.franky = franky
         self.node = node
@@ -175,7 +190,14 @@ class FrankaBridge:
         status_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE,
                                 durability=DurabilityPolicy.TRANSIENT_LOCAL)
         self.status_pub = node.create_publisher(String, TOPIC_BRIDGE_STATUS, status_qos)
-        self.cmd_sub = node.create_subscription(JointState, TOPIC_JOINT_COMMANDS, self._on_command, joint_qos())
+        # /twin/joint_commands are taken by the robot thread itself at every loop turn, with their
+        # DDS receive times, rather than handed over by an executor callback: the watchdog and the
+        # follow loop then never wait for an executor thread to be scheduled and get the GIL
+        self._cmd_poll: PolledSubscription | None = PolledSubscription(node, JointState, TOPIC_JOINT_COMMANDS,
+                                                                       joint_qos(), "command_sampler")
+        if not self._cmd_poll.available:
+            self._cmd_poll = None
+            self.cmd_sub = node.create_subscription(JointState, TOPIC_JOINT_COMMANDS, self._on_command, joint_qos())
         self.arm_srv = node.create_service(Trigger, SRV_ARM, self._on_arm)
         self.disarm_srv = node.create_service(Trigger, SRV_DISARM, self._on_disarm)
 
@@ -193,7 +215,19 @@ class FrankaBridge:
         self.connects = 0
         self.state_rate_hz = 0.0
         self.published = 0
+        # gaps between successive new robot states as this bridge reads them: the state stream's
+        # health (a stalled host or controller shows here first)
+        self.state_gap_max_s = 0.0  # since the previous status message
+        self.state_stalls = 0  # gaps over STATE_STALL_S
+        # robot time vs wall time (monotonic) of the newest state, and at the previous status:
+        # the controller's real-time factor (1 on a real FR3; < 1 when a simulator falls behind)
+        self._clock_now: tuple[float, float] | None = None
+        self._clock_prev: tuple[float, float] | None = None
+        self.robot_rtf: float | None = None
         self._want_stop = False  # disarm requested: io thread stops the motion
+        self._armed_at = -math.inf
+        self._status_seq = 0
+        self._status_lock = threading.Lock()
         self._status_dirty = True
 
         # robot-thread state
@@ -237,10 +271,22 @@ class FrankaBridge:
 
     # ---- fake hardware ---------------------------------------------------------------------
     def _start_franka_sim(self) -> None:
-        from twin.live.fake_hardware import ARM_PORT, FrankaSim, tcp_listening
+        """Start franka-sim, tied to this process. Something already listening on the port
+        (e.g. a simulator left from another run) is refused unless ``reuse_simulator``."""
+        from twin.live.fake_hardware import (
+            ARM_PORT,
+            FakeHardwareError,
+            FrankaSim,
+            describe_listener,
+            port_in_use_message,
+            tcp_listening,
+        )
 
         if tcp_listening("127.0.0.1", ARM_PORT):
-            self.log.info("use_fake_hardware: something already listens on 127.0.0.1:1337; using it")
+            if not self.p["reuse_simulator"]:
+                raise FakeHardwareError("use_fake_hardware: " + port_in_use_message("127.0.0.1", ARM_PORT))
+            self.log.info(f"use_fake_hardware: reusing the simulator on 127.0.0.1:{ARM_PORT} "
+                          f"({describe_listener('127.0.0.1', ARM_PORT)}; reuse_simulator:=true)")
             return
         self.log.info("use_fake_hardware: starting franka-sim on 127.0.0.1:1337")
         self._sim = FrankaSim("127.0.0.1").start()
@@ -269,6 +315,10 @@ class FrankaBridge:
             d.update({
                 "robot_ip": self.robot_ip,
                 "state_rate_hz": round(self.state_rate_hz, 1),
+                "state_gap_max_s": round(self.state_gap_max_s, 4),
+                "state_stalls": self.state_stalls,
+                "robot_rtf": None if self.robot_rtf is None else round(self.robot_rtf, 3),
+                "time": round(self.node.get_clock().now().nanoseconds * 1e-9, 4),
                 "published": self.published,
                 "command_age_s": None if cmd is None else round(time.monotonic() - cmd.recv, 4),
                 "recoveries": self.recoveries,
@@ -282,8 +332,26 @@ class FrankaBridge:
         return d
 
     def _publish_status(self) -> None:
+        """Publish the status (robot thread on changes, executor timer otherwise; one at a time,
+        so that ``seq`` and the per-message windows are in publishing order)."""
+        with self._status_lock:
+            self._publish_status_locked()
+
+    def _publish_status_locked(self) -> None:
         self._status_dirty = False
-        self.status_pub.publish(self._String(data=json.dumps(self.status_dict())))
+        now, prev = self._clock_now, self._clock_prev
+        if now is None:
+            self.robot_rtf = None
+        elif prev is None:
+            self._clock_prev = now
+        elif now[1] - prev[1] >= 0.05:  # else too short a window: keep the last figure
+            self.robot_rtf = (now[0] - prev[0]) / (now[1] - prev[1])
+            self._clock_prev = now
+        self._status_seq += 1
+        d = self.status_dict()
+        d["seq"] = self._status_seq
+        self.state_gap_max_s = 0.0  # each status message covers the time since the previous one
+        self.status_pub.publish(self._String(data=json.dumps(d)))
 
     # ---- ROS callbacks ---------------------------------------------------------------------
     def _reject(self, key: str, why: str) -> None:
@@ -293,7 +361,14 @@ class FrankaBridge:
         if n == 1 or n % 500 == 0:
             self.log.warning(f"franka_bridge: rejected /twin/joint_commands ({key}, {n} so far): {why}")
 
-    def _on_command(self, msg: Any) -> None:
+    def _take_commands(self) -> None:
+        """Robot thread: handle the queued /twin/joint_commands (oldest first)."""
+        if self._cmd_poll is not None:
+            for msg, received in self._cmd_poll.take(limit=1000):
+                self._on_command(msg, received)
+
+    def _on_command(self, msg: Any, received: float | None = None) -> None:
+        """One command; ``received``: its DDS receive time (ROS clock, s), else now."""
         try:
             q, width = unpack_joints(msg.name, msg.position)
         except JointStateError as exc:
@@ -309,11 +384,15 @@ class FrankaBridge:
             width = float(np.clip(width, 0.0, FR3_GRIPPER_MAX_WIDTH))
         q = np.asarray(q, float)
         now = time.monotonic()
+        if received is not None:  # its arrival, on the monotonic clock (the watchdog's)
+            now -= max(0.0, time.time() - received)
         v = self._command_velocity(msg, q, stamp if stamp > 0 else now)
         with self._lock:
+            armed = self.status.armed
+            if armed and now < self._armed_at:
+                return  # arrived before arming: only commands sent after arming are followed
             self._cmd_seq += 1
             self._cmd = Command(q, v, width, now, self._cmd_seq)
-            armed = self.status.armed
             if not armed:
                 self.ignored_disarmed += 1
                 n = self.ignored_disarmed
@@ -354,6 +433,7 @@ class FrankaBridge:
                 response.message = f"not armed: robot in error ({st.reason})"
             else:
                 self._cmd = None  # only commands sent after arming are followed
+                self._armed_at = time.monotonic()
                 self._target = None
                 self._set(armed=True, mode="idle",
                           reason="armed: following /twin/joint_commands (watchdog "
@@ -466,31 +546,45 @@ class FrankaBridge:
         period = 1.0 / self.rate
         msg = self._JointState()
         msg.name = list(JOINT_NAMES)
-        last_time = None
+        last_time = None  # robot time of the last state published
+        last_new = 0.0  # when it was read (monotonic)
         win_start, win_count = time.monotonic(), 0
         next_t = time.monotonic()
         next_poll = 0.0
         while not self._stop.is_set():
             now = time.monotonic()
+            self._take_commands()
             if self.robot is None:
                 self._try_connect(now)
                 self.state_rate_hz = 0.0
+                last_time = None
+                self._clock_now = self._clock_prev = None
+                self.robot_rtf = None
                 self._stop.wait(0.01)
                 next_t = time.monotonic()
                 continue
             robot = self.robot
             try:
                 s = robot.state  # idle: blocks for the next state (~1 ms); in motion: the latest
+                t_read = time.monotonic()
                 t_robot = s.time.to_sec()
                 if t_robot != last_time:
+                    if last_time is not None:
+                        gap = t_read - last_new
+                        if gap > self.state_gap_max_s:
+                            self.state_gap_max_s = gap
+                        if gap > STATE_STALL_S:
+                            self.state_stalls += 1
                     last_time = t_robot
+                    last_new = t_read
+                    self._clock_now = (t_robot, t_read)
                     q = np.asarray(s.q)
-                    self._q = q
-                    self._dq = np.asarray(s.dq)
+                    dq = np.asarray(s.dq)
+                    self._q, self._dq = q, dq
                     half = self._width / 2.0
                     msg.header.stamp = self.node.get_clock().now().to_msg()
                     msg.position = [*q.tolist(), half, half]
-                    msg.velocity = [*np.asarray(s.dq).tolist(), 0.0, 0.0]
+                    msg.velocity = [*dq.tolist(), 0.0, 0.0]
                     msg.effort = [*np.asarray(s.tau_J).tolist(), 0.0, 0.0]
                     self.js_pub.publish(msg)
                     self.published += 1
@@ -692,6 +786,9 @@ class FrankaBridge:
     def close(self) -> None:
         self._stop.set()
         self._io.join(timeout=5.0)
+        if self._cmd_poll is not None:
+            self._cmd_poll.close()
+            self._cmd_poll = None
         self._grip.join(timeout=2.0)
         if self._sim is not None:
             self._sim.stop()
@@ -715,7 +812,7 @@ def create_node(cli_args: list[str] | None = None, name: str = NODE_FRANKA_BRIDG
 def main(argv: list[str] | None = None) -> int:
     from twin.live.common import run_node
 
-    return run_node(create_node, argv)
+    return run_node(create_node, argv, name=NODE_FRANKA_BRIDGE, executor_threads=1)
 
 
 if __name__ == "__main__":

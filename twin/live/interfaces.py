@@ -332,6 +332,8 @@ FRANKA_BRIDGE_PARAMS = (
     Param("connect_timeout_s", 5.0, "Give up connecting to the robot after this long (franky has no timeout)."),
     Param("max_joint_velocity_scale", 0.3, "Fraction of the Franka joint velocity limits used when following."),
     Param("auto_recover", True, "Recover automatically from reflex errors (logged with their reason)."),
+    Param("reuse_simulator", False, "With use_fake_hardware: use a simulator already listening on port 1337 "
+                                    "(e.g. one left from another run) instead of refusing to start."),
 )
 
 CAMERA_BRIDGE_PARAMS = (

@@ -433,7 +433,13 @@ def create_node(cli_args: list[str] | None = None, **kwargs: Any) -> PolicyRunne
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_node(create_node, argv)
+    def create(cli_args: list[str] | None) -> PolicyRunner:
+        from policies.runtime import set_torch_threads
+
+        set_torch_threads("worker")  # one intra-op thread: the node shares a small machine with the others
+        return create_node(cli_args)
+
+    return run_node(create, argv, name=NODE_POLICY_RUNNER)
 
 
 if __name__ == "__main__":

@@ -393,7 +393,7 @@ def create_node(cli_args: list[str] | None = None, **kwargs: Any) -> Recorder:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_node(create_node, argv)
+    return run_node(create_node, argv, name=NODE_RECORDER)
 
 
 if __name__ == "__main__":

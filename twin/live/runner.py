@@ -15,6 +15,11 @@ Command line (``twinrank live run`` wraps it)::
 
 Set ``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST`` (done here when unset) so nothing leaves
 the machine unless asked.
+
+Every node is validated before any starts (a bad parameter: :class:`~twin.live.graph.GraphError`,
+one line, nothing started). Node processes are tied to this process
+(:func:`twin.lifeline.spawn`): they end when it dies, by any signal. The command line
+exits 2 on bad arguments and 1 when a node exits on its own (the others are stopped).
 """
 
 from __future__ import annotations
@@ -30,7 +35,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from twin.live.graph import LAUNCH_ARGUMENTS, NodeDesc, live_graph, parse_launch_arguments
+from twin.live.graph import LAUNCH_ARGUMENTS, NodeDesc, live_graph, parse_launch_arguments, validate_nodes
+from twin.lifeline import spawn
 
 
 def ros_env(base: dict[str, str] | None = None, domain_id: int | None = None, ros_home: str | Path | None = None
@@ -93,6 +99,9 @@ class GraphRunner:
 
     # ---- lifecycle ----------------------------------------------------------------------------
     def start(self) -> "GraphRunner":
+        """Validate every node (:func:`~twin.live.graph.validate_nodes`: a bad parameter raises
+        :class:`~twin.live.graph.GraphError` and nothing starts), then start them."""
+        validate_nodes(self.descs)
         if self.mode == "thread":
             self._start_threads()
         else:
@@ -142,9 +151,9 @@ class GraphRunner:
             if self.log_dir is not None:
                 out = open(self.log_dir / f"{d.name}.log", "wb")
                 self._logs.append(out)
-            self.procs[d.name] = subprocess.Popen(cmd, env=env, stdout=out,
-                                                  stderr=subprocess.STDOUT if out is not None else None,
-                                                  start_new_session=True)
+            # tied to this process: each node ends when it dies, by any signal (twin.lifeline)
+            self.procs[d.name] = spawn(cmd, env=env, stdout=out, stderr=subprocess.STDOUT if out is not None else None,
+                                       start_new_session=True)
 
     def stop(self, timeout: float = 10.0) -> None:
         if self._executor is not None:
@@ -254,12 +263,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         # args=[]: this program's own name:=value arguments are not ROS remap rules
         rclpy.init(args=[], signal_handler_options=SignalHandlerOptions.NO)
         owns = True
+    from twin.live.fake_hardware import FakeHardwareError
+
     runner = GraphRunner(nodes, mode=args.mode)
+    code = 0
     try:
         runner.start()
         runner.wait()
+        failed = {n: c for n, c in runner.exited().items() if c != 0}
+        if failed:
+            print(f"error: node(s) exited: {', '.join(f'{n} (code {c})' for n, c in failed.items())}; stopping the "
+                  f"others (see the node's output above)", file=sys.stderr)
+            code = 1
     except KeyboardInterrupt:
         pass
+    except (ValueError, FakeHardwareError) as exc:  # GraphError, a node that cannot start (thread mode)
+        print(f"error: {exc}", file=sys.stderr)
+        code = 2
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -271,7 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 rclpy.shutdown()
         for sig, handler in previous.items():  # a caller (a test, an embedding program) keeps its own
             signal.signal(sig, handler)
-    return 0
+    return code
 
 
 if __name__ == "__main__":

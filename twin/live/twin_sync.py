@@ -17,8 +17,9 @@ published at ``desync_rate_hz``: the twin is lost while there are no joint state
 older than ``stale_timeout_s``, or a residual exceeds its threshold (held ``lost_hold_s``).
 
 Bad messages are rejected with a logged reason (throttled) and counted in
-``Desync.rejected``; they never touch the twin: wrong/missing/duplicate joint names
-(``names``), NaN/inf positions (``nan``), stamps older than the last accepted one
+``Desync.rejected``; they never touch the twin: missing, duplicate or unknown joint names
+(``names``: only ``fr3_joint1..7`` and, optionally, the two finger joints are accepted),
+NaN/inf positions (``nan``), stamps older than the last accepted one
 (``out_of_order``), stamps older than ``stale_timeout_s`` (``stale``) or in the future by
 more than that (``future``), bad object poses (``pose``: non-finite, zero quaternion, frame
 other than ``world``).
@@ -121,6 +122,12 @@ def classify_joint_state(msg: JointState) -> tuple[str, str, tuple[np.ndarray, f
     missing = [n for n in ARM_JOINTS if n not in index]
     if missing:
         return "names", f"missing joints {missing} (got {names}; expected {list(ARM_JOINTS)})", ()  # type: ignore[return-value]
+    unknown = [n for n in names if n not in JOINT_NAMES]
+    if unknown:
+        # another robot's (or a mislabelled) message: the twin would take a partly foreign state
+        detail = (f"unknown joints {unknown} (expected {list(ARM_JOINTS)}, optionally with {list(FINGER_JOINTS)}); "
+                  f"remap another driver's topic or fix its joint names")
+        return "names", detail, ()  # type: ignore[return-value]
     q = np.array([pos[index[n]] for n in ARM_JOINTS], dtype=float)
     fingers = [float(pos[index[n]]) for n in FINGER_JOINTS if n in index]
     if not np.isfinite(q).all() or not all(math.isfinite(f) for f in fingers):
@@ -444,7 +451,7 @@ def create_node(cli_args: list[str] | None = None, **kwargs: Any) -> TwinSync:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_node(create_node, argv)
+    return run_node(create_node, argv, name=NODE_TWIN_SYNC)
 
 
 if __name__ == "__main__":
