@@ -537,7 +537,8 @@ def run_distillation(cfg: Any, out: str | Path, client: Any, run_id: str,
     ``distill/teacher_success``, ``distill/agreement`` and the dataset size to MLflow.
     Returns ``(records, history)``.
     """
-    from policies.train import TrainConfigError, save_and_register
+    from policies.mlflow_model import save_and_register
+    from policies.train_config import TrainConfigError
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

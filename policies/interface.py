@@ -982,20 +982,15 @@ def register_policy(name: str) -> Callable[[type[Policy]], type[Policy]]:
     return deco
 
 
-def _load_builtins() -> None:
-    import policies.diffusion  # noqa: F401
-    import policies.models  # noqa: F401
-
-
 def get_policy_class(name: str) -> type[Policy]:
-    _load_builtins()
+    """A registered class. The built-in ones (``policies.models``, ``policies.diffusion``)
+    register when the ``policies`` package is imported, which any import of this module does."""
     if name not in _REGISTRY:
         raise PolicyRegistryError(f"unknown policy class {name!r}; registered: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]
 
 
 def list_policies() -> list[str]:
-    _load_builtins()
     return sorted(_REGISTRY)
 
 

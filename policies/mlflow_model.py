@@ -1,5 +1,8 @@
 """Registered checkpoints as MLflow models, without pickles.
 
+:func:`save_and_register` is how a training run (:mod:`policies.train`,
+:mod:`policies.distill`) writes a checkpoint, logs it and registers it as a model version.
+
 :func:`write_mlmodel` adds an ``MLmodel`` file to a checkpoint folder (``model.safetensors`` +
 ``manifest.json``) before it is logged and registered, so MLflow's Model registry shows the
 version's input/output signature (one tensor per observation key, the action) and two flavors:
@@ -13,12 +16,15 @@ version's input/output signature (one tensor per observation key, the action) an
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from policies.train_config import CheckpointRecord, TrainConfig
 
 FLAVOR = "twinrank"
 MLMODEL = "MLmodel"
@@ -69,6 +75,30 @@ def load_policy(model_dir: str | os.PathLike[str], device: str = "cpu") -> Any:
     return load_checkpoint(model_dir, device=device)
 
 
+def save_and_register(policy: Any, cfg: TrainConfig, out: Path, client: Any, run_id: str, step: int,
+                      digest: str, success: float, extra: dict[str, Any] | None = None) -> CheckpointRecord:
+    """Write a checkpoint, log it as an artifact of the run and register it as a model version."""
+    from policies import tracking
+    from policies.checkpoint import checkpoint_id, save_checkpoint
+
+    ckpt_dir = out / "checkpoints" / f"step_{step:07d}"
+    evaluated = math.isfinite(success)
+    save_checkpoint(policy, ckpt_dir, training_step=step, run_id=run_id, data_digest=digest,
+                    extra={"algo": cfg.algo, "train_success_rate": success if evaluated else None, **(extra or {})})
+    artifact_path = f"checkpoints/step_{step:07d}"
+    write_mlmodel(ckpt_dir, run_id=run_id, artifact_path=artifact_path)  # signature + flavors in the registry
+    client.log_artifacts(run_id, str(ckpt_dir), artifact_path=artifact_path)
+    version = tracking.register_checkpoint(
+        client, cfg.registered_model, run_id, artifact_path,
+        tags={"task": cfg.task, "algo": cfg.algo, "training_step": str(step),
+              "train_success_rate": f"{success:.3f}" if evaluated else "not evaluated",
+              "train_success_episodes": str(cfg.eval_episodes if evaluated else 0),
+              "checkpoint_dir": str(ckpt_dir.resolve()), "checkpoint_id": checkpoint_id(ckpt_dir)})
+    if evaluated:
+        client.log_metric(run_id, "checkpoint/success_rate", success, step=step)
+    return CheckpointRecord(step=step, path=ckpt_dir, success_rate=success, model_version=version)
+
+
 class _PyfuncPolicy:
     """What ``mlflow.pyfunc`` wraps: a batch of observations in, deterministic actions out."""
 
@@ -89,4 +119,4 @@ def _load_pyfunc(data_path: str) -> _PyfuncPolicy:
     return _PyfuncPolicy(load_policy(data_path))
 
 
-__all__ = ["FLAVOR", "MLMODEL", "load_policy", "signature_of", "write_mlmodel"]
+__all__ = ["FLAVOR", "MLMODEL", "load_policy", "save_and_register", "signature_of", "write_mlmodel"]

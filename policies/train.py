@@ -8,20 +8,7 @@ as an artifact and registers it as a new version of the registered model ``model
 The periodic checkpoints of one run differ genuinely in quality (early ones are worse),
 which is what the evaluator ranks.
 
-Config (YAML or dataclass)::
-
-    algo: ppo_bc            # ppo_bc | ppo | bc | diffusion_bc | distill
-    task: reach
-    control_mode: discrete
-    policy: mlp             # registry name (policies.list_policies())
-    policy_config: {hidden_sizes: [256, 256]}
-    obs_keys: [state]
-    demos: {episodes: 10, noise: 0.0, epsilon: 0.0, seed: 1000}
-    total_env_steps: 20000  # PPO
-    ppo: {num_envs: 8, n_steps: 25, bc_coef: 0.1}
-    bc: {epochs: 30}
-    checkpoint_every: 5
-    eval_episodes: 10
+The config (YAML or dataclass, with an example) is :class:`policies.train_config.TrainConfig`.
 """
 
 from __future__ import annotations
@@ -31,122 +18,30 @@ import hashlib
 import json
 import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any
 
 import numpy as np
 import yaml
 
-from policies.bc import BCConfig, episodes_to_samples, train_bc
-from policies.checkpoint import save_checkpoint
+from policies.bc import episodes_to_samples, train_bc
 from policies.data import data_digest, iter_episodes
 from policies.demos import collect_demos
 from policies.interface import Policy, PolicySpec, make_policy
-from policies.ppo import DemoBuffer, PPOConfig, PPOTrainer, UpdateStats, evaluate_policy
+from policies.mlflow_model import save_and_register
+from policies.ppo import DemoBuffer, PPOTrainer, UpdateStats, evaluate_policy
 from policies.runtime import set_torch_threads
+from policies.train_config import (
+    CheckpointRecord,
+    DemoCfg,
+    ProgressFn,
+    TrainConfig,
+    TrainConfigError,
+    TrainResult,
+    default_config,
+    with_overrides,
+)
 from twin.env import TwinEnv
-from twin.scene import dataclass_from_dict
-
-Algo = Literal["ppo_bc", "ppo", "bc", "diffusion_bc", "distill"]
-
-
-class TrainConfigError(ValueError):
-    """A training config names an unknown algorithm, task, field or value."""
-
-
-@dataclass
-class DemoCfg:
-    episodes: int = 10
-    noise: float = 0.0
-    epsilon: float = 0.0
-    seed: int = 1000
-    only_success: bool = True
-    path: str = ""  # an existing dataset to use instead of collecting
-
-
-@dataclass
-class TrainConfig:
-    algo: Algo = "ppo_bc"
-    task: str = "reach"
-    control_mode: str | None = "discrete"
-    policy: str = "mlp"
-    policy_config: dict[str, Any] = field(default_factory=dict)
-    obs_keys: list[str] = field(default_factory=lambda: ["state"])
-    suite: str | None = None
-    demos: DemoCfg = field(default_factory=DemoCfg)
-    total_env_steps: int = 20000
-    ppo: PPOConfig = field(default_factory=PPOConfig)
-    bc: BCConfig = field(default_factory=BCConfig)
-    distill: dict[str, Any] = field(default_factory=dict)
-    checkpoint_every: int = 5
-    eval_episodes: int = 10
-    eval_seed: int = 10_000
-    seed: int = 0
-    experiment: str = "twinrank-train"
-    model_name: str = ""  # registered model; default "<task>-<algo>"
-    run_name: str = ""
-
-    @property
-    def registered_model(self) -> str:
-        return self.model_name or f"{self.task}-{self.algo}"
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @staticmethod
-    def from_dict(d: dict[str, Any]) -> "TrainConfig":
-        try:
-            cfg = dataclass_from_dict(TrainConfig, d, strict=True)
-        except (TypeError, ValueError) as exc:
-            raise TrainConfigError(f"invalid training config: {exc}") from exc
-        cfg.validate()
-        return cfg
-
-    @staticmethod
-    def from_yaml(path: str | Path) -> "TrainConfig":
-        p = Path(path)
-        if not p.is_file():
-            raise TrainConfigError(f"training config {p} not found")
-        data = yaml.safe_load(p.read_text()) or {}
-        if not isinstance(data, dict):
-            raise TrainConfigError(f"{p}: a training config is a YAML mapping of fields")
-        return TrainConfig.from_dict(data)
-
-    def validate(self) -> None:
-        from twin.tasks import TaskError, get_task_class
-
-        if self.algo not in ("ppo_bc", "ppo", "bc", "diffusion_bc", "distill"):
-            raise TrainConfigError(f"algo = {self.algo!r}: use ppo_bc, ppo, bc, diffusion_bc or distill")
-        try:
-            get_task_class(self.task)
-        except TaskError as exc:
-            raise TrainConfigError(str(exc)) from exc
-        if self.algo in ("ppo_bc", "ppo") and self.total_env_steps <= 0:
-            raise TrainConfigError("total_env_steps must be positive for PPO")
-        if self.checkpoint_every <= 0:
-            raise TrainConfigError("checkpoint_every must be >= 1")
-
-    def digest(self) -> str:
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
-@dataclass
-class CheckpointRecord:
-    step: int
-    path: Path
-    success_rate: float
-    model_version: str = ""
-
-
-@dataclass
-class TrainResult:
-    run_id: str
-    checkpoints: list[CheckpointRecord]
-    history: list[dict[str, float]]
-
-
-ProgressFn = Callable[[str, float, float], None]  # (description, completed, total)
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -219,31 +114,6 @@ def run_training(cfg: TrainConfig, out_dir: str | Path, *, tracking_uri: str | N
     finally:
         client.set_terminated(run_id, status=status)
     return TrainResult(run_id=run_id, checkpoints=records, history=history)
-
-
-def save_and_register(policy: Policy, cfg: TrainConfig, out: Path, client: Any, run_id: str, step: int,
-                      digest: str, success: float, extra: dict[str, Any] | None = None) -> CheckpointRecord:
-    """Write a checkpoint, log it as an artifact of the run and register it as a model version."""
-    from policies import tracking
-    from policies.checkpoint import checkpoint_id
-    from policies.mlflow_model import write_mlmodel
-
-    ckpt_dir = out / "checkpoints" / f"step_{step:07d}"
-    evaluated = math.isfinite(success)
-    save_checkpoint(policy, ckpt_dir, training_step=step, run_id=run_id, data_digest=digest,
-                    extra={"algo": cfg.algo, "train_success_rate": success if evaluated else None, **(extra or {})})
-    artifact_path = f"checkpoints/step_{step:07d}"
-    write_mlmodel(ckpt_dir, run_id=run_id, artifact_path=artifact_path)  # signature + flavors in the registry
-    client.log_artifacts(run_id, str(ckpt_dir), artifact_path=artifact_path)
-    version = tracking.register_checkpoint(
-        client, cfg.registered_model, run_id, artifact_path,
-        tags={"task": cfg.task, "algo": cfg.algo, "training_step": str(step),
-              "train_success_rate": f"{success:.3f}" if evaluated else "not evaluated",
-              "train_success_episodes": str(cfg.eval_episodes if evaluated else 0),
-              "checkpoint_dir": str(ckpt_dir.resolve()), "checkpoint_id": checkpoint_id(ckpt_dir)})
-    if evaluated:
-        client.log_metric(run_id, "checkpoint/success_rate", success, step=step)
-    return CheckpointRecord(step=step, path=ckpt_dir, success_rate=success, model_version=version)
 
 
 def _eval_seeds(cfg: TrainConfig) -> list[int]:
@@ -323,35 +193,6 @@ def _run_bc(cfg: TrainConfig, out: Path, client: Any, run_id: str, progress: Pro
 
     train_bc(policy, obs, acts, bc_cfg, callback=on_epoch)
     return records, history
-
-
-def default_config(algo: str, task: str) -> TrainConfig:
-    """Sensible starting configs per algorithm (small enough for a laptop CPU)."""
-    if algo == "diffusion_bc":
-        # push_t: condition on gym-pusht's 5-d state (agent xy, block xy, block angle), as the
-        # field's Diffusion Policy does.
-        return TrainConfig(algo="diffusion_bc", task=task, control_mode=None, policy="diffusion",
-                           policy_config={"state_dims": 5} if task == "push_t" else {}, obs_keys=["state"], demos=DemoCfg(episodes=30), bc=BCConfig(epochs=60, batch_size=256),
-                           checkpoint_every=10, eval_episodes=10)
-    if algo == "bc":
-        return TrainConfig(algo="bc", task=task, demos=DemoCfg(episodes=20), bc=BCConfig(epochs=40),
-                           checkpoint_every=5)
-    if algo == "distill":
-        return TrainConfig(algo="distill", task=task, policy="pointcloud", obs_keys=["point_cloud", "proprio"])
-    return TrainConfig(algo=algo, task=task)  # type: ignore[arg-type]
-
-
-def with_overrides(cfg: TrainConfig, **overrides: Any) -> TrainConfig:
-    data = cfg.to_dict()
-    for k, v in overrides.items():
-        if v is None:
-            continue
-        node = data
-        parts = k.split(".")
-        for p in parts[:-1]:
-            node = node[p]
-        node[parts[-1]] = v
-    return TrainConfig.from_dict(data)
 
 
 __all__ = ["TrainConfig", "DemoCfg", "TrainResult", "CheckpointRecord", "run_training", "default_config",
