@@ -9,7 +9,7 @@ export MUJOCO_GL ?= egl
 export MLFLOW_DISABLE_TELEMETRY := true
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install demo test bench clean
+.PHONY: install demo lint test bench clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -26,7 +26,13 @@ install: $(VENV)/.installed franka-sim
 demo: install
 	$(VENV)/bin/twinrank demo
 
-test: install
+# ruff (lint + format) and the import contracts of pyproject.toml (layers; nothing imports the CLI)
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
+
+test: install lint
 	scripts/isolated $(PY) -m pytest -q $(PYTEST_ARGS)
 
 bench: install

@@ -8,8 +8,16 @@ import sys
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
-BENCHMARKS = ["bench_twin", "bench_training", "bench_evaluator", "bench_selection", "bench_splats", "bench_live",
-              "bench_threads"]
+BENCHMARKS = [
+    "bench_twin",
+    "bench_training",
+    "bench_evaluator",
+    "bench_selection",
+    "bench_rank",
+    "bench_splats",
+    "bench_live",
+    "bench_threads",
+]
 
 
 def main(argv: list[str]) -> None:

@@ -61,8 +61,15 @@ def _checkpoint(directory: Path, seed: int) -> Path:
 
 
 def _spec(n_episodes: int, max_steps: int, batch_size: int = 8) -> EvalSpec:
-    return EvalSpec(name="bench", tasks=[TASK], conditions=["nominal"], seeds=list(range(200_000, 200_000 + n_episodes)),
-                    max_steps=max_steps, batch_size=batch_size, video=VideoCfg(enabled=False))
+    return EvalSpec(
+        name="bench",
+        tasks=[TASK],
+        conditions=["nominal"],
+        seeds=list(range(200_000, 200_000 + n_episodes)),
+        max_steps=max_steps,
+        batch_size=batch_size,
+        video=VideoCfg(enabled=False),
+    )
 
 
 def _raw_worker(args: tuple[int, float]) -> tuple[int, float]:
@@ -137,18 +144,19 @@ def raw_mj_step_rate(processes: int = 2, seconds: float = 10.0) -> float:
     return sum(n / dt for n, dt in out)
 
 
-def replay_mj_step_rate(ckpt: Path, seeds: list[int], max_steps: int, processes: int = 2,
-                        seconds: float = 10.0) -> float:
+def replay_mj_step_rate(
+    ckpt: Path, seeds: list[int], max_steps: int, processes: int = 2, seconds: float = 10.0
+) -> float:
     """Total raw mj_step/s of ``processes`` processes replaying the evaluator's episodes
     (each process takes every ``processes``-th seed, as the workers share the campaign)."""
     with mp.get_context("spawn").Pool(processes) as pool:
-        out = pool.map(_replay_worker, [(str(ckpt), seeds[i::processes], max_steps, seconds)
-                                        for i in range(processes)])
+        out = pool.map(_replay_worker, [(str(ckpt), seeds[i::processes], max_steps, seconds) for i in range(processes)])
     return sum(n / dt for n, dt in out)
 
 
-def campaign_rate(ckpt: Path, workers: int, episodes: int, max_steps: int, tmp: Path,
-                  ex: LocalExecutor | None = None, tag: str = "") -> dict[str, float]:
+def campaign_rate(
+    ckpt: Path, workers: int, episodes: int, max_steps: int, tmp: Path, ex: LocalExecutor | None = None, tag: str = ""
+) -> dict[str, float]:
     """Steady-state episodes/s and env-steps/s of one checkpoint's campaign on ``workers``
     workers (on ``ex``'s workers when given: they are warm already)."""
     own = ex is None
@@ -160,20 +168,28 @@ def campaign_rate(ckpt: Path, workers: int, episodes: int, max_steps: int, tmp: 
             # loaded the policy before the clock starts
             evaluate([ckpt], _spec(8 * workers, 5), tmp / f"warm{workers}", executor=ex, plots=False, videos=False)
         t0 = time.perf_counter()
-        res = evaluate([ckpt], _spec(episodes, max_steps), tmp / f"timed{workers}{tag}", executor=ex, plots=False,
-                       videos=False)
+        res = evaluate(
+            [ckpt], _spec(episodes, max_steps), tmp / f"timed{workers}{tag}", executor=ex, plots=False, videos=False
+        )
         wall = time.perf_counter() - t0
     finally:
         if own:
             ex.close()
     eps = res.episodes
     steps = sum(e.length for e in eps)
-    return {"episodes": len(eps), "env_steps": steps, "wall_s": wall, "episodes_per_s": len(eps) / wall,
-            "env_steps_per_s": steps / wall, "physics_share": res.physics_share or 0.0}
+    return {
+        "episodes": len(eps),
+        "env_steps": steps,
+        "wall_s": wall,
+        "episodes_per_s": len(eps) / wall,
+        "env_steps_per_s": steps / wall,
+        "physics_share": res.physics_share or 0.0,
+    }
 
 
-def throughput_rounds(ckpt: Path, episodes: int, max_steps: int, tmp: Path, rounds: int = 3,
-                      raw_seconds: float = 6.0) -> list[dict[str, float]]:
+def throughput_rounds(
+    ckpt: Path, episodes: int, max_steps: int, tmp: Path, rounds: int = 3, raw_seconds: float = 6.0
+) -> list[dict[str, float]]:
     """Interleaved rounds of (raw at rest, raw replayed, evaluator on 2 warm workers, the same
     campaign on 1 warm worker)."""
     seeds = _spec(episodes, max_steps).seeds
@@ -222,8 +238,15 @@ def memory_growth(tmp: Path, n_checkpoints: int = 100, workers: int = 2) -> dict
         rss_n = [_rss_kib(p) / 1024 for p in ex.worker_pids]
     finally:
         ex.close()
-    return {"rss_after_1_mib": rss1, "rss_after_half_mib": rss_half, "rss_after_n_mib": rss_n,
-            "growth": sum(rss_n) / sum(rss1) - 1.0, "half": half, "n": n_checkpoints, "wall_s": wall}
+    return {
+        "rss_after_1_mib": rss1,
+        "rss_after_half_mib": rss_half,
+        "rss_after_n_mib": rss_n,
+        "growth": sum(rss_n) / sum(rss1) - 1.0,
+        "half": half,
+        "n": n_checkpoints,
+        "wall_s": wall,
+    }
 
 
 def main() -> None:
@@ -237,35 +260,49 @@ def main() -> None:
         nsub = env.nsub
         env.close()
         rounds = throughput_rounds(ckpt, episodes, max_steps, tmp, rounds=5)
-        print(f"{TASK}, state MLP (64, 64), {CONTROL} control, {episodes} episodes x {max_steps} steps, batch 8, "
-              f"{nsub} physics steps per env step; 2 workers vs raw mj_step on 2 processes:")
+        print(
+            f"{TASK}, state MLP (64, 64), {CONTROL} control, {episodes} episodes x {max_steps} steps, batch 8, "
+            f"{nsub} physics steps per env step; 2 workers vs raw mj_step on 2 processes:"
+        )
         for i, r in enumerate(rounds):
             phys = r["env_steps_per_s"] * nsub
-            print(f"  round {i + 1}: evaluator {r['episodes_per_s']:.2f} episodes/s, {r['env_steps_per_s']:.0f} "
-                  f"env-steps/s = {phys:.0f} physics steps/s; raw at rest {r['rest']:.0f}/s, replayed "
-                  f"{r['replay']:.0f}/s; ratio vs at rest {phys / r['rest']:.2f}, vs replayed {phys / r['replay']:.2f}")
+            print(
+                f"  round {i + 1}: evaluator {r['episodes_per_s']:.2f} episodes/s, {r['env_steps_per_s']:.0f} "
+                f"env-steps/s = {phys:.0f} physics steps/s; raw at rest {r['rest']:.0f}/s, replayed "
+                f"{r['replay']:.0f}/s; ratio vs at rest {phys / r['rest']:.2f}, vs replayed {phys / r['replay']:.2f}"
+            )
         med_rest = float(np.median([r["env_steps_per_s"] * nsub / r["rest"] for r in rounds]))
         med_replay = float(np.median([r["env_steps_per_s"] * nsub / r["replay"] for r in rounds]))
         med_phys = float(np.median([r["replay"] / r["rest"] for r in rounds]))
         shares = [r["physics_share"] for r in rounds]
-        print(f"  median ratio evaluator / raw physics: vs replayed episodes {med_replay:.2f}, vs at rest "
-              f"{med_rest:.2f} (target >= 0.8); the episodes' own physics runs at {med_phys:.2f} of the "
-              f"at-rest rate")
-        print("  the workers' own time in physics stepping (measured inside them, so machine speed swings "
-              "cancel): " + ", ".join(f"{x:.2f}" for x in shares) + f", median {float(np.median(shares)):.2f}")
+        print(
+            f"  median ratio evaluator / raw physics: vs replayed episodes {med_replay:.2f}, vs at rest "
+            f"{med_rest:.2f} (target >= 0.8); the episodes' own physics runs at {med_phys:.2f} of the "
+            f"at-rest rate"
+        )
+        print(
+            "  the workers' own time in physics stepping (measured inside them, so machine speed swings "
+            "cancel): " + ", ".join(f"{x:.2f}" for x in shares) + f", median {float(np.median(shares)):.2f}"
+        )
         scaling = [r["env_steps_per_s"] / r["one_env_steps_per_s"] for r in rounds]
-        print("  1 worker: " + ", ".join(f"{r['one_env_steps_per_s']:.0f}" for r in rounds)
-              + " env-steps/s in the rounds; 1 -> 2 worker scaling per round "
-              + ", ".join(f"{x:.2f}x" for x in scaling) + f", median {float(np.median(scaling)):.2f}x (target >= 1.8x)")
+        print(
+            "  1 worker: "
+            + ", ".join(f"{r['one_env_steps_per_s']:.0f}" for r in rounds)
+            + " env-steps/s in the rounds; 1 -> 2 worker scaling per round "
+            + ", ".join(f"{x:.2f}x" for x in scaling)
+            + f", median {float(np.median(scaling)):.2f}x (target >= 1.8x)"
+        )
         mem = memory_growth(tmp)
 
         def fmt(v: list[float]) -> str:
             return f"{sum(v):.0f} MiB (" + " + ".join(f"{x:.0f}" for x in v) + ")"
 
-        print(f"  workers' RSS after 1 checkpoint {fmt(mem['rss_after_1_mib'])}, after {mem['half']} more "
-              f"{fmt(mem['rss_after_half_mib'])}, after {mem['n']} more {fmt(mem['rss_after_n_mib'])}: "
-              f"growth 1 -> {mem['n']} {mem['growth']:+.1%} (target < 10%; "
-              f"{mem['half'] + mem['n']} checkpoint campaigns in {mem['wall_s']:.0f} s)")
+        print(
+            f"  workers' RSS after 1 checkpoint {fmt(mem['rss_after_1_mib'])}, after {mem['half']} more "
+            f"{fmt(mem['rss_after_half_mib'])}, after {mem['n']} more {fmt(mem['rss_after_n_mib'])}: "
+            f"growth 1 -> {mem['n']} {mem['growth']:+.1%} (target < 10%; "
+            f"{mem['half'] + mem['n']} checkpoint campaigns in {mem['wall_s']:.0f} s)"
+        )
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 

@@ -48,11 +48,27 @@ def train_family(root: Path, uri: str) -> list[str]:
     done = root / "family.txt"
     if done.is_file():
         return done.read_text().split()
-    bc = TrainConfig(algo="bc", task=TASK, demos=DemoCfg(episodes=8, seed=1000), bc=BCConfig(epochs=36, batch_size=64),
-                     checkpoint_every=3, eval_episodes=10, experiment="bench-selection", model_name="reach-bench")
+    bc = TrainConfig(
+        algo="bc",
+        task=TASK,
+        demos=DemoCfg(episodes=8, seed=1000),
+        bc=BCConfig(epochs=36, batch_size=64),
+        checkpoint_every=3,
+        eval_episodes=10,
+        experiment="bench-selection",
+        model_name="reach-bench",
+    )
     r1 = run_training(bc, root / "bc", tracking_uri=uri, cache_dir=root / "demos")
-    ppo = TrainConfig(algo="ppo_bc", task=TASK, demos=DemoCfg(episodes=5, seed=1000), total_env_steps=8000,
-                      checkpoint_every=5, eval_episodes=10, experiment="bench-selection", model_name="reach-bench")
+    ppo = TrainConfig(
+        algo="ppo_bc",
+        task=TASK,
+        demos=DemoCfg(episodes=5, seed=1000),
+        total_env_steps=8000,
+        checkpoint_every=5,
+        eval_episodes=10,
+        experiment="bench-selection",
+        model_name="reach-bench",
+    )
     ppo.ppo.num_envs, ppo.ppo.n_steps = 8, 25
     r2 = run_training(ppo, root / "ppo_bc", tracking_uri=uri, cache_dir=root / "demos")
     paths = [str(r.path) for r in r1.checkpoints + r2.checkpoints]
@@ -100,24 +116,56 @@ def main() -> None:
     truth = pd.read_csv(truth_csv) if truth_csv.is_file() else ground_truth(paths, TASK, root / "truth", episodes=80)
     real = dict(zip(truth["checkpoint"], truth["real_success"]))
     losses = train_losses(paths, root)
-    spec = EvalSpec(name="bench-selection", tasks=[TASK],
-                    conditions=["nominal", "object_pose", "object_scale", "friction", "mass", "actuation_latency",
-                                "observation_noise", "combined"],
-                    episodes_per_condition=16, video=VideoCfg(enabled=False))
-    res = rank_checkpoints(paths, spec, [bag], root / "rank", tracking_uri=uri, rule="vsdr", promote=False,
-                           ood=OODSettings(reference_episodes=10),
-                           extra_columns={_label(Path(p)): {"train_loss": losses[p]} for p in paths})
+    spec = EvalSpec(
+        name="bench-selection",
+        tasks=[TASK],
+        conditions=[
+            "nominal",
+            "object_pose",
+            "object_scale",
+            "friction",
+            "mass",
+            "actuation_latency",
+            "observation_noise",
+            "combined",
+        ],
+        episodes_per_condition=16,
+        video=VideoCfg(enabled=False),
+    )
+    res = rank_checkpoints(
+        paths,
+        spec,
+        [bag],
+        root / "rank",
+        tracking_uri=uri,
+        rule="vsdr",
+        promote=False,
+        ood=OODSettings(reference_episodes=10),
+        extra_columns={_label(Path(p)): {"train_loss": losses[p]} for p in paths},
+    )
     df = res.ranking[res.ranking["checkpoint"].isin(real)].reset_index(drop=True)
     y = np.array([real[c] for c in df["checkpoint"]])
-    print(f"{len(df)} checkpoints on {TASK}; proxy-real success {y.min():.2f}..{y.max():.2f} "
-          f"(mean {y.mean():.2f}); training+data {t_train:.0f} s, total {time.perf_counter() - t0:.0f} s")
+    print(
+        f"{len(df)} checkpoints on {TASK}; proxy-real success {y.min():.2f}..{y.max():.2f} "
+        f"(mean {y.mean():.2f}); training+data {t_train:.0f} s, total {time.perf_counter() - t0:.0f} s"
+    )
     rows = []
-    names = {"train_loss": "(a) training loss", "sim_nominal": "(b) sim nominal", "sim_perturbed": "(c) sim perturbed",
-             "ood_only": "(d) OOD alone"}
+    names = {
+        "train_loss": "(a) training loss",
+        "sim_nominal": "(b) sim nominal",
+        "sim_perturbed": "(c) sim perturbed",
+        "ood_only": "(d) OOD alone",
+    }
     for r in BASELINES + COMBINED_RULES:
         s = rule_scores(df, r).to_numpy(dtype=float)
-        rows.append({"ranking": names.get(r, f"(e) {r}"), "MMRV": mmrv(s, y), "Pearson": pearson(s, y),
-                     "regret@1": regret_at_1(s, y)})
+        rows.append(
+            {
+                "ranking": names.get(r, f"(e) {r}"),
+                "MMRV": mmrv(s, y),
+                "Pearson": pearson(s, y),
+                "regret@1": regret_at_1(s, y),
+            }
+        )
     # leave-one-checkpoint-out choice of the combined rule
     picks = []
     for i in range(len(df)):
@@ -126,16 +174,24 @@ def main() -> None:
         picks.append(choose_rule([Validation(sub, {c: real[c] for c in sub["checkpoint"]}, domain="proxy-real")]).rule)
     chosen = max(set(picks), key=picks.count)
     s = rule_scores(df, chosen).to_numpy(dtype=float)
-    rows.append({"ranking": f"(e) LOO-chosen: {chosen} ({picks.count(chosen)}/{len(picks)} folds)",
-                 "MMRV": mmrv(s, y), "Pearson": pearson(s, y), "regret@1": regret_at_1(s, y)})
+    rows.append(
+        {
+            "ranking": f"(e) LOO-chosen: {chosen} ({picks.count(chosen)}/{len(picks)} folds)",
+            "MMRV": mmrv(s, y),
+            "Pearson": pearson(s, y),
+            "regret@1": regret_at_1(s, y),
+        }
+    )
     table = pd.DataFrame(rows)
     with pd.option_context("display.width", 140, "display.max_colwidth", 60):
         print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     best_base = table.iloc[:4]
     e = table.iloc[-1]
-    print(f"targets: combined MMRV {e['MMRV']:.3f} (<= 0.05: {'met' if e['MMRV'] <= 0.05 else 'NOT met'}), "
-          f"Pearson {e['Pearson']:.3f} (>= 0.9: {'met' if e['Pearson'] >= 0.9 else 'NOT met'}), beats (a)-(d) on MMRV: "
-          f"{'yes' if e['MMRV'] < best_base['MMRV'].min() else 'no'}")
+    print(
+        f"targets: combined MMRV {e['MMRV']:.3f} (<= 0.05: {'met' if e['MMRV'] <= 0.05 else 'NOT met'}), "
+        f"Pearson {e['Pearson']:.3f} (>= 0.9: {'met' if e['Pearson'] >= 0.9 else 'NOT met'}), beats (a)-(d) on MMRV: "
+        f"{'yes' if e['MMRV'] < best_base['MMRV'].min() else 'no'}"
+    )
     table.to_csv(root / "bench_selection.csv", index=False)
 
 

@@ -62,7 +62,8 @@ def cpu_bench(repeats: int = 7) -> dict[str, float]:
     torch.set_num_threads(1)  # one thread: robust to other load on a shared machine
     try:
         out["random_10k_256_1thread_wall_s"], out["random_10k_256_1thread_cpu_s"] = _time(
-            lambda: render(s, cam), repeats)
+            lambda: render(s, cam), repeats
+        )
         out["random_10k_256_tile8_1thread_wall_s"], _ = _time(lambda: render(s, cam, tile_size=8), repeats)
     finally:
         torch.set_num_threads(n_threads)
@@ -102,8 +103,10 @@ def gpu_bench(repeats: int = 50) -> dict[str, float] | None:
 
 def main() -> None:
     os.environ.setdefault("MUJOCO_GL", "egl")
-    print(f"  torch threads: {torch.get_num_threads()}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, "
-          f"load average: {os.getloadavg()[0]:.1f}")
+    print(
+        f"  torch threads: {torch.get_num_threads()}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, "
+        f"load average: {os.getloadavg()[0]:.1f}"
+    )
     for k, v in cpu_bench().items():
         print(f"  {k}: {v:.4f}")
     print("  CPU target: random_10k_256_wall_s <= 0.15 on 2 idle cores")

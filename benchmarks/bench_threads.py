@@ -82,15 +82,19 @@ def measure(busy: bool, default_threads: int, worker_threads: int) -> dict[str, 
 def main() -> None:
     default_threads = torch.get_num_threads()  # torch's own choice, before anything sets it
     worker_threads = set_torch_threads("worker")
-    print(f"push_t DiffusionPolicy (default config), batch {BATCH}, {CHUNKS_PER_ROUND} chunks x {ROUNDS} "
-          f"interleaved rounds; torch default threads = {default_threads}, worker threads = {worker_threads}; "
-          f"{available_cores()} cores, load average {os.getloadavg()[0]:.2f}")
+    print(
+        f"push_t DiffusionPolicy (default config), batch {BATCH}, {CHUNKS_PER_ROUND} chunks x {ROUNDS} "
+        f"interleaved rounds; torch default threads = {default_threads}, worker threads = {worker_threads}; "
+        f"{available_cores()} cores, load average {os.getloadavg()[0]:.2f}"
+    )
     for busy in (False, True):
         r = measure(busy, default_threads, worker_threads)
         label = f"busy ({available_cores()} spinning processes)" if busy else "at rest"
-        print(f"  {label:32s} CPU ms/chunk: default {1e3 * r['default_cpu']:8.1f}  worker {1e3 * r['worker_cpu']:7.1f}"
-              f"  ratio {r['cpu_ratio']:5.1f}x | wall ms/chunk: default {1e3 * r['default_wall']:8.1f}  "
-              f"worker {1e3 * r['worker_wall']:7.1f}  ratio {r['wall_ratio']:5.1f}x")
+        print(
+            f"  {label:32s} CPU ms/chunk: default {1e3 * r['default_cpu']:8.1f}  worker {1e3 * r['worker_cpu']:7.1f}"
+            f"  ratio {r['cpu_ratio']:5.1f}x | wall ms/chunk: default {1e3 * r['default_wall']:8.1f}  "
+            f"worker {1e3 * r['worker_wall']:7.1f}  ratio {r['wall_ratio']:5.1f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -27,7 +27,8 @@ from policies.bc import episodes_to_samples
 from policies.data import iter_episodes
 from policies.demos import collect_demos
 from policies.interface import PolicySpec, make_policy
-from policies.ppo import DemoBuffer, PPOConfig, PPOTrainer, evaluate_policy
+from policies.ppo import DemoBuffer, PPOConfig, PPOTrainer
+from policies.rollout import success_rate
 from twin.env import TwinEnv
 
 CORES = 2
@@ -56,8 +57,7 @@ def ppo_throughput(task: str = "mug_to_sink", num_envs: int = 8, env_steps: int 
     """PPO env-steps/s (collect + update) and raw stepping of the trainer's own envs."""
     torch.manual_seed(0)
     policy = _mlp(task)
-    cfg = PPOConfig(num_envs=num_envs, n_steps=25, epochs=10, minibatch_size=50, bc_coef=0.0, reward="shaped",
-                    seed=0)
+    cfg = PPOConfig(num_envs=num_envs, n_steps=25, epochs=10, minibatch_size=50, bc_coef=0.0, reward="shaped", seed=0)
     trainer = PPOTrainer(policy, task, cfg, control_mode="discrete")
     env = trainer.env  # same envs for both measurements
     rng = np.random.default_rng(0)
@@ -75,16 +75,28 @@ def ppo_throughput(task: str = "mug_to_sink", num_envs: int = 8, env_steps: int 
     return {"raw_env_steps_per_s": raw, "ppo_env_steps_per_s": ppo, "ratio": ppo / raw}
 
 
-def time_to_success(task: str = "mug_to_sink", target: float = 0.8, limit_s: float | None = None,
-                    demo_episodes: int = 80, eval_seeds: int = 10, eval_every: int = 5) -> dict[str, float | bool]:
+def time_to_success(
+    task: str = "mug_to_sink",
+    target: float = 0.8,
+    limit_s: float | None = None,
+    demo_episodes: int = 80,
+    eval_seeds: int = 10,
+    eval_every: int = 5,
+) -> dict[str, float | bool]:
     """Wall time for PPO+BC to reach ``target`` deterministic success on ``eval_seeds`` fixed seeds."""
     limit = float(limit_s if limit_s is not None else os.environ.get("TWINRANK_BENCH_TRAIN_LIMIT_S", 900))
     t0 = time.perf_counter()
-    out: dict[str, float | bool] = {"reached": False, "limit_s": limit, "best": 0.0, "best_at_env_steps": 0,
-                                    "env_steps": 0}
+    out: dict[str, float | bool] = {
+        "reached": False,
+        "limit_s": limit,
+        "best": 0.0,
+        "best_at_env_steps": 0,
+        "env_steps": 0,
+    }
     with tempfile.TemporaryDirectory() as tmp:
-        path = collect_demos(task, Path(tmp) / "demos.h5", demo_episodes, control_mode="discrete", seed=1000,
-                             only_success=True)
+        path = collect_demos(
+            task, Path(tmp) / "demos.h5", demo_episodes, control_mode="discrete", seed=1000, only_success=True
+        )
         episodes = list(iter_episodes(path, ["state"]))
     out["demo_episodes"] = len(episodes)
     out["demo_s"] = time.perf_counter() - t0
@@ -94,13 +106,21 @@ def time_to_success(task: str = "mug_to_sink", target: float = 0.8, limit_s: flo
     policy.fit_normalizer(obs)
     # mug_to_sink needs more than reach's warm start: BC from 20 demos stays at 0 % (measured
     # 0/10 after 100 epochs), from ~75 demos it reaches 30-40 % after ~75 epochs.
-    cfg = PPOConfig(num_envs=8, n_steps=25, epochs=10, minibatch_size=50, reward="shaped", seed=0,
-                    bc_pretrain_steps=3000, bc_batch_size=128)
+    cfg = PPOConfig(
+        num_envs=8,
+        n_steps=25,
+        epochs=10,
+        minibatch_size=50,
+        reward="shaped",
+        seed=0,
+        bc_pretrain_steps=3000,
+        bc_batch_size=128,
+    )
     trainer = PPOTrainer(policy, task, cfg, demos=DemoBuffer(obs, acts), control_mode="discrete")
     seeds = list(range(20_000, 20_000 + eval_seeds))
 
     def check(env_steps: int) -> bool:
-        succ = evaluate_policy(policy, task, seeds, control_mode="discrete")
+        succ = success_rate(policy, task, seeds, control_mode="discrete")
         if succ > out["best"]:
             out["best"], out["best_at_env_steps"] = succ, env_steps
         if succ >= target:
@@ -129,9 +149,20 @@ def distill_time_per_1k_steps(task: str = "reach", iterations: int = 3) -> dict[
     aggregate, the same settings as tests/test_distill.py's main run (no evaluation rounds)."""
     from policies.distill import DistillConfig, distill
 
-    cfg = DistillConfig(iterations=iterations, episodes_per_iter=8, synthetic_fraction=0.5, num_points=512,
-                        image_size=(64, 48), epochs_per_iter=30, batch_size=32, lr=3e-3, eval_episodes=0,
-                        eval_every=0, eval_teacher=False, seed=0)
+    cfg = DistillConfig(
+        iterations=iterations,
+        episodes_per_iter=8,
+        synthetic_fraction=0.5,
+        num_points=512,
+        image_size=(64, 48),
+        epochs_per_iter=30,
+        batch_size=32,
+        lr=3e-3,
+        eval_episodes=0,
+        eval_every=0,
+        eval_teacher=False,
+        seed=0,
+    )
     env = TwinEnv(task, control_mode="discrete", observations=cfg.observations())
     spec = PolicySpec.from_env(env, obs_keys=["point_cloud", "proprio"], task=task)
     env.close()
@@ -143,26 +174,37 @@ def distill_time_per_1k_steps(task: str = "reach", iterations: int = 3) -> dict[
     steps = hist[-1]["dataset/transitions"]
     roll = sum(h["time/rollout_s"] for h in hist)
     train = sum(h["time/train_s"] for h in hist)
-    return {"steps": steps, "wall_s": wall, "per_1k_s": 1000 * wall / steps, "rollout_per_1k_s": 1000 * roll / steps,
-            "train_s": train}
+    return {
+        "steps": steps,
+        "wall_s": wall,
+        "per_1k_s": 1000 * wall / steps,
+        "rollout_per_1k_s": 1000 * roll / steps,
+        "train_s": train,
+    }
 
 
 def main() -> None:
     cores = _use_cores()
     t = ppo_throughput()
-    print(f"PPO env-steps/s (mug_to_sink, discrete, state MLP, 8 envs, {cores} cores): {t['ppo_env_steps_per_s']:.1f}; "
-          f"raw stepping of the same envs: {t['raw_env_steps_per_s']:.1f}; ratio {t['ratio']:.2f}")
+    print(
+        f"PPO env-steps/s (mug_to_sink, discrete, state MLP, 8 envs, {cores} cores): {t['ppo_env_steps_per_s']:.1f}; "
+        f"raw stepping of the same envs: {t['raw_env_steps_per_s']:.1f}; ratio {t['ratio']:.2f}"
+    )
     r = time_to_success()
     head = f"PPO+BC to 80% success on mug_to_sink ({r['demo_episodes']} demos, discrete, privileged state): "
     if r["reached"]:
         print(head + f"{r['time_s']:.0f} s ({r['env_steps']} env steps; demos {r['demo_s']:.0f} s)")
     else:
-        print(head + f"not reached in {r['wall_s']:.0f} s (limit {r['limit_s']:.0f} s; best {r['best']:.0%} "
-              f"at {r['best_at_env_steps']} env steps of {r['env_steps']})")
+        print(
+            head + f"not reached in {r['wall_s']:.0f} s (limit {r['limit_s']:.0f} s; best {r['best']:.0%} "
+            f"at {r['best_at_env_steps']} env steps of {r['env_steps']})"
+        )
     d = distill_time_per_1k_steps()
-    print(f"distillation (reach, point-cloud student, 512 points, half synthetic clouds): {d['per_1k_s']:.1f} s per "
-          f"1k student steps ({d['steps']:.0f} steps in {d['wall_s']:.0f} s; rollouts incl. rendering "
-          f"{d['rollout_per_1k_s']:.1f} s per 1k, BC training {d['train_s']:.0f} s in all)")
+    print(
+        f"distillation (reach, point-cloud student, 512 points, half synthetic clouds): {d['per_1k_s']:.1f} s per "
+        f"1k student steps ({d['steps']:.0f} steps in {d['wall_s']:.0f} s; rollouts incl. rendering "
+        f"{d['rollout_per_1k_s']:.1f} s per 1k, BC training {d['train_s']:.0f} s in all)"
+    )
 
 
 if __name__ == "__main__":

@@ -52,9 +52,13 @@ def env_overhead(task: str = "mug_to_sink", steps: int = 400, repeats: int = 3) 
     env_rate = steps / min(env_times)
     raw_rate = steps * env.nsub / min(raw_times)
     env.close()
-    return {"env_steps_per_s": env_rate, "substeps": env.nsub, "raw_mj_steps_per_s": raw_rate,
-            "env_physics_equiv_steps_per_s": env_rate * env.nsub,
-            "overhead": raw_rate / (env_rate * env.nsub) - 1.0}
+    return {
+        "env_steps_per_s": env_rate,
+        "substeps": env.nsub,
+        "raw_mj_steps_per_s": raw_rate,
+        "env_physics_equiv_steps_per_s": env_rate * env.nsub,
+        "overhead": raw_rate / (env_rate * env.nsub) - 1.0,
+    }
 
 
 def render_fps(task: str = "mug_to_sink", frames: int = 20) -> dict[str, float]:
@@ -90,8 +94,10 @@ def main() -> None:
     _pin_one_core()
     o = env_overhead()
     print(f"env steps/s (mug_to_sink, state obs, ee_delta, {o['substeps']} substeps/step): {o['env_steps_per_s']:.1f}")
-    print(f"raw mj_step/s, same model: {o['raw_mj_steps_per_s']:.0f}; env equivalent: "
-          f"{o['env_physics_equiv_steps_per_s']:.0f}")
+    print(
+        f"raw mj_step/s, same model: {o['raw_mj_steps_per_s']:.0f}; env equivalent: "
+        f"{o['env_physics_equiv_steps_per_s']:.0f}"
+    )
     verdict = "meets" if o["overhead"] <= 0.20 else "MISSES"
     print(f"env-layer overhead over raw physics: {100 * o['overhead']:.1f}% ({verdict} the <= 20% target)")
     r = render_fps()

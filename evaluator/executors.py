@@ -5,6 +5,8 @@
 
 * ``"episode"``: a finished episode (payload: the result dict with its ``slot``);
 * ``"video"``: frames of a recorded episode, encoded (``data`` bytes, ``format``);
+* ``"record"``: the observations a recorded episode's policy acted on (``obs``: key -> array,
+  one row per step; sent before that episode's ``"episode"``);
 * ``"done"``: the unit finished (``elapsed_s``, ``steps``, ``physics_s``: time in physics
   stepping, ``pid``, ``torch_threads``: torch's intra-op threads in the worker that ran it);
 * ``"error"``: the unit could not run (``kind``: ``"checkpoint"`` when the checkpoint cannot
@@ -55,8 +57,9 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from multiprocessing.connection import wait
-from typing import Any, Callable
+from typing import Any
 
 from evaluator.worker import WorkerState, WorkUnit, worker_main
 from policies.runtime import ENV_VAR as TORCH_THREADS_ENV
@@ -98,7 +101,7 @@ class Executor:
     def worker_pids(self) -> list[int]:
         return []
 
-    def __enter__(self) -> "Executor":
+    def __enter__(self) -> Executor:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -156,8 +159,12 @@ class _Worker:
         self.conn = parent
         # PR_SET_PDEATHSIG fires when the creating thread ends: armed only from the main thread
         pdeathsig = threading.current_thread() is threading.main_thread()
-        self.process = ctx.Process(target=worker_main, name=f"twinrank-eval-{index}", daemon=True,
-                                   args=(child, index, os.getpid(), os.environ.get(TORCH_THREADS_ENV), pdeathsig))
+        self.process = ctx.Process(
+            target=worker_main,
+            name=f"twinrank-eval-{index}",
+            daemon=True,
+            args=(child, index, os.getpid(), os.environ.get(TORCH_THREADS_ENV), pdeathsig),
+        )
         self.process.start()
         child.close()
         self.unit: WorkUnit | None = None
@@ -308,8 +315,8 @@ class LocalExecutor(Executor):
         if kind == "episode":
             w.received.add(int(payload["slot"]))
             handle("episode", unit, payload)
-        elif kind == "video":
-            handle("video", unit, payload)
+        elif kind in ("video", "record"):
+            handle(kind, unit, payload)
         elif kind in ("done", "error"):
             w.unit, w.received = None, set()
             handle(kind, unit, payload)
@@ -334,13 +341,22 @@ class LocalExecutor(Executor):
                 raise ExecutorError(
                     f"worker processes exit while starting (exit code {exitcode}); see their stderr. A script that "
                     f"calls evaluate() with the local executor must guard its entry point with "
-                    f"`if __name__ == \"__main__\":` (workers are started with 'spawn')")
+                    f"`if __name__ == \"__main__\":` (workers are started with 'spawn')"
+                )
         if unit is None:
             return
         retry = _retry_unit(unit, received)
         will_retry = retry is not None and unit.attempt < self.max_retries
-        handle("lost", unit, {"pid": w.pid, "exitcode": exitcode, "will_retry": will_retry,
-                              "remaining": [] if retry is None else retry.pending_slots()})
+        handle(
+            "lost",
+            unit,
+            {
+                "pid": w.pid,
+                "exitcode": exitcode,
+                "will_retry": will_retry,
+                "remaining": [] if retry is None else retry.pending_slots(),
+            },
+        )
         if retry is None:
             handle("done", unit, {"pid": w.pid, "elapsed_s": 0.0, "steps": 0, "after_loss": True})
         elif will_retry:
@@ -348,8 +364,14 @@ class LocalExecutor(Executor):
             if len([x for x in self._pool if x.alive]) < self.workers:
                 self._spawn()
         else:
-            handle("failed", unit, {"message": f"worker processes died {unit.attempt + 1} times running unit "
-                                               f"{unit.unit_id} (last exit code {exitcode})"})
+            handle(
+                "failed",
+                unit,
+                {
+                    "message": f"worker processes died {unit.attempt + 1} times running unit "
+                    f"{unit.unit_id} (last exit code {exitcode})"
+                },
+            )
 
     def close(self) -> None:
         pool, self._pool = self._pool, []
@@ -414,7 +436,7 @@ def _proc_table() -> dict[int, tuple[int, str, int]]:
                 stat = f.read()
         except OSError:
             continue
-        fields = stat[stat.rindex(")") + 2:].split()
+        fields = stat[stat.rindex(")") + 2 :].split()
         out[int(name)] = (int(fields[1]), fields[0], int(fields[19]))
     return out
 
@@ -472,8 +494,12 @@ def _ray_reaper() -> None:
 def _start_ray_reaper(pids: list[int]) -> subprocess.Popen[bytes]:
     """Start :func:`_ray_reaper` for ``pids`` in its own process (its stdin is our lifeline)."""
     code = "\n".join(["import os", inspect.getsource(_proc_table), inspect.getsource(_ray_reaper), "_ray_reaper()"])
-    return subprocess.Popen([sys.executable, "-I", "-c", code, *map(str, pids)], stdin=subprocess.PIPE,
-                            stdout=subprocess.DEVNULL, close_fds=True)
+    return subprocess.Popen(
+        [sys.executable, "-I", "-c", code, *map(str, pids)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        close_fds=True,
+    )
 
 
 class RayExecutor(Executor):
@@ -490,8 +516,14 @@ class RayExecutor(Executor):
 
     name = "ray"
 
-    def __init__(self, workers: int | None = None, *, address: str | None = None, max_retries: int = 2,
-                 init_kwargs: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        workers: int | None = None,
+        *,
+        address: str | None = None,
+        max_retries: int = 2,
+        init_kwargs: dict[str, Any] | None = None,
+    ) -> None:
         try:
             import ray  # noqa: F401
         except ImportError as exc:
@@ -516,8 +548,11 @@ class RayExecutor(Executor):
             if self.address:
                 kwargs["address"] = self.address
             else:
-                kwargs.update(num_cpus=self.workers or default_workers(), include_dashboard=False,
-                              object_store_memory=256 * 1024 * 1024)
+                kwargs.update(
+                    num_cpus=self.workers or default_workers(),
+                    include_dashboard=False,
+                    object_store_memory=256 * 1024 * 1024,
+                )
             kwargs.update(self.init_kwargs)
             before = self._children()
             ray.init(**kwargs)
@@ -576,8 +611,17 @@ class RayExecutor(Executor):
                     self._actors.remove(actor)
                     retry = _retry_unit(unit, set())
                     will_retry = retry is not None and unit.attempt < self.max_retries
-                    handle("lost", unit, {"pid": None, "exitcode": None, "will_retry": will_retry,
-                                          "remaining": unit.pending_slots(), "message": str(exc)[:500]})
+                    handle(
+                        "lost",
+                        unit,
+                        {
+                            "pid": None,
+                            "exitcode": None,
+                            "will_retry": will_retry,
+                            "remaining": unit.pending_slots(),
+                            "message": str(exc)[:500],
+                        },
+                    )
                     new = self._new_actor()  # keep the pool at full strength
                     self._actors.append(new)
                     idle.append(new)
@@ -630,5 +674,12 @@ def make_executor(kind: str | Executor = "local", workers: int | None = None, ad
     raise ValueError(f"executor {kind!r}: use local, inline or ray")
 
 
-__all__ = ["Executor", "ExecutorError", "InlineExecutor", "LocalExecutor", "RayExecutor", "default_workers",
-           "make_executor"]
+__all__ = [
+    "Executor",
+    "ExecutorError",
+    "InlineExecutor",
+    "LocalExecutor",
+    "RayExecutor",
+    "default_workers",
+    "make_executor",
+]

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from evaluator.results import CheckpointSummary
 
@@ -42,8 +42,16 @@ def plot_campaign(summaries: Sequence[CheckpointSummary], path: str | Path, titl
             lo.append(r - st["ci_low"] if st and st["n"] else 0.0)
             hi.append(st["ci_high"] - r if st and st["n"] else 0.0)
         label = f"{s.label} ({s.checkpoint_id[:8]})"
-        ax.bar(x + (j - (n_ck - 1) / 2) * width, rates, width, yerr=[lo, hi], capsize=2, label=label,
-               color=cmap(j % 10), alpha=0.85)
+        ax.bar(
+            x + (j - (n_ck - 1) / 2) * width,
+            rates,
+            width,
+            yerr=[lo, hi],
+            capsize=2,
+            label=label,
+            color=cmap(j % 10),
+            alpha=0.85,
+        )
     ax.set_xticks(x, conds, rotation=45, ha="right", fontsize=8)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("success rate (Wilson 95%)")
@@ -61,8 +69,9 @@ def plot_campaign(summaries: Sequence[CheckpointSummary], path: str | Path, titl
                 m.append(np.nan if v is None else v)
                 lo.append(0.0 if v is None else v - d["ci_low"])
                 hi.append(0.0 if v is None else d["ci_high"] - v)
-            ax2.bar(xd + (j - (n_ck - 1) / 2) * width, m, width, yerr=[lo, hi], capsize=2, color=cmap(j % 10),
-                    alpha=0.85)
+            ax2.bar(
+                xd + (j - (n_ck - 1) / 2) * width, m, width, yerr=[lo, hi], capsize=2, color=cmap(j % 10), alpha=0.85
+            )
         ax2.axhline(0.0, color="black", linewidth=0.8)
         ax2.set_ylim(-1.05, 1.05)
         ax2.set_xticks(xd, drops, rotation=45, ha="right", fontsize=8)

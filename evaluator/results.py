@@ -20,9 +20,10 @@ import fcntl
 import json
 import math
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from evaluator.spec import NOMINAL, EvalSpec
 
@@ -65,16 +66,31 @@ class EpisodeResult:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "EpisodeResult":
-        return cls(checkpoint_id=str(d["checkpoint_id"]), task=str(d["task"]), condition=str(d["condition"]),
-                   seed=int(d["seed"]), success=bool(d["success"]), ret=float(d["return"]), length=int(d["length"]),
-                   failure_reason=str(d.get("failure_reason", "")), error=str(d.get("error", "")),
-                   final_info=dict(d.get("final_info") or {}))
+    def from_dict(cls, d: dict[str, Any]) -> EpisodeResult:
+        return cls(
+            checkpoint_id=str(d["checkpoint_id"]),
+            task=str(d["task"]),
+            condition=str(d["condition"]),
+            seed=int(d["seed"]),
+            success=bool(d["success"]),
+            ret=float(d["return"]),
+            length=int(d["length"]),
+            failure_reason=str(d.get("failure_reason", "")),
+            error=str(d.get("error", "")),
+            final_info=dict(d.get("final_info") or {}),
+        )
 
     def outcome(self) -> tuple[Any, ...]:
         """The fields that must be identical between two runs of the same spec and checkpoint."""
-        return (self.key, self.success, self.ret, self.length, self.failure_reason, self.error,
-                tuple(sorted(self.final_info.items())))
+        return (
+            self.key,
+            self.success,
+            self.ret,
+            self.length,
+            self.failure_reason,
+            self.error,
+            tuple(sorted(self.final_info.items())),
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -95,24 +111,30 @@ class ResultStore:
         self._fh: Any = None
         self.results: dict[tuple[str, str, str, int], EpisodeResult] = {}
 
-    def open(self) -> "ResultStore":
+    def open(self) -> ResultStore:
         self._lock()
         meta_path = self.dir / CAMPAIGN_FILE
         if meta_path.is_file():
             try:
                 meta = json.loads(meta_path.read_text())
             except json.JSONDecodeError as exc:
-                raise ResultStoreError(f"{meta_path} is not valid JSON ({exc}); remove the directory or pick "
-                                       f"another one") from exc
+                raise ResultStoreError(
+                    f"{meta_path} is not valid JSON ({exc}); remove the directory or pick another one"
+                ) from exc
             if meta.get("spec_digest") != self.spec_digest:
                 raise ResultStoreError(
                     f"{self.dir} holds results of another evaluation spec (digest {meta.get('spec_digest')}, this "
-                    f"spec is {self.spec_digest}); use a fresh output directory to evaluate this spec")
+                    f"spec is {self.spec_digest}); use a fresh output directory to evaluate this spec"
+                )
         elif self.path.exists() and self.path.stat().st_size > 0:
             raise ResultStoreError(f"{self.path} exists without {CAMPAIGN_FILE}; cannot tell which spec made it")
         else:
-            meta = {"format": "twinrank-eval-campaign", "spec_digest": self.spec_digest,
-                    "spec": self.spec.to_dict(), "created": _now()}
+            meta = {
+                "format": "twinrank-eval-campaign",
+                "spec_digest": self.spec_digest,
+                "spec": self.spec.to_dict(),
+                "created": _now(),
+            }
             _atomic_write_text(meta_path, json.dumps(meta, indent=2) + "\n")
         self._load()
         self._fh = open(self.path, "a", encoding="utf-8")
@@ -172,8 +194,9 @@ class ResultStore:
         return new
 
     def for_checkpoint(self, checkpoint_id: str, task: str | None = None) -> list[EpisodeResult]:
-        return [r for r in self.results.values() if r.checkpoint_id == checkpoint_id
-                and (task is None or r.task == task)]
+        return [
+            r for r in self.results.values() if r.checkpoint_id == checkpoint_id and (task is None or r.task == task)
+        ]
 
     def close(self) -> None:
         if self._fh is not None:
@@ -184,7 +207,7 @@ class ResultStore:
             os.close(self._lock_fd)
             self._lock_fd = None
 
-    def __enter__(self) -> "ResultStore":
+    def __enter__(self) -> ResultStore:
         return self.open()
 
     def __exit__(self, *exc: Any) -> None:
@@ -227,7 +250,7 @@ def mcnemar_exact_p(b: int, c: int) -> float:
     if n == 0:
         return 1.0
     k = min(b, c)
-    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2.0 ** n
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2.0**n
     return float(min(1.0, 2.0 * tail))
 
 
@@ -242,8 +265,15 @@ def paired_drop(base: dict[int, bool], other: dict[int, bool]) -> dict[str, Any]
     seeds = sorted(set(base) & set(other))
     n = len(seeds)
     if n == 0:
-        return {"n": 0, "mean": None, "ci_low": None, "ci_high": None, "base_only": 0, "other_only": 0,
-                "mcnemar_p": None}
+        return {
+            "n": 0,
+            "mean": None,
+            "ci_low": None,
+            "ci_high": None,
+            "base_only": 0,
+            "other_only": 0,
+            "mcnemar_p": None,
+        }
     d = [int(bool(base[s])) - int(bool(other[s])) for s in seeds]
     mean = sum(d) / n
     b = sum(1 for x in d if x > 0)
@@ -253,8 +283,15 @@ def paired_drop(base: dict[int, bool], other: dict[int, bool]) -> dict[str, Any]
         half = _t_quantile(n - 1) * math.sqrt(var / n)
     else:
         half = 0.0
-    return {"n": n, "mean": mean, "ci_low": max(-1.0, mean - half), "ci_high": min(1.0, mean + half),
-            "base_only": b, "other_only": c, "mcnemar_p": mcnemar_exact_p(b, c)}
+    return {
+        "n": n,
+        "mean": mean,
+        "ci_low": max(-1.0, mean - half),
+        "ci_high": min(1.0, mean + half),
+        "base_only": b,
+        "other_only": c,
+        "mcnemar_p": mcnemar_exact_p(b, c),
+    }
 
 
 def rate_summary(results: Sequence[EpisodeResult]) -> dict[str, Any]:
@@ -318,15 +355,25 @@ class CheckpointSummary:
         ``paired_drop/<condition>`` with ``paired_drop_ci_low/…`` and ``paired_drop_ci_high/…``."""
         out: dict[str, float] = {}
         o = self.overall
-        for name, k in (("success", "success_rate"), ("ci_low", "ci_low"), ("ci_high", "ci_high"),
-                        ("episodes", "n"), ("return", "return_mean"), ("length", "length_mean")):
+        for name, k in (
+            ("success", "success_rate"),
+            ("ci_low", "ci_low"),
+            ("ci_high", "ci_high"),
+            ("episodes", "n"),
+            ("return", "return_mean"),
+            ("length", "length_mean"),
+        ):
             if o.get("n") and o.get(k) is not None:
                 out[f"Overall/{name}"] = float(o[k])
         for c, s in self.per_condition.items():
             if not s.get("n"):
                 continue
-            for name, k in (("Success", "success_rate"), ("ci_low", "ci_low"), ("ci_high", "ci_high"),
-                            ("return", "return_mean")):
+            for name, k in (
+                ("Success", "success_rate"),
+                ("ci_low", "ci_low"),
+                ("ci_high", "ci_high"),
+                ("return", "return_mean"),
+            ):
                 if s.get(k) is not None:
                     out[f"{name}/{c}"] = float(s[k])
         for c, s in self.paired_drop.items():
@@ -375,29 +422,38 @@ def episode_rows(results: Iterable[EpisodeResult], summaries: Sequence[Checkpoin
     rows = []
     for r in results:
         s = by_id.get(r.checkpoint_id)
-        rows.append({
-            "checkpoint_id": r.checkpoint_id,
-            "checkpoint": s.label if s else "",
-            "checkpoint_path": s.path if s else "",
-            "task": r.task,
-            "condition": r.condition,
-            "seed": int(r.seed),
-            "success": bool(r.success),
-            "return": float(r.ret),
-            "length": int(r.length),
-            "failure_reason": r.failure_reason,
-            "error": r.error,
-        })
+        rows.append(
+            {
+                "checkpoint_id": r.checkpoint_id,
+                "checkpoint": s.label if s else "",
+                "checkpoint_path": s.path if s else "",
+                "task": r.task,
+                "condition": r.condition,
+                "seed": int(r.seed),
+                "success": bool(r.success),
+                "return": float(r.ret),
+                "length": int(r.length),
+                "failure_reason": r.failure_reason,
+                "error": r.error,
+            }
+        )
     return rows
 
 
-def write_eval_info(path: str | Path, spec: EvalSpec, summaries: Sequence[CheckpointSummary],
-                    results: Sequence[EpisodeResult], extra: dict[str, Any] | None = None) -> Path:
+def write_eval_info(
+    path: str | Path,
+    spec: EvalSpec,
+    summaries: Sequence[CheckpointSummary],
+    results: Sequence[EpisodeResult],
+    extra: dict[str, Any] | None = None,
+) -> Path:
     """``eval_info.json``: ``per_episode`` (every episode), ``checkpoints`` (per checkpoint:
     overall, ``per_condition`` with Wilson intervals, ``paired_drop`` per condition,
     videos), ``aggregated`` (the ranking) and the spec."""
-    ranked = sorted([s for s in summaries if s.overall.get("success_rate") is not None],
-                    key=lambda s: (-s.overall["success_rate"], s.label))
+    ranked = sorted(
+        [s for s in summaries if s.overall.get("success_rate") is not None],
+        key=lambda s: (-s.overall["success_rate"], s.label),
+    )
     per_episode = episode_rows(results, summaries)
     for row, r in zip(per_episode, results):
         row["final_info"] = r.final_info
@@ -413,11 +469,17 @@ def write_eval_info(path: str | Path, spec: EvalSpec, summaries: Sequence[Checkp
             "checkpoints": len(summaries),
             "failed_checkpoints": [s.checkpoint_id for s in summaries if s.status == "failed"],
             "episodes": len(per_episode),
-            "ranking": [{"checkpoint_id": s.checkpoint_id, "checkpoint": s.label,
-                         "success_rate": s.overall["success_rate"], "ci_low": s.overall["ci_low"],
-                         "ci_high": s.overall["ci_high"],
-                         "nominal_success_rate": s.per_condition.get(NOMINAL, {}).get("success_rate")}
-                        for s in ranked],
+            "ranking": [
+                {
+                    "checkpoint_id": s.checkpoint_id,
+                    "checkpoint": s.label,
+                    "success_rate": s.overall["success_rate"],
+                    "ci_low": s.overall["ci_low"],
+                    "ci_high": s.overall["ci_high"],
+                    "nominal_success_rate": s.per_condition.get(NOMINAL, {}).get("success_rate"),
+                }
+                for s in ranked
+            ],
         },
         **(extra or {}),
     }
@@ -437,35 +499,83 @@ def _json_safe(x: Any) -> Any:
     return x
 
 
-def write_parquet(out_dir: str | Path, summaries: Sequence[CheckpointSummary],
-                  results: Sequence[EpisodeResult]) -> tuple[Path, Path]:
+def write_parquet(
+    out_dir: str | Path, summaries: Sequence[CheckpointSummary], results: Sequence[EpisodeResult]
+) -> tuple[Path, Path]:
     """``episodes.parquet`` (one row per episode) and ``conditions.parquet`` (one row per
     checkpoint and condition, with Wilson intervals and the paired drop from nominal)."""
     import pandas as pd
 
     out = Path(out_dir)
-    ep_cols = ["checkpoint_id", "checkpoint", "checkpoint_path", "task", "condition", "seed", "success", "return",
-               "length", "failure_reason", "error"]
+    ep_cols = [
+        "checkpoint_id",
+        "checkpoint",
+        "checkpoint_path",
+        "task",
+        "condition",
+        "seed",
+        "success",
+        "return",
+        "length",
+        "failure_reason",
+        "error",
+    ]
     ep = pd.DataFrame(episode_rows(results, summaries), columns=ep_cols)
     ep = ep.astype({"seed": "int64", "success": "bool", "return": "float64", "length": "int64"})
     rows = []
     for s in summaries:
         for c, st in s.per_condition.items():
             pdrop = s.paired_drop.get(c, {})
-            rows.append({
-                "checkpoint_id": s.checkpoint_id, "checkpoint": s.label, "task": s.task, "status": s.status,
-                "condition": c, "n": st["n"], "successes": st["successes"], "success_rate": st["success_rate"],
-                "ci_low": st["ci_low"], "ci_high": st["ci_high"], "return_mean": st["return_mean"],
-                "length_mean": st["length_mean"], "paired_drop": pdrop.get("mean"),
-                "paired_drop_ci_low": pdrop.get("ci_low"), "paired_drop_ci_high": pdrop.get("ci_high"),
-                "mcnemar_p": pdrop.get("mcnemar_p"),
-            })
-    cond_cols = ["checkpoint_id", "checkpoint", "task", "status", "condition", "n", "successes", "success_rate",
-                 "ci_low", "ci_high", "return_mean", "length_mean", "paired_drop", "paired_drop_ci_low",
-                 "paired_drop_ci_high", "mcnemar_p"]
+            rows.append(
+                {
+                    "checkpoint_id": s.checkpoint_id,
+                    "checkpoint": s.label,
+                    "task": s.task,
+                    "status": s.status,
+                    "condition": c,
+                    "n": st["n"],
+                    "successes": st["successes"],
+                    "success_rate": st["success_rate"],
+                    "ci_low": st["ci_low"],
+                    "ci_high": st["ci_high"],
+                    "return_mean": st["return_mean"],
+                    "length_mean": st["length_mean"],
+                    "paired_drop": pdrop.get("mean"),
+                    "paired_drop_ci_low": pdrop.get("ci_low"),
+                    "paired_drop_ci_high": pdrop.get("ci_high"),
+                    "mcnemar_p": pdrop.get("mcnemar_p"),
+                }
+            )
+    cond_cols = [
+        "checkpoint_id",
+        "checkpoint",
+        "task",
+        "status",
+        "condition",
+        "n",
+        "successes",
+        "success_rate",
+        "ci_low",
+        "ci_high",
+        "return_mean",
+        "length_mean",
+        "paired_drop",
+        "paired_drop_ci_low",
+        "paired_drop_ci_high",
+        "mcnemar_p",
+    ]
     cd = pd.DataFrame(rows, columns=cond_cols)
-    for c in ("success_rate", "ci_low", "ci_high", "return_mean", "length_mean", "paired_drop", "paired_drop_ci_low",
-              "paired_drop_ci_high", "mcnemar_p"):
+    for c in (
+        "success_rate",
+        "ci_low",
+        "ci_high",
+        "return_mean",
+        "length_mean",
+        "paired_drop",
+        "paired_drop_ci_low",
+        "paired_drop_ci_high",
+        "mcnemar_p",
+    ):
         cd[c] = cd[c].astype("float64")
     cd = cd.astype({"n": "int64", "successes": "int64"})
     p1, p2 = out / EPISODES_PARQUET, out / CONDITIONS_PARQUET
@@ -490,9 +600,19 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 
 def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
-__all__ = ["CheckpointSummary", "EpisodeResult", "ResultStore", "ResultStoreError", "mcnemar_exact_p",
-           "paired_drop", "rate_summary", "summarize_checkpoint", "wilson_interval", "write_eval_info",
-           "write_parquet"]
+__all__ = [
+    "CheckpointSummary",
+    "EpisodeResult",
+    "ResultStore",
+    "ResultStoreError",
+    "mcnemar_exact_p",
+    "paired_drop",
+    "rate_summary",
+    "summarize_checkpoint",
+    "wilson_interval",
+    "write_eval_info",
+    "write_parquet",
+]

@@ -29,9 +29,10 @@ import os
 import pickle
 import re
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from evaluator.executors import Executor, make_executor
 from evaluator.results import (
@@ -43,12 +44,74 @@ from evaluator.results import (
     write_eval_info,
     write_parquet,
 )
-from evaluator.spec import EvalSpec, EvalSpecError, EpisodeSpec
+from evaluator.spec import EpisodeSpec, EvalSpec, EvalSpecError
 from evaluator.worker import CheckpointRef, VideoRequest, WorkUnit
 from policies.checkpoint import checkpoint_id
 
 PLOT_FILE = "success_by_condition.png"
 VIDEOS_DIR = "videos"
+RECORDS_DIR = "records"
+EPISODE_INDEX = "episode_index"
+
+
+@dataclass(frozen=True)
+class RecordRequest:
+    """What a consumer of the campaign's rollouts needs recorded (e.g. OOD references): the
+    observations each policy acted on, every step, in the first ``episodes`` seeds of each of
+    ``conditions`` (those the spec has; when it has none of them, its first condition). Stored
+    per episode in ``<out>/records/<checkpoint id>/<condition>/seed<seed>.npz``; a resumed
+    campaign re-runs an episode whose record is missing (same result, by the paired design)."""
+
+    conditions: tuple[str, ...] = ("nominal", "combined")
+    episodes: int = 10
+
+    def episodes_for(self, eps: Sequence[EpisodeSpec]) -> list[tuple[str, int]]:
+        """The (condition, seed) pairs of ``eps`` (a task's episode list) to record, in list order."""
+        present = list(dict.fromkeys(e.condition for e in eps))
+        conds = [c for c in self.conditions if c in present] or present[:1]
+        out: list[tuple[str, int]] = []
+        for c in conds:
+            out += [(e.condition, int(e.seed)) for e in eps if e.condition == c][: max(0, int(self.episodes))]
+        return out
+
+
+def record_path(out_dir: str | os.PathLike[str], checkpoint_id: str, condition: str, seed: int) -> Path:
+    return Path(out_dir) / RECORDS_DIR / checkpoint_id / _safe(condition) / f"seed{int(seed)}.npz"
+
+
+def load_records(
+    out_dir: str | os.PathLike[str], checkpoint_id: str, episodes: Sequence[tuple[str, int]]
+) -> dict[str, Any] | None:
+    """The recorded observations of ``episodes`` for one checkpoint, stacked: ``{key: (N, *shape)}``
+    plus ``episode_index`` ``(N,)`` (the position in ``episodes``); None when any is missing."""
+    import numpy as np
+
+    rows: dict[str, list[Any]] = {}
+    index: list[Any] = []
+    for k, (cond, seed) in enumerate(episodes):
+        path = record_path(out_dir, checkpoint_id, cond, seed)
+        if not path.is_file():
+            return None
+        with np.load(path) as z:
+            n = 0
+            for key in z.files:
+                rows.setdefault(key, []).append(z[key])
+                n = len(z[key])
+        index.append(np.full(n, k, dtype=np.int64))
+    if not index:
+        return None
+    out: dict[str, Any] = {key: np.concatenate(v) for key, v in rows.items()}
+    out[EPISODE_INDEX] = np.concatenate(index)
+    return out
+
+
+def _write_record(path: Path, obs: dict[str, Any]) -> None:
+    import numpy as np
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.npz")
+    np.savez(tmp, **obs)
+    os.replace(tmp, path)
 
 
 class CheckpointResolveError(ValueError):
@@ -67,8 +130,10 @@ def resolve_checkpoint(ref: str | os.PathLike[str]) -> Path:
     checkpoint fails later with the loader's reason)."""
     s = os.fspath(ref)
     if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*:/", s):
-        raise CheckpointResolveError(f"{s!r}: URIs (models:/, runs:/ ...) are resolved by the MLflow integration; "
-                                     f"pass a checkpoint directory here")
+        raise CheckpointResolveError(
+            f"{s!r}: URIs (models:/, runs:/ ...) are resolved by the MLflow integration; "
+            f"pass a checkpoint directory here"
+        )
     p = Path(s).expanduser()
     if p.name in ("manifest.json", "model.safetensors"):
         p = p.parent
@@ -87,8 +152,12 @@ def policy_ref(policy: Any, name: str, checkpoint_id: str | None = None) -> Chec
 def unresolved_ref(text: str, reason: str) -> CheckpointRef:
     """A campaign entry for a reference that could not be resolved (e.g. a registered model
     that does not exist): it fails with ``reason`` and the others go on."""
-    return CheckpointRef(checkpoint_id="unresolved-" + hashlib.sha256(text.encode()).hexdigest()[:8], label=text,
-                         path=text, info={"resolve_error": reason})
+    return CheckpointRef(
+        checkpoint_id="unresolved-" + hashlib.sha256(text.encode()).hexdigest()[:8],
+        label=text,
+        path=text,
+        info={"resolve_error": reason},
+    )
 
 
 def _as_ref(item: Any) -> CheckpointRef:
@@ -191,6 +260,8 @@ class CampaignResult:
     #: invocation's, when resumed) to the end of this call
     started_at: float | None = None
     finished_at: float | None = None
+    #: task -> the (condition, seed) episodes whose observations were recorded (``record=``)
+    record_episodes: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
 
     @property
     def physics_share(self) -> float | None:
@@ -203,6 +274,12 @@ class CampaignResult:
                 return s
         raise KeyError(f"no checkpoint {key!r} in this campaign")
 
+    def recorded_obs(self, checkpoint_id: str) -> dict[str, Any] | None:
+        """The observations a checkpoint's policy acted on in the recorded episodes
+        (:func:`load_records`), or None when it has none (not recorded, or failed)."""
+        s = self.summary(checkpoint_id)
+        return load_records(self.out_dir, checkpoint_id, self.record_episodes.get(s.task, []))
+
     def episodes_of(self, checkpoint_id: str) -> list[EpisodeResult]:
         return [r for r in self.episodes if r.checkpoint_id == checkpoint_id]
 
@@ -212,15 +289,24 @@ class CampaignResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "out_dir": str(self.out_dir), "spec_digest": self.spec_digest,
+            "out_dir": str(self.out_dir),
+            "spec_digest": self.spec_digest,
             "checkpoints": [s.to_dict() for s in self.checkpoints],
-            "eval_info": str(self.eval_info_path), "episodes_parquet": str(self.episodes_parquet),
+            "eval_info": str(self.eval_info_path),
+            "episodes_parquet": str(self.episodes_parquet),
             "conditions_parquet": str(self.conditions_parquet),
-            "plot": str(self.plot_path) if self.plot_path else None, "videos": [str(v) for v in self.videos],
-            "executed": self.executed, "skipped": self.skipped, "worker_restarts": self.worker_restarts,
-            "elapsed_s": self.elapsed_s, "executor": self.executor,
-            "worker_unit_s": self.worker_unit_s, "physics_s": self.physics_s, "physics_share": self.physics_share,
-            "started_at": self.started_at, "finished_at": self.finished_at,
+            "plot": str(self.plot_path) if self.plot_path else None,
+            "videos": [str(v) for v in self.videos],
+            "executed": self.executed,
+            "skipped": self.skipped,
+            "worker_restarts": self.worker_restarts,
+            "elapsed_s": self.elapsed_s,
+            "executor": self.executor,
+            "worker_unit_s": self.worker_unit_s,
+            "physics_s": self.physics_s,
+            "physics_share": self.physics_share,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
         }
 
 
@@ -229,10 +315,20 @@ class CampaignResult:
 # ---------------------------------------------------------------------------------------------
 
 
-def evaluate(checkpoints: Sequence[Any], spec: EvalSpec | str | os.PathLike[str], out_dir: str | os.PathLike[str], *,
-             executor: str | Executor = "local", workers: int | None = None, address: str | None = None,
-             progress: ProgressFn | None = None, videos: bool | None = None, plots: bool = True,
-             device: str = "cpu") -> CampaignResult:
+def evaluate(
+    checkpoints: Sequence[Any],
+    spec: EvalSpec | str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    executor: str | Executor = "local",
+    workers: int | None = None,
+    address: str | None = None,
+    progress: ProgressFn | None = None,
+    videos: bool | None = None,
+    plots: bool = True,
+    device: str = "cpu",
+    record: RecordRequest | None = None,
+) -> CampaignResult:
     """Evaluate ``checkpoints`` (directories, :class:`CheckpointRef` or in-memory policies)
     on ``spec`` (an :class:`EvalSpec`, a spec YAML path or a built-in spec name); results in
     ``out_dir``. ``executor``: ``"local"`` (``workers`` processes, default one per core),
@@ -271,10 +367,12 @@ def evaluate(checkpoints: Sequence[Any], spec: EvalSpec | str | os.PathLike[str]
         # ---- checkpoints --------------------------------------------------------------------
         units: list[WorkUnit] = []
         episode_lists: dict[str, list[EpisodeSpec]] = {}
+        record_lists: dict[str, list[tuple[str, int]]] = {}  # task -> recorded (condition, seed)
         skipped = 0
         for ref in refs:
-            s = CheckpointSummary(checkpoint_id=ref.checkpoint_id, label=ref.label, path=ref.path or "", task="",
-                                  status="ok")
+            s = CheckpointSummary(
+                checkpoint_id=ref.checkpoint_id, label=ref.label, path=ref.path or "", task="", status="ok"
+            )
             summaries[ref.checkpoint_id] = s
             checked = _validate_ref(ref)
             if isinstance(checked, str):
@@ -292,8 +390,12 @@ def evaluate(checkpoints: Sequence[Any], spec: EvalSpec | str | os.PathLike[str]
                 try:
                     pickle.dumps(ref.policy)
                 except Exception as exc:  # noqa: BLE001
-                    _fail(s, f"in-memory policy cannot be sent to worker processes ({type(exc).__name__}: {exc}); "
-                             f"use executor='inline'", emit)
+                    _fail(
+                        s,
+                        f"in-memory policy cannot be sent to worker processes ({type(exc).__name__}: {exc}); "
+                        f"use executor='inline'",
+                        emit,
+                    )
                     continue
             if task not in episode_lists:
                 try:
@@ -303,11 +405,21 @@ def evaluate(checkpoints: Sequence[Any], spec: EvalSpec | str | os.PathLike[str]
                     continue
             eps = episode_lists[task]
             s.episodes_expected = len(eps)
+            if record is not None:
+                record_lists[task] = record.episodes_for(eps)
+            wanted = set(record_lists.get(task, ()))
             for k, chunk in enumerate(_chunks(eps, spec.batch_size)):
-                run = [not store.has((ref.checkpoint_id, task, e.condition, e.seed)) for e in chunk]
+                rec = [
+                    (e.condition, int(e.seed)) in wanted
+                    and not record_path(out, ref.checkpoint_id, e.condition, e.seed).is_file()
+                    for e in chunk
+                ]
+                run = [not store.has((ref.checkpoint_id, task, e.condition, e.seed)) or r for e, r in zip(chunk, rec)]
                 skipped += sum(1 for r in run if not r)
                 if any(run):
-                    units.append(_unit(ref, task, k, chunk, run, spec, device=device))
+                    unit = _unit(ref, task, k, chunk, run, spec, device=device)
+                    unit.record = tuple(i for i, r in enumerate(rec) if r)
+                    units.append(unit)
 
         # ---- episodes -----------------------------------------------------------------------
         total = sum(len(u.pending_slots()) for u in units)
@@ -321,10 +433,20 @@ def evaluate(checkpoints: Sequence[Any], spec: EvalSpec | str | os.PathLike[str]
             s = summaries[unit.checkpoint.checkpoint_id]
             if kind == "episode":
                 r = EpisodeResult.from_dict(payload)
-                if store.add([r]):
-                    state["done"] += 1
-                    emit(ProgressEvent("episode", done=state["done"], total=total, checkpoint_id=s.checkpoint_id,
-                                       label=s.label, episode=r))
+                store.add([r])  # an episode re-run for its record is already stored: kept once
+                state["done"] += 1
+                emit(
+                    ProgressEvent(
+                        "episode",
+                        done=state["done"],
+                        total=total,
+                        checkpoint_id=s.checkpoint_id,
+                        label=s.label,
+                        episode=r,
+                    )
+                )
+            elif kind == "record":
+                _write_record(record_path(out, s.checkpoint_id, payload["condition"], payload["seed"]), payload["obs"])
             elif kind == "done":
                 unit_s = float(payload.get("elapsed_s", 0.0))
                 state["unit_s"] += unit_s
@@ -339,13 +461,21 @@ def evaluate(checkpoints: Sequence[Any], spec: EvalSpec | str | os.PathLike[str]
                 _fail(s, str(payload.get("message", "")), emit)
             elif kind == "lost":
                 state["restarts"] += 1
-                emit(ProgressEvent("worker_lost", done=state["done"], total=total, checkpoint_id=s.checkpoint_id,
-                                   label=s.label, worker_pid=payload.get("pid"),
-                                   message=f"worker {payload.get('pid')} died (exit code {payload.get('exitcode')}) "
-                                           f"running {unit.unit_id}; "
-                                           f"{'re-running' if payload.get('will_retry') else 'giving up on'} "
-                                           f"{len(payload.get('remaining', []))} episode(s)"
-                                           + (f" ({payload['message']})" if payload.get("message") else "")))
+                emit(
+                    ProgressEvent(
+                        "worker_lost",
+                        done=state["done"],
+                        total=total,
+                        checkpoint_id=s.checkpoint_id,
+                        label=s.label,
+                        worker_pid=payload.get("pid"),
+                        message=f"worker {payload.get('pid')} died (exit code {payload.get('exitcode')}) "
+                        f"running {unit.unit_id}; "
+                        f"{'re-running' if payload.get('will_retry') else 'giving up on'} "
+                        f"{len(payload.get('remaining', []))} episode(s)"
+                        + (f" ({payload['message']})" if payload.get("message") else ""),
+                    )
+                )
 
         if units:
             ex.run(units, handle, skip)
@@ -372,11 +502,20 @@ def evaluate(checkpoints: Sequence[Any], spec: EvalSpec | str | os.PathLike[str]
         finished_at = time.time()
         starts = [s.started_at for s in summary_list if s.started_at is not None]
         started_at = min(starts + [finished_at - elapsed])
-        extra = {"campaign": {"started_at": started_at, "finished_at": finished_at,
-                              "executor": ex.name, "executed": state["done"], "skipped": skipped,
-                              "worker_restarts": state["restarts"], "elapsed_s": elapsed,
-                              "worker_unit_s": state["unit_s"], "physics_s": state["physics_s"],
-                              "physics_share": _physics_share(state["physics_s"], state["unit_s"])}}
+        extra = {
+            "campaign": {
+                "started_at": started_at,
+                "finished_at": finished_at,
+                "executor": ex.name,
+                "executed": state["done"],
+                "skipped": skipped,
+                "worker_restarts": state["restarts"],
+                "elapsed_s": elapsed,
+                "worker_unit_s": state["unit_s"],
+                "physics_s": state["physics_s"],
+                "physics_share": _physics_share(state["physics_s"], state["unit_s"]),
+            }
+        }
         info_path = write_eval_info(out / EVAL_INFO_FILE, spec, summary_list, all_results, extra)
         p_eps, p_conds = write_parquet(out, summary_list, all_results)
         plot_path = None
@@ -385,12 +524,28 @@ def evaluate(checkpoints: Sequence[Any], spec: EvalSpec | str | os.PathLike[str]
 
             plot_path = plot_campaign(summary_list, out / PLOT_FILE, title=f"{spec.name} ({spec.digest()[:8]})")
         emit(ProgressEvent("finished", done=state["done"], total=total, skipped=skipped))
-        return CampaignResult(out_dir=out, spec=spec, spec_digest=spec.digest(), checkpoints=summary_list,
-                              episodes=all_results, eval_info_path=info_path, episodes_parquet=p_eps,
-                              conditions_parquet=p_conds, plot_path=plot_path, videos=video_paths,
-                              executed=state["done"], skipped=skipped, worker_restarts=state["restarts"],
-                              elapsed_s=elapsed, executor=ex.name, worker_unit_s=state["unit_s"],
-                              physics_s=state["physics_s"], started_at=started_at, finished_at=finished_at)
+        return CampaignResult(
+            out_dir=out,
+            spec=spec,
+            spec_digest=spec.digest(),
+            checkpoints=summary_list,
+            episodes=all_results,
+            eval_info_path=info_path,
+            episodes_parquet=p_eps,
+            conditions_parquet=p_conds,
+            plot_path=plot_path,
+            videos=video_paths,
+            executed=state["done"],
+            skipped=skipped,
+            worker_restarts=state["restarts"],
+            elapsed_s=elapsed,
+            executor=ex.name,
+            worker_unit_s=state["unit_s"],
+            physics_s=state["physics_s"],
+            started_at=started_at,
+            finished_at=finished_at,
+            record_episodes=record_lists,
+        )
     finally:
         store.close()
         if own_executor:
@@ -419,15 +574,31 @@ def _fail(s: CheckpointSummary, reason: str, emit: ProgressFn) -> None:
 
 
 def _chunks(eps: list[EpisodeSpec], b: int) -> list[list[EpisodeSpec]]:
-    return [eps[i:i + b] for i in range(0, len(eps), b)]
+    return [eps[i : i + b] for i in range(0, len(eps), b)]
 
 
-def _unit(ref: CheckpointRef, task: str, k: int, chunk: list[EpisodeSpec], run: list[bool], spec: EvalSpec,
-          video: VideoRequest | None = None, device: str = "cpu") -> WorkUnit:
-    return WorkUnit(unit_id=f"{ref.checkpoint_id}/{task}/{k}", checkpoint=ref, task=task,
-                    episodes=[(e.condition, int(e.seed), e.perturbation.to_dict()) for e in chunk], run=run,
-                    batch_size=spec.batch_size, max_steps=spec.max_steps, deterministic=spec.deterministic,
-                    video=video, device=device)
+def _unit(
+    ref: CheckpointRef,
+    task: str,
+    k: int,
+    chunk: list[EpisodeSpec],
+    run: list[bool],
+    spec: EvalSpec,
+    video: VideoRequest | None = None,
+    device: str = "cpu",
+) -> WorkUnit:
+    return WorkUnit(
+        unit_id=f"{ref.checkpoint_id}/{task}/{k}",
+        checkpoint=ref,
+        task=task,
+        episodes=[(e.condition, int(e.seed), e.perturbation.to_dict()) for e in chunk],
+        run=run,
+        batch_size=spec.batch_size,
+        max_steps=spec.max_steps,
+        deterministic=spec.deterministic,
+        video=video,
+        device=device,
+    )
 
 
 def _ordered(results: list[EpisodeResult], eps: list[EpisodeSpec]) -> list[EpisodeResult]:
@@ -439,9 +610,17 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:60] or "checkpoint"
 
 
-def _record_videos(ex: Executor, refs: list[CheckpointRef], summaries: dict[str, CheckpointSummary],
-                   store: ResultStore, spec: EvalSpec, episode_lists: dict[str, list[EpisodeSpec]], out: Path,
-                   emit: ProgressFn, device: str = "cpu") -> list[Path]:
+def _record_videos(
+    ex: Executor,
+    refs: list[CheckpointRef],
+    summaries: dict[str, CheckpointSummary],
+    store: ResultStore,
+    spec: EvalSpec,
+    episode_lists: dict[str, list[EpisodeSpec]],
+    out: Path,
+    emit: ProgressFn,
+    device: str = "cpu",
+) -> list[Path]:
     """Re-run the first success and the first failure of every checkpoint with a camera, and
     its first failure under its worst condition (``CheckpointSummary.worst_condition``) when that is
     another episode; the worker labels every frame with condition, seed and outcome."""
@@ -478,9 +657,16 @@ def _record_videos(ex: Executor, refs: list[CheckpointRef], summaries: dict[str,
             e = eps[i]
             r = store.results[(ref.checkpoint_id, s.task, e.condition, e.seed)]
             path = vdir / f"{tag}_{s.task}_{_safe(e.condition)}_seed{e.seed}.{fmt}"
-            entry = {"tag": tag, "path": str(path), "condition": e.condition, "seed": int(e.seed),
-                     "format": fmt, "success": r.success, "failure_reason": r.failure_reason,
-                     "worst_condition": e.condition == worst}
+            entry = {
+                "tag": tag,
+                "path": str(path),
+                "condition": e.condition,
+                "seed": int(e.seed),
+                "format": fmt,
+                "success": r.success,
+                "failure_reason": r.failure_reason,
+                "worst_condition": e.condition == worst,
+            }
             s.videos.append(entry)
             if path.is_file():
                 paths.append(path)
@@ -493,8 +679,9 @@ def _record_videos(ex: Executor, refs: list[CheckpointRef], summaries: dict[str,
             chunk = _chunks(eps, spec.batch_size)[k]
             v = spec.video
             req = VideoRequest(slots=slots, camera=v.camera, width=v.width, height=v.height, fps=v.fps, format=fmt)
-            units.append(_unit(ref, s.task, k, chunk, [i in slots for i in range(len(chunk))], spec, video=req,
-                               device=device))
+            units.append(
+                _unit(ref, s.task, k, chunk, [i in slots for i in range(len(chunk))], spec, video=req, device=device)
+            )
     if not units:
         return paths
     emit(ProgressEvent("videos", total=len(wanted)))
@@ -528,5 +715,16 @@ def _record_videos(ex: Executor, refs: list[CheckpointRef], summaries: dict[str,
     return paths
 
 
-__all__ = ["CampaignResult", "CheckpointResolveError", "ProgressEvent", "checkpoint_id", "evaluate", "policy_ref",
-           "resolve_checkpoint", "unresolved_ref"]
+__all__ = [
+    "RecordRequest",
+    "load_records",
+    "record_path",
+    "CampaignResult",
+    "CheckpointResolveError",
+    "ProgressEvent",
+    "checkpoint_id",
+    "evaluate",
+    "policy_ref",
+    "resolve_checkpoint",
+    "unresolved_ref",
+]

@@ -50,7 +50,6 @@ from twin.perturbations import (
     nominal_condition,
 )
 
-
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when built in
 
 #: Bump when the meaning of an episode result changes (part of every spec digest).
@@ -101,11 +100,15 @@ class VideoCfg:
         if self.width % 2 or self.height % 2:
             raise EvalSpecError(f"video size {self.width}x{self.height}: width and height must be even (H.264)")
         if self.width < VIDEO_MIN[0] or self.height < VIDEO_MIN[1]:
-            raise EvalSpecError(f"video size {self.width}x{self.height} is too small for its labels: give at least "
-                                f"{VIDEO_MIN[0]}x{VIDEO_MIN[1]} (default 320x240)")
+            raise EvalSpecError(
+                f"video size {self.width}x{self.height} is too small for its labels: give at least "
+                f"{VIDEO_MIN[0]}x{VIDEO_MIN[1]} (default 320x240)"
+            )
         if self.width * self.height > VIDEO_MAX[0] * VIDEO_MAX[1]:
-            raise EvalSpecError(f"video size {self.width}x{self.height} is larger than {VIDEO_MAX[0]}x{VIDEO_MAX[1]} "
-                                f"(frames are kept in memory until the episode ends): give a smaller size")
+            raise EvalSpecError(
+                f"video size {self.width}x{self.height} is larger than {VIDEO_MAX[0]}x{VIDEO_MAX[1]} "
+                f"(frames are kept in memory until the episode ends): give a smaller size"
+            )
         if self.format not in VIDEO_FORMATS:
             raise EvalSpecError(f"video.format = {self.format!r}: use one of {', '.join(VIDEO_FORMATS)}")
         if self.camera is not None and (not isinstance(self.camera, str) or not self.camera):
@@ -193,14 +196,17 @@ class EvalSpec:
         task = self._task_arg(task)
         self.validate()
         self._validate_conditions(self.load_suite(task), task)
-        return [EpisodeSpec(c, s, self.perturbation(c, s, task))
-                for c in self.condition_names(task) for s in self.seed_list()]
+        return [
+            EpisodeSpec(c, s, self.perturbation(c, s, task))
+            for c in self.condition_names(task)
+            for s in self.seed_list()
+        ]
 
     def units(self, task: str | None = None) -> list[list[EpisodeSpec]]:
         """The episode list cut into work units of ``batch_size`` consecutive episodes."""
         eps = self.episodes(task)
         b = int(self.batch_size)
-        return [eps[i:i + b] for i in range(0, len(eps), b)]
+        return [eps[i : i + b] for i in range(0, len(eps), b)]
 
     def covers_task(self, task: str) -> bool:
         return not self.tasks or task in self.tasks
@@ -213,7 +219,7 @@ class EvalSpec:
         return task
 
     # ---- validation --------------------------------------------------------------------------
-    def validate(self) -> "EvalSpec":
+    def validate(self) -> EvalSpec:
         from twin.tasks import TaskError, get_task_class
 
         if not isinstance(self.name, str) or not self.name:
@@ -239,17 +245,23 @@ class EvalSpec:
             if isinstance(v, bool) or not isinstance(v, int) or v < lowest:
                 raise EvalSpecError(f"{name} = {v!r}: give an integer >= {lowest}")
         if self.seeds is not None:
-            if not isinstance(self.seeds, list) or not self.seeds or not all(
-                    isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**63 for s in self.seeds):
+            if (
+                not isinstance(self.seeds, list)
+                or not self.seeds
+                or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**63 for s in self.seeds)
+            ):
                 raise EvalSpecError(f"seeds = {self.seeds!r}: give a non-empty list of non-negative integers")
             if len(set(self.seeds)) != len(self.seeds):
                 dup = sorted({s for s in self.seeds if self.seeds.count(s) > 1})
                 raise EvalSpecError(f"seeds: {dup} appear more than once; each (condition, seed) runs once")
             if self.episodes_per_condition is not None and self.episodes_per_condition != len(self.seeds):
-                raise EvalSpecError(f"episodes_per_condition = {self.episodes_per_condition} but {len(self.seeds)} "
-                                    f"seeds are listed; give one or make them agree")
-        if self.max_steps is not None and (isinstance(self.max_steps, bool) or not isinstance(self.max_steps, int)
-                                           or self.max_steps < 1):
+                raise EvalSpecError(
+                    f"episodes_per_condition = {self.episodes_per_condition} but {len(self.seeds)} "
+                    f"seeds are listed; give one or make them agree"
+                )
+        if self.max_steps is not None and (
+            isinstance(self.max_steps, bool) or not isinstance(self.max_steps, int) or self.max_steps < 1
+        ):
             raise EvalSpecError(f"max_steps = {self.max_steps!r}: give a positive integer or null (task default)")
         if not isinstance(self.deterministic, bool):
             raise EvalSpecError(f"deterministic = {self.deterministic!r}: give true or false")
@@ -260,8 +272,11 @@ class EvalSpec:
         where = f" (task {task!r})" if task else ""
         if self.conditions == "all":
             return
-        if not isinstance(self.conditions, list) or not self.conditions or not all(
-                isinstance(c, str) for c in self.conditions):
+        if (
+            not isinstance(self.conditions, list)
+            or not self.conditions
+            or not all(isinstance(c, str) for c in self.conditions)
+        ):
             raise EvalSpecError(f"conditions = {self.conditions!r}: give 'all' or a non-empty list of names")
         valid = [NOMINAL, *suite.factor_names(enabled_only=False), COMBINED]
         for c in self.conditions:
@@ -270,8 +285,9 @@ class EvalSpec:
         if len(set(self.conditions)) != len(self.conditions):
             raise EvalSpecError(f"conditions = {self.conditions}: a condition is listed twice")
         if COMBINED in self.conditions and not suite.factor_names():
-            raise EvalSpecError(f"conditions: 'combined' needs at least one enabled factor in suite "
-                                f"{suite.name!r}{where}")
+            raise EvalSpecError(
+                f"conditions: 'combined' needs at least one enabled factor in suite {suite.name!r}{where}"
+            )
 
     # ---- (de)serialisation -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -290,7 +306,7 @@ class EvalSpec:
         }
 
     @classmethod
-    def from_dict(cls, data: Any, source: str = "spec") -> "EvalSpec":
+    def from_dict(cls, data: Any, source: str = "spec") -> EvalSpec:
         if data is None:
             data = {}
         if not isinstance(data, dict):
@@ -320,7 +336,7 @@ class EvalSpec:
         return text
 
     @classmethod
-    def from_yaml(cls, path_or_text: str | Path) -> "EvalSpec":
+    def from_yaml(cls, path_or_text: str | Path) -> EvalSpec:
         """Load from a YAML file or YAML text."""
         s = str(path_or_text)
         if isinstance(path_or_text, Path) or ("\n" not in s and (s.endswith((".yaml", ".yml")) or Path(s).is_file())):
@@ -335,11 +351,13 @@ class EvalSpec:
         except yaml.YAMLError as exc:
             raise EvalSpecError(f"{source}: not valid YAML ({exc})") from exc
         if data is None:
-            raise EvalSpecError(f"{source} is empty; write at least 'name:' and 'tasks:' (see evaluator/specs/"
-                                f"default.yaml), or give a built-in spec: {', '.join(available_specs())}")
+            raise EvalSpecError(
+                f"{source} is empty; write at least 'name:' and 'tasks:' (see evaluator/specs/"
+                f"default.yaml), or give a built-in spec: {', '.join(available_specs())}"
+            )
         return cls.from_dict(data, source=source)
 
-    def replace(self, **changes: Any) -> "EvalSpec":
+    def replace(self, **changes: Any) -> EvalSpec:
         d = self.to_dict()
         for k, v in changes.items():
             if k == "video" and isinstance(v, VideoCfg):
@@ -405,10 +423,20 @@ def load_spec(name_or_path: str | Path) -> EvalSpec:
         return EvalSpec.from_yaml(Path(s))
     path = SPECS_DIR / f"{s}.yaml"
     if not path.is_file():
-        raise EvalSpecError(f"unknown evaluation spec {s!r}; built-in specs: {', '.join(available_specs())} "
-                            f"(or give a path to a YAML file)")
+        raise EvalSpecError(
+            f"unknown evaluation spec {s!r}; built-in specs: {', '.join(available_specs())} "
+            f"(or give a path to a YAML file)"
+        )
     return EvalSpec.from_yaml(path)
 
 
-__all__ = ["COMBINED", "NOMINAL", "EpisodeSpec", "EvalSpec", "EvalSpecError", "VideoCfg", "available_specs",
-           "load_spec"]
+__all__ = [
+    "COMBINED",
+    "NOMINAL",
+    "EpisodeSpec",
+    "EvalSpec",
+    "EvalSpecError",
+    "VideoCfg",
+    "available_specs",
+    "load_spec",
+]

@@ -31,10 +31,11 @@ import hashlib
 import json
 import math
 import platform
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from policies import tracking
 
@@ -82,11 +83,17 @@ def campaign_key(result: Any) -> str:
 
 def _chunks(items: list[Any], n: int) -> Iterable[list[Any]]:
     for i in range(0, len(items), n):
-        yield items[i:i + n]
+        yield items[i : i + n]
 
 
-def _log_batch(client: Any, run_id: str, metrics: dict[str, float] | None = None,
-               params: dict[str, Any] | None = None, tags: dict[str, Any] | None = None, ts_ms: int = 0) -> None:
+def _log_batch(
+    client: Any,
+    run_id: str,
+    metrics: dict[str, float] | None = None,
+    params: dict[str, Any] | None = None,
+    tags: dict[str, Any] | None = None,
+    ts_ms: int = 0,
+) -> None:
     """Everything in as few calls as MLflow allows (1000 metrics, 100 params, 100 tags per call)."""
     from mlflow.entities import Metric, Param, RunTag
 
@@ -94,7 +101,7 @@ def _log_batch(client: Any, run_id: str, metrics: dict[str, float] | None = None
     ps = [Param(k, str(v)[:6000]) for k, v in (params or {}).items()]
     tg = [RunTag(k, str(v)[:8000]) for k, v in (tags or {}).items()]
     for i in range(max(1, math.ceil(len(ms) / 1000), math.ceil(len(ps) / 100), math.ceil(len(tg) / 100))):
-        m, p, t = ms[i * 1000:(i + 1) * 1000], ps[i * 100:(i + 1) * 100], tg[i * 100:(i + 1) * 100]
+        m, p, t = ms[i * 1000 : (i + 1) * 1000], ps[i * 100 : (i + 1) * 100], tg[i * 100 : (i + 1) * 100]
         if m or p or t:
             client.log_batch(run_id, metrics=m, params=p, tags=t)
 
@@ -133,9 +140,13 @@ def _success_text(s: Any) -> str:
 def _parent_note(result: Any, runs: dict[str, str]) -> str:
     """The parent run's description (Markdown, shown on its Overview page)."""
     spec = result.spec
-    lines = [f"**Evaluation campaign** `{spec.name}` (spec {result.spec_digest[:8]}): "
-             f"{len(result.checkpoints)} checkpoint(s), paired (condition, seed) list, Wilson 95 % intervals.",
-             "", "| checkpoint | success [95 % CI] (n) | status |", "|---|---|---|"]
+    lines = [
+        f"**Evaluation campaign** `{spec.name}` (spec {result.spec_digest[:8]}): "
+        f"{len(result.checkpoints)} checkpoint(s), paired (condition, seed) list, Wilson 95 % intervals.",
+        "",
+        "| checkpoint | success [95 % CI] (n) | status |",
+        "|---|---|---|",
+    ]
     ranked = sorted(result.checkpoints, key=lambda s: (-(s.overall.get("success_rate") or -1.0), s.label))
     for s in ranked:
         status = s.status if not s.error else f"{s.status}: {s.error[:120]}"
@@ -154,17 +165,24 @@ def _checkpoint_note(s: Any, model: str) -> str:
     worst = s.worst_condition()
     if worst and s.per_condition.get(worst, {}).get("n"):
         w = s.per_condition[worst]
-        lines.append(f"Worst condition: `{worst}` ({w['success_rate']:.2f} [{w['ci_low']:.2f}, {w['ci_high']:.2f}], "
-                     f"n = {w['n']}).")
+        lines.append(
+            f"Worst condition: `{worst}` ({w['success_rate']:.2f} [{w['ci_low']:.2f}, {w['ci_high']:.2f}], "
+            f"n = {w['n']})."
+        )
     return "\n\n".join(lines)
 
 
 def _parent_metrics(result: Any) -> dict[str, float]:
-    rated = [s.overall["success_rate"] for s in result.checkpoints
-             if s.overall.get("n") and s.overall.get("success_rate") is not None]
-    out: dict[str, float] = {"checkpoints": len(result.checkpoints),
-                             "failed_checkpoints": sum(1 for s in result.checkpoints if s.status == "failed"),
-                             "episodes": sum(int(s.overall.get("n") or 0) for s in result.checkpoints)}
+    rated = [
+        s.overall["success_rate"]
+        for s in result.checkpoints
+        if s.overall.get("n") and s.overall.get("success_rate") is not None
+    ]
+    out: dict[str, float] = {
+        "checkpoints": len(result.checkpoints),
+        "failed_checkpoints": sum(1 for s in result.checkpoints if s.status == "failed"),
+        "episodes": sum(int(s.overall.get("n") or 0) for s in result.checkpoints),
+    }
     if rated:
         out["best_success"] = max(rated)
         out["mean_success"] = sum(rated) / len(rated)
@@ -220,8 +238,13 @@ def _link_model_version(client: Any, s: Any) -> str:
     return f"{mv.name}/{mv.version}"
 
 
-def log_campaign(result: Any, tracking_uri: str | None = None, experiment: str = EXPERIMENT,
-                 campaign_name: str = "", status: StatusFn | None = None) -> LoggedCampaign:
+def log_campaign(
+    result: Any,
+    tracking_uri: str | None = None,
+    experiment: str = EXPERIMENT,
+    campaign_name: str = "",
+    status: StatusFn | None = None,
+) -> LoggedCampaign:
     """Log (or update) a :class:`evaluator.run.CampaignResult` or a campaign loaded from disk;
     raises on an unreachable server (after at most the tracking timeout)."""
     say = status or (lambda msg: None)
@@ -234,14 +257,21 @@ def log_campaign(result: Any, tracking_uri: str | None = None, experiment: str =
     start, end = _campaign_times(result)
     versions = package_versions()
     tasks = ",".join(sorted({c.task for c in result.checkpoints if c.task})) or ",".join(spec.tasks)
-    common = {"spec_digest": result.spec_digest, "seeds_digest": seeds_digest(spec), "tasks": tasks,
-              **{f"version.{k}": v for k, v in versions.items()}}
+    common = {
+        "spec_digest": result.spec_digest,
+        "seeds_digest": seeds_digest(spec),
+        "tasks": tasks,
+        **{f"version.{k}": v for k, v in versions.items()},
+    }
     src = tracking.source_tags("twinrank eval")
     existing = _find_run(client, exp_id, {"twinrank.campaign_key": key, "twinrank.kind": "eval_campaign"})
     if existing is None:
-        parent = client.create_run(exp_id, run_name=campaign_name or f"eval-{spec.name}-{result.spec_digest[:8]}",
-                                   start_time=_ms(start, end), tags={"twinrank.kind": "eval_campaign",
-                                                                     "twinrank.campaign_key": key})
+        parent = client.create_run(
+            exp_id,
+            run_name=campaign_name or f"eval-{spec.name}-{result.spec_digest[:8]}",
+            start_time=_ms(start, end),
+            tags={"twinrank.kind": "eval_campaign", "twinrank.campaign_key": key},
+        )
         pid = parent.info.run_id
         _log_batch(client, pid, params={**common, "n_checkpoints": len(result.checkpoints), "spec": spec.name})
     else:
@@ -250,7 +280,13 @@ def log_campaign(result: Any, tracking_uri: str | None = None, experiment: str =
     spec_path = Path(result.out_dir) / "spec.yaml"
     if not spec_path.exists():
         spec.to_yaml(spec_path)
-    for path in (spec_path, result.eval_info_path, result.episodes_parquet, result.conditions_parquet, result.plot_path):
+    for path in (
+        spec_path,
+        result.eval_info_path,
+        result.episodes_parquet,
+        result.conditions_parquet,
+        result.plot_path,
+    ):
         if path is not None and Path(path).exists():
             client.log_artifact(pid, str(path))
     runs: dict[str, str] = {}
@@ -258,25 +294,52 @@ def log_campaign(result: Any, tracking_uri: str | None = None, experiment: str =
         model = _link_model_version(client, s)
         cid = _log_checkpoint(client, exp_id, pid, s, result, common, src, model, (start, end))
         runs[s.checkpoint_id] = cid
-    _log_batch(client, pid, metrics=_parent_metrics(result), ts_ms=_ms(end, end),
-               tags={**src, "twinrank.tasks": tasks, "twinrank.executor": str(getattr(result, "executor", "")),
-                     "mlflow.note.content": _parent_note(result, runs),
-                     "twinrank.last_logged": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
+    _log_batch(
+        client,
+        pid,
+        metrics=_parent_metrics(result),
+        ts_ms=_ms(end, end),
+        tags={
+            **src,
+            "twinrank.tasks": tasks,
+            "twinrank.executor": str(getattr(result, "executor", "")),
+            "mlflow.note.content": _parent_note(result, runs),
+            "twinrank.last_logged": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        },
+    )
     failed = any(s.status == "failed" for s in result.checkpoints)
     client.set_terminated(pid, status="FINISHED", end_time=_ms(end, end))
     if failed:
-        client.set_tag(pid, "twinrank.failed_checkpoints",
-                       ",".join(s.label for s in result.checkpoints if s.status == "failed")[:5000])
+        client.set_tag(
+            pid,
+            "twinrank.failed_checkpoints",
+            ",".join(s.label for s in result.checkpoints if s.status == "failed")[:5000],
+        )
     return LoggedCampaign(parent_run_id=pid, checkpoint_runs=runs, updated=existing is not None)
 
 
-def _log_checkpoint(client: Any, exp_id: str, pid: str, s: Any, result: Any, common: dict[str, Any],
-                    src: dict[str, str], model: str, span: tuple[float, float]) -> str:
+def _log_checkpoint(
+    client: Any,
+    exp_id: str,
+    pid: str,
+    s: Any,
+    result: Any,
+    common: dict[str, Any],
+    src: dict[str, str],
+    model: str,
+    span: tuple[float, float],
+) -> str:
     import mlflow
 
-    tags: dict[str, Any] = {**src, "mlflow.parentRunId": pid, "twinrank.kind": "eval_checkpoint",
-                            "twinrank.checkpoint_id": s.checkpoint_id, "twinrank.status": s.status,
-                            "twinrank.checkpoint_path": s.path, "mlflow.note.content": _checkpoint_note(s, model)}
+    tags: dict[str, Any] = {
+        **src,
+        "mlflow.parentRunId": pid,
+        "twinrank.kind": "eval_checkpoint",
+        "twinrank.checkpoint_id": s.checkpoint_id,
+        "twinrank.status": s.status,
+        "twinrank.checkpoint_path": s.path,
+        "mlflow.note.content": _checkpoint_note(s, model),
+    }
     if s.info.get("run_id"):
         tags["twinrank.training_run_id"] = str(s.info["run_id"])
     if model:
@@ -287,12 +350,24 @@ def _log_checkpoint(client: Any, exp_id: str, pid: str, s: Any, result: Any, com
     end = s.finished_at if s.finished_at is not None else span[1]
     found = _find_run(client, exp_id, {"mlflow.parentRunId": pid, "twinrank.checkpoint_id": s.checkpoint_id})
     if found is None:
-        child = client.create_run(exp_id, run_name=s.label or s.checkpoint_id, start_time=_ms(start, end),
-                                  tags={"mlflow.parentRunId": pid, "twinrank.checkpoint_id": s.checkpoint_id})
+        child = client.create_run(
+            exp_id,
+            run_name=s.label or s.checkpoint_id,
+            start_time=_ms(start, end),
+            tags={"mlflow.parentRunId": pid, "twinrank.checkpoint_id": s.checkpoint_id},
+        )
         cid = child.info.run_id
-        _log_batch(client, cid, params={**common, "checkpoint_id": s.checkpoint_id,
-                                        "policy_class": s.info.get("policy_class", ""),
-                                        "training_step": s.info.get("training_step", ""), "task": s.task})
+        _log_batch(
+            client,
+            cid,
+            params={
+                **common,
+                "checkpoint_id": s.checkpoint_id,
+                "policy_class": s.info.get("policy_class", ""),
+                "training_step": s.info.get("training_step", ""),
+                "task": s.task,
+            },
+        )
     else:
         cid = found.info.run_id
     _log_batch(client, cid, metrics=s.metrics(), tags=tags, ts_ms=_ms(end, end))
@@ -315,8 +390,11 @@ def _log_checkpoint(client: Any, exp_id: str, pid: str, s: Any, result: Any, com
     client.set_terminated(cid, status="FINISHED" if s.status == "ok" else "FAILED", end_time=_ms(end, end))
     if model:  # the registry side of the link: the version names its latest evaluation
         name, version = model.rsplit("/", 1)
-        for k, v in {"last_eval_run_id": cid, "last_eval_campaign_run_id": pid,
-                     "last_eval_success": f"{_success_text(s)}, spec {result.spec.name}"}.items():
+        for k, v in {
+            "last_eval_run_id": cid,
+            "last_eval_campaign_run_id": pid,
+            "last_eval_success": f"{_success_text(s)}, spec {result.spec.name}",
+        }.items():
             client.set_model_version_tag(name, version, k, v)
     return cid
 
@@ -326,14 +404,19 @@ def _log_checkpoint(client: Any, exp_id: str, pid: str, s: Any, result: Any, com
 # ---------------------------------------------------------------------------------------------
 
 
-def log_or_defer(result: Any, tracking_uri: str | None = None, status: StatusFn | None = None,
-                 **kwargs: Any) -> LoggedCampaign | None:
+def log_or_defer(
+    result: Any, tracking_uri: str | None = None, status: StatusFn | None = None, **kwargs: Any
+) -> LoggedCampaign | None:
     """Log the campaign. The pending marker is written first and removed once logged: if the
     server is unreachable (or this process dies while logging) the marker stays, the results
     stay on disk, and None is returned."""
     marker = Path(result.out_dir) / PENDING
-    record = {"tracking_uri": tracking.resolve_tracking_uri(tracking_uri), "kwargs": kwargs,
-              "since": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "error": "not logged yet"}
+    record = {
+        "tracking_uri": tracking.resolve_tracking_uri(tracking_uri),
+        "kwargs": kwargs,
+        "since": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "error": "not logged yet",
+    }
     marker.write_text(json.dumps(record))
     try:
         logged = log_campaign(result, tracking_uri, status=status, **kwargs)
@@ -357,20 +440,29 @@ def load_campaign(folder: str | Path) -> Any:
     plot = folder / "success_by_condition.png"
     campaign = info.get("campaign", {})
     return SimpleNamespace(
-        out_dir=folder, spec=EvalSpec.from_dict(info["spec"]), spec_digest=info["spec_digest"],
-        checkpoints=[CheckpointSummary(**c) for c in info["checkpoints"]], eval_info_path=folder / "eval_info.json",
-        episodes_parquet=folder / "episodes.parquet", conditions_parquet=folder / "conditions.parquet",
-        plot_path=plot if plot.exists() else None, executor=str(campaign.get("executor", info.get("executor", ""))),
-        started_at=campaign.get("started_at"), finished_at=campaign.get("finished_at"),
-        physics_share=campaign.get("physics_share"), episodes=None)
+        out_dir=folder,
+        spec=EvalSpec.from_dict(info["spec"]),
+        spec_digest=info["spec_digest"],
+        checkpoints=[CheckpointSummary(**c) for c in info["checkpoints"]],
+        eval_info_path=folder / "eval_info.json",
+        episodes_parquet=folder / "episodes.parquet",
+        conditions_parquet=folder / "conditions.parquet",
+        plot_path=plot if plot.exists() else None,
+        executor=str(campaign.get("executor", info.get("executor", ""))),
+        started_at=campaign.get("started_at"),
+        finished_at=campaign.get("finished_at"),
+        physics_share=campaign.get("physics_share"),
+        episodes=None,
+    )
 
 
 def pending_campaigns(root: str | Path) -> list[Path]:
     return sorted(p.parent for p in Path(root).glob(f"**/{PENDING}") if (p.parent / "eval_info.json").is_file())
 
 
-def sync_pending(root: str | Path, tracking_uri: str | None = None, skip: Iterable[str | Path] = (),
-                 status: StatusFn | None = None) -> list[Path]:
+def sync_pending(
+    root: str | Path, tracking_uri: str | None = None, skip: Iterable[str | Path] = (), status: StatusFn | None = None
+) -> list[Path]:
     """Log the campaigns under ``root`` whose upload was deferred (except ``skip``); returns
     the folders synced. Stops at the first that fails to log (the server is still down)."""
     skipped = {Path(p).resolve() for p in skip}
@@ -400,8 +492,9 @@ def resolve_model_uri(uri: str, cache_dir: str | Path, tracking_uri: str | None 
     except tracking.RegisteredModelNotFound as exc:
         raise CheckpointResolveError(str(exc)) from exc
     except Exception as exc:  # noqa: BLE001 - transport errors of any kind
-        raise CheckpointResolveError(f"{uri}: the MLflow registry at {client.tracking_uri} could not be read "
-                                     f"({type(exc).__name__}: {exc})") from exc
+        raise CheckpointResolveError(
+            f"{uri}: the MLflow registry at {client.tracking_uri} could not be read ({type(exc).__name__}: {exc})"
+        ) from exc
     info = {"registered_model": mv.name, "model_version": str(mv.version), "run_id": mv.run_id or ""}
     local = Path(mv.tags.get("checkpoint_dir", ""))
     if mv.tags.get("checkpoint_dir") and (local / "manifest.json").is_file():

@@ -37,8 +37,9 @@ import tempfile
 import time
 import traceback
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -46,8 +47,16 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 KILL_HOOK_ENV = "TWINRANK_EVAL_TEST_SIGKILL"
 _ENV_CACHE_SIZE = 2
-_INFO_SKIP = {"success", "is_success", "step", "condition", "failure_reason", "action_nonfinite", "action_clipped",
-              "action_invalid"}
+_INFO_SKIP = {
+    "success",
+    "is_success",
+    "step",
+    "condition",
+    "failure_reason",
+    "action_nonfinite",
+    "action_clipped",
+    "action_invalid",
+}
 
 Emit = Callable[[tuple], None]
 
@@ -89,7 +98,7 @@ class WorkUnit:
     """One checkpoint x ``episodes`` (condition, seed, perturbation dict) run as one batch.
 
     ``run[i]`` tells whether slot ``i`` is simulated (False: already done). ``attempt``
-    counts re-runs after lost workers."""
+    counts re-runs after lost workers. ``record``: slots whose observations are recorded."""
 
     unit_id: str
     checkpoint: CheckpointRef
@@ -102,6 +111,9 @@ class WorkUnit:
     video: VideoRequest | None = None
     attempt: int = 0
     device: str = "cpu"
+    #: slots whose observations (what the policy acted on, every step) are sent back in a
+    #: ``record`` message before their ``episode`` message (for OOD references)
+    record: tuple[int, ...] = ()
 
     def pending_slots(self) -> list[int]:
         return [i for i, r in enumerate(self.run) if r]
@@ -150,10 +162,16 @@ def observation_cfg(spec: Any) -> Any:
             if image_size is None and len(shape) >= 2:
                 image_size = (int(shape[1]), int(shape[0]))
     num_points = int(spec.obs("point_cloud").shape[0]) if "point_cloud" in keys else 2048
-    return ObservationCfg(state="state" in keys, proprio="proprio" in keys,
-                          rgb=any(k.startswith("rgb/") for k in keys), depth=any(k.startswith("depth/") for k in keys),
-                          point_cloud="point_cloud" in keys, cameras=tuple(cams), image_size=image_size,
-                          num_points=num_points)
+    return ObservationCfg(
+        state="state" in keys,
+        proprio="proprio" in keys,
+        rgb=any(k.startswith("rgb/") for k in keys),
+        depth=any(k.startswith("depth/") for k in keys),
+        point_cloud="point_cloud" in keys,
+        cameras=tuple(cams),
+        image_size=image_size,
+        num_points=num_points,
+    )
 
 
 class CheckpointLoadError(Exception):
@@ -202,8 +220,7 @@ class WorkerState:
         n = max(1, len(unit.pending_slots()))
         # A checkpoint directory's id is a hash of its files: the cached policy is that
         # checkpoint. In-memory policies come with the unit and are never cached.
-        if (ref.path is not None and self._policy is not None
-                and self._policy_id == (ref.checkpoint_id, unit.device)):
+        if ref.path is not None and self._policy is not None and self._policy_id == (ref.checkpoint_id, unit.device):
             spec = self._policy_spec
             envs = self.envs_for(unit.task, spec.action.control_mode, observation_cfg(spec), unit.max_steps, n)
             return self._policy, envs
@@ -220,8 +237,9 @@ class WorkerState:
         try:
             envs = self.envs_for(unit.task, spec.action.control_mode, observation_cfg(spec), unit.max_steps, n)
         except Exception as exc:  # noqa: BLE001 - a spec the env cannot be built for
-            raise CheckpointLoadError(f"cannot build a {unit.task!r} env for the policy's spec: "
-                                      f"{type(exc).__name__}: {exc}") from exc
+            raise CheckpointLoadError(
+                f"cannot build a {unit.task!r} env for the policy's spec: {type(exc).__name__}: {exc}"
+            ) from exc
         if ref.path is not None:
             try:
                 policy = load_checkpoint(ref.path, device=unit.device, task_env=envs[0])
@@ -256,145 +274,136 @@ class WorkerState:
             emit(("error", unit.unit_id, {"kind": "checkpoint", "message": str(exc)}))
             return
         except Exception as exc:  # noqa: BLE001
-            emit(("error", unit.unit_id, {"kind": "checkpoint",
-                                          "message": f"loading failed: {type(exc).__name__}: {exc}"}))
+            emit(
+                (
+                    "error",
+                    unit.unit_id,
+                    {"kind": "checkpoint", "message": f"loading failed: {type(exc).__name__}: {exc}"},
+                )
+            )
             return
         load_s = time.perf_counter() - t0
         physics0 = sum(e.physics_s for e in envs)
         try:
             steps = self._rollout(unit, policy, envs, emit)
         except Exception as exc:  # noqa: BLE001 - a bug or an env that cannot reset
-            emit(("error", unit.unit_id, {"kind": "unit", "message": f"{type(exc).__name__}: {exc}",
-                                          "traceback": traceback.format_exc()}))
+            emit(
+                (
+                    "error",
+                    unit.unit_id,
+                    {"kind": "unit", "message": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()},
+                )
+            )
             return
-        emit(("done", unit.unit_id, {"load_s": load_s, "elapsed_s": time.perf_counter() - t0, "steps": steps,
-                                     "physics_s": sum(e.physics_s for e in envs) - physics0, "pid": os.getpid(),
-                                     "torch_threads": _torch_threads_now()}))
+        emit(
+            (
+                "done",
+                unit.unit_id,
+                {
+                    "load_s": load_s,
+                    "elapsed_s": time.perf_counter() - t0,
+                    "steps": steps,
+                    "physics_s": sum(e.physics_s for e in envs) - physics0,
+                    "pid": os.getpid(),
+                    "torch_threads": _torch_threads_now(),
+                },
+            )
+        )
 
     def _rollout(self, unit: WorkUnit, policy: Any, envs: list[Any], emit: Emit) -> int:
+        """The unit's pending episodes through the rollout engine (:func:`policies.rollout.run_episodes`),
+        streaming each result (and its video) as it ends."""
+        from policies.rollout import EpisodeOutcome, RolloutHooks, run_episodes
         from twin.perturbations import Condition
 
-        spec = self._policy_spec
         B = int(unit.batch_size)
         slots = unit.pending_slots()
         if len(unit.episodes) > B:
             raise ValueError(f"unit {unit.unit_id} has {len(unit.episodes)} episodes for batch size {B}")
         env_of = {slot: envs[j] for j, slot in enumerate(slots)}
-        keys = list(spec.obs_keys)
-        pads = {k: np.zeros(spec.obs(k).shape, dtype=np.dtype(spec.obs(k).dtype)) for k in keys}
-        obs: dict[int, dict[str, np.ndarray]] = {}
-        ret = {i: 0.0 for i in slots}
-        length = {i: 0 for i in slots}
         video = unit.video
         frames: dict[int, list[np.ndarray]] = {i: [] for i in (video.slots if video else {}) if i in env_of}
-        camera = None
-        for i in slots:
-            cond, seed, pert = unit.episodes[i]
-            o, _ = env_of[i].reset(seed=int(seed), options={"condition": Condition.from_dict(pert)})
-            obs[i] = o
-        if frames:
-            camera = video.camera or env_of[next(iter(frames))].camera_names()[0]
-            for i in frames:
-                frames[i].append(env_of[i].render_camera(camera, video.width, video.height))
-        if hasattr(policy, "reset"):
-            policy.reset()
+        camera = (video.camera or env_of[next(iter(frames))].camera_names()[0]) if frames and video else None
         if not unit.deterministic and hasattr(policy, "seed"):
             policy.seed(_stable_seed(unit.unit_id))
-        active = set(slots)
-        cap = max(env.cfg.terminations.max_steps for env in envs) + 1 if envs else 0
-        steps = 0
 
-        def finish(i: int, success: bool, reason: str, error: str = "", info: dict[str, Any] | None = None) -> None:
+        def on_step() -> None:
+            if self._parent_pid is not None and os.getppid() != self._parent_pid:
+                os._exit(1)  # the campaign process died: nobody reads these results
+            if self._hook is not None:
+                self._hook.maybe_kill()
+
+        def on_frame(i: int, env: Any, *_: Any) -> None:
+            if i in frames and video is not None:
+                frames[i].append(env.render_camera(camera, video.width, video.height))
+
+        recorded: dict[int, dict[str, list[np.ndarray]]] = {i: {} for i in unit.record if i in env_of}
+
+        def on_obs(i: int, obs: dict[str, np.ndarray]) -> None:
+            if i in recorded:
+                for k in self._policy_spec.obs_keys:
+                    recorded[i].setdefault(k, []).append(np.array(obs[k], copy=True))
+
+        def on_episode(out: EpisodeOutcome) -> None:
+            i = out.slot
             cond, seed, _ = unit.episodes[i]
-            payload = {"slot": i, "checkpoint_id": unit.checkpoint.checkpoint_id, "task": unit.task,
-                       "condition": cond, "seed": int(seed), "success": bool(success), "return": float(ret[i]),
-                       "length": int(length[i]), "failure_reason": "" if success else reason, "error": error,
-                       "final_info": _numeric_info(info or {})}
-            active.discard(i)
-            if i in frames:
-                labels = video_labels(unit.checkpoint.label, cond, int(seed), bool(success), payload["failure_reason"],
-                                      video.slots[i])
+            if i in recorded:  # before the episode: a stored result always has its record
+                obs = {k: np.stack(v) for k, v in recorded.pop(i).items()}
+                emit(("record", unit.unit_id, {"slot": i, "condition": cond, "seed": int(seed), "obs": obs}))
+            payload = {
+                "slot": i,
+                "checkpoint_id": unit.checkpoint.checkpoint_id,
+                "task": unit.task,
+                "condition": cond,
+                "seed": int(seed),
+                "success": out.success,
+                "return": out.ret,
+                "length": out.length,
+                "failure_reason": out.failure_reason,
+                "error": out.error,
+                "final_info": _numeric_info(out.info),
+            }
+            if i in frames and video is not None:
+                labels = video_labels(
+                    unit.checkpoint.label, cond, int(seed), out.success, out.failure_reason, video.slots[i]
+                )
                 data, fmt = encode_video(label_frames(frames.pop(i), labels), video.fps, video.format)
-                emit(("video", unit.unit_id, {"slot": i, "tag": video.slots[i], "data": data, "format": fmt,
-                                              "camera": camera, "result": payload}))
+                emit(
+                    (
+                        "video",
+                        unit.unit_id,
+                        {
+                            "slot": i,
+                            "tag": video.slots[i],
+                            "data": data,
+                            "format": fmt,
+                            "camera": camera,
+                            "result": payload,
+                        },
+                    )
+                )
             emit(("episode", unit.unit_id, payload))
             if self._hook is not None:
                 self._hook.emitted += 1
 
-        def env_failed(i: int, exc: Exception) -> None:
-            finish(i, False, "env_error", f"step {length[i]}: {type(exc).__name__}: {exc}")
-
-        while active and steps < cap:
-            if self._parent_pid is not None and os.getppid() != self._parent_pid:
-                os._exit(1)  # the campaign process died: nobody reads these results
-            batch = {k: np.stack([obs[i][k] if i in active else pads[k] for i in range(B)]) for k in keys}
-            try:
-                actions = np.asarray(policy.act(batch, deterministic=unit.deterministic))
-                if actions.shape[:1] != (B,):
-                    raise ValueError(f"act() returned shape {actions.shape} for a batch of {B}")
-            except Exception as exc:  # noqa: BLE001 - the policy's own failure
-                msg = f"step {steps}: {type(exc).__name__}: {exc}"
-                for i in sorted(active):
-                    finish(i, False, "policy_error", msg)
-                break
-            steps += 1
-            # One env step per active env, in the env's three phases across the batch (every
-            # action, then every env's physics, then every outcome and observation): the same
-            # results as env.step per env, with each phase's code kept hot in the CPU caches.
-            begun: list[tuple[int, Any, dict[str, Any]]] = []
-            for i in sorted(active):
-                if self._hook is not None:
-                    self._hook.maybe_kill()
-                bad = _check_action(actions[i], spec.action)
-                if bad is not None:
-                    finish(i, False, bad[0], f"step {length[i]}: {bad[1]}")
-                    continue
-                env = env_of[i]
-                try:
-                    begun.append((i, env, env.begin_step(actions[i])))
-                except Exception as exc:  # noqa: BLE001
-                    env_failed(i, exc)
-            stepped: list[tuple[int, Any, dict[str, Any], bool]] = []
-            for i, env, report in begun:
-                try:
-                    stepped.append((i, env, report, env.physics_step()))
-                except Exception as exc:  # noqa: BLE001
-                    env_failed(i, exc)
-            for i, env, report, stable in stepped:
-                try:
-                    o, r, term, trunc, info = env.end_step(report, stable)
-                except Exception as exc:  # noqa: BLE001
-                    env_failed(i, exc)
-                    continue
-                obs[i] = o
-                ret[i] += float(r)
-                length[i] += 1
-                if i in frames:
-                    frames[i].append(env.render_camera(camera, video.width, video.height))
-                if term or trunc:
-                    success = bool(info.get("success", False))
-                    finish(i, success, str(info.get("failure_reason") or ("" if success else "failure")), "", info)
-        for i in sorted(active):  # only if the env never ended its episode (should not happen)
-            finish(i, False, "timeout", f"no termination after {steps} steps")
+        hooks = RolloutHooks(
+            on_reset=on_frame,
+            on_obs=on_obs if recorded else None,
+            on_step=on_step,
+            on_env_step=on_frame,
+            on_episode=on_episode,
+        )
+        episodes = {i: (int(unit.episodes[i][1]), Condition.from_dict(unit.episodes[i][2])) for i in slots}
+        _, steps = run_episodes(
+            policy,
+            env_of,
+            episodes,
+            spec=self._policy_spec,
+            batch_size=B,
+            deterministic=unit.deterministic,
+            hooks=hooks,
+        )
         return steps
-
-
-def _check_action(a: Any, aspec: Any) -> tuple[str, str] | None:
-    a = np.asarray(a)
-    if aspec.discrete:
-        if a.size != 1:
-            return "policy_invalid_action", f"discrete action of shape {a.shape}"
-        v = a.reshape(-1)[0]
-        if np.issubdtype(a.dtype, np.floating) and not np.isfinite(v):
-            return "policy_nonfinite_action", f"action {v!r}"
-        if not (0 <= v < aspec.n) or v != int(v):
-            return "policy_invalid_action", f"action {v!r} is not in 0..{aspec.n - 1} (NaN cast to int?)"
-        return None
-    if a.shape != tuple(aspec.shape):
-        return "policy_invalid_action", f"action shape {a.shape}, expected {tuple(aspec.shape)}"
-    if not np.isfinite(a.astype(np.float64)).all():
-        return "policy_nonfinite_action", f"non-finite action {a.tolist()}"
-    return None
 
 
 def _numeric_info(info: dict[str, Any]) -> dict[str, float]:
@@ -424,8 +433,9 @@ _LABEL_GREEN = (90, 230, 90)
 _LABEL_RED = (255, 90, 90)
 
 
-def video_labels(checkpoint: str, condition: str, seed: int, success: bool, failure_reason: str,
-                 tag: str) -> list[tuple[str, tuple[int, int, int]]]:
+def video_labels(
+    checkpoint: str, condition: str, seed: int, success: bool, failure_reason: str, tag: str
+) -> list[tuple[str, tuple[int, int, int]]]:
     """The two lines drawn on an episode's frames: condition, seed and checkpoint (top; cut
     from the right when too long), the outcome (bottom)."""
     top = f"{condition} | seed {seed} | {checkpoint}"
@@ -465,7 +475,7 @@ def label_frames(frames: list[np.ndarray], labels: list[tuple[str, tuple[int, in
     for frame in frames:
         f = np.array(frame, dtype=np.uint8, copy=True)
         for row, band, mask in bands:
-            region = f[row:row + band_h]
+            region = f[row : row + band_h]
             if row < 0 or region.shape[0] != band_h:  # a frame too small for its labels: left as it is
                 continue
             # a darkened band under the text keeps it readable on any scene
@@ -499,8 +509,16 @@ def encode_video(frames: list[np.ndarray], fps: int, fmt: str = "auto") -> tuple
             try:
                 import imageio_ffmpeg  # noqa: F401
 
-                iio.imwrite(path, arr, plugin="FFMPEG", fps=fps, codec="libx264", macro_block_size=2,
-                            pixelformat="yuv420p", ffmpeg_log_level="error")
+                iio.imwrite(
+                    path,
+                    arr,
+                    plugin="FFMPEG",
+                    fps=fps,
+                    codec="libx264",
+                    macro_block_size=2,
+                    pixelformat="yuv420p",
+                    ffmpeg_log_level="error",
+                )
             except ImportError:
                 iio.imwrite(path, arr, plugin="pyav", fps=fps, codec="libx264")
         elif fmt == "gif":
@@ -529,8 +547,14 @@ def die_with_parent(parent_pid: int, pdeathsig: bool = True) -> None:
     from twin.lifeline import ParentGone, bind_to_parent
 
     try:
-        bind_to_parent("twinrank eval worker", signal.SIGKILL, poll_s=PARENT_CHECK_S, grace_s=0.0,
-                       expected=parent_pid, death_signal=pdeathsig)
+        bind_to_parent(
+            "twinrank eval worker",
+            signal.SIGKILL,
+            poll_s=PARENT_CHECK_S,
+            grace_s=0.0,
+            expected=parent_pid,
+            death_signal=pdeathsig,
+        )
     except ParentGone:
         os._exit(1)
 
@@ -552,8 +576,9 @@ def _torch_threads_now() -> int:
     return int(torch.get_num_threads()) if torch is not None else 0
 
 
-def worker_main(conn: Any, index: int = 0, parent_pid: int | None = None, torch_threads: str | None = None,
-                pdeathsig: bool = True) -> None:
+def worker_main(
+    conn: Any, index: int = 0, parent_pid: int | None = None, torch_threads: str | None = None, pdeathsig: bool = True
+) -> None:
     """Entry point of a local worker process: ``conn`` receives WorkUnits (None = stop).
 
     ``parent_pid``: the process that started this one (the worker ends with it, see
@@ -586,6 +611,19 @@ def worker_main(conn: Any, index: int = 0, parent_pid: int | None = None, torch_
     os._exit(0)  # skip the interpreter teardown (torch, EGL): seconds per worker
 
 
-__all__ = ["CheckpointRef", "KILL_HOOK_ENV", "PARENT_CHECK_S", "VideoRequest", "WorkUnit", "WorkerState",
-           "die_with_parent", "encode_video", "label_frames", "observation_cfg", "set_worker_threads", "video_backend",
-           "video_labels", "worker_main"]
+__all__ = [
+    "CheckpointRef",
+    "KILL_HOOK_ENV",
+    "PARENT_CHECK_S",
+    "VideoRequest",
+    "WorkUnit",
+    "WorkerState",
+    "die_with_parent",
+    "encode_video",
+    "label_frames",
+    "observation_cfg",
+    "set_worker_threads",
+    "video_backend",
+    "video_labels",
+    "worker_main",
+]

@@ -14,12 +14,12 @@ signal: each node ties itself to its parent at start (``twin.lifeline``), and
 
 import os
 
-from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 
+from launch import LaunchDescription
 from twin.live.graph import LAUNCH_ARGUMENTS, live_graph, parse_launch_arguments
 
 
@@ -30,15 +30,28 @@ def _nodes(context, *args, **kwargs):
     for desc in live_graph(**parse_launch_arguments(values)):
         # value_type keeps e.g. a string parameter '1' a string (launch_ros YAML-parses strings)
         params = {k: ParameterValue(v, value_type=type(v)) for k, v in desc.parameters.items()}
-        actions.append(Node(package=desc.package, executable=desc.executable, name=desc.name,
-                            parameters=[params], remappings=list(desc.remaps), output="screen",
-                            emulate_tty=True, additional_env=parent))
+        actions.append(
+            Node(
+                package=desc.package,
+                executable=desc.executable,
+                name=desc.name,
+                parameters=[params],
+                remappings=list(desc.remaps),
+                output="screen",
+                emulate_tty=True,
+                additional_env=parent,
+            )
+        )
     return actions
 
 
 def generate_launch_description():
-    return LaunchDescription([
-        *[DeclareLaunchArgument(a.name, default_value=a.default, description=a.description)
-          for a in LAUNCH_ARGUMENTS],
-        OpaqueFunction(function=_nodes),
-    ])
+    return LaunchDescription(
+        [
+            *[
+                DeclareLaunchArgument(a.name, default_value=a.default, description=a.description)
+                for a in LAUNCH_ARGUMENTS
+            ],
+            OpaqueFunction(function=_nodes),
+        ]
+    )

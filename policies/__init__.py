@@ -8,6 +8,17 @@ See policies/README.md. Public API::
                           save_checkpoint, load_checkpoint, read_manifest, import_torch_checkpoint)
 """
 
+from policies.adapters import CallablePolicy, TorchModuleAdapter  # noqa: E402
+from policies.checkpoint import (  # noqa: E402
+    CheckpointError,
+    CheckpointSpecError,
+    import_torch_checkpoint,
+    load_checkpoint,
+    read_manifest,
+    save_checkpoint,
+    verify_checkpoint,
+)
+from policies.diffusion import DiffusionConfig, DiffusionPolicy  # noqa: E402
 from policies.interface import (
     ActionSpec,
     ChunkedPolicy,
@@ -30,17 +41,6 @@ from policies.interface import (
     resolve_device,
 )
 from policies.models import MLPConfig, MLPPolicy, PointCloudConfig, PointCloudPolicy, RunningNorm  # noqa: E402
-from policies.diffusion import DiffusionConfig, DiffusionPolicy  # noqa: E402
-from policies.adapters import CallablePolicy, TorchModuleAdapter  # noqa: E402
-from policies.checkpoint import (  # noqa: E402
-    CheckpointError,
-    CheckpointSpecError,
-    import_torch_checkpoint,
-    load_checkpoint,
-    read_manifest,
-    save_checkpoint,
-    verify_checkpoint,
-)
 
 __all__ = [
     "ActionSpec",

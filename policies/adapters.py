@@ -30,7 +30,8 @@ them; they are not registered policy classes, so they cannot be written as check
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -55,17 +56,26 @@ class TorchModuleAdapter(Policy):
     ``features_fn(module, x)`` when given.
     """
 
-    def __init__(self, module: nn.Module, spec: PolicySpec, obs_key: str = "state", discrete: bool = False, *,
-                 action_std: float = 0.0, obs_scale: float = 1.0,
-                 features_fn: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None,
-                 device: str = "cpu") -> None:
+    def __init__(
+        self,
+        module: nn.Module,
+        spec: PolicySpec,
+        obs_key: str = "state",
+        discrete: bool = False,
+        *,
+        action_std: float = 0.0,
+        obs_scale: float = 1.0,
+        features_fn: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None,
+        device: str = "cpu",
+    ) -> None:
         if not isinstance(module, nn.Module):
             raise TypeError(f"TorchModuleAdapter wraps a torch.nn.Module, got {type(module).__name__}")
         self._obs_key = obs_key
         super().__init__(None, spec)
         if discrete != self.spec.action.discrete:
-            raise SpecMismatchError(f"TorchModuleAdapter(discrete={discrete}) but the spec's action is "
-                                    f"{self.spec.action.describe()}")
+            raise SpecMismatchError(
+                f"TorchModuleAdapter(discrete={discrete}) but the spec's action is {self.spec.action.describe()}"
+            )
         self.module = module
         self.discrete = discrete
         self.action_std = float(action_std)
@@ -121,17 +131,24 @@ class CallablePolicy:
     ``reset_fn(env_ids)`` and ``features_fn(obs) -> (B, F)`` are optional.
     """
 
-    def __init__(self, fn: Callable[..., Any], spec: PolicySpec, *,
-                 reset_fn: Callable[[Sequence[int] | None], None] | None = None,
-                 features_fn: Callable[[dict[str, np.ndarray]], np.ndarray] | None = None) -> None:
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        spec: PolicySpec,
+        *,
+        reset_fn: Callable[[Sequence[int] | None], None] | None = None,
+        features_fn: Callable[[dict[str, np.ndarray]], np.ndarray] | None = None,
+    ) -> None:
         self.fn = fn
         self.spec = spec
         self.reset_fn = reset_fn
         self.features_fn = features_fn
         try:
             params = inspect.signature(fn).parameters
-            self._takes_flag = "deterministic" in params or len(
-                [p for p in params.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]) >= 2
+            self._takes_flag = (
+                "deterministic" in params
+                or len([p for p in params.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]) >= 2
+            )
         except (TypeError, ValueError):
             self._takes_flag = False
 

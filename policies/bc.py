@@ -8,8 +8,8 @@ in Diffusion Policy.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -28,8 +28,9 @@ class BCConfig:
     seed: int = 0
 
 
-def episodes_to_samples(episodes: list[Episode], keys: list[str], n_obs_steps: int = 1,
-                        horizon: int = 1, action_offset: int = 0) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def episodes_to_samples(
+    episodes: list[Episode], keys: list[str], n_obs_steps: int = 1, horizon: int = 1, action_offset: int = 0
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Training samples from episodes: plain (obs, action) pairs, or windows for chunked policies.
 
     The action window of sample t starts at ``t + action_offset`` (Diffusion Policy: the
@@ -55,8 +56,13 @@ def episodes_to_samples(episodes: list[Episode], keys: list[str], n_obs_steps: i
     return {k: np.concatenate(v) for k, v in obs_cols.items()}, np.concatenate(acts)
 
 
-def train_bc(policy: Policy, obs: dict[str, np.ndarray], actions: np.ndarray, cfg: BCConfig,
-             callback: Callable[[int, float], bool | None] | None = None) -> list[float]:
+def train_bc(
+    policy: Policy,
+    obs: dict[str, np.ndarray],
+    actions: np.ndarray,
+    cfg: BCConfig,
+    callback: Callable[[int, float], bool | None] | None = None,
+) -> list[float]:
     """Minimise ``policy.compute_bc_loss`` over the dataset; returns the per-epoch mean loss.
 
     ``callback(epoch, loss)`` runs after each epoch; returning True stops training.
@@ -72,7 +78,7 @@ def train_bc(policy: Policy, obs: dict[str, np.ndarray], actions: np.ndarray, cf
         perm = rng.permutation(n)
         total, batches = 0.0, 0
         for start in range(0, n, cfg.batch_size):
-            idx = perm[start:start + cfg.batch_size]
+            idx = perm[start : start + cfg.batch_size]
             loss = policy.compute_bc_loss({k: v[idx] for k, v in obs.items()}, actions[idx])
             opt.zero_grad()
             loss.backward()

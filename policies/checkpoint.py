@@ -66,17 +66,42 @@ _MAX_HEADER = 100 * 1024 * 1024
 
 #: safetensors dtype codes <-> torch dtypes / manifest names
 _ST_DTYPES: dict[str, str] = {
-    "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
-    "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool",
+    "F64": "float64",
+    "F32": "float32",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "I64": "int64",
+    "I32": "int32",
+    "I16": "int16",
+    "I8": "int8",
+    "U8": "uint8",
+    "BOOL": "bool",
 }
 _TORCH_DTYPES: dict[str, torch.dtype] = {
-    "float64": torch.float64, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
-    "int64": torch.int64, "int32": torch.int32, "int16": torch.int16, "int8": torch.int8, "uint8": torch.uint8,
+    "float64": torch.float64,
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "int64": torch.int64,
+    "int32": torch.int32,
+    "int16": torch.int16,
+    "int8": torch.int8,
+    "uint8": torch.uint8,
     "bool": torch.bool,
 }
 _DTYPE_NAMES = {v: k for k, v in _TORCH_DTYPES.items()}
-_ITEMSIZE = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4, "int16": 2,
-             "int8": 1, "uint8": 1, "bool": 1}
+_ITEMSIZE = {
+    "float64": 8,
+    "float32": 4,
+    "float16": 2,
+    "bfloat16": 2,
+    "int64": 8,
+    "int32": 4,
+    "int16": 2,
+    "int8": 1,
+    "uint8": 1,
+    "bool": 1,
+}
 
 _REQUIRED_FIELDS: dict[str, type | tuple[type, ...]] = {
     "format": str,
@@ -142,8 +167,13 @@ def code_version() -> dict[str, Any]:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
         if commit.returncode == 0:
             out["git_commit"] = commit.stdout.strip()
-            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                                   capture_output=True, text=True, timeout=10)
+            dirty = subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"],
+                cwd=root,
+                capture_output=True,
+                text=True,
+                timeout=10,
+            )
             out["git_dirty"] = bool(dirty.stdout.strip()) if dirty.returncode == 0 else False
     except (OSError, subprocess.SubprocessError):
         pass
@@ -166,17 +196,24 @@ def _sniff_weights(path: Path) -> None:
         head = f.read(9)
     if head[:1] == b"\x80" or head[:2] == b"PK":
         kind = "pickle" if head[:1] == b"\x80" else "zip"
-        raise CheckpointError(path, "model.safetensors",
-                              f"this is a {kind} (torch.save) file, not safetensors; it is never unpickled. Use "
-                              f"import_torch_checkpoint(..., allow_torch_load=True) if you trust it")
+        raise CheckpointError(
+            path,
+            "model.safetensors",
+            f"this is a {kind} (torch.save) file, not safetensors; it is never unpickled. Use "
+            f"import_torch_checkpoint(..., allow_torch_load=True) if you trust it",
+        )
     if size < 10:
-        raise CheckpointError(path, "model.safetensors", f"file is {size} bytes: too short to be safetensors "
-                                                         f"(truncated?)")
+        raise CheckpointError(
+            path, "model.safetensors", f"file is {size} bytes: too short to be safetensors (truncated?)"
+        )
     n = int.from_bytes(head[:8], "little")
     if head[8:9] != b"{" or n > min(size - 8, _MAX_HEADER):
-        raise CheckpointError(path, "model.safetensors",
-                              f"not a safetensors file (expected an 8-byte little-endian header length followed "
-                              f"by a JSON header; header length reads {n} for a {size}-byte file, truncated?)")
+        raise CheckpointError(
+            path,
+            "model.safetensors",
+            f"not a safetensors file (expected an 8-byte little-endian header length followed "
+            f"by a JSON header; header length reads {n} for a {size}-byte file, truncated?)",
+        )
 
 
 def read_safetensors_header(path: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
@@ -205,23 +242,28 @@ def read_safetensors_header(path: str | os.PathLike[str]) -> dict[str, dict[str,
             shape = [int(s) for s in info["shape"]]
             start, end = (int(x) for x in info["data_offsets"])
         except (KeyError, TypeError, ValueError) as exc:
-            raise CheckpointError(path, f"model.safetensors:{name}",
-                                  f"bad safetensors header entry {info!r} ({exc})") from exc
+            raise CheckpointError(
+                path, f"model.safetensors:{name}", f"bad safetensors header entry {info!r} ({exc})"
+            ) from exc
         numel = 1
         for s in shape:
             numel *= s
         if end - start != numel * _ITEMSIZE[dtype] or start < 0:
-            raise CheckpointError(path, f"model.safetensors:{name}",
-                                  f"data offsets {start}..{end} do not fit shape {shape} of {dtype}")
+            raise CheckpointError(
+                path, f"model.safetensors:{name}", f"data offsets {start}..{end} do not fit shape {shape} of {dtype}"
+            )
         end_max = max(end_max, end)
         out[name] = {"shape": shape, "dtype": dtype}
     if end_max > data_len:
-        raise CheckpointError(path, "model.safetensors",
-                              f"file is truncated: the header declares {end_max} bytes of tensor data but only "
-                              f"{data_len} follow it")
+        raise CheckpointError(
+            path,
+            "model.safetensors",
+            f"file is truncated: the header declares {end_max} bytes of tensor data but only {data_len} follow it",
+        )
     if end_max < data_len:
-        raise CheckpointError(path, "model.safetensors",
-                              f"{data_len - end_max} unexpected trailing bytes after the tensor data")
+        raise CheckpointError(
+            path, "model.safetensors", f"{data_len - end_max} unexpected trailing bytes after the tensor data"
+        )
     return out
 
 
@@ -260,10 +302,12 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise CheckpointError(mpath, "format", f"format is {m.get('format')!r}, expected {FORMAT!r}")
     ver = m.get("format_version")
     if not isinstance(ver, int) or isinstance(ver, bool) or ver not in SUPPORTED_VERSIONS:
-        raise CheckpointError(mpath, "format_version",
-                              f"unsupported format_version {ver!r}; this twinrank reads {list(SUPPORTED_VERSIONS)}"
-                              + (" (written by a newer twinrank?)" if isinstance(ver, int) and ver > FORMAT_VERSION
-                                 else ""))
+        raise CheckpointError(
+            mpath,
+            "format_version",
+            f"unsupported format_version {ver!r}; this twinrank reads {list(SUPPORTED_VERSIONS)}"
+            + (" (written by a newer twinrank?)" if isinstance(ver, int) and ver > FORMAT_VERSION else ""),
+        )
     for name, typ in _REQUIRED_FIELDS.items():
         if name not in m:
             raise CheckpointError(mpath, name, f"manifest field {name!r} is missing")
@@ -281,9 +325,11 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
         if not isinstance(info, dict) or set(info) != {"shape", "dtype"}:
             raise CheckpointError(mpath, f, f"tensor entry must be {{'shape': [...], 'dtype': ...}}, got {info!r}")
         if not isinstance(info["shape"], list) or not all(
-                isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in info["shape"]):
-            raise CheckpointError(mpath, f + ".shape", f"shape must be a list of non-negative ints, got "
-                                                       f"{info['shape']!r}")
+            isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in info["shape"]
+        ):
+            raise CheckpointError(
+                mpath, f + ".shape", f"shape must be a list of non-negative ints, got {info['shape']!r}"
+            )
         if info["dtype"] not in _TORCH_DTYPES:
             raise CheckpointError(mpath, f + ".dtype", f"unknown dtype {info['dtype']!r}")
     if "extra" in m and not isinstance(m["extra"], dict):
@@ -308,8 +354,15 @@ def _state_tensors(policy: Policy) -> dict[str, torch.Tensor]:
     return out
 
 
-def save_checkpoint(policy: Policy, directory: str | os.PathLike[str], *, training_step: int, run_id: str = "",
-                    data_digest: str = "", extra: dict[str, Any] | None = None) -> Path:
+def save_checkpoint(
+    policy: Policy,
+    directory: str | os.PathLike[str],
+    *,
+    training_step: int,
+    run_id: str = "",
+    data_digest: str = "",
+    extra: dict[str, Any] | None = None,
+) -> Path:
     """Write ``directory/model.safetensors`` and ``directory/manifest.json``; returns ``directory``.
 
     The policy must be a registered :class:`Policy` (``@register_policy``) with a config
@@ -318,9 +371,12 @@ def save_checkpoint(policy: Policy, directory: str | os.PathLike[str], *, traini
     from safetensors.torch import save
 
     if not isinstance(policy, Policy) or not policy.policy_name:
-        raise CheckpointError(directory, "policy_class",
-                              f"{type(policy).__name__} is not a registered policy class; only @register_policy "
-                              f"classes with a config dataclass can be saved (adapters cannot)")
+        raise CheckpointError(
+            directory,
+            "policy_class",
+            f"{type(policy).__name__} is not a registered policy class; only @register_policy "
+            f"classes with a config dataclass can be saved (adapters cannot)",
+        )
     if type(policy).policy_name != policy.policy_name:
         raise CheckpointError(directory, "policy_class", f"{type(policy).__name__} is not registered itself")
     if isinstance(training_step, bool) or not isinstance(training_step, int) or training_step < 0:
@@ -343,7 +399,7 @@ def save_checkpoint(policy: Policy, directory: str | os.PathLike[str], *, traini
         "run_id": run_id,
         "data_digest": data_digest,
         "code_version": code_version(),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "tensors": {k: {"shape": list(t.shape), "dtype": _DTYPE_NAMES[t.dtype]} for k, t in tensors.items()},
         "sha256": hashlib.sha256(blob).hexdigest(),
         "extra": extra or {},
@@ -362,25 +418,32 @@ def save_checkpoint(policy: Policy, directory: str | os.PathLike[str], *, traini
 # ---------------------------------------------------------------------------------------------
 
 
-def _compare_tables(path: Path, have: dict[str, dict[str, Any]], want: dict[str, dict[str, Any]],
-                    have_name: str, want_name: str) -> None:
+def _compare_tables(
+    path: Path, have: dict[str, dict[str, Any]], want: dict[str, dict[str, Any]], have_name: str, want_name: str
+) -> None:
     missing = sorted(set(want) - set(have))
     unexpected = sorted(set(have) - set(want))
     if missing:
-        raise CheckpointError(path, "tensors", f"missing tensors {missing}: {want_name} has them, {have_name} "
-                                               f"does not")
+        raise CheckpointError(path, "tensors", f"missing tensors {missing}: {want_name} has them, {have_name} does not")
     if unexpected:
-        raise CheckpointError(path, "tensors", f"unexpected tensors {unexpected}: {have_name} has them, "
-                                               f"{want_name} does not")
+        raise CheckpointError(
+            path, "tensors", f"unexpected tensors {unexpected}: {have_name} has them, {want_name} does not"
+        )
     for name in want:
         if list(have[name]["shape"]) != list(want[name]["shape"]):
-            raise CheckpointError(path, f"tensors.{name}.shape",
-                                  f"tensor {name!r} has shape {list(have[name]['shape'])} in {have_name} but "
-                                  f"{list(want[name]['shape'])} in {want_name}")
+            raise CheckpointError(
+                path,
+                f"tensors.{name}.shape",
+                f"tensor {name!r} has shape {list(have[name]['shape'])} in {have_name} but "
+                f"{list(want[name]['shape'])} in {want_name}",
+            )
         if have[name]["dtype"] != want[name]["dtype"]:
-            raise CheckpointError(path, f"tensors.{name}.dtype",
-                                  f"tensor {name!r} has dtype {have[name]['dtype']} in {have_name} but "
-                                  f"{want[name]['dtype']} in {want_name}")
+            raise CheckpointError(
+                path,
+                f"tensors.{name}.dtype",
+                f"tensor {name!r} has dtype {have[name]['dtype']} in {have_name} but "
+                f"{want[name]['dtype']} in {want_name}",
+            )
 
 
 def _build(path: Path, policy_class: str | type[Policy], config: Any, spec: Any) -> Policy:
@@ -409,8 +472,10 @@ def _build(path: Path, policy_class: str | type[Policy], config: Any, spec: Any)
 
 
 def _model_table(policy: Policy) -> dict[str, dict[str, Any]]:
-    return {k: {"shape": list(t.shape), "dtype": _DTYPE_NAMES.get(t.dtype, str(t.dtype))}
-            for k, t in policy.state_dict().items()}
+    return {
+        k: {"shape": list(t.shape), "dtype": _DTYPE_NAMES.get(t.dtype, str(t.dtype))}
+        for k, t in policy.state_dict().items()
+    }
 
 
 #: elements a model may hold beyond its checkpoint's tensors (buffers derived from the config,
@@ -452,10 +517,13 @@ def _check_config_fits_weights(mpath: Path, m: dict[str, Any], header: dict[str,
     def refuse(detail: str, dims: set[int]) -> None:
         fields = _fields_setting(config, dims)
         where = ", ".join(f"config.{f}={config[f]!r}" for f in fields) if fields else "config"
-        raise CheckpointError(mpath, f"config.{fields[0]}" if len(fields) == 1 else "config",
-                              f"manifest {where} does not match the tensors in {WEIGHTS_NAME} ({detail}); the "
-                              f"manifest was edited or belongs to other weights: restore the config the weights "
-                              f"were saved with")
+        raise CheckpointError(
+            mpath,
+            f"config.{fields[0]}" if len(fields) == 1 else "config",
+            f"manifest {where} does not match the tensors in {WEIGHTS_NAME} ({detail}); the "
+            f"manifest was edited or belongs to other weights: restore the config the weights "
+            f"were saved with",
+        )
 
     for name in model:
         if name in header and list(header[name]["shape"]) != list(model[name]["shape"]):
@@ -472,8 +540,10 @@ def _check_config_fits_weights(mpath: Path, m: dict[str, Any], header: dict[str,
     if total > limit:
         name, shape = max(derived, key=lambda d: _numel(d[1]))
         stored_dims = {int(s) for t in header.values() for s in t["shape"]}
-        refuse(f"the config implies {total} elements, the file holds {stored}; buffer {name} alone has shape "
-               f"{shape}", set(shape) - stored_dims)
+        refuse(
+            f"the config implies {total} elements, the file holds {stored}; buffer {name} alone has shape {shape}",
+            set(shape) - stored_dims,
+        )
 
 
 def _load_into(path: Path, policy: Policy, tensors: dict[str, torch.Tensor]) -> None:
@@ -483,8 +553,9 @@ def _load_into(path: Path, policy: Policy, tensors: dict[str, torch.Tensor]) -> 
         raise CheckpointError(path, "tensors", f"cannot load the tensors: {exc}") from exc
 
 
-def load_checkpoint(directory_or_manifest: str | os.PathLike[str], device: str = "cpu", *,
-                    task_env: Any = None) -> Policy:
+def load_checkpoint(
+    directory_or_manifest: str | os.PathLike[str], device: str = "cpu", *, task_env: Any = None
+) -> Policy:
     """Load and validate a checkpoint; returns a new policy in eval mode on ``device``.
 
     ``task_env`` (a TwinEnv / BatchedTwinEnv) additionally checks the spec against that env.
@@ -499,28 +570,41 @@ def load_checkpoint(directory_or_manifest: str | os.PathLike[str], device: str =
     digest = sha256_file(wpath)
     if digest != m["sha256"]:
         size = wpath.stat().st_size
-        raise CheckpointError(wpath, "sha256", f"sha256 of {WEIGHTS_NAME} is {digest}, the manifest says "
-                                               f"{m['sha256']}: the file is corrupt, truncated or was replaced "
-                                               f"({size} bytes)")
+        raise CheckpointError(
+            wpath,
+            "sha256",
+            f"sha256 of {WEIGHTS_NAME} is {digest}, the manifest says "
+            f"{m['sha256']}: the file is corrupt, truncated or was replaced "
+            f"({size} bytes)",
+        )
     header = read_safetensors_header(wpath)
     _compare_tables(mpath, header, m["tensors"], WEIGHTS_NAME, "the manifest")
     if m["spec"].get("task") != m["task"]:
-        raise CheckpointError(mpath, "task", f"manifest task {m['task']!r} differs from spec.task "
-                                             f"{m['spec'].get('task')!r}")
+        raise CheckpointError(
+            mpath, "task", f"manifest task {m['task']!r} differs from spec.task {m['spec'].get('task')!r}"
+        )
     dev = resolve_device(device)
     _check_config_fits_weights(mpath, m, header)
     policy = _build(mpath, m["policy_class"], m["config"], m["spec"])
-    _compare_tables(mpath, m["tensors"], _model_table(policy), "the checkpoint",
-                    f"a fresh {type(policy).__name__} built from its config")
+    _compare_tables(
+        mpath,
+        m["tensors"],
+        _model_table(policy),
+        "the checkpoint",
+        f"a fresh {type(policy).__name__} built from its config",
+    )
     if task_env is not None:
         problems = policy.spec.mismatches(task_env)
         if problems:
-            raise CheckpointSpecError(mpath, "spec", "the checkpoint's spec does not match the env:\n  - "
-                                      + "\n  - ".join(problems))
+            raise CheckpointSpecError(
+                mpath, "spec", "the checkpoint's spec does not match the env:\n  - " + "\n  - ".join(problems)
+            )
     tensors = load_file(str(wpath), device="cpu")
     _load_into(mpath, policy, tensors)
-    policy.checkpoint_info = {k: m[k] for k in ("policy_class", "task", "training_step", "run_id", "data_digest",
-                                                "code_version", "created", "sha256")}
+    policy.checkpoint_info = {
+        k: m[k]
+        for k in ("policy_class", "task", "training_step", "run_id", "data_digest", "code_version", "created", "sha256")
+    }
     policy.checkpoint_info["path"] = str(d)
     policy.checkpoint_info["extra"] = m.get("extra", {})
     policy.eval()
@@ -533,9 +617,15 @@ def verify_checkpoint(directory_or_manifest: str | os.PathLike[str]) -> dict[str
     return read_manifest(directory_or_manifest)
 
 
-def import_torch_checkpoint(pt_path: str | os.PathLike[str], policy_class: str | type[Policy], config: Any,
-                            spec: PolicySpec | dict, *, allow_torch_load: bool = False,
-                            device: str = "cpu") -> Policy:
+def import_torch_checkpoint(
+    pt_path: str | os.PathLike[str],
+    policy_class: str | type[Policy],
+    config: Any,
+    spec: PolicySpec | dict,
+    *,
+    allow_torch_load: bool = False,
+    device: str = "cpu",
+) -> Policy:
     """Build ``policy_class(config, spec)`` from a foreign ``torch.save`` file.
 
     Refused unless ``allow_torch_load=True`` (only for files you trust); then the file is read
@@ -546,9 +636,12 @@ def import_torch_checkpoint(pt_path: str | os.PathLike[str], policy_class: str |
     """
     path = Path(pt_path)
     if not allow_torch_load:
-        raise CheckpointError(path, "allow_torch_load",
-                              "refusing to read a torch.save (pickle) file; pass allow_torch_load=True only for a "
-                              "file you trust (it is then read with torch.load(weights_only=True))")
+        raise CheckpointError(
+            path,
+            "allow_torch_load",
+            "refusing to read a torch.save (pickle) file; pass allow_torch_load=True only for a "
+            "file you trust (it is then read with torch.load(weights_only=True))",
+        )
     if not path.is_file():
         raise CheckpointError(path, "path", "no such file")
     try:
@@ -562,10 +655,14 @@ def import_torch_checkpoint(pt_path: str | os.PathLike[str], policy_class: str |
                 sd = obj[key]
                 break
     if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise CheckpointError(path, "state_dict", "the file holds no state dict of tensors (expected a dict of "
-                                                  "tensors, or one under 'state_dict' / 'model_state_dict' / 'model')")
+        raise CheckpointError(
+            path,
+            "state_dict",
+            "the file holds no state dict of tensors (expected a dict of "
+            "tensors, or one under 'state_dict' / 'model_state_dict' / 'model')",
+        )
     if all(k.startswith("module.") for k in sd):
-        sd = {k[len("module."):]: v for k, v in sd.items()}
+        sd = {k[len("module.") :]: v for k, v in sd.items()}
     policy = _build(path, policy_class, config, spec)
     have = {k: {"shape": list(v.shape), "dtype": _DTYPE_NAMES.get(v.dtype, str(v.dtype))} for k, v in sd.items()}
     _compare_tables(path, have, _model_table(policy), "the file", f"a fresh {type(policy).__name__}")
@@ -573,7 +670,6 @@ def import_torch_checkpoint(pt_path: str | os.PathLike[str], policy_class: str |
     policy.checkpoint_info = {"imported_from": str(path)}
     policy.eval()
     return policy.to(resolve_device(device))
-
 
 
 def checkpoint_id(path: str | os.PathLike[str]) -> str:

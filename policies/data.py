@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import h5py
 import numpy as np
@@ -83,7 +84,8 @@ class EpisodeWriter:
                 if f.attrs["task"] != task or f.attrs["control_mode"] != control_mode:
                     raise DatasetError(
                         f"{self.path}: holds task {f.attrs['task']!r} / mode {f.attrs['control_mode']!r}, "
-                        f"not {task!r} / {control_mode!r}; write to another file")
+                        f"not {task!r} / {control_mode!r}; write to another file"
+                    )
 
     def add(self, ep: Episode) -> int:
         with h5py.File(self.path, "a") as f:
@@ -97,10 +99,17 @@ class EpisodeWriter:
             g.create_dataset("rewards", data=ep.rewards.astype(np.float32))
             g.create_dataset("privileged", data=ep.privileged.astype(np.float32))
             g.create_dataset("success", data=ep.success_flags.astype(bool))
-            g.attrs.update({
-                "seed": ep.seed, "condition": json.dumps(ep.condition), "success": ep.success,
-                "length": ep.length, "return": ep.ret, "failure_reason": ep.failure_reason, "source": ep.source,
-            })
+            g.attrs.update(
+                {
+                    "seed": ep.seed,
+                    "condition": json.dumps(ep.condition),
+                    "success": ep.success,
+                    "length": ep.length,
+                    "return": ep.ret,
+                    "failure_reason": ep.failure_reason,
+                    "source": ep.source,
+                }
+            )
             return idx
 
 
@@ -119,9 +128,13 @@ def dataset_info(path: str | Path) -> dict[str, Any]:
         _check_header(f, path)
         eps = f["episodes"]
         succ = [bool(eps[k].attrs["success"]) for k in eps]
-        return {"task": str(f.attrs["task"]), "control_mode": str(f.attrs["control_mode"]), "episodes": len(succ),
-                "success_rate": float(np.mean(succ)) if succ else 0.0,
-                "transitions": int(sum(int(eps[k].attrs["length"]) for k in eps))}
+        return {
+            "task": str(f.attrs["task"]),
+            "control_mode": str(f.attrs["control_mode"]),
+            "episodes": len(succ),
+            "success_rate": float(np.mean(succ)) if succ else 0.0,
+            "transitions": int(sum(int(eps[k].attrs["length"]) for k in eps)),
+        }
 
 
 def iter_episodes(path: str | Path, keys: list[str] | None = None) -> Iterator[Episode]:
@@ -139,9 +152,13 @@ def iter_episodes(path: str | Path, keys: list[str] | None = None) -> Iterator[E
                 raise DatasetError(f"{path}: episode {name} has no observation {missing} (has {obs_keys})")
             yield Episode(
                 obs={k: g["obs"][_h5key(k)][()] for k in want},
-                actions=g["actions"][()], rewards=g["rewards"][()], privileged=g["privileged"][()],
-                success_flags=g["success"][()], seed=int(g.attrs["seed"]),
-                condition=json.loads(g.attrs["condition"]), source=str(g.attrs["source"]),
+                actions=g["actions"][()],
+                rewards=g["rewards"][()],
+                privileged=g["privileged"][()],
+                success_flags=g["success"][()],
+                seed=int(g.attrs["seed"]),
+                condition=json.loads(g.attrs["condition"]),
+                source=str(g.attrs["source"]),
                 failure_reason=str(g.attrs["failure_reason"]),
             )
 

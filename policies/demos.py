@@ -9,8 +9,9 @@ quality; ``epsilon`` replaces a fraction of actions by random ones.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -79,12 +80,18 @@ def demonstrator(env: TwinEnv, noise: float = 0.0, rng: np.random.Generator | No
         return DiscreteTracker(expert, env.cfg.actions.pos_step, env.cfg.actions.rot_step)
     raise ValueError(
         f"task {env.task.name!r} has a demonstrator for control modes {env.task.expert_mode!r}"
-        f"{' and discrete' if isinstance(expert, WaypointController) else ''}, not {mode!r}")
+        f"{' and discrete' if isinstance(expert, WaypointController) else ''}, not {mode!r}"
+    )
 
 
-def record_episode(env: TwinEnv, policy: Callable[[TwinSim, dict[str, np.ndarray]], Any], seed: int,
-                   condition: Condition | None = None, source: str = "expert",
-                   reset_hook: Callable[[TwinSim], None] | None = None) -> Episode:
+def record_episode(
+    env: TwinEnv,
+    policy: Callable[[TwinSim, dict[str, np.ndarray]], Any],
+    seed: int,
+    condition: Condition | None = None,
+    source: str = "expert",
+    reset_hook: Callable[[TwinSim], None] | None = None,
+) -> Episode:
     """Roll out ``policy(sim, obs) -> action`` for one episode and return it as an Episode."""
     obs, info = env.reset(seed=seed, options={"condition": condition})
     if reset_hook is not None:
@@ -104,17 +111,32 @@ def record_episode(env: TwinEnv, policy: Callable[[TwinSim, dict[str, np.ndarray
         succ.append(info["success"])
     dtype = np.int64 if env.cfg.actions.mode == "discrete" else np.float32
     return Episode(
-        obs={k: np.stack(v) for k, v in cols.items()}, actions=np.stack(actions).astype(dtype),
-        rewards=np.asarray(rewards, np.float32), privileged=np.stack(priv).astype(np.float32),
-        success_flags=np.asarray(succ, bool), seed=seed, condition=env.condition.to_dict(), source=source,
+        obs={k: np.stack(v) for k, v in cols.items()},
+        actions=np.stack(actions).astype(dtype),
+        rewards=np.asarray(rewards, np.float32),
+        privileged=np.stack(priv).astype(np.float32),
+        success_flags=np.asarray(succ, bool),
+        seed=seed,
+        condition=env.condition.to_dict(),
+        source=source,
         failure_reason=info.get("failure_reason", ""),
     )
 
 
-def collect_demos(task: str, path: str | Path, episodes: int, *, control_mode: str | None = None,
-                  observations: ObservationCfg | None = None, suite: PerturbationSuite | str | None = None,
-                  noise: float = 0.0, epsilon: float = 0.0, seed: int = 0, only_success: bool = False,
-                  progress: Callable[[int, Episode], None] | None = None) -> Path:
+def collect_demos(
+    task: str,
+    path: str | Path,
+    episodes: int,
+    *,
+    control_mode: str | None = None,
+    observations: ObservationCfg | None = None,
+    suite: PerturbationSuite | str | None = None,
+    noise: float = 0.0,
+    epsilon: float = 0.0,
+    seed: int = 0,
+    only_success: bool = False,
+    progress: Callable[[int, Episode], None] | None = None,
+) -> Path:
     """Run the task's demonstrator for ``episodes`` seeds and append them to ``path``.
 
     ``epsilon``: probability of replacing an action by a uniformly random one (quality knob).

@@ -60,12 +60,14 @@ MAX_TRAIN_TIMESTEPS = 100_000
 def make_betas(num_train_timesteps: int, schedule: str = "squaredcos_cap_v2") -> torch.Tensor:
     """Betas (float64). ``squaredcos_cap_v2``: Nichol & Dhariwal's cosine schedule, capped at 0.999."""
     if schedule == "squaredcos_cap_v2":
+
         def alpha_bar(t: float) -> float:
             return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
 
         n = num_train_timesteps
-        return torch.tensor([min(1 - alpha_bar((i + 1) / n) / alpha_bar(i / n), 0.999) for i in range(n)],
-                            dtype=torch.float64)
+        return torch.tensor(
+            [min(1 - alpha_bar((i + 1) / n) / alpha_bar(i / n), 0.999) for i in range(n)], dtype=torch.float64
+        )
     if schedule == "linear":
         return torch.linspace(1e-4, 0.02, num_train_timesteps, dtype=torch.float64)
     raise ConfigError(f"unknown beta schedule {schedule!r}; use 'squaredcos_cap_v2' or 'linear'")
@@ -123,8 +125,15 @@ class CondResBlock1D(nn.Module):
 class ConditionalUnet1D(nn.Module):
     """Diffusion Policy's 1-D temporal UNet (down/mid/up residual blocks, FiLM conditioning)."""
 
-    def __init__(self, action_dim: int, global_cond_dim: int, step_embed_dim: int, down_dims: tuple[int, ...],
-                 kernel: int, groups: int) -> None:
+    def __init__(
+        self,
+        action_dim: int,
+        global_cond_dim: int,
+        step_embed_dim: int,
+        down_dims: tuple[int, ...],
+        kernel: int,
+        groups: int,
+    ) -> None:
         super().__init__()
         self.step_encoder = _step_encoder(step_embed_dim)
         cond = step_embed_dim + global_cond_dim
@@ -133,17 +142,30 @@ class ConditionalUnet1D(nn.Module):
         self.down = nn.ModuleList()
         for i, (a, b) in enumerate(in_out):
             last = i == len(in_out) - 1
-            self.down.append(nn.ModuleList([
-                CondResBlock1D(a, b, cond, kernel, groups), CondResBlock1D(b, b, cond, kernel, groups),
-                nn.Conv1d(b, b, 3, 2, 1) if not last else nn.Identity()]))
+            self.down.append(
+                nn.ModuleList(
+                    [
+                        CondResBlock1D(a, b, cond, kernel, groups),
+                        CondResBlock1D(b, b, cond, kernel, groups),
+                        nn.Conv1d(b, b, 3, 2, 1) if not last else nn.Identity(),
+                    ]
+                )
+            )
         mid = down_dims[-1]
-        self.mid = nn.ModuleList([CondResBlock1D(mid, mid, cond, kernel, groups),
-                                  CondResBlock1D(mid, mid, cond, kernel, groups)])
+        self.mid = nn.ModuleList(
+            [CondResBlock1D(mid, mid, cond, kernel, groups), CondResBlock1D(mid, mid, cond, kernel, groups)]
+        )
         self.up = nn.ModuleList()
         for a, b in reversed(in_out[1:]):
-            self.up.append(nn.ModuleList([
-                CondResBlock1D(b * 2, a, cond, kernel, groups), CondResBlock1D(a, a, cond, kernel, groups),
-                nn.ConvTranspose1d(a, a, 4, 2, 1)]))
+            self.up.append(
+                nn.ModuleList(
+                    [
+                        CondResBlock1D(b * 2, a, cond, kernel, groups),
+                        CondResBlock1D(a, a, cond, kernel, groups),
+                        nn.ConvTranspose1d(a, a, 4, 2, 1),
+                    ]
+                )
+            )
         start = down_dims[0]
         self.final = nn.Sequential(Conv1dBlock(start, start, kernel, groups), nn.Conv1d(start, action_dim, 1))
 
@@ -166,8 +188,9 @@ class ConditionalUnet1D(nn.Module):
 class ResidualMLPNoiseNet(nn.Module):
     """Flattened chunk -> residual MLP blocks with FiLM conditioning -> predicted noise."""
 
-    def __init__(self, horizon: int, action_dim: int, global_cond_dim: int, step_embed_dim: int, hidden: int,
-                 n_blocks: int) -> None:
+    def __init__(
+        self, horizon: int, action_dim: int, global_cond_dim: int, step_embed_dim: int, hidden: int, n_blocks: int
+    ) -> None:
         super().__init__()
         self.horizon, self.action_dim = horizon, action_dim
         self.step_encoder = _step_encoder(step_embed_dim)
@@ -175,9 +198,16 @@ class ResidualMLPNoiseNet(nn.Module):
         self.inp = nn.Linear(horizon * action_dim, hidden)
         self.blocks = nn.ModuleList()
         for _ in range(n_blocks):
-            self.blocks.append(nn.ModuleDict({
-                "norm": nn.LayerNorm(hidden), "fc0": nn.Linear(hidden, hidden),
-                "film": nn.Linear(cond, 2 * hidden), "fc1": nn.Linear(hidden, hidden)}))
+            self.blocks.append(
+                nn.ModuleDict(
+                    {
+                        "norm": nn.LayerNorm(hidden),
+                        "fc0": nn.Linear(hidden, hidden),
+                        "film": nn.Linear(cond, 2 * hidden),
+                        "fc1": nn.Linear(hidden, hidden),
+                    }
+                )
+            )
         self.out = nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, horizon * action_dim))
 
     def forward(self, sample: torch.Tensor, t: torch.Tensor, global_cond: torch.Tensor) -> torch.Tensor:
@@ -221,22 +251,38 @@ class DiffusionConfig:
 
     def __post_init__(self) -> None:
         n = "DiffusionConfig"
-        for name in ("n_obs_steps", "horizon", "n_action_steps", "num_train_timesteps", "num_inference_steps",
-                     "kernel_size", "n_groups", "step_embed_dim", "mlp_hidden", "mlp_blocks"):
+        for name in (
+            "n_obs_steps",
+            "horizon",
+            "n_action_steps",
+            "num_train_timesteps",
+            "num_inference_steps",
+            "kernel_size",
+            "n_groups",
+            "step_embed_dim",
+            "mlp_hidden",
+            "mlp_blocks",
+        ):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ConfigError(f"{n}.{name} = {v!r}; expected a positive int")
         if self.state_dims is not None and (not isinstance(self.state_dims, int) or self.state_dims < 1):
             raise ConfigError(f"{n}.state_dims = {self.state_dims!r}; expected a positive int or None")
         if self.n_action_steps > self.horizon - self.n_obs_steps + 1:
-            raise ConfigError(f"{n}.n_action_steps = {self.n_action_steps} exceeds horizon - n_obs_steps + 1 = "
-                              f"{self.horizon - self.n_obs_steps + 1}")
+            raise ConfigError(
+                f"{n}.n_action_steps = {self.n_action_steps} exceeds horizon - n_obs_steps + 1 = "
+                f"{self.horizon - self.n_obs_steps + 1}"
+            )
         if self.num_train_timesteps > MAX_TRAIN_TIMESTEPS:  # the schedule is built before any tensor check
-            raise ConfigError(f"{n}.num_train_timesteps = {self.num_train_timesteps} exceeds {MAX_TRAIN_TIMESTEPS}; "
-                              f"diffusion policies use 50-1000")
+            raise ConfigError(
+                f"{n}.num_train_timesteps = {self.num_train_timesteps} exceeds {MAX_TRAIN_TIMESTEPS}; "
+                f"diffusion policies use 50-1000"
+            )
         if self.num_inference_steps > self.num_train_timesteps:
-            raise ConfigError(f"{n}.num_inference_steps = {self.num_inference_steps} exceeds "
-                              f"num_train_timesteps = {self.num_train_timesteps}")
+            raise ConfigError(
+                f"{n}.num_inference_steps = {self.num_inference_steps} exceeds "
+                f"num_train_timesteps = {self.num_train_timesteps}"
+            )
         if self.step_embed_dim < 4 or self.step_embed_dim % 2:
             raise ConfigError(f"{n}.step_embed_dim = {self.step_embed_dim}; expected an even int >= 4")
         _check_choice(n, "beta_schedule", self.beta_schedule, ["squaredcos_cap_v2", "linear"])
@@ -244,12 +290,15 @@ class DiffusionConfig:
         _check_sizes(n, "down_dims", self.down_dims)
         if self.network == "unet":
             if any(d % self.n_groups for d in self.down_dims):
-                raise ConfigError(f"{n}.down_dims = {self.down_dims}: every width must be divisible by "
-                                  f"n_groups = {self.n_groups}")
+                raise ConfigError(
+                    f"{n}.down_dims = {self.down_dims}: every width must be divisible by n_groups = {self.n_groups}"
+                )
             factor = 2 ** (len(self.down_dims) - 1)
             if self.horizon % factor:
-                raise ConfigError(f"{n}.horizon = {self.horizon} must be divisible by {factor} "
-                                  f"(2 ** (len(down_dims) - 1)) for the UNet")
+                raise ConfigError(
+                    f"{n}.horizon = {self.horizon} must be divisible by {factor} "
+                    f"(2 ** (len(down_dims) - 1)) for the UNet"
+                )
 
 
 @register_policy("diffusion")
@@ -269,11 +318,13 @@ class DiffusionPolicy(ChunkedPolicy):
             raise SpecMismatchError(f"DiffusionPolicy needs a continuous action, the spec has {a.describe()}")
         o = self.spec.obs(cfg.obs_key)
         if len(o.shape) != 1:
-            raise SpecMismatchError(f"DiffusionPolicy conditions on a vector observation; {cfg.obs_key!r} has "
-                                    f"shape {o.shape}")
+            raise SpecMismatchError(
+                f"DiffusionPolicy conditions on a vector observation; {cfg.obs_key!r} has shape {o.shape}"
+            )
         if cfg.state_dims is not None and cfg.state_dims > o.shape[0]:
-            raise SpecMismatchError(f"DiffusionConfig.state_dims = {cfg.state_dims} but {cfg.obs_key!r} has only "
-                                    f"{o.shape[0]} entries")
+            raise SpecMismatchError(
+                f"DiffusionConfig.state_dims = {cfg.state_dims} but {cfg.obs_key!r} has only {o.shape[0]} entries"
+            )
         self.obs_dim = cfg.state_dims or o.shape[0]
         self.action_dim = a.dim
         lo, hi = (b.reshape(-1) for b in a.bounds())
@@ -286,15 +337,18 @@ class DiffusionPolicy(ChunkedPolicy):
         betas = make_betas(cfg.num_train_timesteps, cfg.beta_schedule)
         self.register_buffer("alphas_cumprod", torch.cumprod(1.0 - betas, 0).float(), persistent=False)
         gen = torch.Generator().manual_seed(int(cfg.seed))
-        self.register_buffer("fixed_noise", torch.randn((cfg.horizon, self.action_dim), generator=gen),
-                             persistent=False)
+        self.register_buffer(
+            "fixed_noise", torch.randn((cfg.horizon, self.action_dim), generator=gen), persistent=False
+        )
         cond_dim = cfg.n_obs_steps * self.obs_dim
         if cfg.network == "unet":
-            self.net: nn.Module = ConditionalUnet1D(self.action_dim, cond_dim, cfg.step_embed_dim, cfg.down_dims,
-                                                    cfg.kernel_size, cfg.n_groups)
+            self.net: nn.Module = ConditionalUnet1D(
+                self.action_dim, cond_dim, cfg.step_embed_dim, cfg.down_dims, cfg.kernel_size, cfg.n_groups
+            )
         else:
-            self.net = ResidualMLPNoiseNet(cfg.horizon, self.action_dim, cond_dim, cfg.step_embed_dim,
-                                           cfg.mlp_hidden, cfg.mlp_blocks)
+            self.net = ResidualMLPNoiseNet(
+                cfg.horizon, self.action_dim, cond_dim, cfg.step_embed_dim, cfg.mlp_hidden, cfg.mlp_blocks
+            )
 
     # -- declared needs ----------------------------------------------------------------------
     def required_obs_keys(self) -> list[str]:
@@ -319,9 +373,14 @@ class DiffusionPolicy(ChunkedPolicy):
     def window(self) -> dict[str, int]:
         """Training-window layout relative to the current step ``t`` (see the module docstring)."""
         c = self.config
-        return {"n_obs_steps": c.n_obs_steps, "obs_start": -(c.n_obs_steps - 1), "horizon": c.horizon,
-                "action_start": -(c.n_obs_steps - 1), "n_action_steps": c.n_action_steps,
-                "executed_start": c.n_obs_steps - 1}
+        return {
+            "n_obs_steps": c.n_obs_steps,
+            "obs_start": -(c.n_obs_steps - 1),
+            "horizon": c.horizon,
+            "action_start": -(c.n_obs_steps - 1),
+            "n_action_steps": c.n_action_steps,
+            "executed_start": c.n_obs_steps - 1,
+        }
 
     # -- normalization -----------------------------------------------------------------------
     @staticmethod
@@ -348,8 +407,13 @@ class DiffusionPolicy(ChunkedPolicy):
         self.obs_min.copy_(x.amin(0))
         self.obs_max.copy_(x.amax(0))
         if action_batch is not None:
-            a = torch.as_tensor(np.asarray(action_batch) if not isinstance(action_batch, torch.Tensor)
-                                else action_batch).float().reshape(-1, self.action_dim)
+            a = (
+                torch.as_tensor(
+                    np.asarray(action_batch) if not isinstance(action_batch, torch.Tensor) else action_batch
+                )
+                .float()
+                .reshape(-1, self.action_dim)
+            )
             self.action_min.copy_(a.amin(0))
             self.action_max.copy_(a.amax(0))
 
@@ -359,8 +423,10 @@ class DiffusionPolicy(ChunkedPolicy):
         if x.dim() == 2:
             return x[:, None].expand(x.shape[0], self.n_obs_steps, x.shape[1])
         if x.dim() != 3 or x.shape[1] != self.n_obs_steps:
-            raise SpecMismatchError(f"observation {self.config.obs_key!r} has shape {tuple(x.shape)}; expected "
-                                    f"(B, D) or (B, n_obs_steps={self.n_obs_steps}, D)")
+            raise SpecMismatchError(
+                f"observation {self.config.obs_key!r} has shape {tuple(x.shape)}; expected "
+                f"(B, D) or (B, n_obs_steps={self.n_obs_steps}, D)"
+            )
         return x
 
     def encode(self, obs_hist: torch.Tensor) -> torch.Tensor:
@@ -413,25 +479,29 @@ class DiffusionPolicy(ChunkedPolicy):
     def predict_chunk(self, obs_hist_t: dict[str, torch.Tensor], deterministic: bool = True) -> torch.Tensor:
         chunk = self.predict_action_chunk(obs_hist_t[self.config.obs_key], deterministic)
         start = self.n_obs_steps - 1
-        out = chunk[:, start: start + self.n_action_steps]
+        out = chunk[:, start : start + self.n_action_steps]
         return out.reshape(out.shape[0], out.shape[1], *self.spec.action.shape)
 
     # -- training ----------------------------------------------------------------------------
-    def compute_bc_loss(self, obs_batch: dict[str, Any], action_batch: Any,
-                        generator: torch.Generator | None = None) -> torch.Tensor:
+    def compute_bc_loss(
+        self, obs_batch: dict[str, Any], action_batch: Any, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """Diffusion (epsilon-prediction MSE) loss. ``obs_batch[obs_key]``: ``(B, n_obs_steps, D)``
         (or ``(B, D)`` when ``n_obs_steps == 1``); ``action_batch``: ``(B, horizon, A)`` env units.
         Noise and timesteps come from ``generator`` (default: the global torch RNG)."""
         obs_t = self._as_tensor_batch(obs_batch)
         x = obs_t[self.config.obs_key]
         if x.dim() == 2 and self.n_obs_steps > 1:
-            raise SpecMismatchError(f"observation {self.config.obs_key!r} has shape {tuple(x.shape)}; training "
-                                    f"needs a history (B, {self.n_obs_steps}, D)")
+            raise SpecMismatchError(
+                f"observation {self.config.obs_key!r} has shape {tuple(x.shape)}; training "
+                f"needs a history (B, {self.n_obs_steps}, D)"
+            )
         a = action_batch if isinstance(action_batch, torch.Tensor) else torch.as_tensor(np.asarray(action_batch))
         a = a.to(self.torch_device).float()
         if a.dim() != 3 or a.shape[1:] != (self.horizon, self.action_dim):
-            raise SpecMismatchError(f"action batch has shape {tuple(a.shape)}; expected (B, horizon={self.horizon}, "
-                                    f"{self.action_dim})")
+            raise SpecMismatchError(
+                f"action batch has shape {tuple(a.shape)}; expected (B, horizon={self.horizon}, {self.action_dim})"
+            )
         cond = self.encode(x)
         x0 = self.normalize_action(a)
         b = x0.shape[0]

@@ -33,9 +33,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -135,7 +136,7 @@ class DistillConfig:
         """Probability of executing the teacher's action in round ``i`` (0-based)."""
         if self.betas is not None:
             return float(self.betas[min(i, len(self.betas) - 1)])
-        return float(self.beta0 * self.beta_decay ** i)
+        return float(self.beta0 * self.beta_decay**i)
 
     def synthetic_episodes(self) -> int:
         """Episodes per round that use synthetic clouds."""
@@ -143,21 +144,35 @@ class DistillConfig:
 
     def observations(self) -> ObservationCfg:
         """Observation config of the rendered-cloud env (state + proprio + point cloud)."""
-        return ObservationCfg(state=True, proprio=True, point_cloud=True, cameras=self.cameras,
-                              image_size=self.image_size, num_points=self.num_points)
+        return ObservationCfg(
+            state=True,
+            proprio=True,
+            point_cloud=True,
+            cameras=self.cameras,
+            image_size=self.image_size,
+            num_points=self.num_points,
+        )
 
     def synthetic_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of :func:`twin.pointcloud.synthetic_point_cloud` for the synthetic episodes."""
-        return {"include_robot": self.include_robot, "viewpoints": self.synthetic_viewpoints,
-                "shading": self.synthetic_shading}
+        return {
+            "include_robot": self.include_robot,
+            "viewpoints": self.synthetic_viewpoints,
+            "shading": self.synthetic_shading,
+        }
 
     def bc_config(self, round_idx: int) -> BCConfig:
-        return BCConfig(epochs=self.epochs_per_iter, batch_size=self.batch_size, lr=self.lr,
-                        weight_decay=self.weight_decay, max_grad_norm=self.max_grad_norm,
-                        seed=self.seed * 1000 + round_idx)
+        return BCConfig(
+            epochs=self.epochs_per_iter,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+            max_grad_norm=self.max_grad_norm,
+            seed=self.seed * 1000 + round_idx,
+        )
 
     @staticmethod
-    def from_dict(d: dict[str, Any] | "DistillConfig" | None) -> "DistillConfig":
+    def from_dict(d: dict[str, Any] | DistillConfig | None) -> DistillConfig:
         return config_from_dict(DistillConfig, d)
 
 
@@ -216,14 +231,17 @@ class PolicyTeacher:
     def act(self, env: TwinEnv, obs: dict[str, np.ndarray]) -> Any:
         missing = [k for k in self.obs_keys if k not in obs]
         if missing:
-            raise ConfigError(f"the teacher reads observations {missing} that the distillation env does not give "
-                              f"(it gives {sorted(obs)})")
+            raise ConfigError(
+                f"the teacher reads observations {missing} that the distillation env does not give "
+                f"(it gives {sorted(obs)})"
+            )
         a = self.policy.act({k: np.asarray(obs[k])[None] for k in self.obs_keys}, deterministic=True)[0]
         return int(a) if self.policy.spec.action.discrete else np.asarray(a, dtype=np.float32)
 
 
-def make_teacher(teacher: Any, *, task: str | None = None, control_mode: str | None = None,
-                 noise: float = 0.0) -> Teacher:
+def make_teacher(
+    teacher: Any, *, task: str | None = None, control_mode: str | None = None, noise: float = 0.0
+) -> Teacher:
     """``"expert"`` -> :class:`ExpertTeacher`; a checkpoint directory -> :class:`PolicyTeacher`
     over the loaded policy; a policy object -> :class:`PolicyTeacher`; a Teacher as it is."""
     if isinstance(teacher, str) and teacher in ("expert", "scripted", "demonstrator"):
@@ -238,11 +256,17 @@ def make_teacher(teacher: Any, *, task: str | None = None, control_mode: str | N
         if task and policy.spec.task and policy.spec.task != task:
             raise ConfigError(f"teacher checkpoint {path} is for task {policy.spec.task!r}, not {task!r}")
         if control_mode and policy.spec.action.control_mode != control_mode:
-            raise ConfigError(f"teacher checkpoint {path} acts in {policy.spec.action.control_mode!r}, "
-                              f"the student in {control_mode!r}")
+            raise ConfigError(
+                f"teacher checkpoint {path} acts in {policy.spec.action.control_mode!r}, "
+                f"the student in {control_mode!r}"
+            )
         return PolicyTeacher(policy, name=f"checkpoint:{path.name}")
-    if hasattr(teacher, "reset") and hasattr(teacher, "act") and hasattr(teacher, "name") and \
-            not hasattr(teacher, "spec"):
+    if (
+        hasattr(teacher, "reset")
+        and hasattr(teacher, "act")
+        and hasattr(teacher, "name")
+        and not hasattr(teacher, "spec")
+    ):
         return teacher
     if hasattr(teacher, "spec") and hasattr(teacher, "act"):
         return PolicyTeacher(teacher)
@@ -267,10 +291,20 @@ def _student_action(student: Policy, obs: dict[str, np.ndarray], deterministic: 
     return int(a) if student.spec.action.discrete else np.asarray(a, dtype=np.float32)
 
 
-def rollout_episode(env: TwinEnv, teacher: Teacher, student: Policy | None, seed: int, beta: float,
-                    rng: np.random.Generator, *, synthetic: bool = False, num_points: int | None = None,
-                    synthetic_kwargs: dict[str, Any] | None = None, deterministic: bool = True,
-                    source: str = "distill") -> tuple[Episode, RolloutStats]:
+def rollout_episode(
+    env: TwinEnv,
+    teacher: Teacher,
+    student: Policy | None,
+    seed: int,
+    beta: float,
+    rng: np.random.Generator,
+    *,
+    synthetic: bool = False,
+    num_points: int | None = None,
+    synthetic_kwargs: dict[str, Any] | None = None,
+    deterministic: bool = True,
+    source: str = "distill",
+) -> tuple[Episode, RolloutStats]:
     """One DAgger episode: execute the teacher's action with probability ``beta`` (else the
     student's), label every observation with the teacher's action.
 
@@ -311,53 +345,72 @@ def rollout_episode(env: TwinEnv, teacher: Teacher, student: Policy | None, seed
         stats.steps += 1
     stats.success = bool(succ[-1]) if succ else False
     dtype = np.int64 if env.cfg.actions.mode == "discrete" else np.float32
-    ep = Episode(obs={k: np.stack(v) for k, v in cols.items()}, actions=np.stack(labels).astype(dtype),
-                 rewards=np.asarray(rewards, np.float32), privileged=np.stack(priv).astype(np.float32),
-                 success_flags=np.asarray(succ, bool), seed=int(seed), condition=env.condition.to_dict(),
-                 source=source, failure_reason=str(info.get("failure_reason", "")))
+    ep = Episode(
+        obs={k: np.stack(v) for k, v in cols.items()},
+        actions=np.stack(labels).astype(dtype),
+        rewards=np.asarray(rewards, np.float32),
+        privileged=np.stack(priv).astype(np.float32),
+        success_flags=np.asarray(succ, bool),
+        seed=int(seed),
+        condition=env.condition.to_dict(),
+        source=source,
+        failure_reason=str(info.get("failure_reason", "")),
+    )
     return ep, stats
 
 
-def evaluate_student(student: Policy, env: TwinEnv, seeds: Sequence[int], *, synthetic: bool = False,
-                     rng: np.random.Generator | None = None, synthetic_kwargs: dict[str, Any] | None = None,
-                     deterministic: bool = True) -> float:
+def evaluate_student(
+    student: Policy,
+    env: TwinEnv,
+    seeds: Sequence[int],
+    *,
+    synthetic: bool = False,
+    rng: np.random.Generator | None = None,
+    synthetic_kwargs: dict[str, Any] | None = None,
+    deterministic: bool = True,
+) -> float:
     """Success rate of ``student`` acting alone on ``seeds`` (one episode each) in ``env``
-    (rendered clouds; ``synthetic=True`` swaps in synthetic ones)."""
+    (rendered clouds; ``synthetic=True`` swaps in synthetic ones), through the rollout engine."""
+    from policies.rollout import RolloutHooks, success_rate_in
+
     rng = rng if rng is not None else np.random.default_rng(0)
     student.eval()
-    wins = 0
-    n = int(student.spec.obs("point_cloud").shape[0]) if synthetic else 0
-    for s in seeds:
-        obs, _ = env.reset(seed=int(s))
-        student.reset()
-        term = trunc = False
-        info: dict[str, Any] = {}
-        while not (term or trunc):
-            if synthetic:
-                obs = dict(obs)
-                obs["point_cloud"] = synthetic_point_cloud(env.sim, n, rng, **(synthetic_kwargs or {}))
-            obs, _, term, trunc, info = env.step(_student_action(student, obs, deterministic))
-        wins += int(bool(info.get("success", False)))
-    return wins / max(len(seeds), 1)
+    hooks = None
+    if synthetic:
+        n = int(student.spec.obs("point_cloud").shape[0])
+
+        def swap_cloud(slot: int, e: TwinEnv, obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            return {**obs, "point_cloud": synthetic_point_cloud(e.sim, n, rng, **(synthetic_kwargs or {}))}
+
+        hooks = RolloutHooks(transform_obs=swap_cloud)
+    return success_rate_in(student, [env], seeds, deterministic=deterministic, hooks=hooks)
+
+
+class _TeacherActor:
+    """A teacher acting in one env as the rollout engine's policy (a batch of one)."""
+
+    def __init__(self, teacher: Teacher, env: TwinEnv) -> None:
+        self.teacher = teacher
+        self.env = env
+        self.spec = PolicySpec.from_env(env, obs_keys=list(getattr(teacher, "obs_keys", ())))
+
+    def act(self, obs: dict[str, np.ndarray], deterministic: bool = True) -> np.ndarray:
+        return np.asarray([self.teacher.act(self.env, {k: v[0] for k, v in obs.items()})])
 
 
 def evaluate_teacher(teacher: Teacher, env: TwinEnv, seeds: Sequence[int]) -> float:
-    """Success rate of the teacher acting alone on ``seeds``."""
-    wins = 0
-    for s in seeds:
-        obs, _ = env.reset(seed=int(s))
-        teacher.reset(env, int(s))
-        term = trunc = False
-        info: dict[str, Any] = {}
-        while not (term or trunc):
-            obs, _, term, trunc, info = env.step(teacher.act(env, obs))
-        wins += int(bool(info.get("success", False)))
-    return wins / max(len(seeds), 1)
+    """Success rate of the teacher acting alone on ``seeds``, through the rollout engine."""
+    from policies.rollout import RolloutHooks, success_rate_in
+
+    actor = _TeacherActor(teacher, env)
+    hooks = RolloutHooks(on_reset=lambda slot, e, seed: teacher.reset(e, seed))
+    return success_rate_in(actor, [env], seeds, hooks=hooks)
 
 
 @torch.no_grad()
-def action_agreement(student: Policy, obs: dict[str, np.ndarray], labels: np.ndarray, batch_size: int = 256,
-                     tol: float = 0.05) -> float:
+def action_agreement(
+    student: Policy, obs: dict[str, np.ndarray], labels: np.ndarray, batch_size: int = 256, tol: float = 0.05
+) -> float:
     """Fraction of samples where the student's deterministic action equals the teacher's label
     (continuous actions: every component within ``tol`` of the action range, or of 1)."""
     student.eval()
@@ -409,11 +462,19 @@ def _reinit(policy: Policy) -> None:
             m.reset_parameters()
 
 
-def distill(student: Policy, teacher: Any, task: str, cfg: DistillConfig | dict | None = None, *,
-            control_mode: str | None = None, suite: Any = None,
-            callback: Callable[[int, dict[str, float]], Any] | None = None,
-            dataset_path: str | Path | None = None, state: DistillState | None = None,
-            progress: Callable[[str, float, float], None] | None = None) -> list[dict[str, float]]:
+def distill(
+    student: Policy,
+    teacher: Any,
+    task: str,
+    cfg: DistillConfig | dict | None = None,
+    *,
+    control_mode: str | None = None,
+    suite: Any = None,
+    callback: Callable[[int, dict[str, float]], Any] | None = None,
+    dataset_path: str | Path | None = None,
+    state: DistillState | None = None,
+    progress: Callable[[str, float, float], None] | None = None,
+) -> list[dict[str, float]]:
     """Distil ``teacher`` into ``student`` by DAgger on ``task``; returns the per-round metrics.
 
     ``teacher``: ``"expert"``, a checkpoint dir, a state-based policy or a :class:`Teacher`.
@@ -462,11 +523,19 @@ def distill(student: Policy, teacher: Any, task: str, cfg: DistillConfig | dict 
                 synthetic = bool(kinds[j])
                 env = synth_env if synthetic else rendered_env
                 ep, st = rollout_episode(
-                    env, teacher_obj, student if beta < 1.0 else None, seed, beta, rng, synthetic=synthetic,
-                    num_points=cfg.num_points, synthetic_kwargs=cfg.synthetic_kwargs(),
+                    env,
+                    teacher_obj,
+                    student if beta < 1.0 else None,
+                    seed,
+                    beta,
+                    rng,
+                    synthetic=synthetic,
+                    num_points=cfg.num_points,
+                    synthetic_kwargs=cfg.synthetic_kwargs(),
                     deterministic=cfg.student_deterministic,
                     source=f"distill(round={i},beta={beta:.3f},cloud={'synthetic' if synthetic else 'rendered'},"
-                           f"teacher={teacher_obj.name})")
+                    f"teacher={teacher_obj.name})",
+                )
                 state.episodes.append(ep)
                 state.rounds.append(i)
                 state.synthetic.append(synthetic)
@@ -476,11 +545,15 @@ def distill(student: Policy, teacher: Any, task: str, cfg: DistillConfig | dict 
                 stud += st.student_steps
                 steps += st.steps
                 if progress is not None:
-                    progress(f"distill round {i + 1}/{cfg.iterations}: rollout {j + 1}/{cfg.episodes_per_iter}",
-                             i * cfg.episodes_per_iter + j + 1, cfg.iterations * cfg.episodes_per_iter)
+                    progress(
+                        f"distill round {i + 1}/{cfg.iterations}: rollout {j + 1}/{cfg.episodes_per_iter}",
+                        i * cfg.episodes_per_iter + j + 1,
+                        cfg.iterations * cfg.episodes_per_iter,
+                    )
             t_roll = time.perf_counter() - t0
-            obs, acts = episodes_to_samples(state.episodes, keys, student.n_obs_steps, student.horizon,
-                                            getattr(student, "action_offset", 0))
+            obs, acts = episodes_to_samples(
+                state.episodes, keys, student.n_obs_steps, student.horizon, getattr(student, "action_offset", 0)
+            )
             if cfg.retrain:
                 _reinit(student)
             losses = train_bc(student, obs, acts, cfg.bc_config(i))
@@ -490,13 +563,21 @@ def distill(student: Policy, teacher: Any, task: str, cfg: DistillConfig | dict 
             evaluate = bool(eval_seeds) and (last or (cfg.eval_every > 0 and (i + 1) % cfg.eval_every == 0))
             succ = evaluate_student(student, rendered_env, eval_seeds) if evaluate else float("nan")
             metrics = {
-                "round": float(i), "beta": beta, "episodes": float(cfg.episodes_per_iter),
-                "synthetic_episodes": float(n_syn), "rollout/success_rate": wins / cfg.episodes_per_iter,
+                "round": float(i),
+                "beta": beta,
+                "episodes": float(cfg.episodes_per_iter),
+                "synthetic_episodes": float(n_syn),
+                "rollout/success_rate": wins / cfg.episodes_per_iter,
                 "rollout/student_step_fraction": stud / max(steps, 1),
-                "dataset/episodes": float(len(state.episodes)), "dataset/transitions": float(len(acts)),
-                "loss/bc": float(losses[-1]) if losses else float("nan"), "distill/agreement": float(agreement),
-                "eval/success_rate": float(succ), "distill/teacher_success": float(state.teacher_success),
-                "time/round_s": time.perf_counter() - t0, "time/rollout_s": t_roll, "time/train_s": t_train,
+                "dataset/episodes": float(len(state.episodes)),
+                "dataset/transitions": float(len(acts)),
+                "loss/bc": float(losses[-1]) if losses else float("nan"),
+                "distill/agreement": float(agreement),
+                "eval/success_rate": float(succ),
+                "distill/teacher_success": float(state.teacher_success),
+                "time/round_s": time.perf_counter() - t0,
+                "time/rollout_s": t_roll,
+                "time/train_s": t_train,
             }
             history.append(metrics)
             if callback is not None:
@@ -523,9 +604,14 @@ def _student_obs_keys(cfg: Any) -> list[str]:
     return keys
 
 
-def run_distillation(cfg: Any, out: str | Path, client: Any, run_id: str,
-                     progress: Callable[[str, float, float], None] | None = None,
-                     cache_dir: str | Path | None = None) -> tuple[list[Any], list[dict[str, float]]]:
+def run_distillation(
+    cfg: Any,
+    out: str | Path,
+    client: Any,
+    run_id: str,
+    progress: Callable[[str, float, float], None] | None = None,
+    cache_dir: str | Path | None = None,
+) -> tuple[list[Any], list[dict[str, float]]]:
     """``algo: distill`` of :func:`policies.train.run_training`.
 
     Builds the student from ``cfg.policy`` / ``cfg.policy_config`` / ``cfg.obs_keys``
@@ -584,25 +670,61 @@ def run_distillation(cfg: Any, out: str | Path, client: Any, run_id: str,
         history.append({"round": step, **{k: v for k, v in m.items() if k != "round"}})
         digest = data_digest(dataset) if dataset.exists() else ""
         succ = m["eval/success_rate"]
-        records.append(save_and_register(
-            student, cfg, out, client, run_id, step, digest, succ,
-            extra={"distill_round": step, "teacher": dcfg.teacher,
-                   "teacher_success": _finite_or_none(m["distill/teacher_success"]),
-                   "agreement": _finite_or_none(m["distill/agreement"]),
-                   "dataset_transitions": int(m["dataset/transitions"]),
-                   "synthetic_fraction": dcfg.synthetic_fraction, "num_points": dcfg.num_points,
-                   "image_size": list(dcfg.image_size), "cameras": list(dcfg.cameras)}))
+        records.append(
+            save_and_register(
+                student,
+                cfg,
+                out,
+                client,
+                run_id,
+                step,
+                digest,
+                succ,
+                extra={
+                    "distill_round": step,
+                    "teacher": dcfg.teacher,
+                    "teacher_success": _finite_or_none(m["distill/teacher_success"]),
+                    "agreement": _finite_or_none(m["distill/agreement"]),
+                    "dataset_transitions": int(m["dataset/transitions"]),
+                    "synthetic_fraction": dcfg.synthetic_fraction,
+                    "num_points": dcfg.num_points,
+                    "image_size": list(dcfg.image_size),
+                    "cameras": list(dcfg.cameras),
+                },
+            )
+        )
         student.train()
 
     t0 = time.perf_counter()
-    distill(student, dcfg.teacher, cfg.task, dcfg, control_mode=mode, suite=cfg.suite, callback=on_round,
-            dataset_path=dataset if dcfg.save_dataset else None, progress=progress)
+    distill(
+        student,
+        dcfg.teacher,
+        cfg.task,
+        dcfg,
+        control_mode=mode,
+        suite=cfg.suite,
+        callback=on_round,
+        dataset_path=dataset if dcfg.save_dataset else None,
+        progress=progress,
+    )
     client.log_metric(run_id, "train/wall_time_s", time.perf_counter() - t0)
     if dcfg.save_dataset and dataset.exists():
         client.log_metric(run_id, "dataset/bytes", float(dataset.stat().st_size))
     return records, history
 
 
-__all__ = ["DistillConfig", "DistillState", "ExpertTeacher", "PolicyTeacher", "RolloutStats", "Teacher",
-           "action_agreement", "distill", "evaluate_student", "evaluate_teacher", "make_teacher",
-           "rollout_episode", "run_distillation"]
+__all__ = [
+    "DistillConfig",
+    "DistillState",
+    "ExpertTeacher",
+    "PolicyTeacher",
+    "RolloutStats",
+    "Teacher",
+    "action_agreement",
+    "distill",
+    "evaluate_student",
+    "evaluate_teacher",
+    "make_teacher",
+    "rollout_episode",
+    "run_distillation",
+]

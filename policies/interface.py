@@ -31,8 +31,9 @@ import dataclasses
 import math
 import typing
 from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Protocol, Sequence, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -135,10 +136,14 @@ class ObsSpec:
         return {"key": self.key, "shape": list(self.shape), "dtype": self.dtype, "units": self.units}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ObsSpec":
+    def from_dict(cls, d: dict[str, Any]) -> ObsSpec:
         _check_keys(d, {"key", "shape"}, {"dtype", "units"}, "observation spec")
-        return cls(key=str(d["key"]), shape=tuple(d["shape"]), dtype=str(d.get("dtype", "float32")),
-                   units=str(d.get("units", "")))
+        return cls(
+            key=str(d["key"]),
+            shape=tuple(d["shape"]),
+            dtype=str(d.get("dtype", "float32")),
+            units=str(d.get("units", "")),
+        )
 
 
 @dataclass(frozen=True)
@@ -208,7 +213,7 @@ class ActionSpec:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ActionSpec":
+    def from_dict(cls, d: dict[str, Any]) -> ActionSpec:
         _check_keys(d, {"control_mode"}, {"shape", "low", "high", "n", "units"}, "action spec")
         low = d.get("low")
         high = d.get("high")
@@ -222,16 +227,20 @@ class ActionSpec:
         )
 
     @classmethod
-    def from_space(cls, space: Any, control_mode: str, units: str = "") -> "ActionSpec":
+    def from_space(cls, space: Any, control_mode: str, units: str = "") -> ActionSpec:
         from gymnasium import spaces
 
         units = units or ACTION_UNITS.get(control_mode, "")
         if isinstance(space, spaces.Discrete):
             return cls(control_mode=control_mode, shape=(), n=int(space.n), units=units)
         if isinstance(space, spaces.Box):
-            return cls(control_mode=control_mode, shape=tuple(space.shape),
-                       low=tuple(np.asarray(space.low, dtype=np.float64).reshape(-1)),
-                       high=tuple(np.asarray(space.high, dtype=np.float64).reshape(-1)), units=units)
+            return cls(
+                control_mode=control_mode,
+                shape=tuple(space.shape),
+                low=tuple(np.asarray(space.low, dtype=np.float64).reshape(-1)),
+                high=tuple(np.asarray(space.high, dtype=np.float64).reshape(-1)),
+                units=units,
+            )
         raise SpecMismatchError(f"action space {space} is not supported (use Discrete or Box)")
 
 
@@ -303,25 +312,31 @@ class PolicySpec:
     def has(self, key: str) -> bool:
         return key in self.obs_keys
 
-    def select(self, keys: Sequence[str]) -> "PolicySpec":
+    def select(self, keys: Sequence[str]) -> PolicySpec:
         """The same spec restricted to ``keys`` (in that order)."""
         return PolicySpec(task=self.task, observations=[self.obs(k) for k in keys], action=self.action)
 
     # -- (de)serialization -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {"task": self.task, "observations": [o.to_dict() for o in self.observations],
-                "action": self.action.to_dict()}
+        return {
+            "task": self.task,
+            "observations": [o.to_dict() for o in self.observations],
+            "action": self.action.to_dict(),
+        }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "PolicySpec":
+    def from_dict(cls, d: dict[str, Any]) -> PolicySpec:
         _check_keys(d, {"task", "observations", "action"}, set(), "policy spec")
         if not isinstance(d["observations"], list):
             raise ValueError("policy spec 'observations' must be a list")
-        return cls(task=str(d["task"]), observations=[ObsSpec.from_dict(o) for o in d["observations"]],
-                   action=ActionSpec.from_dict(d["action"]))
+        return cls(
+            task=str(d["task"]),
+            observations=[ObsSpec.from_dict(o) for o in d["observations"]],
+            action=ActionSpec.from_dict(d["action"]),
+        )
 
     @classmethod
-    def from_env(cls, env: Any, obs_keys: Sequence[str] | None = None, task: str | None = None) -> "PolicySpec":
+    def from_env(cls, env: Any, obs_keys: Sequence[str] | None = None, task: str | None = None) -> PolicySpec:
         """The spec of an env (TwinEnv, BatchedTwinEnv, or a gymnasium env with Dict observations).
 
         ``obs_keys`` selects the observation entries the policy reads (default: all).
@@ -330,10 +345,12 @@ class PolicySpec:
         keys = list(obs_keys) if obs_keys is not None else list(obs_spaces)
         missing = [k for k in keys if k not in obs_spaces]
         if missing:
-            raise SpecMismatchError(f"observation keys {missing} are not in the env's observation space "
-                                    f"(it has {sorted(obs_spaces)})")
-        obs = [ObsSpec(k, tuple(obs_spaces[k].shape), str(np.dtype(obs_spaces[k].dtype)), _units_for_key(k))
-               for k in keys]
+            raise SpecMismatchError(
+                f"observation keys {missing} are not in the env's observation space (it has {sorted(obs_spaces)})"
+            )
+        obs = [
+            ObsSpec(k, tuple(obs_spaces[k].shape), str(np.dtype(obs_spaces[k].dtype)), _units_for_key(k)) for k in keys
+        ]
         if mode is None:
             from gymnasium import spaces
 
@@ -341,8 +358,11 @@ class PolicySpec:
         base = getattr(env, "envs", [env])[0] if hasattr(env, "envs") else env
         describe = getattr(getattr(base, "unwrapped", base), "action_description", None)
         units = describe() if callable(describe) else ""
-        return cls(task=task if task is not None else env_task, observations=obs,
-                   action=ActionSpec.from_space(act_space, mode, units))
+        return cls(
+            task=task if task is not None else env_task,
+            observations=obs,
+            action=ActionSpec.from_space(act_space, mode, units),
+        )
 
     # -- checks ------------------------------------------------------------------------------
     def mismatches(self, env: Any) -> list[str]:
@@ -361,21 +381,29 @@ class PolicySpec:
                     hint = "; enable it with ObservationCfg(point_cloud=True)"
                 elif o.key.startswith(("rgb/", "depth/")):
                     hint = "; enable it with ObservationCfg(rgb=True / depth=True) and that camera"
-                problems.append(f"observation {o.key!r}: required by the policy but not in the env's observation "
-                                f"space (env has {sorted(obs_spaces)}){hint}")
+                problems.append(
+                    f"observation {o.key!r}: required by the policy but not in the env's observation "
+                    f"space (env has {sorted(obs_spaces)}){hint}"
+                )
                 continue
             if tuple(sp.shape) != o.shape:
-                problems.append(f"observation {o.key!r}: the policy expects shape {o.shape} but the env gives "
-                                f"{tuple(sp.shape)}")
+                problems.append(
+                    f"observation {o.key!r}: the policy expects shape {o.shape} but the env gives {tuple(sp.shape)}"
+                )
             if sp.dtype is not None and np.dtype(sp.dtype) != np.dtype(o.dtype):
-                problems.append(f"observation {o.key!r}: the policy expects dtype {o.dtype} but the env gives "
-                                f"{np.dtype(sp.dtype)}")
+                problems.append(
+                    f"observation {o.key!r}: the policy expects dtype {o.dtype} but the env gives {np.dtype(sp.dtype)}"
+                )
         a = self.action
-        env_desc = (f"Discrete({act_space.n})" if isinstance(act_space, spaces.Discrete)
-                    else f"Box{tuple(getattr(act_space, 'shape', ()))}")
+        env_desc = (
+            f"Discrete({act_space.n})"
+            if isinstance(act_space, spaces.Discrete)
+            else f"Box{tuple(getattr(act_space, 'shape', ()))}"
+        )
         if mode is not None and a.control_mode != mode:
-            problems.append(f"action control_mode: the policy acts in {a.describe()} but the env uses "
-                            f"{mode!r} ({env_desc})")
+            problems.append(
+                f"action control_mode: the policy acts in {a.describe()} but the env uses {mode!r} ({env_desc})"
+            )
         elif a.discrete:
             if not isinstance(act_space, spaces.Discrete) or int(act_space.n) != a.n:
                 problems.append(f"action space: the policy emits Discrete({a.n}) but the env expects {env_desc}")
@@ -387,8 +415,10 @@ class PolicySpec:
                 for name, mine, theirs in (("low", lo, act_space.low), ("high", hi, act_space.high)):
                     theirs = np.asarray(theirs, dtype=np.float32).reshape(a.shape)
                     if not np.allclose(mine, theirs, rtol=1e-6, atol=1e-6, equal_nan=False):
-                        problems.append(f"action {name}: the policy's bounds {mine.tolist()} differ from the "
-                                        f"env's {theirs.tolist()}")
+                        problems.append(
+                            f"action {name}: the policy's bounds {mine.tolist()} differ from the "
+                            f"env's {theirs.tolist()}"
+                        )
         return problems
 
     def check_env(self, env: Any) -> None:
@@ -397,28 +427,30 @@ class PolicySpec:
         if problems:
             raise SpecMismatchError("policy spec does not match the env:\n  - " + "\n  - ".join(problems))
 
-    def check_obs(self, obs: dict[str, Any], keys: Sequence[str] | None = None,
-                  extra_leading: int = 1) -> int:
+    def check_obs(self, obs: dict[str, Any], keys: Sequence[str] | None = None, extra_leading: int = 1) -> int:
         """Check a batched observation dict; returns the batch size.
 
         Every key in ``keys`` (default: all declared) must be present with shape
         ``(B, *shape)`` (``extra_leading`` leading axes; 2 for ``(B, T, ...)``).
         """
         if not isinstance(obs, dict):
-            raise SpecMismatchError(f"observations must be a dict of arrays keyed by {self.obs_keys}, "
-                                    f"got {type(obs).__name__}")
+            raise SpecMismatchError(
+                f"observations must be a dict of arrays keyed by {self.obs_keys}, got {type(obs).__name__}"
+            )
         batch: int | None = None
         for key in keys if keys is not None else self.obs_keys:
             o = self.obs(key)
             if key not in obs:
-                raise SpecMismatchError(f"observation {key!r} is missing (the policy reads {self.obs_keys}; "
-                                        f"got {sorted(obs)})")
+                raise SpecMismatchError(
+                    f"observation {key!r} is missing (the policy reads {self.obs_keys}; got {sorted(obs)})"
+                )
             shp = tuple(obs[key].shape)
             if len(shp) != len(o.shape) + extra_leading or shp[extra_leading:] != o.shape:
                 want = ("B",) * (extra_leading == 1) + ("B", "T") * (extra_leading == 2)
                 raise SpecMismatchError(
                     f"observation {key!r} has shape {shp}; the policy expects {(*want, *o.shape)} "
-                    f"(batched over the leading axis; add one with obs[{key!r}][None] for a single env)")
+                    f"(batched over the leading axis; add one with obs[{key!r}][None] for a single env)"
+                )
             if batch is None:
                 batch = shp[0]
             elif shp[0] != batch:
@@ -488,8 +520,11 @@ def _check_choice(cls_name: str, name: str, value: Any, choices: Sequence[Any]) 
 
 
 def _check_sizes(cls_name: str, name: str, value: Any, allow_empty: bool = False) -> None:
-    if not isinstance(value, tuple) or (not value and not allow_empty) or not all(
-            isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in value):
+    if (
+        not isinstance(value, tuple)
+        or (not value and not allow_empty)
+        or not all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in value)
+    ):
         raise ConfigError(f"{cls_name}.{name} = {value!r}; expected a tuple of positive ints")
 
 
@@ -510,12 +545,15 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         raise DeviceError(f"unknown device {device!r}; use 'cpu', 'cuda', 'cuda:N' or 'auto'") from exc
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise DeviceError(f"device {str(device)!r} requested but CUDA is not available here (torch "
-                              f"{torch.__version__}, CUDA build: {torch.version.cuda or 'none'}); "
-                              f"use device='cpu' or 'auto'")
+            raise DeviceError(
+                f"device {str(device)!r} requested but CUDA is not available here (torch "
+                f"{torch.__version__}, CUDA build: {torch.version.cuda or 'none'}); "
+                f"use device='cpu' or 'auto'"
+            )
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise DeviceError(f"device {str(device)!r} requested but only {torch.cuda.device_count()} CUDA "
-                              f"device(s) are visible")
+            raise DeviceError(
+                f"device {str(device)!r} requested but only {torch.cuda.device_count()} CUDA device(s) are visible"
+            )
     elif dev.type == "mps":
         if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
             raise DeviceError(f"device {str(device)!r} requested but MPS is not available; use 'cpu'")
@@ -580,8 +618,10 @@ class Policy(nn.Module):
         if keys is not None:
             missing = [k for k in keys if not spec.has(k)]
             if missing:
-                raise SpecMismatchError(f"{type(self).__name__} reads observations {missing} that the spec does "
-                                        f"not declare (spec has {spec.obs_keys})")
+                raise SpecMismatchError(
+                    f"{type(self).__name__} reads observations {missing} that the spec does "
+                    f"not declare (spec has {spec.obs_keys})"
+                )
             spec = spec.select(keys)
         self.spec: PolicySpec = spec
         self._generator = torch.Generator(device="cpu")
@@ -647,7 +687,7 @@ class Policy(nn.Module):
             self.__dict__["_param_device"] = None
         super().__setattr__(name, value)
 
-    def _apply(self, *args: Any, **kwargs: Any) -> "Policy":
+    def _apply(self, *args: Any, **kwargs: Any) -> Policy:
         self.__dict__["_param_device"] = None
         out = super()._apply(*args, **kwargs)
         self.__dict__["_param_device"] = None
@@ -659,7 +699,7 @@ class Policy(nn.Module):
         self.__dict__["_param_device"] = None
         return out
 
-    def to(self, *args: Any, **kwargs: Any) -> "Policy":  # type: ignore[override]
+    def to(self, *args: Any, **kwargs: Any) -> Policy:  # type: ignore[override]
         """``policy.to("cpu" | "cuda" | "cuda:N" | "auto")``; a clear DeviceError when unavailable."""
         if len(args) == 1 and not kwargs and isinstance(args[0], (str, torch.device)):
             dev = resolve_device(args[0])
@@ -774,13 +814,15 @@ class Policy(nn.Module):
         """Update running observation statistics with a batch (PPO rollouts); no-op by default."""
         return None
 
-    def evaluate_actions(self, obs_t: dict[str, torch.Tensor], actions_t: torch.Tensor
-                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def evaluate_actions(
+        self, obs_t: dict[str, torch.Tensor], actions_t: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(log_prob (B,), entropy (B,), value (B,)) of given actions; models with a value head."""
         raise NotImplementedError(f"{type(self).__name__} has no value head (has_value_head = False)")
 
-    def act_with_info(self, obs_t: dict[str, torch.Tensor], deterministic: bool = False
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def act_with_info(
+        self, obs_t: dict[str, torch.Tensor], deterministic: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(actions, log_prob (B,), value (B,)) for PPO rollouts; actions are NOT clipped."""
         raise NotImplementedError(f"{type(self).__name__} has no value head (has_value_head = False)")
 
@@ -788,8 +830,10 @@ class Policy(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} has no value head (has_value_head = False)")
 
     def extra_repr(self) -> str:
-        return f"policy={self.policy_name or type(self).__name__!r}, task={self.spec.task!r}, " \
-               f"action={self.spec.action.describe()}"
+        return (
+            f"policy={self.policy_name or type(self).__name__!r}, task={self.spec.task!r}, "
+            f"action={self.spec.action.describe()}"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -824,7 +868,8 @@ class ChunkExecutor:
         elif len(self._queues) != batch_size:
             raise SpecMismatchError(
                 f"batch size changed from {len(self._queues)} to {batch_size} envs without reset(); "
-                f"call policy.reset() before acting on a different batch")
+                f"call policy.reset() before acting on a different batch"
+            )
 
     def needs_plan(self, batch_size: int) -> np.ndarray:
         """Env ids whose queue is empty."""
@@ -887,7 +932,8 @@ class ObsHistory:
             if self._buf is not None and not self._fresh.all():
                 raise SpecMismatchError(
                     f"batch size changed from {next(iter(self._buf.values())).shape[0]} to {batch} envs without "
-                    f"reset(); call policy.reset() before acting on a different batch")
+                    f"reset(); call policy.reset() before acting on a different batch"
+                )
             self._buf = {k: v[:, None].repeat_interleave(self.n_steps, dim=1).clone() for k, v in obs_t.items()}
             self._fresh = np.zeros(batch, dtype=bool)
             return dict(self._buf)

@@ -38,8 +38,11 @@ def signature_of(spec: Any) -> Any:
 
     inputs = Schema([TensorSpec(np.dtype(o.dtype), (-1, *o.shape), name=o.key) for o in spec.observations])
     act = spec.action
-    out = TensorSpec(np.dtype("int64"), (-1,), name="action") if act.n is not None else \
-        TensorSpec(np.dtype("float32"), (-1, *act.shape), name="action")
+    out = (
+        TensorSpec(np.dtype("int64"), (-1,), name="action")
+        if act.n is not None
+        else TensorSpec(np.dtype("float32"), (-1, *act.shape), name="action")
+    )
     return ModelSignature(inputs=inputs, outputs=Schema([out]))
 
 
@@ -57,11 +60,19 @@ def write_mlmodel(checkpoint_dir: str | os.PathLike[str], run_id: str = "", arti
     manifest = read_manifest(d)
     spec = PolicySpec.from_dict(manifest["spec"])
     model = Model(artifact_path=artifact_path or None, run_id=run_id or None)
-    model.add_flavor(FLAVOR, checkpoint_format="safetensors+manifest", weights="model.safetensors",
-                     manifest="manifest.json", policy_class=str(manifest.get("policy_class", "")), task=spec.task,
-                     control_mode=spec.action.control_mode, twinrank_format_version=manifest.get("format_version", 1))
-    mlflow.pyfunc.add_to_model(model, loader_module="policies.mlflow_model", data=".",
-                               python_version=platform.python_version())
+    model.add_flavor(
+        FLAVOR,
+        checkpoint_format="safetensors+manifest",
+        weights="model.safetensors",
+        manifest="manifest.json",
+        policy_class=str(manifest.get("policy_class", "")),
+        task=spec.task,
+        control_mode=spec.action.control_mode,
+        twinrank_format_version=manifest.get("format_version", 1),
+    )
+    mlflow.pyfunc.add_to_model(
+        model, loader_module="policies.mlflow_model", data=".", python_version=platform.python_version()
+    )
     model.signature = signature_of(spec)
     path = d / MLMODEL
     model.save(str(path))
@@ -75,25 +86,49 @@ def load_policy(model_dir: str | os.PathLike[str], device: str = "cpu") -> Any:
     return load_checkpoint(model_dir, device=device)
 
 
-def save_and_register(policy: Any, cfg: TrainConfig, out: Path, client: Any, run_id: str, step: int,
-                      digest: str, success: float, extra: dict[str, Any] | None = None) -> CheckpointRecord:
+def save_and_register(
+    policy: Any,
+    cfg: TrainConfig,
+    out: Path,
+    client: Any,
+    run_id: str,
+    step: int,
+    digest: str,
+    success: float,
+    extra: dict[str, Any] | None = None,
+) -> CheckpointRecord:
     """Write a checkpoint, log it as an artifact of the run and register it as a model version."""
     from policies import tracking
     from policies.checkpoint import checkpoint_id, save_checkpoint
 
     ckpt_dir = out / "checkpoints" / f"step_{step:07d}"
     evaluated = math.isfinite(success)
-    save_checkpoint(policy, ckpt_dir, training_step=step, run_id=run_id, data_digest=digest,
-                    extra={"algo": cfg.algo, "train_success_rate": success if evaluated else None, **(extra or {})})
+    save_checkpoint(
+        policy,
+        ckpt_dir,
+        training_step=step,
+        run_id=run_id,
+        data_digest=digest,
+        extra={"algo": cfg.algo, "train_success_rate": success if evaluated else None, **(extra or {})},
+    )
     artifact_path = f"checkpoints/step_{step:07d}"
     write_mlmodel(ckpt_dir, run_id=run_id, artifact_path=artifact_path)  # signature + flavors in the registry
     client.log_artifacts(run_id, str(ckpt_dir), artifact_path=artifact_path)
     version = tracking.register_checkpoint(
-        client, cfg.registered_model, run_id, artifact_path,
-        tags={"task": cfg.task, "algo": cfg.algo, "training_step": str(step),
-              "train_success_rate": f"{success:.3f}" if evaluated else "not evaluated",
-              "train_success_episodes": str(cfg.eval_episodes if evaluated else 0),
-              "checkpoint_dir": str(ckpt_dir.resolve()), "checkpoint_id": checkpoint_id(ckpt_dir)})
+        client,
+        cfg.registered_model,
+        run_id,
+        artifact_path,
+        tags={
+            "task": cfg.task,
+            "algo": cfg.algo,
+            "training_step": str(step),
+            "train_success_rate": f"{success:.3f}" if evaluated else "not evaluated",
+            "train_success_episodes": str(cfg.eval_episodes if evaluated else 0),
+            "checkpoint_dir": str(ckpt_dir.resolve()),
+            "checkpoint_id": checkpoint_id(ckpt_dir),
+        },
+    )
     if evaluated:
         client.log_metric(run_id, "checkpoint/success_rate", success, step=step)
     return CheckpointRecord(step=step, path=ckpt_dir, success_rate=success, model_version=version)
@@ -107,8 +142,10 @@ class _PyfuncPolicy:
 
     def predict(self, model_input: Any, params: dict[str, Any] | None = None) -> np.ndarray:
         if not isinstance(model_input, dict):
-            raise TypeError(f"give a dict of observation arrays keyed by {self.policy.spec.obs_keys}, not "
-                            f"{type(model_input).__name__}")
+            raise TypeError(
+                f"give a dict of observation arrays keyed by {self.policy.spec.obs_keys}, not "
+                f"{type(model_input).__name__}"
+            )
         obs = {k: np.asarray(v) for k, v in model_input.items()}
         self.policy.reset()  # every call is a fresh batch of episodes (chunked policies drop old chunks)
         return np.asarray(self.policy.act(obs, deterministic=True))

@@ -96,8 +96,9 @@ class RunningNorm(nn.Module):
     features (success 0.5 with it, 0.7 with this rule, teacher 1.0).
     """
 
-    def __init__(self, dim: int, clip: float = 10.0, eps: float = 1e-8, const_std: float = 1e-3,
-                 floor_std: float = 0.01) -> None:
+    def __init__(
+        self, dim: int, clip: float = 10.0, eps: float = 1e-8, const_std: float = 1e-3, floor_std: float = 0.01
+    ) -> None:
         super().__init__()
         self.clip = float(clip)
         self.eps = float(eps)
@@ -155,8 +156,9 @@ class RunningNorm(nn.Module):
 class ActionHead(nn.Module):
     """Categorical or state-independent-std Gaussian action distribution."""
 
-    def __init__(self, in_dim: int, spec: ActionSpec, kind: str, init_log_std: float, scale_actions: bool,
-                 gain: float = 0.01) -> None:
+    def __init__(
+        self, in_dim: int, spec: ActionSpec, kind: str, init_log_std: float, scale_actions: bool, gain: float = 0.01
+    ) -> None:
         super().__init__()
         self.kind = kind
         self.action_shape = spec.shape
@@ -261,14 +263,16 @@ class ActorCriticPolicy(Policy):
         """Raw head output: logits (discrete) or normalized mean (gaussian); for distillation."""
         return self.head(self._trunk(self._as_tensor_batch(obs_t))[0])
 
-    def evaluate_actions(self, obs_t: dict[str, torch.Tensor], actions_t: torch.Tensor
-                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def evaluate_actions(
+        self, obs_t: dict[str, torch.Tensor], actions_t: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         h, c = self._trunk(obs_t)
         out = self.head(h)
         return self.head.log_prob(out, actions_t), self.head.entropy(out), self._value(c)
 
-    def act_with_info(self, obs_t: dict[str, torch.Tensor], deterministic: bool = False
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def act_with_info(
+        self, obs_t: dict[str, torch.Tensor], deterministic: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         h, c = self._trunk(obs_t)
         out = self.head(h)
         a = self.head.sample(out, deterministic, self)
@@ -347,8 +351,9 @@ class MLPPolicy(ActorCriticPolicy):
         self.in_dim = in_dim
         self.obs_norm = RunningNorm(in_dim, clip=cfg.obs_clip) if cfg.normalize_obs else None
         self.actor = mlp(in_dim, cfg.hidden_sizes, cfg.activation)
-        self.head = ActionHead(cfg.hidden_sizes[-1], self.spec.action, self.action_type, cfg.init_log_std,
-                               cfg.scale_actions)
+        self.head = ActionHead(
+            cfg.hidden_sizes[-1], self.spec.action, self.action_type, cfg.init_log_std, cfg.scale_actions
+        )
         self.has_value_head = bool(cfg.value_head)
         if cfg.value_head:
             vs = cfg.value_hidden_sizes or cfg.hidden_sizes
@@ -410,8 +415,9 @@ def robot_state_9d(proprio: torch.Tensor) -> torch.Tensor:
 class PointNetEncoder(nn.Module):
     """Shared per-point MLP -> max-pool (+ mean-pool) -> linear -> LayerNorm embedding."""
 
-    def __init__(self, in_dim: int, point_mlp: tuple[int, ...], embed_dim: int, pool: str, activation: str,
-                 layer_norm: bool) -> None:
+    def __init__(
+        self, in_dim: int, point_mlp: tuple[int, ...], embed_dim: int, pool: str, activation: str, layer_norm: bool
+    ) -> None:
         super().__init__()
         self.pool = pool
         self.point_mlp = mlp(in_dim, point_mlp, activation)
@@ -491,22 +497,28 @@ class PointCloudPolicy(ActorCriticPolicy):
         cfg = self.config
         pc = self.spec.obs(cfg.point_key)
         if len(pc.shape) != 2 or pc.shape[1] < (6 if cfg.use_rgb else 3):
-            raise SpecMismatchError(f"PointCloudPolicy: observation {cfg.point_key!r} has shape {pc.shape}; "
-                                    f"expected (N, 6) points (x, y, z, r, g, b)")
+            raise SpecMismatchError(
+                f"PointCloudPolicy: observation {cfg.point_key!r} has shape {pc.shape}; "
+                f"expected (N, 6) points (x, y, z, r, g, b)"
+            )
         pr = self.spec.obs(cfg.proprio_key)
         if pr.shape != (15,):
-            raise SpecMismatchError(f"PointCloudPolicy: observation {cfg.proprio_key!r} has shape {pr.shape}; "
-                                    f"expected (15,) TwinEnv proprio")
+            raise SpecMismatchError(
+                f"PointCloudPolicy: observation {cfg.proprio_key!r} has shape {pr.shape}; "
+                f"expected (15,) TwinEnv proprio"
+            )
         self.action_type = _resolve_action_type("PointCloudPolicy", cfg.action_type, self.spec.action)
         self.point_dim = 6 if cfg.use_rgb else 3
         self.point_norm = RunningNorm(self.point_dim, clip=10.0) if cfg.normalize else None
         self.state_norm = RunningNorm(ROBOT_STATE_DIM, clip=10.0) if cfg.normalize else None
-        self.encoder = PointNetEncoder(self.point_dim, cfg.point_mlp, cfg.embed_dim, cfg.pool, cfg.activation,
-                                       cfg.layer_norm)
+        self.encoder = PointNetEncoder(
+            self.point_dim, cfg.point_mlp, cfg.embed_dim, cfg.pool, cfg.activation, cfg.layer_norm
+        )
         in_dim = cfg.embed_dim + ROBOT_STATE_DIM
         self.trunk = mlp(in_dim, cfg.hidden_sizes, cfg.activation)
-        self.head = ActionHead(cfg.hidden_sizes[-1], self.spec.action, self.action_type, cfg.init_log_std,
-                               cfg.scale_actions)
+        self.head = ActionHead(
+            cfg.hidden_sizes[-1], self.spec.action, self.action_type, cfg.init_log_std, cfg.scale_actions
+        )
         self.has_value_head = bool(cfg.value_head)
         if cfg.value_head:
             vs = cfg.value_hidden_sizes or cfg.hidden_sizes

@@ -48,15 +48,15 @@ warm-start steps) reached 0.65-0.95 and, with the moving normalizer, stayed at ~
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from policies.interface import Policy
 from twin.batched import BatchedTwinEnv
-from twin.env import TwinEnv
 from twin.tasks.base import TaskCfg
 
 
@@ -108,9 +108,16 @@ class UpdateStats:
     extra: dict[str, float] = field(default_factory=dict)
 
     def metrics(self) -> dict[str, float]:
-        return {"train/success_rate": self.success_rate, "train/mean_return": self.mean_return,
-                "loss/policy": self.policy_loss, "loss/value": self.value_loss, "loss/bc": self.bc_loss,
-                "policy/entropy": self.entropy, "perf/env_steps_per_s": self.fps, **self.extra}
+        return {
+            "train/success_rate": self.success_rate,
+            "train/mean_return": self.mean_return,
+            "loss/policy": self.policy_loss,
+            "loss/value": self.value_loss,
+            "loss/bc": self.bc_loss,
+            "policy/entropy": self.entropy,
+            "perf/env_steps_per_s": self.fps,
+            **self.extra,
+        }
 
 
 class DemoBuffer:
@@ -130,9 +137,17 @@ class DemoBuffer:
 
 
 class PPOTrainer:
-    def __init__(self, policy: Policy, task: str, cfg: PPOConfig, *, demos: DemoBuffer | None = None,
-                 control_mode: str | None = None, suite: Any = None,
-                 scene_cfgs: list[TaskCfg] | None = None) -> None:
+    def __init__(
+        self,
+        policy: Policy,
+        task: str,
+        cfg: PPOConfig,
+        *,
+        demos: DemoBuffer | None = None,
+        control_mode: str | None = None,
+        suite: Any = None,
+        scene_cfgs: list[TaskCfg] | None = None,
+    ) -> None:
         if not policy.has_value_head:
             raise ValueError(f"{type(policy).__name__} has no value head; PPO needs a policy with one (MLPPolicy)")
         if cfg.bc_coef > 0 and (demos is None or len(demos) == 0):
@@ -148,10 +163,12 @@ class PPOTrainer:
 
             batches_per_epoch = -(-len(demos) // cfg.bc_batch_size)
             epochs = max(1, -(-cfg.bc_pretrain_steps // batches_per_epoch))
-            train_bc(policy, demos.obs, demos.actions,
-                     BCConfig(epochs=epochs, batch_size=cfg.bc_batch_size, seed=cfg.seed))
-        self.env = BatchedTwinEnv(task, cfg.num_envs, cfg=scene_cfgs, control_mode=control_mode, suite=suite,
-                                  autoreset=True)
+            train_bc(
+                policy, demos.obs, demos.actions, BCConfig(epochs=epochs, batch_size=cfg.bc_batch_size, seed=cfg.seed)
+            )
+        self.env = BatchedTwinEnv(
+            task, cfg.num_envs, cfg=scene_cfgs, control_mode=control_mode, suite=suite, autoreset=True
+        )
         policy.spec.check_env(self.env.envs[0])
         self.keys = policy.spec.obs_keys
         self.opt = torch.optim.Adam(policy.parameters(), lr=cfg.lr, eps=1e-5)
@@ -236,10 +253,15 @@ class PPOTrainer:
             gae = delta + cfg.gamma * cfg.gae_lambda * nonterminal * gae
             adv[t] = gae
         self.env_steps += T * n
-        return {"obs": {k: v.reshape(T * n, *v.shape[2:]) for k, v in obs_buf.items()},
-                "actions": torch.stack(act_buf).reshape(T * n, *act_buf[0].shape[1:]),
-                "logp": logp_buf.reshape(-1), "values": val_buf.reshape(-1), "adv": adv.reshape(-1),
-                "returns": (adv + val_buf).reshape(-1), "finished": finished}
+        return {
+            "obs": {k: v.reshape(T * n, *v.shape[2:]) for k, v in obs_buf.items()},
+            "actions": torch.stack(act_buf).reshape(T * n, *act_buf[0].shape[1:]),
+            "logp": logp_buf.reshape(-1),
+            "values": val_buf.reshape(-1),
+            "adv": adv.reshape(-1),
+            "returns": (adv + val_buf).reshape(-1),
+            "finished": finished,
+        }
 
     # ---- update -------------------------------------------------------------------------------
     def update(self, batch: dict[str, Any]) -> dict[str, float]:
@@ -252,7 +274,7 @@ class PPOTrainer:
         for _ in range(cfg.epochs):
             perm = rng.permutation(N)
             for start in range(0, N, cfg.minibatch_size):
-                idx = perm[start:start + cfg.minibatch_size]
+                idx = perm[start : start + cfg.minibatch_size]
                 obs_t = self._obs_t({k: v[idx] for k, v in batch["obs"].items()})
                 logp, entropy, value = self.policy.evaluate_actions(obs_t, batch["actions"][idx])
                 adv = batch["adv"][idx]
@@ -261,7 +283,11 @@ class PPOTrainer:
                 pg = -torch.min(ratio * adv, torch.clamp(ratio, 1 - cfg.clip_eps, 1 + cfg.clip_eps) * adv).mean()
                 vloss = ((value - batch["returns"][idx]) ** 2).mean()
                 warmup = self.updates < cfg.value_warmup_updates
-                loss = cfg.value_coef * vloss if warmup else pg + cfg.value_coef * vloss - cfg.entropy_coef * entropy.mean()
+                loss = (
+                    cfg.value_coef * vloss
+                    if warmup
+                    else pg + cfg.value_coef * vloss - cfg.entropy_coef * entropy.mean()
+                )
                 bc = torch.zeros(())
                 if cfg.bc_coef > 0 and self.demos is not None and not warmup:
                     dobs, dact = self.demos.sample(cfg.bc_batch_size)
@@ -283,7 +309,9 @@ class PPOTrainer:
             self.policy.update_normalizer(batch["obs"])
         return {k: v / max(count, 1) for k, v in sums.items()}
 
-    def train(self, total_env_steps: int, callback: Callable[[UpdateStats], bool | None] | None = None) -> list[UpdateStats]:
+    def train(
+        self, total_env_steps: int, callback: Callable[[UpdateStats], bool | None] | None = None
+    ) -> list[UpdateStats]:
         """Run updates until ``total_env_steps``; ``callback`` returning True stops early."""
         history: list[UpdateStats] = []
         start = self.env_steps
@@ -298,11 +326,17 @@ class PPOTrainer:
             losses = self.update(batch)
             fin = batch["finished"]
             stats = UpdateStats(
-                update=self.updates, env_steps=self.env_steps, episodes=len(fin),
+                update=self.updates,
+                env_steps=self.env_steps,
+                episodes=len(fin),
                 success_rate=float(np.mean([s for s, _ in fin])) if fin else float("nan"),
                 mean_return=float(np.mean([r for _, r in fin])) if fin else float("nan"),
-                policy_loss=losses["policy"], value_loss=losses["value"], bc_loss=losses["bc"],
-                entropy=losses["entropy"], fps=fps)
+                policy_loss=losses["policy"],
+                value_loss=losses["value"],
+                bc_loss=losses["bc"],
+                entropy=losses["entropy"],
+                fps=fps,
+            )
             history.append(stats)
             if callback is not None and callback(stats):
                 break
@@ -310,26 +344,3 @@ class PPOTrainer:
 
     def close(self) -> None:
         self.env.close()
-
-
-def evaluate_policy(policy: Policy, task: str, seeds: list[int], *, control_mode: str | None = None,
-                    suite: Any = None, deterministic: bool = True) -> float:
-    """Success rate of ``policy`` over ``seeds`` (one episode each) in a fresh env; NaN (not
-    evaluated) for no seeds."""
-    if not seeds:
-        return float("nan")
-    env = TwinEnv(task, control_mode=control_mode, suite=suite)
-    keys = policy.spec.obs_keys
-    wins = 0
-    policy.eval()
-    for s in seeds:
-        obs, _ = env.reset(seed=int(s))
-        policy.reset()
-        term = trunc = False
-        info: dict[str, Any] = {}
-        while not (term or trunc):
-            a = policy.act({k: obs[k][None] for k in keys}, deterministic=deterministic)[0]
-            obs, _, term, trunc, info = env.step(a)
-        wins += int(info.get("success", False))
-    env.close()
-    return wins / max(len(seeds), 1)

@@ -30,8 +30,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
@@ -78,7 +79,7 @@ def artifact_root(uri: str) -> str | None:
     if os.environ.get(ARTIFACT_ROOT_ENV):
         return Path(os.environ[ARTIFACT_ROOT_ENV]).expanduser().resolve().as_uri()
     if uri.startswith("sqlite:///"):
-        db = Path(uri[len("sqlite:///"):])
+        db = Path(uri[len("sqlite:///") :])
         return (db.parent / DEFAULT_ARTIFACTS).resolve().as_uri()
     return None
 
@@ -99,8 +100,10 @@ def timeout_budget(timeout_s: float | None = None) -> float:
     except (TypeError, ValueError):
         t = -1.0
     if not t > 0:
-        raise ValueError(f"tracking timeout {value!r} is not a positive number of seconds; e.g. "
-                         f"--tracking-timeout 15 or {TIMEOUT_ENV}=15")
+        raise ValueError(
+            f"tracking timeout {value!r} is not a positive number of seconds; e.g. "
+            f"--tracking-timeout 15 or {TIMEOUT_ENV}=15"
+        )
     return t
 
 
@@ -117,8 +120,7 @@ def bound_http(timeout_s: float | None = None) -> float:
     return budget
 
 
-def wait_for_server(uri: str, timeout_s: float | None = None,
-                    on_wait: Callable[[str], None] | None = None) -> None:
+def wait_for_server(uri: str, timeout_s: float | None = None, on_wait: Callable[[str], None] | None = None) -> None:
     """Return once the tracking server at ``uri`` answers its health check; raise
     :class:`TrackingUnavailable` after the budget. Local stores return at once. ``on_wait``
     gets one line saying what is awaited (when the first probe fails)."""
@@ -145,8 +147,10 @@ def wait_for_server(uri: str, timeout_s: float | None = None,
         except (OSError, ValueError) as exc:
             last = str(getattr(exc, "reason", exc))
         if not said and on_wait is not None:
-            on_wait(f"waiting for the MLflow tracking server at {uri} ({last}); giving up in {remaining:.0f} s "
-                    f"(--tracking-timeout or {TIMEOUT_ENV})")
+            on_wait(
+                f"waiting for the MLflow tracking server at {uri} ({last}); giving up in {remaining:.0f} s "
+                f"(--tracking-timeout or {TIMEOUT_ENV})"
+            )
             said = True
         time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
 
@@ -182,8 +186,9 @@ def ensure_registered_model(client: MlflowClient, name: str, description: str = 
         client.create_registered_model(name, description=description)
 
 
-def register_checkpoint(client: MlflowClient, model_name: str, run_id: str, artifact_path: str,
-                        tags: dict[str, str] | None = None) -> str:
+def register_checkpoint(
+    client: MlflowClient, model_name: str, run_id: str, artifact_path: str, tags: dict[str, str] | None = None
+) -> str:
     """Register the checkpoint logged under ``artifact_path`` of ``run_id`` as a new model
     version of ``model_name``; returns the version number."""
     ensure_registered_model(client, model_name, description="Twinrank policy checkpoints")
@@ -196,7 +201,7 @@ def register_checkpoint(client: MlflowClient, model_name: str, run_id: str, arti
 def get_model_version(client: MlflowClient, uri: str) -> Any:
     """The model version a ``models:/NAME/VERSION`` or ``models:/NAME@ALIAS`` URI names;
     :class:`RegisteredModelNotFound` says which part is missing."""
-    body = uri[len("models:/"):] if uri.startswith("models:/") else uri
+    body = uri[len("models:/") :] if uri.startswith("models:/") else uri
     if "@" in body:
         name, alias = body.split("@", 1)
         version = None
@@ -210,23 +215,30 @@ def get_model_version(client: MlflowClient, uri: str) -> Any:
         client.get_registered_model(name)
     except MlflowException as exc:
         if "RESOURCE_DOES_NOT_EXIST" in str(exc.error_code):
-            raise RegisteredModelNotFound(f"{uri}: registered model {name!r} not found in the MLflow registry at {where}; "
-                                          f"check the name (train registers it) or --tracking-uri") from exc
+            raise RegisteredModelNotFound(
+                f"{uri}: registered model {name!r} not found in the MLflow registry at {where}; "
+                f"check the name (train registers it) or --tracking-uri"
+            ) from exc
         raise
     try:
         if alias is not None:
             return client.get_model_version_by_alias(name, alias)
         return client.get_model_version(name, version)
     except MlflowException as exc:
-        if "RESOURCE_DOES_NOT_EXIST" not in str(exc.error_code) and "INVALID_PARAMETER_VALUE" not in str(exc.error_code):
+        if "RESOURCE_DOES_NOT_EXIST" not in str(exc.error_code) and "INVALID_PARAMETER_VALUE" not in str(
+            exc.error_code
+        ):
             raise
         what = f"alias {alias!r}" if alias is not None else f"version {version}"
-        raise RegisteredModelNotFound(f"{uri}: registered model {name!r} has no {what} in the MLflow registry at {where}; "
-                                      f"list its versions and aliases in the UI's Model registry") from exc
+        raise RegisteredModelNotFound(
+            f"{uri}: registered model {name!r} has no {what} in the MLflow registry at {where}; "
+            f"list its versions and aliases in the UI's Model registry"
+        ) from exc
 
 
-def find_model_version(client: MlflowClient, checkpoint_dir: str | os.PathLike[str] | None = None,
-                       checkpoint_id: str | None = None) -> Any | None:
+def find_model_version(
+    client: MlflowClient, checkpoint_dir: str | os.PathLike[str] | None = None, checkpoint_id: str | None = None
+) -> Any | None:
     """The newest registered version whose ``checkpoint_id`` tag (content hash) or
     ``checkpoint_dir`` tag (folder) matches, or None."""
     queries = []
@@ -282,7 +294,24 @@ def ui_command(tracking_uri: str | None = None) -> str:
     return f"open {uri} in a browser"
 
 
-__all__ = ["DEFAULT_TIMEOUT_S", "RegisteredModelNotFound", "TrackingUnavailable", "artifact_root", "bound_http",
-           "code_version", "default_tracking_uri", "ensure_experiment", "ensure_registered_model",
-           "find_model_version", "get_model_version", "is_remote", "register_checkpoint", "resolve_tracking_uri",
-           "setup", "source_tags", "timeout_budget", "ui_command", "wait_for_server"]
+__all__ = [
+    "DEFAULT_TIMEOUT_S",
+    "RegisteredModelNotFound",
+    "TrackingUnavailable",
+    "artifact_root",
+    "bound_http",
+    "code_version",
+    "default_tracking_uri",
+    "ensure_experiment",
+    "ensure_registered_model",
+    "find_model_version",
+    "get_model_version",
+    "is_remote",
+    "register_checkpoint",
+    "resolve_tracking_uri",
+    "setup",
+    "source_tags",
+    "timeout_budget",
+    "ui_command",
+    "wait_for_server",
+]

@@ -29,7 +29,8 @@ from policies.data import data_digest, iter_episodes
 from policies.demos import collect_demos
 from policies.interface import Policy, PolicySpec, make_policy
 from policies.mlflow_model import save_and_register
-from policies.ppo import DemoBuffer, PPOTrainer, UpdateStats, evaluate_policy
+from policies.ppo import DemoBuffer, PPOTrainer, UpdateStats
+from policies.rollout import success_rate
 from policies.runtime import set_torch_threads
 from policies.train_config import (
     CheckpointRecord,
@@ -55,21 +56,38 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def demo_dataset(cfg: TrainConfig, cache_dir: Path, control_mode: str | None, obs_keys: list[str] | None = None,
-                 observations: Any = None) -> Path:
+def demo_dataset(
+    cfg: TrainConfig,
+    cache_dir: Path,
+    control_mode: str | None,
+    obs_keys: list[str] | None = None,
+    observations: Any = None,
+) -> Path:
     """Collect (or reuse from the cache) the demonstrations the config asks for."""
     if cfg.demos.path:
         return Path(cfg.demos.path)
-    key = hashlib.sha256(json.dumps([cfg.task, control_mode, dataclasses.asdict(cfg.demos), cfg.suite,
-                                     repr(observations)], sort_keys=True).encode()).hexdigest()[:12]
+    key = hashlib.sha256(
+        json.dumps(
+            [cfg.task, control_mode, dataclasses.asdict(cfg.demos), cfg.suite, repr(observations)], sort_keys=True
+        ).encode()
+    ).hexdigest()[:12]
     path = cache_dir / f"demos_{cfg.task}_{key}.h5"
     if path.exists():
         return path
     tmp = path.with_suffix(".partial.h5")
     tmp.unlink(missing_ok=True)
-    collect_demos(cfg.task, tmp, cfg.demos.episodes, control_mode=control_mode, observations=observations,
-                  suite=cfg.suite, noise=cfg.demos.noise, epsilon=cfg.demos.epsilon, seed=cfg.demos.seed,
-                  only_success=cfg.demos.only_success)
+    collect_demos(
+        cfg.task,
+        tmp,
+        cfg.demos.episodes,
+        control_mode=control_mode,
+        observations=observations,
+        suite=cfg.suite,
+        noise=cfg.demos.noise,
+        epsilon=cfg.demos.epsilon,
+        seed=cfg.demos.seed,
+        only_success=cfg.demos.only_success,
+    )
     tmp.rename(path)
     return path
 
@@ -79,8 +97,14 @@ def build_policy(cfg: TrainConfig, env: TwinEnv) -> Policy:
     return make_policy(cfg.policy, cfg.policy_config, spec)
 
 
-def run_training(cfg: TrainConfig, out_dir: str | Path, *, tracking_uri: str | None = None,
-                 progress: ProgressFn | None = None, cache_dir: str | Path | None = None) -> TrainResult:
+def run_training(
+    cfg: TrainConfig,
+    out_dir: str | Path,
+    *,
+    tracking_uri: str | None = None,
+    progress: ProgressFn | None = None,
+    cache_dir: str | Path | None = None,
+) -> TrainResult:
     """Run one training job end to end (demos, training, checkpoints, MLflow)."""
     from policies import tracking
 
@@ -91,8 +115,11 @@ def run_training(cfg: TrainConfig, out_dir: str | Path, *, tracking_uri: str | N
     cache.mkdir(parents=True, exist_ok=True)
     client = tracking.setup(tracking_uri)
     exp_id = tracking.ensure_experiment(client, cfg.experiment)
-    run = client.create_run(exp_id, run_name=cfg.run_name or f"{cfg.algo}-{cfg.task}-{cfg.digest()}",
-                            tags={"twinrank.kind": "train", "twinrank.task": cfg.task, "twinrank.algo": cfg.algo})
+    run = client.create_run(
+        exp_id,
+        run_name=cfg.run_name or f"{cfg.algo}-{cfg.task}-{cfg.digest()}",
+        tags={"twinrank.kind": "train", "twinrank.task": cfg.task, "twinrank.algo": cfg.algo},
+    )
     run_id = run.info.run_id
     for k, v in _flatten(cfg.to_dict()).items():
         client.log_param(run_id, k, str(v)[:500])
@@ -120,8 +147,9 @@ def _eval_seeds(cfg: TrainConfig) -> list[int]:
     return [cfg.eval_seed + i for i in range(cfg.eval_episodes)]
 
 
-def _run_ppo(cfg: TrainConfig, out: Path, client: Any, run_id: str, progress: ProgressFn | None,
-             cache: Path) -> tuple[list[CheckpointRecord], list[dict[str, float]]]:
+def _run_ppo(
+    cfg: TrainConfig, out: Path, client: Any, run_id: str, progress: ProgressFn | None, cache: Path
+) -> tuple[list[CheckpointRecord], list[dict[str, float]]]:
     env = TwinEnv(cfg.task, control_mode=cfg.control_mode)
     policy = build_policy(cfg, env)
     env.close()
@@ -148,14 +176,17 @@ def _run_ppo(cfg: TrainConfig, out: Path, client: Any, run_id: str, progress: Pr
             client.log_metric(run_id, k, float(v), step=s.env_steps)
         history.append({"env_steps": s.env_steps, **m})
         if s.update % cfg.checkpoint_every == 0 or s.env_steps >= cfg.total_env_steps:
-            succ = evaluate_policy(policy, cfg.task, _eval_seeds(cfg), control_mode=cfg.control_mode)
+            succ = success_rate(policy, cfg.task, _eval_seeds(cfg), control_mode=cfg.control_mode)
             if math.isfinite(succ):
                 client.log_metric(run_id, "eval/success_rate", succ, step=s.env_steps)
             records.append(save_and_register(policy, cfg, out, client, run_id, s.env_steps, digest, succ))
             policy.train()
         if progress is not None:
-            progress(f"PPO update {s.update} ({s.fps:.0f} env-steps/s)", min(s.env_steps, cfg.total_env_steps),
-                     cfg.total_env_steps)
+            progress(
+                f"PPO update {s.update} ({s.fps:.0f} env-steps/s)",
+                min(s.env_steps, cfg.total_env_steps),
+                cfg.total_env_steps,
+            )
 
     try:
         trainer.train(cfg.total_env_steps, callback=on_update)
@@ -165,16 +196,18 @@ def _run_ppo(cfg: TrainConfig, out: Path, client: Any, run_id: str, progress: Pr
     return records, history
 
 
-def _run_bc(cfg: TrainConfig, out: Path, client: Any, run_id: str, progress: ProgressFn | None,
-            cache: Path) -> tuple[list[CheckpointRecord], list[dict[str, float]]]:
+def _run_bc(
+    cfg: TrainConfig, out: Path, client: Any, run_id: str, progress: ProgressFn | None, cache: Path
+) -> tuple[list[CheckpointRecord], list[dict[str, float]]]:
     env = TwinEnv(cfg.task, control_mode=cfg.control_mode)
     policy = build_policy(cfg, env)
     env.close()
     path = demo_dataset(cfg, cache, cfg.control_mode)
     digest = data_digest(path)
     episodes = list(iter_episodes(path, policy.spec.obs_keys))
-    obs, acts = episodes_to_samples(episodes, policy.spec.obs_keys, policy.n_obs_steps, policy.horizon,
-                                    getattr(policy, "action_offset", 0))
+    obs, acts = episodes_to_samples(
+        episodes, policy.spec.obs_keys, policy.n_obs_steps, policy.horizon, getattr(policy, "action_offset", 0)
+    )
     client.log_metric(run_id, "demos/transitions", len(acts))
     records: list[CheckpointRecord] = []
     history: list[dict[str, float]] = []
@@ -184,7 +217,7 @@ def _run_bc(cfg: TrainConfig, out: Path, client: Any, run_id: str, progress: Pro
         client.log_metric(run_id, "loss/bc", loss, step=epoch)
         history.append({"epoch": epoch, "loss/bc": loss})
         if epoch % cfg.checkpoint_every == 0 or epoch == bc_cfg.epochs:
-            succ = evaluate_policy(policy, cfg.task, _eval_seeds(cfg), control_mode=cfg.control_mode)
+            succ = success_rate(policy, cfg.task, _eval_seeds(cfg), control_mode=cfg.control_mode)
             if math.isfinite(succ):
                 client.log_metric(run_id, "eval/success_rate", succ, step=epoch)
             records.append(save_and_register(policy, cfg, out, client, run_id, epoch, digest, succ))
@@ -195,5 +228,14 @@ def _run_bc(cfg: TrainConfig, out: Path, client: Any, run_id: str, progress: Pro
     return records, history
 
 
-__all__ = ["TrainConfig", "DemoCfg", "TrainResult", "CheckpointRecord", "run_training", "default_config",
-           "with_overrides", "TrainConfigError", "save_and_register"]
+__all__ = [
+    "TrainConfig",
+    "DemoCfg",
+    "TrainResult",
+    "CheckpointRecord",
+    "run_training",
+    "default_config",
+    "with_overrides",
+    "TrainConfigError",
+    "save_and_register",
+]

@@ -24,9 +24,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import yaml
 
@@ -81,7 +82,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @staticmethod
-    def from_dict(d: dict[str, Any]) -> "TrainConfig":
+    def from_dict(d: dict[str, Any]) -> TrainConfig:
         try:
             cfg = dataclass_from_dict(TrainConfig, d, strict=True)
         except (TypeError, ValueError) as exc:
@@ -90,7 +91,7 @@ class TrainConfig:
         return cfg
 
     @staticmethod
-    def from_yaml(path: str | Path) -> "TrainConfig":
+    def from_yaml(path: str | Path) -> TrainConfig:
         p = Path(path)
         if not p.is_file():
             raise TrainConfigError(f"training config {p} not found")
@@ -140,12 +141,20 @@ def default_config(algo: str, task: str) -> TrainConfig:
     if algo == "diffusion_bc":
         # push_t: condition on gym-pusht's 5-d state (agent xy, block xy, block angle), as the
         # field's Diffusion Policy does.
-        return TrainConfig(algo="diffusion_bc", task=task, control_mode=None, policy="diffusion",
-                           policy_config={"state_dims": 5} if task == "push_t" else {}, obs_keys=["state"], demos=DemoCfg(episodes=30), bc=BCConfig(epochs=60, batch_size=256),
-                           checkpoint_every=10, eval_episodes=10)
+        return TrainConfig(
+            algo="diffusion_bc",
+            task=task,
+            control_mode=None,
+            policy="diffusion",
+            policy_config={"state_dims": 5} if task == "push_t" else {},
+            obs_keys=["state"],
+            demos=DemoCfg(episodes=30),
+            bc=BCConfig(epochs=60, batch_size=256),
+            checkpoint_every=10,
+            eval_episodes=10,
+        )
     if algo == "bc":
-        return TrainConfig(algo="bc", task=task, demos=DemoCfg(episodes=20), bc=BCConfig(epochs=40),
-                           checkpoint_every=5)
+        return TrainConfig(algo="bc", task=task, demos=DemoCfg(episodes=20), bc=BCConfig(epochs=40), checkpoint_every=5)
     if algo == "distill":
         return TrainConfig(algo="distill", task=task, policy="pointcloud", obs_keys=["point_cloud", "proprio"])
     return TrainConfig(algo=algo, task=task)  # type: ignore[arg-type]
@@ -164,5 +173,14 @@ def with_overrides(cfg: TrainConfig, **overrides: Any) -> TrainConfig:
     return TrainConfig.from_dict(data)
 
 
-__all__ = ["Algo", "CheckpointRecord", "DemoCfg", "ProgressFn", "TrainConfig", "TrainConfigError", "TrainResult",
-           "default_config", "with_overrides"]
+__all__ = [
+    "Algo",
+    "CheckpointRecord",
+    "DemoCfg",
+    "ProgressFn",
+    "TrainConfig",
+    "TrainConfigError",
+    "TrainResult",
+    "default_config",
+    "with_overrides",
+]

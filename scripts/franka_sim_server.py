@@ -53,8 +53,11 @@ def bind_to_parent(grace_s: float = 15.0) -> None:
         except (OSError, AttributeError):
             pass
     if os.getppid() != expected:
-        print(f"franka-sim: parent process {expected} exited before the simulator started; not starting",
-              file=sys.stderr, flush=True)
+        print(
+            f"franka-sim: parent process {expected} exited before the simulator started; not starting",
+            file=sys.stderr,
+            flush=True,
+        )
         os._exit(1)
 
     def watch() -> None:
@@ -92,8 +95,11 @@ def main() -> int:
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--model", default=str(DEFAULT_MODEL), help="FR3 MJCF (if $FR3_MJCF unset)")
     ap.add_argument("--no-gripper", action="store_true")
-    ap.add_argument("--enforce-comm-constraints", action="store_true",
-                    help="a stalled client gets a real communication_constraints_violation reflex")
+    ap.add_argument(
+        "--enforce-comm-constraints",
+        action="store_true",
+        help="a stalled client gets a real communication_constraints_violation reflex",
+    )
     ap.add_argument("--log-level", default="WARNING")
     args = ap.parse_args()
     bind_to_parent()
@@ -102,8 +108,11 @@ def main() -> int:
     if not Path(os.environ["FR3_MJCF"]).is_file():
         print(f"franka-sim: FR3 model not found: {os.environ['FR3_MJCF']}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.WARNING),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper(), logging.WARNING),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
 
     import franka_sim.gripper.server
     import franka_sim.server.state_stream

@@ -6,8 +6,9 @@
    resumed: the evaluator skips episodes already in its output folder).
 2. **OOD scores** of the logged real data (rosbag2 bags, selection/realdata.py) in each
    checkpoint's own feature space, against a reference built from that checkpoint's sim
-   rollouts (``reference_episodes`` nominal + as many under the spec's suite; cached per
-   checkpoint and data, selection/ood.py).
+   rollouts: the observations the campaign of step 1 recorded in its first
+   ``reference_episodes`` seeds of the spec's ``nominal`` and ``combined`` conditions (one
+   rollout per episode serves both; cached per checkpoint and data, selection/ood.py).
 3. **Rule** (selection/ranking.py): given, or chosen by leave-one-out over past validations
    (``validations_dir``), else the default.
 4. **Outputs** in ``out_dir``: ``ranking.csv`` (every ingredient + score + rank),
@@ -27,9 +28,10 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -60,7 +62,9 @@ def sim_ingredients(summary: Any) -> dict[str, Any]:
     per = {c: float(s["success_rate"]) for c, s in summary.per_condition.items() if s.get("success_rate") is not None}
     perturbed = [v for c, v in per.items() if c != NOMINAL]
     row: dict[str, Any] = {
-        "checkpoint": summary.label, "checkpoint_id": summary.checkpoint_id, "path": summary.path,
+        "checkpoint": summary.label,
+        "checkpoint_id": summary.checkpoint_id,
+        "path": summary.path,
         "task": summary.task,
         "sim_nominal": per.get(NOMINAL, float(np.mean(list(per.values()))) if per else np.nan),
         "sim_perturbed": float(np.mean(perturbed)) if perturbed else per.get(NOMINAL, np.nan),
@@ -75,8 +79,9 @@ def sim_ingredients(summary: Any) -> dict[str, Any]:
     return row
 
 
-def load_real_observations(bags: Sequence[str | os.PathLike[str]], keys: Sequence[str],
-                           warn: Callable[[str], None]) -> dict[str, np.ndarray] | None:
+def load_real_observations(
+    bags: Sequence[str | os.PathLike[str]], keys: Sequence[str], warn: Callable[[str], None]
+) -> dict[str, np.ndarray] | None:
     """Observations ``keys`` of every episode in ``bags``, stacked (with ``episode_index``)."""
     from selection.ood import stack_episodes
     from selection.realdata import RealDataError, read_bag
@@ -95,8 +100,10 @@ def load_real_observations(bags: Sequence[str | os.PathLike[str]], keys: Sequenc
         for ep in eps:
             missing = [k for k in keys if k not in ep.obs]
             if missing:
-                warn(f"{b} episode {ep.episode}: no observation {missing} (topics /twinrank/obs/<key>); "
-                     f"episode not used for OOD")
+                warn(
+                    f"{b} episode {ep.episode}: no observation {missing} (topics /twinrank/obs/<key>); "
+                    f"episode not used for OOD"
+                )
                 continue
             episodes.append({k: ep.obs[k] for k in keys})
     if not episodes:
@@ -106,39 +113,50 @@ def load_real_observations(bags: Sequence[str | os.PathLike[str]], keys: Sequenc
 
 @dataclass
 class OODSettings:
+    """OOD references: each checkpoint's observations in the first ``reference_episodes``
+    seeds of the spec's ``nominal`` and ``combined`` conditions, recorded by the evaluation
+    campaign itself (no second rollout)."""
+
     reference_episodes: int = 10
-    reference_seed: int = 300_000
     cache_dir: str | None = None
 
+    def record_request(self) -> Any:
+        from evaluator.run import RecordRequest
 
-def ood_ingredients(path: str, task: str, bags: Sequence[str | os.PathLike[str]], suite: Any, settings: OODSettings,
-                    warn: Callable[[str], None], real_cache: dict[tuple[str, ...], Any]) -> dict[str, Any]:
-    """OOD columns of one checkpoint (``ood`` and ``ood/<detector>``), or a ``note``."""
+        return RecordRequest(conditions=("nominal", "combined"), episodes=self.reference_episodes)
+
+
+def ood_ingredients(
+    path: str,
+    ref_obs: dict[str, np.ndarray] | None,
+    bags: Sequence[str | os.PathLike[str]],
+    settings: OODSettings,
+    warn: Callable[[str], None],
+    real_cache: dict[tuple[str, ...], Any],
+) -> dict[str, Any]:
+    """OOD columns of one checkpoint (``ood`` and ``ood/<detector>``), or a ``note``.
+    ``ref_obs``: its reference observations as the campaign recorded them
+    (``CampaignResult.recorded_obs``)."""
     from policies.checkpoint import CheckpointError, load_checkpoint
-    from selection.ood import OODError, build_reference, collect_reference_obs, score
+    from selection.ood import OODError, build_reference, score
 
     try:
         policy = load_checkpoint(path)
     except (CheckpointError, OSError, ValueError) as exc:
         return {"note": f"OOD not scored: checkpoint cannot be loaded ({exc})"}
+    if ref_obs is None:
+        return {"note": "OOD not scored: the campaign recorded no reference observations for this checkpoint"}
     keys = tuple(policy.spec.obs_keys)
     if keys not in real_cache:
         real_cache[keys] = load_real_observations(bags, keys, warn)
     target = real_cache[keys]
     if target is None:
         return {"note": f"OOD not scored: no usable real-data episode carries observations {list(keys)}"}
-    seeds = [settings.reference_seed + i for i in range(settings.reference_episodes)]
     try:
-        nominal = collect_reference_obs(policy, task, seeds)
-        perturbed = collect_reference_obs(policy, task, seeds, suite=suite) if suite is not None else None
-        ref_obs = nominal
-        if perturbed is not None:
-            off = int(nominal["episode_index"].max()) + 1
-            ref_obs = {k: np.concatenate([nominal[k], perturbed[k] + (off if k == "episode_index" else 0)])
-                       for k in nominal}
         sha = policy.checkpoint_info.get("sha256", "")
-        ref = build_reference(policy, ref_obs, cache_dir=settings.cache_dir,
-                              checkpoint_key=f"sha256:{sha}" if sha else None)
+        ref = build_reference(
+            policy, ref_obs, cache_dir=settings.cache_dir, checkpoint_key=f"sha256:{sha}" if sha else None
+        )
         s = score(policy, ref, target, per_observation=False)
     except (OODError, ValueError, RuntimeError) as exc:
         return {"note": f"OOD scoring failed: {exc}"}
@@ -149,14 +167,25 @@ def ood_ingredients(path: str, task: str, bags: Sequence[str | os.PathLike[str]]
 
 
 # ---- the job -----------------------------------------------------------------------------------
-def rank_checkpoints(checkpoints: Sequence[str | os.PathLike[str]], spec: Any, real_logs: Sequence[str | os.PathLike[str]],
-                     out_dir: str | os.PathLike[str], *, rule: str | None = None,
-                     validations_dir: str | os.PathLike[str] | None = None, tracking_uri: str | None = None,
-                     experiment: str = "twinrank-selection", promote: bool = True, executor: str = "local",
-                     workers: int | None = None, ood: OODSettings | None = None, progress: Any = None,
-                     campaign_dir: str | os.PathLike[str] | None = None,
-                     log: Callable[[str], None] | None = None, extra_columns: dict[str, dict[str, Any]] | None = None
-                     ) -> RankResult:
+def rank_checkpoints(
+    checkpoints: Sequence[str | os.PathLike[str]],
+    spec: Any,
+    real_logs: Sequence[str | os.PathLike[str]],
+    out_dir: str | os.PathLike[str],
+    *,
+    rule: str | None = None,
+    validations_dir: str | os.PathLike[str] | None = None,
+    tracking_uri: str | None = None,
+    experiment: str = "twinrank-selection",
+    promote: bool = True,
+    executor: str = "local",
+    workers: int | None = None,
+    ood: OODSettings | None = None,
+    progress: Any = None,
+    campaign_dir: str | os.PathLike[str] | None = None,
+    log: Callable[[str], None] | None = None,
+    extra_columns: dict[str, dict[str, Any]] | None = None,
+) -> RankResult:
     """Evaluate (or resume), score OOD, rank, log to MLflow and promote. See the module docstring.
 
     ``extra_columns``: more ingredient columns per checkpoint label (e.g. ``train_loss``).
@@ -179,8 +208,16 @@ def rank_checkpoints(checkpoints: Sequence[str | os.PathLike[str]], spec: Any, r
     if settings.cache_dir is None:
         settings.cache_dir = str(out / "ood_cache")
     say("evaluating checkpoints in the twin (finished episodes are reused)")
-    campaign = evaluate(list(checkpoints), spec, Path(campaign_dir) if campaign_dir else out / "campaign",
-                        executor=executor, workers=workers, progress=progress, videos=False)
+    campaign = evaluate(
+        list(checkpoints),
+        spec,
+        Path(campaign_dir) if campaign_dir else out / "campaign",
+        executor=executor,
+        workers=workers,
+        progress=progress,
+        videos=False,
+        record=settings.record_request() if real_logs else None,  # OOD references come from these rollouts
+    )
     rows: list[dict[str, Any]] = []
     real_cache: dict[tuple[str, ...], Any] = {}
     bags = [str(b) for b in real_logs]
@@ -193,8 +230,7 @@ def rank_checkpoints(checkpoints: Sequence[str | os.PathLike[str]], spec: Any, r
             row["sim_nominal"] = row["sim_perturbed"] = np.nan
         elif bags:
             say(f"OOD scores of {s.label}")
-            suite = spec.load_suite(s.task)
-            o = ood_ingredients(s.path, s.task, bags, suite, settings, warn, real_cache)
+            o = ood_ingredients(s.path, campaign.recorded_obs(s.checkpoint_id), bags, settings, warn, real_cache)
             if "note" in o:
                 row["note"] = o.pop("note")
                 warn(f"checkpoint {s.label!r}: {row['note']}")
@@ -209,25 +245,45 @@ def rank_checkpoints(checkpoints: Sequence[str | os.PathLike[str]], spec: Any, r
         warn(f"no OOD score for any checkpoint: rule {used_rule!r} falls back to 'sim_perturbed'")
         used_rule = "sim_perturbed"
     ranking = rank(ingredients, used_rule)
-    result = RankResult(ranking=ranking, rule=used_rule, rule_reason=choice.reason, out_dir=out,
-                        csv_path=out / "ranking.csv", json_path=out / "ranking.json", warnings=notes,
-                        campaign=campaign)
+    result = RankResult(
+        ranking=ranking,
+        rule=used_rule,
+        rule_reason=choice.reason,
+        out_dir=out,
+        csv_path=out / "ranking.csv",
+        json_path=out / "ranking.json",
+        warnings=notes,
+        campaign=campaign,
+    )
     ranking.to_csv(result.csv_path, index=False)
     _plots(result)
     try:
         result.run_id = _log_mlflow(result, spec, bags, tracking_uri, experiment, choice)
     except Exception as exc:  # noqa: BLE001 - any transport/server error: the ranking stays on disk
-        warn(f"MLflow unreachable ({type(exc).__name__}: {str(exc)[:300]}): the ranking is kept in {out}, not "
-             f"logged, and nothing is promoted")
+        warn(
+            f"MLflow unreachable ({type(exc).__name__}: {str(exc)[:300]}): the ranking is kept in {out}, not "
+            f"logged, and nothing is promoted"
+        )
     if promote and result.run_id:
         _promote(result, tracking_uri, warn)
-    result.json_path.write_text(json.dumps({
-        "rule": result.rule, "rule_reason": result.rule_reason, "warnings": result.warnings, "run_id": result.run_id,
-        "real_logs": bags, "spec": spec.name,
-        "promotion": [p.__dict__ for p in result.promotion.promotions] if result.promotion else [],
-        "ranking": json.loads(ranking.to_json(orient="records")),
-        "rule_table": json.loads(choice.per_rule.to_json(orient="records")) if not choice.per_rule.empty else [],
-    }, indent=1))
+    result.json_path.write_text(
+        json.dumps(
+            {
+                "rule": result.rule,
+                "rule_reason": result.rule_reason,
+                "warnings": result.warnings,
+                "run_id": result.run_id,
+                "real_logs": bags,
+                "spec": spec.name,
+                "promotion": [p.__dict__ for p in result.promotion.promotions] if result.promotion else [],
+                "ranking": json.loads(ranking.to_json(orient="records")),
+                "rule_table": json.loads(choice.per_rule.to_json(orient="records"))
+                if not choice.per_rule.empty
+                else [],
+            },
+            indent=1,
+        )
+    )
     return result
 
 
@@ -249,8 +305,9 @@ def _plots(result: RankResult) -> None:
     }
 
 
-def _log_mlflow(result: RankResult, spec: Any, bags: list[str], tracking_uri: str | None, experiment: str,
-                choice: RuleChoice) -> str:
+def _log_mlflow(
+    result: RankResult, spec: Any, bags: list[str], tracking_uri: str | None, experiment: str, choice: RuleChoice
+) -> str:
 
     from policies import tracking
 
@@ -258,8 +315,9 @@ def _log_mlflow(result: RankResult, spec: Any, bags: list[str], tracking_uri: st
     client = tracking.setup(uri)
     tracking.wait_for_server(uri)
     exp_id = tracking.ensure_experiment(client, experiment)  # artifacts next to a local store, not in ./mlruns
-    run = client.create_run(exp_id, run_name=f"rank-{spec.name}",
-                            tags={"twinrank.kind": "ranking", **tracking.source_tags("twinrank rank")})
+    run = client.create_run(
+        exp_id, run_name=f"rank-{spec.name}", tags={"twinrank.kind": "ranking", **tracking.source_tags("twinrank rank")}
+    )
     rid = run.info.run_id
     client.log_param(rid, "rule", result.rule)
     client.log_param(rid, "rule_reason", result.rule_reason[:6000])
@@ -285,13 +343,14 @@ def _log_mlflow(result: RankResult, spec: Any, bags: list[str], tracking_uri: st
 def _promote(result: RankResult, tracking_uri: str | None, warn: Callable[[str], None]) -> None:
     import mlflow
 
-    from selection.promotion import PromotionError, promote
     from policies import tracking
+    from selection.promotion import PromotionError, promote
 
     client = mlflow.MlflowClient(tracking_uri=tracking.resolve_tracking_uri(tracking_uri))
     try:
-        result.promotion = promote(result.ranking, client, rule=result.rule, rule_reason=result.rule_reason,
-                                   run_id=result.run_id)
+        result.promotion = promote(
+            result.ranking, client, rule=result.rule, rule_reason=result.rule_reason, run_id=result.run_id
+        )
     except PromotionError as exc:
         warn(str(exc))
         return
@@ -299,5 +358,11 @@ def _promote(result: RankResult, tracking_uri: str | None, warn: Callable[[str],
         warn(w)
 
 
-__all__ = ["RankResult", "OODSettings", "rank_checkpoints", "sim_ingredients", "ood_ingredients",
-           "load_real_observations"]
+__all__ = [
+    "RankResult",
+    "OODSettings",
+    "rank_checkpoints",
+    "sim_ingredients",
+    "ood_ingredients",
+    "load_real_observations",
+]

@@ -35,9 +35,10 @@ from __future__ import annotations
 import csv
 import math
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from scipy import stats
@@ -59,15 +60,19 @@ def _vectors(sim: Sequence[float], real: Sequence[float]) -> tuple[np.ndarray, n
     if s.shape != r.shape:
         raise SelectionMetricsError(
             f"sim has {s.size} entries but real has {r.size}: pass one score and one real success per checkpoint, "
-            "in the same order (compare_ranking aligns dicts by checkpoint name)")
+            "in the same order (compare_ranking aligns dicts by checkpoint name)"
+        )
     if s.size < 2:
         raise SelectionMetricsError(
-            f"need at least 2 checkpoints to compare rankings, got {s.size}: add real results for more checkpoints")
+            f"need at least 2 checkpoints to compare rankings, got {s.size}: add real results for more checkpoints"
+        )
     for name, v in (("sim", s), ("real", r)):
         bad = np.flatnonzero(~np.isfinite(v))
         if bad.size:
-            raise SelectionMetricsError(f"{name} has non-finite values at positions {bad.tolist()}: "
-                                        "drop those checkpoints or fill in their values")
+            raise SelectionMetricsError(
+                f"{name} has non-finite values at positions {bad.tolist()}: "
+                "drop those checkpoints or fill in their values"
+            )
     return s, r
 
 
@@ -87,8 +92,11 @@ def mmrv(sim: Sequence[float], real: Sequence[float]) -> float:
 
 def _constant(kind: str, which: str, v: np.ndarray) -> bool:
     if np.all(v == v[0]):
-        warnings.warn(f"{kind} is undefined because the {which} vector is constant (all {v[0]:g}); returning NaN",
-                      MetricWarning, stacklevel=4)
+        warnings.warn(
+            f"{kind} is undefined because the {which} vector is constant (all {v[0]:g}); returning NaN",
+            MetricWarning,
+            stacklevel=4,
+        )
         return True
     return False
 
@@ -164,14 +172,24 @@ def ranking_quality(sim: Sequence[float], real: Sequence[float], k: int = 3) -> 
     if k < 1:
         raise SelectionMetricsError(f"k={k}: top-k recall needs k >= 1")
     if k > s.size:
-        warnings.warn(f"top-{k} recall is undefined with only {s.size} checkpoints; reported as NaN "
-                      f"(choose k <= {s.size})", MetricWarning, stacklevel=2)
+        warnings.warn(
+            f"top-{k} recall is undefined with only {s.size} checkpoints; reported as NaN (choose k <= {s.size})",
+            MetricWarning,
+            stacklevel=2,
+        )
         recall = float("nan")
     else:
         recall = topk_recall(s, r, k)
-    return {"n": int(s.size), "k": int(k), "mmrv": mmrv(s, r), "pearson": pearson(s, r),
-            "spearman": spearman(s, r), "kendall_tau": kendall_tau(s, r), "regret_at_1": regret_at_1(s, r),
-            "topk_recall": recall}
+    return {
+        "n": int(s.size),
+        "k": int(k),
+        "mmrv": mmrv(s, r),
+        "pearson": pearson(s, r),
+        "spearman": spearman(s, r),
+        "kendall_tau": kendall_tau(s, r),
+        "regret_at_1": regret_at_1(s, r),
+        "topk_recall": recall,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -189,15 +207,18 @@ def _read_csv(path: str | Path, what: str) -> tuple[list[str], list[dict[str, st
     if not header:
         raise SelectionMetricsError(f"{what} file {str(p)!r} is empty: it needs a header row")
     if "checkpoint" not in header:
-        raise SelectionMetricsError(f"{what} file {str(p)!r} has no 'checkpoint' column (columns: {header}): "
-                                    "name the checkpoint column 'checkpoint'")
+        raise SelectionMetricsError(
+            f"{what} file {str(p)!r} has no 'checkpoint' column (columns: {header}): "
+            "name the checkpoint column 'checkpoint'"
+        )
     if not rows:
         raise SelectionMetricsError(f"{what} file {str(p)!r} has a header but no rows")
     return header, rows
 
 
-def _parse_column(path: str | Path, rows: list[dict[str, str]], column: str, unit_interval: bool,
-                  allow_missing: bool = False) -> dict[str, float]:
+def _parse_column(
+    path: str | Path, rows: list[dict[str, str]], column: str, unit_interval: bool, allow_missing: bool = False
+) -> dict[str, float]:
     out: dict[str, float] = {}
     skipped: list[str] = []
     for line, row in enumerate(rows, start=2):  # line 1 is the header
@@ -205,8 +226,9 @@ def _parse_column(path: str | Path, rows: list[dict[str, str]], column: str, uni
         if not name:
             raise SelectionMetricsError(f"{path}: line {line} has an empty checkpoint name")
         if name in out:
-            raise SelectionMetricsError(f"{path}: checkpoint {name!r} appears twice (again on line {line}); "
-                                        "keep one row per checkpoint")
+            raise SelectionMetricsError(
+                f"{path}: checkpoint {name!r} appears twice (again on line {line}); keep one row per checkpoint"
+            )
         raw = row.get(column, "")
         if allow_missing and raw.lower() in ("", "nan", "none", "null"):
             skipped.append(name)
@@ -218,12 +240,17 @@ def _parse_column(path: str | Path, rows: list[dict[str, str]], column: str, uni
         if not math.isfinite(value):
             raise SelectionMetricsError(f"{path}: line {line} ({name!r}): {column}={raw!r} is not finite")
         if unit_interval and not 0.0 <= value <= 1.0:
-            raise SelectionMetricsError(f"{path}: line {line} ({name!r}): {column}={value:g} is outside [0, 1]; "
-                                        "give success as a fraction (e.g. 0.85, not 85)")
+            raise SelectionMetricsError(
+                f"{path}: line {line} ({name!r}): {column}={value:g} is outside [0, 1]; "
+                "give success as a fraction (e.g. 0.85, not 85)"
+            )
         out[name] = value
     if skipped:
-        warnings.warn(f"{path}: no {column!r} value for {len(skipped)} checkpoint(s), not ranked: "
-                      f"{', '.join(skipped)}", MetricWarning, stacklevel=3)
+        warnings.warn(
+            f"{path}: no {column!r} value for {len(skipped)} checkpoint(s), not ranked: {', '.join(skipped)}",
+            MetricWarning,
+            stacklevel=3,
+        )
     return out
 
 
@@ -233,8 +260,9 @@ def load_real_results(csv_path: str | Path) -> dict[str, float]:
     header, rows = _read_csv(csv_path, "real-results")
     column = next((c for c in REAL_COLUMNS if c in header), None)
     if column is None:
-        raise SelectionMetricsError(f"real-results file {str(csv_path)!r} has no 'real_success' or 'success' column "
-                                    f"(columns: {header})")
+        raise SelectionMetricsError(
+            f"real-results file {str(csv_path)!r} has no 'real_success' or 'success' column (columns: {header})"
+        )
     return _parse_column(csv_path, rows, column, unit_interval=True)
 
 
@@ -246,8 +274,10 @@ def load_scores(csv_path: str | Path, column: str = "score") -> dict[str, float]
     header, rows = _read_csv(csv_path, "ranking")
     if column not in header:
         others = [c for c in header if c != "checkpoint"]
-        raise SelectionMetricsError(f"ranking file {str(csv_path)!r} has no score column {column!r}; "
-                                    f"available: {others} (choose one with --column)")
+        raise SelectionMetricsError(
+            f"ranking file {str(csv_path)!r} has no score column {column!r}; "
+            f"available: {others} (choose one with --column)"
+        )
     return _parse_column(csv_path, rows, column, unit_interval=False, allow_missing=True)
 
 
@@ -270,10 +300,15 @@ class RankingComparison:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (NaN becomes None)."""
         metrics = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in self.metrics.items()}
-        return {"metrics": metrics,
-                "checkpoints": [{"checkpoint": c, "score": s, "real_success": r}
-                                for c, s, r in zip(self.checkpoints, self.sim, self.real)],
-                "unknown_in_real": self.unknown, "missing_real": self.missing_real}
+        return {
+            "metrics": metrics,
+            "checkpoints": [
+                {"checkpoint": c, "score": s, "real_success": r}
+                for c, s, r in zip(self.checkpoints, self.sim, self.real)
+            ],
+            "unknown_in_real": self.unknown,
+            "missing_real": self.missing_real,
+        }
 
 
 def compare_ranking(scores: Mapping[str, float], real: Mapping[str, float], k: int = 3) -> RankingComparison:
@@ -286,18 +321,23 @@ def compare_ranking(scores: Mapping[str, float], real: Mapping[str, float], k: i
     unknown = sorted(c for c in real if c not in scores)
     missing = sorted(c for c in scores if c not in real)
     if unknown:
-        warnings.warn(f"real results name {len(unknown)} checkpoint(s) not in the ranking, dropped: "
-                      f"{', '.join(unknown)}", MetricWarning, stacklevel=2)
+        warnings.warn(
+            f"real results name {len(unknown)} checkpoint(s) not in the ranking, dropped: {', '.join(unknown)}",
+            MetricWarning,
+            stacklevel=2,
+        )
     common = [c for c in scores if c in real]
     if len(common) < 2:
         raise SelectionMetricsError(
             f"only {len(common)} checkpoint(s) appear in both the ranking and the real results "
-            f"(ranking: {sorted(scores)[:10]}, real: {sorted(real)[:10]}): the names must match exactly")
+            f"(ranking: {sorted(scores)[:10]}, real: {sorted(real)[:10]}): the names must match exactly"
+        )
     s = [float(scores[c]) for c in common]
     r = [float(real[c]) for c in common]
     order = score_order(s, r)
     common = [common[i] for i in order]
     s = [s[i] for i in order]
     r = [r[i] for i in order]
-    return RankingComparison(checkpoints=common, sim=s, real=r, metrics=ranking_quality(s, r, k=k),
-                             unknown=unknown, missing_real=missing)
+    return RankingComparison(
+        checkpoints=common, sim=s, real=r, metrics=ranking_quality(s, r, k=k), unknown=unknown, missing_real=missing
+    )

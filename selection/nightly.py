@@ -48,9 +48,10 @@ import shutil
 import socket
 import tempfile
 import traceback
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import yaml
 
@@ -141,8 +142,9 @@ class NightlyConfig:
         return [f.name for f in dataclasses.fields(cls)]
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], base_dir: str | os.PathLike[str] | None = None,
-                  source: str = "config") -> "NightlyConfig":
+    def from_dict(
+        cls, data: dict[str, Any], base_dir: str | os.PathLike[str] | None = None, source: str = "config"
+    ) -> NightlyConfig:
         """A config from a mapping; relative paths are taken relative to ``base_dir``."""
         if not isinstance(data, dict):
             raise NightlyConfigError(f"{source}: expected a mapping of fields ({', '.join(cls.field_names())})")
@@ -155,18 +157,19 @@ class NightlyConfig:
         return cfg
 
     @classmethod
-    def from_yaml(cls, path: str | os.PathLike[str]) -> "NightlyConfig":
+    def from_yaml(cls, path: str | os.PathLike[str]) -> NightlyConfig:
         p = Path(path)
         if not p.is_file():
-            raise NightlyConfigError(f"nightly config {p} not found; give a YAML file with the fields "
-                                     f"{', '.join(cls.field_names())}")
+            raise NightlyConfigError(
+                f"nightly config {p} not found; give a YAML file with the fields {', '.join(cls.field_names())}"
+            )
         try:
             data = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as exc:
             raise NightlyConfigError(f"{p} is not valid YAML: {exc}") from exc
         return cls.from_dict(data, base_dir=p.resolve().parent, source=str(p))
 
-    def relative_to(self, base: str | os.PathLike[str]) -> "NightlyConfig":
+    def relative_to(self, base: str | os.PathLike[str]) -> NightlyConfig:
         """Relative paths made absolute under ``base`` (the spec only when it is a path)."""
         b = Path(base)
 
@@ -176,12 +179,16 @@ class NightlyConfig:
         spec = self.spec
         if _spec_is_path(spec):
             spec = fix(spec) or spec
-        return dataclasses.replace(self, spec=spec, directory=[fix(p) or p for p in self.directory],
-                                   real_logs=[fix(p) or p for p in self.real_logs],
-                                   state_dir=fix(self.state_dir) or self.state_dir,
-                                   validations_dir=fix(self.validations_dir))
+        return dataclasses.replace(
+            self,
+            spec=spec,
+            directory=[fix(p) or p for p in self.directory],
+            real_logs=[fix(p) or p for p in self.real_logs],
+            state_dir=fix(self.state_dir) or self.state_dir,
+            validations_dir=fix(self.validations_dir),
+        )
 
-    def with_overrides(self, **changes: Any) -> "NightlyConfig":
+    def with_overrides(self, **changes: Any) -> NightlyConfig:
         """A copy with the non-None ``changes`` applied (list fields accept a string)."""
         kept = {k: v for k, v in changes.items() if v is not None and v != [] and v != ()}
         unknown = sorted(set(kept) - set(self.field_names()))
@@ -193,19 +200,21 @@ class NightlyConfig:
         return dataclasses.asdict(self)
 
     # ---- checks ----------------------------------------------------------------------------------------
-    def validate(self) -> "NightlyConfig":
+    def validate(self) -> NightlyConfig:
         """Check every field that can be checked without running anything."""
         from selection.ranking import RULES
 
         if not self.task:
             raise NightlyConfigError("task is empty: name the task whose checkpoints are ranked (e.g. task: reach)")
         if not (self.registered_model or self.experiment or self.directory):
-            raise NightlyConfigError("no checkpoint source: set at least one of registered_model, experiment, "
-                                     "directory")
+            raise NightlyConfigError(
+                "no checkpoint source: set at least one of registered_model, experiment, directory"
+            )
         for d in self.directory:
             if not Path(d).is_dir():
-                raise NightlyConfigError(f"directory {d} does not exist (or is not a folder); fix the path in "
-                                         f"'directory'")
+                raise NightlyConfigError(
+                    f"directory {d} does not exist (or is not a folder); fix the path in 'directory'"
+                )
         if self.rule is not None and self.rule not in RULES:
             raise NightlyConfigError(f"rule {self.rule!r} is unknown; rules: {', '.join(RULES)} (or leave it unset)")
         if self.validations_dir is not None and not Path(self.validations_dir).is_dir():
@@ -232,8 +241,10 @@ class NightlyConfig:
         except (EvalSpecError, OSError, ValueError) as exc:
             raise NightlyConfigError(f"spec {self.spec!r}: {exc}") from exc
         if self.task not in spec.tasks:
-            raise NightlyConfigError(f"spec {spec.name!r} evaluates tasks {spec.tasks}, not task {self.task!r}; "
-                                     f"use a spec for {self.task!r} (or one without tasks)")
+            raise NightlyConfigError(
+                f"spec {spec.name!r} evaluates tasks {spec.tasks}, not task {self.task!r}; "
+                f"use a spec for {self.task!r} (or one without tasks)"
+            )
         return spec
 
 
@@ -254,19 +265,24 @@ def resolve_real_logs(paths: list[str], warn: Callable[[str], None] | None = Non
     for s in paths:
         p = Path(s)
         if not p.exists():
-            raise NightlyConfigError(f"real-data log {p} does not exist; give rosbag2 bags (folders or .mcap/.db3 "
-                                     f"files) or a folder of bags")
+            raise NightlyConfigError(
+                f"real-data log {p} does not exist; give rosbag2 bags (folders or .mcap/.db3 files) or a folder of bags"
+            )
         if _is_bag(p):
             bags.append(p)
         elif p.is_dir():
             inside = sorted(c for c in p.iterdir() if _is_bag(c))
             if not inside and warn is not None:
-                warn(f"real-data folder {p} holds no rosbag2 bags (folders with metadata.yaml, or .mcap/.db3 files); "
-                     f"record some with the live recorder or `twinrank proxy-real record`")
+                warn(
+                    f"real-data folder {p} holds no rosbag2 bags (folders with metadata.yaml, or .mcap/.db3 files); "
+                    f"record some with the live recorder or `twinrank proxy-real record`"
+                )
             bags.extend(inside)
         else:
-            raise NightlyConfigError(f"real-data log {p} is not a rosbag2 bag (folder with metadata.yaml, or a "
-                                     f".mcap/.db3 file) nor a folder of bags")
+            raise NightlyConfigError(
+                f"real-data log {p} is not a rosbag2 bag (folder with metadata.yaml, or a "
+                f".mcap/.db3 file) nor a folder of bags"
+            )
     return bags
 
 
@@ -314,8 +330,14 @@ def found_checkpoint(path: str | os.PathLike[str], source: str, model_version: s
     from evaluator.run import checkpoint_id
 
     p = Path(path).resolve()
-    return FoundCheckpoint(path=p, label=default_label(p), checkpoint_id=checkpoint_id(p), source=source,
-                           model_version=model_version, task=_manifest_task(p) or "")
+    return FoundCheckpoint(
+        path=p,
+        label=default_label(p),
+        checkpoint_id=checkpoint_id(p),
+        source=source,
+        model_version=model_version,
+        task=_manifest_task(p) or "",
+    )
 
 
 def unique_labels(found: list[FoundCheckpoint]) -> None:
@@ -361,8 +383,8 @@ def discover(cfg: NightlyConfig, state_dir: Path, say: Callable[[str], None] = l
     """All checkpoints of ``cfg``'s sources (see the module docstring)."""
     import mlflow
 
-    from selection.promotion import find_model_version
     from policies import tracking
+    from selection.promotion import find_model_version
 
     out = Discovery()
     client = mlflow.MlflowClient(tracking_uri=tracking.resolve_tracking_uri(cfg.tracking_uri))
@@ -408,8 +430,9 @@ def discover(cfg: NightlyConfig, state_dir: Path, say: Callable[[str], None] = l
     return out
 
 
-def _from_registered_model(client: Any, name: str, downloads: Path, out: Discovery,
-                           say: Callable[[str], None]) -> list[FoundCheckpoint]:
+def _from_registered_model(
+    client: Any, name: str, downloads: Path, out: Discovery, say: Callable[[str], None]
+) -> list[FoundCheckpoint]:
     try:
         versions = client.search_model_versions(f"name = '{name}'")
     except Exception as exc:  # noqa: BLE001 - MLflow raises several types
@@ -428,18 +451,24 @@ def _from_registered_model(client: Any, name: str, downloads: Path, out: Discove
                 from mlflow.artifacts import download_artifacts
 
                 say(f"downloading {mvs} from {mv.source}")
-                local = _download(downloads / f"{_safe(mv.name)}-v{mv.version}" / "checkpoints" /
-                                  f"step_{mv.tags.get('training_step', 'x')}",
-                                  lambda tmp, mv=mv: download_artifacts(artifact_uri=mv.source, dst_path=str(tmp),
-                                                                        tracking_uri=client.tracking_uri))
+                local = _download(
+                    downloads
+                    / f"{_safe(mv.name)}-v{mv.version}"
+                    / "checkpoints"
+                    / f"step_{mv.tags.get('training_step', 'x')}",
+                    lambda tmp, mv=mv: download_artifacts(
+                        artifact_uri=mv.source, dst_path=str(tmp), tracking_uri=client.tracking_uri
+                    ),
+                )
             found.append(found_checkpoint(local, f"registered_model:{mvs}", mvs))
         except Exception as exc:  # noqa: BLE001 - one version failing never stops the night
             out.failed.append((f"models:/{mvs}", f"cannot get the checkpoint ({type(exc).__name__}: {exc})"))
     return found
 
 
-def _from_experiment(client: Any, name: str, downloads: Path, out: Discovery,
-                     say: Callable[[str], None]) -> list[FoundCheckpoint]:
+def _from_experiment(
+    client: Any, name: str, downloads: Path, out: Discovery, say: Callable[[str], None]
+) -> list[FoundCheckpoint]:
     exp = client.get_experiment_by_name(name)
     if exp is None:
         out.failed.append((f"experiment {name}", "no such MLflow experiment"))
@@ -471,12 +500,17 @@ def _from_experiment(client: Any, name: str, downloads: Path, out: Discovery,
                     from mlflow.artifacts import download_artifacts
 
                     say(f"downloading {art} of run {rid[:8]}")
-                    local = _download(downloads / f"run-{rid[:12]}" / "checkpoints" / step,
-                                      lambda tmp, art=art, rid=rid: download_artifacts(
-                                          run_id=rid, artifact_path=art, dst_path=str(tmp),
-                                          tracking_uri=client.tracking_uri))
-                found.append(found_checkpoint(local, f"experiment:{name}/{rid}",
-                                              f"{mv.name}/{mv.version}" if mv is not None else ""))
+                    local = _download(
+                        downloads / f"run-{rid[:12]}" / "checkpoints" / step,
+                        lambda tmp, art=art, rid=rid: download_artifacts(
+                            run_id=rid, artifact_path=art, dst_path=str(tmp), tracking_uri=client.tracking_uri
+                        ),
+                    )
+                found.append(
+                    found_checkpoint(
+                        local, f"experiment:{name}/{rid}", f"{mv.name}/{mv.version}" if mv is not None else ""
+                    )
+                )
             except Exception as exc:  # noqa: BLE001
                 out.failed.append((f"runs:/{rid}/{art}", f"cannot get the checkpoint ({type(exc).__name__}: {exc})"))
     return found
@@ -502,7 +536,7 @@ class NightlyLock:
         except (OSError, ValueError):
             return {}
 
-    def acquire(self) -> "NightlyLock":
+    def acquire(self) -> NightlyLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -513,13 +547,19 @@ class NightlyLock:
             raise NightlyLockedError(
                 f"another nightly run holds the lock {self.path} (pid {h.get('pid', '?')} on "
                 f"{h.get('host', '?')}, started {h.get('started', '?')}); wait for it to finish, or stop that "
-                f"process if it hangs") from None
+                f"process if it hangs"
+            ) from None
         old = self._holder()
         if old.get("pid"):
-            self.took_over = (f"took over the lock {self.path} left by pid {old['pid']} (started "
-                              f"{old.get('started', '?')}), which is no longer running")
-        info = {"pid": os.getpid(), "host": socket.gethostname(),
-                "started": _dt.datetime.now().astimezone().isoformat(timespec="seconds")}
+            self.took_over = (
+                f"took over the lock {self.path} left by pid {old['pid']} (started "
+                f"{old.get('started', '?')}), which is no longer running"
+            )
+        info = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        }
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(info).encode(), 0)
         os.fsync(fd)
@@ -536,7 +576,7 @@ class NightlyLock:
             os.close(self._fd)
             self._fd = None
 
-    def __enter__(self) -> "NightlyLock":
+    def __enter__(self) -> NightlyLock:
         return self.acquire()
 
     def __exit__(self, *exc: Any) -> None:
@@ -565,8 +605,10 @@ def load_state(path: str | os.PathLike[str], say: Callable[[str], None] = lambda
     except (OSError, ValueError) as exc:
         aside = p.with_name(f"{p.name}.corrupt-{_dt.datetime.now():%Y%m%d-%H%M%S}")
         os.replace(p, aside)
-        say(f"warning: state file {p} is unreadable ({exc}); moved to {aside} and starting a fresh state "
-            f"(evaluated episodes are kept in the campaign folder and not redone)")
+        say(
+            f"warning: state file {p} is unreadable ({exc}); moved to {aside} and starting a fresh state "
+            f"(evaluated episodes are kept in the campaign folder and not redone)"
+        )
         return empty_state()
     data.setdefault("runs", [])
     return data
@@ -586,8 +628,11 @@ def write_state(path: str | os.PathLike[str], state: dict[str, Any]) -> None:
 def state_counts(state: dict[str, Any], spec_digest: str | None = None) -> dict[str, int]:
     """Checkpoints seen, evaluated (under ``spec_digest`` when given) and failing, in a state."""
     cks = state.get("checkpoints", {}).values()
-    evaluated = [c for c in cks if c.get("status") == "evaluated"
-                 and (spec_digest is None or c.get("spec_digest") == spec_digest)]
+    evaluated = [
+        c
+        for c in cks
+        if c.get("status") == "evaluated" and (spec_digest is None or c.get("spec_digest") == spec_digest)
+    ]
     return {"seen": len(cks), "evaluated": len(evaluated), "failed": sum(1 for c in cks if c.get("status") == "failed")}
 
 
@@ -622,15 +667,16 @@ def _decide_promotion(rank: RankResult, cfg: NightlyConfig, warn: Callable[[str]
     """Promote only when the aliases would move; returns (status, PromotionResult or None)."""
     import mlflow
 
-    from selection.promotion import PromotionError, promote
     from policies import tracking
+    from selection.promotion import PromotionError, promote
 
     if not cfg.promote:
         return "promotion off", None
     client = mlflow.MlflowClient(tracking_uri=tracking.resolve_tracking_uri(cfg.tracking_uri))
     try:
-        plan = promote(rank.ranking, client, rule=rank.rule, rule_reason=rank.rule_reason, run_id=rank.run_id,
-                       dry_run=True)
+        plan = promote(
+            rank.ranking, client, rule=rank.rule, rule_reason=rank.rule_reason, run_id=rank.run_id, dry_run=True
+        )
     except PromotionError as exc:
         warn(str(exc))
         return f"not promoted: {exc}", None
@@ -644,13 +690,18 @@ def _decide_promotion(rank: RankResult, cfg: NightlyConfig, warn: Callable[[str]
 
 def _log(msg: str) -> None:
     if msg.startswith("warning: "):
-        logger.warning(msg[len("warning: "):])
+        logger.warning(msg[len("warning: ") :])
     else:
         logger.info(msg)
 
 
-def run_nightly(cfg: NightlyConfig, *, now: _dt.datetime | None = None, progress: Any = None,
-                log: Callable[[str], None] | None = None) -> NightlyResult:
+def run_nightly(
+    cfg: NightlyConfig,
+    *,
+    now: _dt.datetime | None = None,
+    progress: Any = None,
+    log: Callable[[str], None] | None = None,
+) -> NightlyResult:
     """One nightly run (see the module docstring). ``now`` fixes the night's date (default: now);
     ``progress`` receives the evaluator's events; ``log`` every step's message (default: logging)."""
     say = log or _log
@@ -665,10 +716,11 @@ def run_nightly(cfg: NightlyConfig, *, now: _dt.datetime | None = None, progress
         return _run_locked(cfg, spec, state_dir, night, progress, say)
 
 
-def _run_locked(cfg: NightlyConfig, spec: Any, state_dir: Path, night: str, progress: Any,
-                say: Callable[[str], None]) -> NightlyResult:
-    from selection.report import log_report, report_from_rank, write_report
+def _run_locked(
+    cfg: NightlyConfig, spec: Any, state_dir: Path, night: str, progress: Any, say: Callable[[str], None]
+) -> NightlyResult:
     from policies import tracking
+    from selection.report import log_report, report_from_rank, write_report
 
     state_path = state_dir / STATE_FILE
     state = load_state(state_path, say)
@@ -690,17 +742,24 @@ def _run_locked(cfg: NightlyConfig, spec: Any, state_dir: Path, night: str, prog
         warn(f"{what}: {why}")
     if found.skipped_other_task:
         say(f"skipped {len(found.skipped_other_task)} checkpoint(s) of other tasks")
-    entry: dict[str, Any] = {"date": night, "started": _now_iso(), "status": "running", "spec": spec.name,
-                             "spec_digest": digest, "pid": os.getpid()}
+    entry: dict[str, Any] = {
+        "date": night,
+        "started": _now_iso(),
+        "status": "running",
+        "spec": spec.name,
+        "spec_digest": digest,
+        "pid": os.getpid(),
+    }
     state["runs"].append(entry)
     if not found.checkpoints:
         entry.update(status="no checkpoints", finished=_now_iso(), failed=[list(f) for f in found.failed])
         write_state(state_path, state)
-        sources = {"registered_model": cfg.registered_model, "experiment": cfg.experiment,
-                   "directory": cfg.directory}
-        raise NightlyError(f"no checkpoint of task {cfg.task!r} found in {({k: v for k, v in sources.items() if v})}"
-                           + (f"; failures: {found.failed}" if found.failed else "")
-                           + "; check the sources in the nightly config")
+        sources = {"registered_model": cfg.registered_model, "experiment": cfg.experiment, "directory": cfg.directory}
+        raise NightlyError(
+            f"no checkpoint of task {cfg.task!r} found in { ({k: v for k, v in sources.items() if v}) }"
+            + (f"; failures: {found.failed}" if found.failed else "")
+            + "; check the sources in the nightly config"
+        )
     cks = state["checkpoints"]
     new: list[str] = []
     for f in found.checkpoints:
@@ -718,13 +777,24 @@ def _run_locked(cfg: NightlyConfig, spec: Any, state_dir: Path, night: str, prog
     campaign_dir = state_dir / "campaigns" / f"{_safe(spec.name)}-{digest[:12]}"
     extra = {f.label: {"model_version": f.model_version} for f in found.checkpoints if f.model_version}
     try:
-        rank = rank_checkpoints([f.ref() for f in found.checkpoints], spec, bags, out_dir, rule=cfg.rule,
-                                validations_dir=cfg.validations_dir, tracking_uri=cfg.tracking_uri,
-                                experiment=cfg.ranking_experiment, promote=False, executor=cfg.executor,
-                                workers=cfg.workers, progress=progress, campaign_dir=campaign_dir, log=say,
-                                ood=OODSettings(reference_episodes=cfg.ood_reference_episodes,
-                                                cache_dir=str(state_dir / "ood_cache")),
-                                extra_columns=extra)
+        rank = rank_checkpoints(
+            [f.ref() for f in found.checkpoints],
+            spec,
+            bags,
+            out_dir,
+            rule=cfg.rule,
+            validations_dir=cfg.validations_dir,
+            tracking_uri=cfg.tracking_uri,
+            experiment=cfg.ranking_experiment,
+            promote=False,
+            executor=cfg.executor,
+            workers=cfg.workers,
+            progress=progress,
+            campaign_dir=campaign_dir,
+            log=say,
+            ood=OODSettings(reference_episodes=cfg.ood_reference_episodes, cache_dir=str(state_dir / "ood_cache")),
+            extra_columns=extra,
+        )
         status, promotion = _decide_promotion(rank, cfg, warn)
         rank.promotion = promotion
         rank.warnings.extend(notes)
@@ -745,36 +815,69 @@ def _run_locked(cfg: NightlyConfig, spec: Any, state_dir: Path, night: str, prog
                 c.update(status="pending", error=s.error if s is not None else "not evaluated")
         counts = state_counts(state, digest)
         report = report_from_rank(
-            rank, title=f"Nightly ranking of {cfg.task} checkpoints — {night}", promotion_status=status,
-            new_checkpoints=new, failed=found.failed, top_n=cfg.top_n, spec=f"{spec.name} ({digest[:12]})",
-            real_logs=[str(b) for b in bags], ui_command=tracking.ui_command(cfg.tracking_uri),
-            counts={"discovered this night": len(found.checkpoints), "new this night": len(new),
-                    "skipped (other task)": len(found.skipped_other_task),
-                    "seen over all nights": counts["seen"], "evaluated over all nights": counts["evaluated"]})
+            rank,
+            title=f"Nightly ranking of {cfg.task} checkpoints — {night}",
+            promotion_status=status,
+            new_checkpoints=new,
+            failed=found.failed,
+            top_n=cfg.top_n,
+            spec=f"{spec.name} ({digest[:12]})",
+            real_logs=[str(b) for b in bags],
+            ui_command=tracking.ui_command(cfg.tracking_uri),
+            counts={
+                "discovered this night": len(found.checkpoints),
+                "new this night": len(new),
+                "skipped (other task)": len(found.skipped_other_task),
+                "seen over all nights": counts["seen"],
+                "evaluated over all nights": counts["evaluated"],
+            },
+        )
         files = write_report(report, out_dir)
         if rank.run_id:
             log_report(files, rank.run_id, cfg.tracking_uri)
             _tag_run(rank, cfg, status, night)
         champ = promotion.by_alias("champion") if promotion else None
         chall = promotion.by_alias("challenger") if promotion else None
-        entry.update(status="ok", finished=_now_iso(), executed=int(rank.campaign.executed),
-                     skipped=int(rank.campaign.skipped), run_id=rank.run_id, promotion=status,
-                     champion=f"{champ.name}/{champ.version}" if champ else "",
-                     challenger=f"{chall.name}/{chall.version}" if chall else "",
-                     previous=dict(promotion.previous) if promotion else {},
-                     failed=[list(f) for f in report.failed],
-                     report=str(files.markdown), rule=rank.rule)
+        entry.update(
+            status="ok",
+            finished=_now_iso(),
+            executed=int(rank.campaign.executed),
+            skipped=int(rank.campaign.skipped),
+            run_id=rank.run_id,
+            promotion=status,
+            champion=f"{champ.name}/{champ.version}" if champ else "",
+            challenger=f"{chall.name}/{chall.version}" if chall else "",
+            previous=dict(promotion.previous) if promotion else {},
+            failed=[list(f) for f in report.failed],
+            report=str(files.markdown),
+            rule=rank.rule,
+        )
         write_state(state_path, state)
         say(f"report: {files.markdown} ({files.html})")
-        return NightlyResult(date=night, state_dir=state_dir, out_dir=out_dir, state_path=state_path,
-                             checkpoints=found.checkpoints, new=new, failed=report.failed, rank=rank,
-                             promotion_status=status, promotion=promotion, report_md=files.markdown,
-                             report_html=files.html, executed=int(rank.campaign.executed),
-                             skipped=int(rank.campaign.skipped), warnings=rank.warnings)
+        return NightlyResult(
+            date=night,
+            state_dir=state_dir,
+            out_dir=out_dir,
+            state_path=state_path,
+            checkpoints=found.checkpoints,
+            new=new,
+            failed=report.failed,
+            rank=rank,
+            promotion_status=status,
+            promotion=promotion,
+            report_md=files.markdown,
+            report_html=files.html,
+            executed=int(rank.campaign.executed),
+            skipped=int(rank.campaign.skipped),
+            warnings=rank.warnings,
+        )
     except BaseException as exc:
         interrupted = isinstance(exc, KeyboardInterrupt)
-        entry.update(status="interrupted" if interrupted else "failed", finished=_now_iso(),
-                     error="" if interrupted else f"{type(exc).__name__}: {exc}"[:4000])
+        entry.update(
+            status="interrupted" if interrupted else "failed",
+            finished=_now_iso(),
+            error="" if interrupted else f"{type(exc).__name__}: {exc}"[:4000],
+        )
         write_state(state_path, state)
         raise
 
@@ -813,8 +916,10 @@ def parse_cron(expr: str, timezone: Any = None) -> Any:
     from apscheduler.triggers.cron import CronTrigger
 
     fields = expr.split()
-    hint = ("use five fields 'minute hour day-of-month month day-of-week', e.g. '0 2 * * *' for 02:00 every "
-            "night or '30 1 * * 1-5' for 01:30 on weekdays")
+    hint = (
+        "use five fields 'minute hour day-of-month month day-of-week', e.g. '0 2 * * *' for 02:00 every "
+        "night or '30 1 * * 1-5' for 01:30 on weekdays"
+    )
     if len(fields) != 5:
         raise NightlyConfigError(f"cron expression {expr!r} has {len(fields)} field(s); {hint}")
     try:
@@ -834,13 +939,20 @@ def nightly_job(cfg: NightlyConfig) -> NightlyResult | None:
     except Exception:
         logger.error("nightly run failed:\n%s", traceback.format_exc())
         raise
-    logger.info("nightly run done: %d checkpoint(s), %d new, %d episode(s) run, promotion %s; report %s",
-                len(res.checkpoints), len(res.new), res.executed, res.promotion_status, res.report_md)
+    logger.info(
+        "nightly run done: %d checkpoint(s), %d new, %d episode(s) run, promotion %s; report %s",
+        len(res.checkpoints),
+        len(res.new),
+        res.executed,
+        res.promotion_status,
+        res.report_md,
+    )
     return res
 
 
-def make_scheduler(cfg: NightlyConfig, cron: str, *, blocking: bool = False, run_now: bool = False,
-                   timezone: Any = None) -> Any:
+def make_scheduler(
+    cfg: NightlyConfig, cron: str, *, blocking: bool = False, run_now: bool = False, timezone: Any = None
+) -> Any:
     """A scheduler (not started) running :func:`nightly_job` on ``cron`` (5-field crontab).
 
     ``blocking``: a ``BlockingScheduler`` (``start()`` runs it in this thread), else a
@@ -858,8 +970,18 @@ def make_scheduler(cfg: NightlyConfig, cron: str, *, blocking: bool = False, run
     extra: dict[str, Any] = {}
     if run_now:
         extra["next_run_time"] = _dt.datetime.now(sched.timezone)
-    sched.add_job(nightly_job, trigger, args=[cfg], id=NIGHTLY_JOB_ID, name=f"twinrank nightly ({cron})",
-                  max_instances=1, coalesce=True, misfire_grace_time=3600, replace_existing=True, **extra)
+    sched.add_job(
+        nightly_job,
+        trigger,
+        args=[cfg],
+        id=NIGHTLY_JOB_ID,
+        name=f"twinrank nightly ({cron})",
+        max_instances=1,
+        coalesce=True,
+        misfire_grace_time=3600,
+        replace_existing=True,
+        **extra,
+    )
     return sched
 
 
@@ -875,7 +997,29 @@ def iter_runs(state_dir: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
     yield from load_state(Path(state_dir) / STATE_FILE).get("runs", [])
 
 
-__all__ = ["Discovery", "FoundCheckpoint", "LOCK_FILE", "NIGHTLY_JOB_ID", "NightlyConfig", "NightlyConfigError",
-           "NightlyError", "NightlyLock", "NightlyLockedError", "NightlyResult", "STATE_FILE", "discover",
-           "found_checkpoint", "iter_runs", "load_state", "make_scheduler", "next_fire_time", "nightly_job",
-           "parse_cron", "resolve_real_logs", "run_nightly", "state_counts", "unique_labels", "write_state"]
+__all__ = [
+    "Discovery",
+    "FoundCheckpoint",
+    "LOCK_FILE",
+    "NIGHTLY_JOB_ID",
+    "NightlyConfig",
+    "NightlyConfigError",
+    "NightlyError",
+    "NightlyLock",
+    "NightlyLockedError",
+    "NightlyResult",
+    "STATE_FILE",
+    "discover",
+    "found_checkpoint",
+    "iter_runs",
+    "load_state",
+    "make_scheduler",
+    "next_fire_time",
+    "nightly_job",
+    "parse_cron",
+    "resolve_real_logs",
+    "run_nightly",
+    "state_counts",
+    "unique_labels",
+    "write_state",
+]

@@ -103,10 +103,11 @@ import json
 import os
 import tempfile
 import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -184,21 +185,31 @@ class OODConfig:
         object.__setattr__(self, "gmm_components", tuple(int(c) for c in self.gmm_components))
         unknown = [d for d in self.detectors if d not in FEATURE_DETECTORS]
         if unknown or not self.detectors:
-            raise OODError(f"OODConfig.detectors = {self.detectors!r}: choose a non-empty subset of "
-                           f"{list(FEATURE_DETECTORS)}")
+            raise OODError(
+                f"OODConfig.detectors = {self.detectors!r}: choose a non-empty subset of {list(FEATURE_DETECTORS)}"
+            )
         if not 0.5 <= float(self.quantile) < 1.0:
             raise OODError(f"OODConfig.quantile = {self.quantile!r}; use a value in [0.5, 1), e.g. 0.95")
-        for name, lo in (("calibration_folds", 2), ("min_reference", 10), ("knn_k", 1), ("lof_neighbors", 2),
-                         ("iforest_estimators", 1), ("output_samples", 2), ("batch_size", 1)):
+        for name, lo in (
+            ("calibration_folds", 2),
+            ("min_reference", 10),
+            ("knn_k", 1),
+            ("lof_neighbors", 2),
+            ("iforest_estimators", 1),
+            ("output_samples", 2),
+            ("batch_size", 1),
+        ):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < lo:
                 raise OODError(f"OODConfig.{name} = {v!r}; expected an int >= {lo}")
         if not self.gmm_components or any(c < 1 for c in self.gmm_components):
-            raise OODError(f"OODConfig.gmm_components = {self.gmm_components!r}; expected positive ints, "
-                           f"e.g. (1, 2, 4)")
+            raise OODError(
+                f"OODConfig.gmm_components = {self.gmm_components!r}; expected positive ints, e.g. (1, 2, 4)"
+            )
         if self.gmm_covariance not in ("full", "tied", "diag", "spherical"):
-            raise OODError(f"OODConfig.gmm_covariance = {self.gmm_covariance!r}; use 'diag', 'full', 'tied' or "
-                           f"'spherical'")
+            raise OODError(
+                f"OODConfig.gmm_covariance = {self.gmm_covariance!r}; use 'diag', 'full', 'tied' or 'spherical'"
+            )
         if not self.gmm_reg_covar > 0 or not self.input_noise_scale > 0:
             raise OODError("OODConfig.gmm_reg_covar and input_noise_scale must be > 0")
 
@@ -209,7 +220,7 @@ class OODConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "OODConfig":
+    def from_dict(cls, d: Mapping[str, Any]) -> OODConfig:
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
@@ -231,9 +242,11 @@ def policy_digest(policy: Any) -> str:
     from policies.interface import config_to_dict
 
     h = hashlib.sha256()
-    meta = {"class": getattr(policy, "policy_name", "") or type(policy).__name__,
-            "config": config_to_dict(getattr(policy, "config", None)) if hasattr(policy, "config") else {},
-            "spec": policy.spec.to_dict()}
+    meta = {
+        "class": getattr(policy, "policy_name", "") or type(policy).__name__,
+        "config": config_to_dict(getattr(policy, "config", None)) if hasattr(policy, "config") else {},
+        "spec": policy.spec.to_dict(),
+    }
     h.update(json.dumps(meta, sort_keys=True, default=str).encode())
     for name, t in sorted(policy.state_dict().items()):
         a = t.detach().cpu().contiguous()
@@ -272,26 +285,32 @@ def stack_episodes(episodes: Sequence[Mapping[str, Any]], keys: Sequence[str] | 
 def _check_obs(policy: Any, obs: Mapping[str, Any], what: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """The policy's observation arrays (validated) and the per-row episode index."""
     if not isinstance(obs, Mapping):
-        raise OODError(f"{what} observations must be a dict of arrays keyed by {policy.spec.obs_keys}, "
-                       f"got {type(obs).__name__}")
+        raise OODError(
+            f"{what} observations must be a dict of arrays keyed by {policy.spec.obs_keys}, got {type(obs).__name__}"
+        )
     arrays: dict[str, np.ndarray] = {}
     n: int | None = None
     for o in policy.spec.observations:
         if o.key not in obs:
-            raise OODError(f"{what} observations have no {o.key!r} (the policy reads {policy.spec.obs_keys}; "
-                           f"got {sorted(obs)})")
+            raise OODError(
+                f"{what} observations have no {o.key!r} (the policy reads {policy.spec.obs_keys}; got {sorted(obs)})"
+            )
         a = np.asarray(obs[o.key])
         if a.ndim != len(o.shape) + 1 or tuple(a.shape[1:]) != tuple(o.shape):
-            raise OODError(f"{what} observation {o.key!r} has shape {a.shape}; expected (N, *{tuple(o.shape)}) "
-                           f"stacked over the leading axis")
+            raise OODError(
+                f"{what} observation {o.key!r} has shape {a.shape}; expected (N, *{tuple(o.shape)}) "
+                f"stacked over the leading axis"
+            )
         if n is not None and a.shape[0] != n:
             raise OODError(f"{what} observation {o.key!r} has {a.shape[0]} rows, others have {n}")
         n = a.shape[0]
         if np.issubdtype(a.dtype, np.floating):
             bad = ~np.isfinite(a.reshape(a.shape[0], -1)).all(axis=1)
             if bad.any():
-                raise OODError(f"{what} observation {o.key!r} has non-finite values in {int(bad.sum())} rows "
-                               f"(first: {int(np.flatnonzero(bad)[0])}); drop or repair those rows")
+                raise OODError(
+                    f"{what} observation {o.key!r} has non-finite values in {int(bad.sum())} rows "
+                    f"(first: {int(np.flatnonzero(bad)[0])}); drop or repair those rows"
+                )
         arrays[o.key] = a
     assert n is not None
     if EPISODE_KEY in obs:
@@ -300,8 +319,10 @@ def _check_obs(policy: Any, obs: Mapping[str, Any], what: str) -> tuple[dict[str
             raise OODError(f"{what} {EPISODE_KEY!r} must be an int array of shape ({n},), got {ep.dtype} {ep.shape}")
         starts = np.r_[True, ep[1:] != ep[:-1]]
         if len(np.unique(ep)) != int(starts.sum()):
-            raise OODError(f"{what} {EPISODE_KEY!r}: the rows of each episode must be consecutive (an episode "
-                           f"appears in several blocks); sort the rows by episode then time")
+            raise OODError(
+                f"{what} {EPISODE_KEY!r}: the rows of each episode must be consecutive (an episode "
+                f"appears in several blocks); sort the rows by episode then time"
+            )
     else:
         ep = np.zeros(n, dtype=np.int64)
     return arrays, ep.astype(np.int64)
@@ -343,22 +364,26 @@ def _eval_mode(policy: Any) -> Iterator[None]:
 def _batches(inputs: dict[str, np.ndarray], batch_size: int):
     n = next(iter(inputs.values())).shape[0]
     for i in range(0, n, batch_size):
-        yield {k: v[i: i + batch_size] for k, v in inputs.items()}
+        yield {k: v[i : i + batch_size] for k, v in inputs.items()}
 
 
 def _embed(policy: Any, inputs: dict[str, np.ndarray], batch_size: int) -> np.ndarray:
     """Penultimate embedding ``(N, F)`` float32 (``policy.features_tensors``)."""
     if not hasattr(policy, "features_tensors") or not hasattr(policy, "_as_tensor_batch"):
-        raise OODError(f"{type(policy).__name__} has no penultimate embedding (features_tensors); feature-space "
-                       f"OOD needs a torch policy from policies (MLP, point cloud, diffusion)")
+        raise OODError(
+            f"{type(policy).__name__} has no penultimate embedding (features_tensors); feature-space "
+            f"OOD needs a torch policy from policies (MLP, point cloud, diffusion)"
+        )
     out = []
     with torch.no_grad():
         for b in _batches(inputs, batch_size):
             try:
                 f = policy.features_tensors(policy._as_tensor_batch(b))
             except NotImplementedError as exc:
-                raise OODError(f"{type(policy).__name__} does not implement features_tensors(); feature-space OOD "
-                               f"needs a penultimate embedding") from exc
+                raise OODError(
+                    f"{type(policy).__name__} does not implement features_tensors(); feature-space OOD "
+                    f"needs a penultimate embedding"
+                ) from exc
             out.append(f.reshape(f.shape[0], -1).float().cpu().numpy())
     emb = np.concatenate(out, axis=0).astype(np.float32)
     if not np.isfinite(emb).all():
@@ -422,8 +447,13 @@ def _fit_detector(name: str, z: np.ndarray, cfg: OODConfig) -> tuple[Scorer, dic
         best: Any = None
         best_bic = np.inf
         for c in sorted({c for c in cfg.gmm_components if c <= n // 2} or {1}):
-            gm = GaussianMixture(n_components=c, covariance_type=cfg.gmm_covariance, reg_covar=cfg.gmm_reg_covar,
-                                 max_iter=200, random_state=cfg.random_state)
+            gm = GaussianMixture(
+                n_components=c,
+                covariance_type=cfg.gmm_covariance,
+                reg_covar=cfg.gmm_reg_covar,
+                max_iter=200,
+                random_state=cfg.random_state,
+            )
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ConvergenceWarning)
                 gm.fit(z)
@@ -451,8 +481,9 @@ def _fold_ids(n: int, episode: np.ndarray, k: int, seed: int, min_train: int) ->
     return folds
 
 
-def _fit_folds(name: str, z: np.ndarray, folds: np.ndarray, cfg: OODConfig
-               ) -> tuple[list[Scorer], np.ndarray, list[dict[str, Any]]]:
+def _fit_folds(
+    name: str, z: np.ndarray, folds: np.ndarray, cfg: OODConfig
+) -> tuple[list[Scorer], np.ndarray, list[dict[str, Any]]]:
     """One detector per fold, fitted on the other folds; returns (scorers by fold,
     out-of-fold reference scores ``(n_ref,)``, info by fold)."""
     scorers: list[Scorer] = []
@@ -474,14 +505,16 @@ class _Standardizer:
     keep: np.ndarray
 
     @classmethod
-    def fit(cls, emb: np.ndarray) -> "_Standardizer":
+    def fit(cls, emb: np.ndarray) -> _Standardizer:
         e = emb.astype(np.float64)
         mean, std = e.mean(axis=0), e.std(axis=0)
         keep = std > 1e-6 * (1.0 + np.abs(mean))
         if not keep.any():
-            raise OODError(f"all {emb.shape[1]} embedding features are constant on the reference observations "
-                           f"(identical observations, or a degenerate policy); collect reference rollouts with "
-                           f"more varied states (more seeds)")
+            raise OODError(
+                f"all {emb.shape[1]} embedding features are constant on the reference observations "
+                f"(identical observations, or a degenerate policy); collect reference rollouts with "
+                f"more varied states (more seeds)"
+            )
         return cls(mean=mean, std=np.where(keep, std, 1.0), keep=keep)
 
     def transform(self, emb: np.ndarray) -> np.ndarray:
@@ -494,16 +527,17 @@ class _Standardizer:
 
 
 def _has_dropout(policy: Any) -> bool:
-    return isinstance(policy, nn.Module) and any(isinstance(m, nn.modules.dropout._DropoutNd)
-                                                 for m in policy.modules())
+    return isinstance(policy, nn.Module) and any(isinstance(m, nn.modules.dropout._DropoutNd) for m in policy.modules())
 
 
 def _output_kind(policy: Any) -> tuple[str | None, str]:
     """(detector name, method description) of the policy's output-space detector."""
     if getattr(policy, "chunked", False):
         if hasattr(policy, "predict_action_chunk"):
-            return "chunk_consistency", ("L2 disagreement (normalized action units) between the deterministic chunks "
-                                         "planned at consecutive steps, over the future times they share")
+            return "chunk_consistency", (
+                "L2 disagreement (normalized action units) between the deterministic chunks "
+                "planned at consecutive steps, over the future times they share"
+            )
         return None, "unavailable: chunked policy without predict_action_chunk"
     if not hasattr(policy, "action_logits"):
         return None, f"unavailable: {type(policy).__name__} has no action_logits"
@@ -511,9 +545,11 @@ def _output_kind(policy: Any) -> tuple[str | None, str]:
         return "entropy", "entropy (nats) of the softmax over the action logits"
     if _has_dropout(policy):
         return "action_spread", "mc_dropout: std of the predicted mean action over dropout samples"
-    return "action_spread", ("input_noise: std of the predicted mean action under Gaussian input noise "
-                             "(input_noise_scale x reference per-channel std); the model has no dropout and its "
-                             "predicted std is state-independent")
+    return "action_spread", (
+        "input_noise: std of the predicted mean action under Gaussian input noise "
+        "(input_noise_scale x reference per-channel std); the model has no dropout and its "
+        "predicted std is state-independent"
+    )
 
 
 def _noise_std(arrays: dict[str, np.ndarray], scale: float) -> dict[str, np.ndarray]:
@@ -535,8 +571,9 @@ def _entropy_scores(policy: Any, inputs: dict[str, np.ndarray], cfg: OODConfig) 
     return np.concatenate(out)
 
 
-def _spread_scores(policy: Any, inputs: dict[str, np.ndarray], noise_std: dict[str, np.ndarray],
-                   cfg: OODConfig) -> np.ndarray:
+def _spread_scores(
+    policy: Any, inputs: dict[str, np.ndarray], noise_std: dict[str, np.ndarray], cfg: OODConfig
+) -> np.ndarray:
     k = cfg.output_samples
     mc = _has_dropout(policy)
     gen = torch.Generator().manual_seed(cfg.random_state)
@@ -567,8 +604,7 @@ def _spread_scores(policy: Any, inputs: dict[str, np.ndarray], noise_std: dict[s
     return np.concatenate(out)
 
 
-def _chunk_scores(policy: Any, arrays: dict[str, np.ndarray], episode: np.ndarray,
-                  cfg: OODConfig) -> np.ndarray:
+def _chunk_scores(policy: Any, arrays: dict[str, np.ndarray], episode: np.ndarray, cfg: OODConfig) -> np.ndarray:
     """Disagreement between consecutive chunks (see the module docstring); one value per
     step that has a successor in its episode."""
     key = getattr(getattr(policy, "config", None), "obs_key", policy.spec.obs_keys[0])
@@ -577,13 +613,15 @@ def _chunk_scores(policy: Any, arrays: dict[str, np.ndarray], episode: np.ndarra
     offset = int(getattr(policy, "action_offset", 1 - n_obs))
     first_future = 1 - offset  # chunk index of time t + 1
     if horizon - first_future < 1:
-        raise OODError(f"chunk_consistency: the chunk (horizon {horizon}, offset {offset}) plans no time after the "
-                       f"next step; disable it with OODConfig(output_detector=False)")
+        raise OODError(
+            f"chunk_consistency: the chunk (horizon {horizon}, offset {offset}) plans no time after the "
+            f"next step; disable it with OODConfig(output_detector=False)"
+        )
     hist = _histories(arrays[key], episode, n_obs)
     chunks = []
     with torch.no_grad():
         for i in range(0, hist.shape[0], cfg.batch_size):
-            h = torch.as_tensor(np.ascontiguousarray(hist[i: i + cfg.batch_size])).float().to(policy.torch_device)
+            h = torch.as_tensor(np.ascontiguousarray(hist[i : i + cfg.batch_size])).float().to(policy.torch_device)
             c = policy.predict_action_chunk(h, deterministic=True)
             if hasattr(policy, "normalize_action"):
                 c = policy.normalize_action(c)
@@ -591,13 +629,19 @@ def _chunk_scores(policy: Any, arrays: dict[str, np.ndarray], episode: np.ndarra
     ch = np.concatenate(chunks, axis=0)
     has_next = np.r_[episode[1:] == episode[:-1], False]
     t = np.flatnonzero(has_next)
-    a = ch[t, first_future:]                       # times t+1 .. planned at t
-    b = ch[t + 1, first_future - 1: horizon - 1]   # the same times planned at t+1
+    a = ch[t, first_future:]  # times t+1 .. planned at t
+    b = ch[t + 1, first_future - 1 : horizon - 1]  # the same times planned at t+1
     return np.linalg.norm(a - b, axis=-1).mean(axis=-1)
 
 
-def _output_scores(policy: Any, kind: str | None, arrays: dict[str, np.ndarray], episode: np.ndarray,
-                   noise_std: dict[str, np.ndarray], cfg: OODConfig) -> np.ndarray | None:
+def _output_scores(
+    policy: Any,
+    kind: str | None,
+    arrays: dict[str, np.ndarray],
+    episode: np.ndarray,
+    noise_std: dict[str, np.ndarray],
+    cfg: OODConfig,
+) -> np.ndarray | None:
     if kind is None:
         return None
     inputs = _model_inputs(policy, arrays, episode)
@@ -616,8 +660,7 @@ def _output_scores(policy: Any, kind: str | None, arrays: dict[str, np.ndarray],
 _SUMMARY_KEYS = ("frac_ood", "mean_norm", "mean_rank", "mean_score", "ref_mean", "ref_median", "ref_quantile")
 
 
-def _calibrate(targets: Sequence[np.ndarray], refs: Sequence[np.ndarray], q: float,
-               ratio: bool) -> dict[str, float]:
+def _calibrate(targets: Sequence[np.ndarray], refs: Sequence[np.ndarray], q: float, ratio: bool) -> dict[str, float]:
     """Calibrated summary (module docstring). ``targets[f]`` / ``refs[f]``: target scores and
     held-out reference scores under fold ``f``'s detector; the calibrated statistics are
     computed per fold and averaged; the raw ``ref_*`` values pool the reference scores."""
@@ -695,8 +738,16 @@ class OODReference:
 
 
 def _cache_key(checkpoint_key: str, ddigest: str, cfg: OODConfig) -> str:
-    blob = json.dumps({"format": CACHE_FORMAT, "version": CACHE_FORMAT_VERSION, "checkpoint": checkpoint_key,
-                       "data": ddigest, "config": cfg.to_dict()}, sort_keys=True)
+    blob = json.dumps(
+        {
+            "format": CACHE_FORMAT,
+            "version": CACHE_FORMAT_VERSION,
+            "checkpoint": checkpoint_key,
+            "data": ddigest,
+            "config": cfg.to_dict(),
+        },
+        sort_keys=True,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -736,11 +787,20 @@ def _save_cache(ref: OODReference, npz_path: Path, json_path: Path) -> None:
         arrays["output_ref_scores"] = ref.ref_scores[ref.output_kind]
     for k, v in ref.noise_std.items():
         arrays[f"noise__{k}"] = v
-    meta = {"format": CACHE_FORMAT, "format_version": CACHE_FORMAT_VERSION, "cache_key": ref.cache_key,
-            "checkpoint_key": ref.checkpoint_key, "policy_digest": ref.policy_digest, "data_digest": ref.data_digest,
-            "config": ref.config.to_dict(), "n_ref": ref.n_ref, "n_episodes": ref.n_episodes,
-            "output_kind": ref.output_kind, "output_method": ref.output_method,
-            "noise_keys": sorted(ref.noise_std)}
+    meta = {
+        "format": CACHE_FORMAT,
+        "format_version": CACHE_FORMAT_VERSION,
+        "cache_key": ref.cache_key,
+        "checkpoint_key": ref.checkpoint_key,
+        "policy_digest": ref.policy_digest,
+        "data_digest": ref.data_digest,
+        "config": ref.config.to_dict(),
+        "n_ref": ref.n_ref,
+        "n_episodes": ref.n_episodes,
+        "output_kind": ref.output_kind,
+        "output_method": ref.output_method,
+        "noise_keys": sorted(ref.noise_std),
+    }
     _atomic_write(npz_path, lambda f: np.savez(f, **arrays), "wb")
     _atomic_write(json_path, lambda f: f.write(json.dumps(meta, indent=2)), "w")
 
@@ -751,8 +811,12 @@ def _load_cache(npz_path: Path, json_path: Path, key: str, pdigest: str) -> OODR
         return None
     try:
         meta = json.loads(json_path.read_text())
-        if (meta.get("format") != CACHE_FORMAT or meta.get("format_version") != CACHE_FORMAT_VERSION
-                or meta.get("cache_key") != key or meta.get("policy_digest") != pdigest):
+        if (
+            meta.get("format") != CACHE_FORMAT
+            or meta.get("format_version") != CACHE_FORMAT_VERSION
+            or meta.get("cache_key") != key
+            or meta.get("policy_digest") != pdigest
+        ):
             return None
         cfg = OODConfig.from_dict(meta["config"])
         kind = meta["output_kind"]
@@ -763,22 +827,44 @@ def _load_cache(npz_path: Path, json_path: Path, key: str, pdigest: str) -> OODR
             noise = {k: np.array(z[f"noise__{k}"]) for k in meta["noise_keys"]}
         n = int(meta["n_ref"])
         k = cfg.calibration_folds
-        if (emb.ndim != 2 or emb.shape[0] != n or folds.shape != (n,)
-                or not np.array_equal(np.unique(folds), np.arange(k))):
+        if (
+            emb.ndim != 2
+            or emb.shape[0] != n
+            or folds.shape != (n,)
+            or not np.array_equal(np.unique(folds), np.arange(k))
+        ):
             return None
-        ref = OODReference(checkpoint_key=meta["checkpoint_key"], policy_digest=pdigest,
-                           data_digest=meta["data_digest"], cache_key=key, config=cfg, n_ref=n,
-                           n_episodes=int(meta["n_episodes"]), embeddings=emb, folds=folds, ref_scores=scores,
-                           noise_std=noise, output_kind=kind, output_method=meta["output_method"],
-                           standardizer=_Standardizer.fit(emb), from_cache=True, cache_path=str(npz_path))
+        ref = OODReference(
+            checkpoint_key=meta["checkpoint_key"],
+            policy_digest=pdigest,
+            data_digest=meta["data_digest"],
+            cache_key=key,
+            config=cfg,
+            n_ref=n,
+            n_episodes=int(meta["n_episodes"]),
+            embeddings=emb,
+            folds=folds,
+            ref_scores=scores,
+            noise_std=noise,
+            output_kind=kind,
+            output_method=meta["output_method"],
+            standardizer=_Standardizer.fit(emb),
+            from_cache=True,
+            cache_path=str(npz_path),
+        )
         return _fit_reference(ref)
     except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError) as exc:
         warnings.warn(f"ignoring unreadable OOD reference cache {npz_path} ({exc}); rebuilding it", stacklevel=3)
         return None
 
 
-def build_reference(policy: Any, obs: Mapping[str, Any], cache_dir: str | os.PathLike[str] | None = None,
-                    checkpoint_key: str | None = None, config: OODConfig | None = None) -> OODReference:
+def build_reference(
+    policy: Any,
+    obs: Mapping[str, Any],
+    cache_dir: str | os.PathLike[str] | None = None,
+    checkpoint_key: str | None = None,
+    config: OODConfig | None = None,
+) -> OODReference:
     """Fit the OOD detectors of ``policy`` on reference observations ``obs`` (its sim rollouts).
 
     ``obs``: ``{key: (N, *shape)}`` for the policy's ``spec.obs_keys`` (+ optional
@@ -791,12 +877,13 @@ def build_reference(policy: Any, obs: Mapping[str, Any], cache_dir: str | os.Pat
     arrays, episode = _check_obs(policy, obs, "reference")
     n = next(iter(arrays.values())).shape[0]
     if n < cfg.min_reference:
-        raise OODError(f"OOD reference needs at least {cfg.min_reference} observations (OODConfig.min_reference), "
-                       f"got {n}; collect more sim rollouts (collect_reference_obs with more seeds)")
+        raise OODError(
+            f"OOD reference needs at least {cfg.min_reference} observations (OODConfig.min_reference), "
+            f"got {n}; collect more sim rollouts (collect_reference_obs with more seeds)"
+        )
     pdigest = policy_digest(policy)
     ckey = checkpoint_key or f"policy:{pdigest}"
-    ddigest = data_digest({**arrays, **({EPISODE_KEY: obs[EPISODE_KEY]} if EPISODE_KEY in obs else {})},
-                          list(arrays))
+    ddigest = data_digest({**arrays, **({EPISODE_KEY: obs[EPISODE_KEY]} if EPISODE_KEY in obs else {})}, list(arrays))
     key = _cache_key(ckey, ddigest, cfg)
     npz_path = json_path = None
     if cache_dir is not None:
@@ -817,10 +904,22 @@ def build_reference(policy: Any, obs: Mapping[str, Any], cache_dir: str | os.Pat
         out_scores = _output_scores(policy, kind, arrays, episode, noise, cfg)
     if kind is not None and out_scores is not None:
         ref_scores[kind] = out_scores
-    ref = OODReference(checkpoint_key=ckey, policy_digest=pdigest, data_digest=ddigest, cache_key=key, config=cfg,
-                       n_ref=n, n_episodes=int(len(np.unique(episode))), embeddings=emb, folds=folds,
-                       ref_scores=ref_scores, noise_std=noise, output_kind=kind, output_method=method,
-                       standardizer=std)
+    ref = OODReference(
+        checkpoint_key=ckey,
+        policy_digest=pdigest,
+        data_digest=ddigest,
+        cache_key=key,
+        config=cfg,
+        n_ref=n,
+        n_episodes=int(len(np.unique(episode))),
+        embeddings=emb,
+        folds=folds,
+        ref_scores=ref_scores,
+        noise_std=noise,
+        output_kind=kind,
+        output_method=method,
+        standardizer=std,
+    )
     _fit_reference(ref)
     if npz_path is not None and json_path is not None:
         _save_cache(ref, npz_path, json_path)
@@ -862,9 +961,15 @@ class OODScores:
         return out
 
     def to_dict(self, include_per_observation: bool = False) -> dict[str, Any]:
-        d: dict[str, Any] = {"checkpoint_key": self.checkpoint_key, "combined": self.combined, "n_ref": self.n_ref,
-                             "n_target": self.n_target, "quantile": self.quantile, "summary": self.summary,
-                             "methods": self.methods}
+        d: dict[str, Any] = {
+            "checkpoint_key": self.checkpoint_key,
+            "combined": self.combined,
+            "n_ref": self.n_ref,
+            "n_target": self.n_target,
+            "quantile": self.quantile,
+            "summary": self.summary,
+            "methods": self.methods,
+        }
         if include_per_observation and self.per_observation is not None:
             d["per_observation"] = {k: v.tolist() for k, v in self.per_observation.items()}
         return d
@@ -879,16 +984,19 @@ _FEATURE_METHODS = {
 }
 
 
-def score(policy: Any, reference: OODReference, target_obs: Mapping[str, Any],
-          per_observation: bool = True) -> OODScores:
+def score(
+    policy: Any, reference: OODReference, target_obs: Mapping[str, Any], per_observation: bool = True
+) -> OODScores:
     """Score ``target_obs`` (e.g. real observations) against ``reference`` for ``policy``.
 
     ``policy`` must be the one the reference was built for (checked by weight digest).
     """
     pdigest = policy_digest(policy)
     if pdigest != reference.policy_digest:
-        raise OODError("this OOD reference was built for a different policy (weights/config digest differs); "
-                       "call build_reference(policy, reference_obs) for this checkpoint")
+        raise OODError(
+            "this OOD reference was built for a different policy (weights/config digest differs); "
+            "call build_reference(policy, reference_obs) for this checkpoint"
+        )
     cfg = reference.config
     arrays, episode = _check_obs(policy, target_obs, "target")
     n = next(iter(arrays.values())).shape[0]
@@ -916,15 +1024,27 @@ def score(policy: Any, reference: OODReference, target_obs: Mapping[str, Any],
         summary[kind] = _calibrate([s], [reference.ref_scores[kind]], cfg.quantile, ratio=True)
     methods["output"] = reference.output_method
     combined = float(np.mean([summary[d]["frac_ood"] for d in cfg.detectors]))
-    return OODScores(summary=summary, combined=combined, n_ref=reference.n_ref, n_target=n,
-                     quantile=cfg.quantile, methods=methods, checkpoint_key=reference.checkpoint_key,
-                     per_observation=per_obs if per_observation else None)
+    return OODScores(
+        summary=summary,
+        combined=combined,
+        n_ref=reference.n_ref,
+        n_target=n,
+        quantile=cfg.quantile,
+        methods=methods,
+        checkpoint_key=reference.checkpoint_key,
+        per_observation=per_obs if per_observation else None,
+    )
 
 
-def ood_scores_for_checkpoint(checkpoint_dir: str | os.PathLike[str], reference_obs: Mapping[str, Any],
-                              target_obs: Mapping[str, Any], cache_dir: str | os.PathLike[str] | None = None,
-                              config: OODConfig | None = None, device: str = "cpu",
-                              per_observation: bool = False) -> OODScores:
+def ood_scores_for_checkpoint(
+    checkpoint_dir: str | os.PathLike[str],
+    reference_obs: Mapping[str, Any],
+    target_obs: Mapping[str, Any],
+    cache_dir: str | os.PathLike[str] | None = None,
+    config: OODConfig | None = None,
+    device: str = "cpu",
+    per_observation: bool = False,
+) -> OODScores:
     """Load a checkpoint, build (or load the cached) reference and score ``target_obs``.
 
     The cache key names the checkpoint by the sha256 of its weights file.
@@ -933,8 +1053,9 @@ def ood_scores_for_checkpoint(checkpoint_dir: str | os.PathLike[str], reference_
 
     policy = load_checkpoint(checkpoint_dir, device=device)
     sha = policy.checkpoint_info.get("sha256", "")
-    ref = build_reference(policy, reference_obs, cache_dir=cache_dir,
-                          checkpoint_key=f"sha256:{sha}" if sha else None, config=config)
+    ref = build_reference(
+        policy, reference_obs, cache_dir=cache_dir, checkpoint_key=f"sha256:{sha}" if sha else None, config=config
+    )
     return score(policy, ref, target_obs, per_observation=per_observation)
 
 
@@ -943,43 +1064,71 @@ def ood_scores_for_checkpoint(checkpoint_dir: str | os.PathLike[str], reference_
 # ---------------------------------------------------------------------------------------------
 
 
-def collect_reference_obs(policy: Any, task: str, seeds: Sequence[int], max_steps: int | None = None,
-                          deterministic: bool = True, suite: Any = None) -> dict[str, np.ndarray]:
+def collect_reference_obs(
+    policy: Any,
+    task: str,
+    seeds: Sequence[int],
+    max_steps: int | None = None,
+    deterministic: bool = True,
+    suite: Any = None,
+    batch_size: int = 8,
+) -> dict[str, np.ndarray]:
     """Roll ``policy`` out in ``TwinEnv(task, control_mode=policy.spec.action.control_mode)``,
-    one episode per seed, and return the observations it acted on, stacked:
+    one episode per seed, through the rollout engine (:func:`policies.rollout.run_episodes`,
+    ``batch_size`` envs at a time), and return the observations it acted on, stacked:
     ``{key: (N, *shape)}`` for ``policy.spec.obs_keys`` plus ``"episode_index"`` ``(N,)``.
+    (``twinrank rank`` does not call this: its evaluation campaign records the references.)
 
     ``suite``: optional perturbation suite (name or object) of the env.
     """
     from evaluator.worker import observation_cfg
+    from policies.rollout import RolloutHooks, run_episodes
     from twin.env import TwinEnv
 
     if len(seeds) == 0:
         raise OODError("collect_reference_obs: no seeds given; pass e.g. seeds=range(20)")
     keys = list(policy.spec.obs_keys)
-    env = TwinEnv(task, control_mode=policy.spec.action.control_mode, observations=observation_cfg(policy.spec),
-                  suite=suite, max_steps=max_steps)
-    rows: dict[str, list[np.ndarray]] = {k: [] for k in keys}
-    episode: list[int] = []
+    seeds = [int(s) for s in seeds]
+    n = min(batch_size, len(seeds))
+    envs = [
+        TwinEnv(
+            task,
+            control_mode=policy.spec.action.control_mode,
+            observations=observation_cfg(policy.spec),
+            suite=suite,
+            max_steps=max_steps,
+        )
+        for _ in range(n)
+    ]
+    per_episode: dict[int, dict[str, list[np.ndarray]]] = {}
     try:
         if hasattr(policy, "check_env"):
-            policy.check_env(env)
+            policy.check_env(envs[0])
         else:
-            policy.spec.check_env(env)
+            policy.spec.check_env(envs[0])
         with _eval_mode(policy):
-            for i, s in enumerate(seeds):
-                obs, _ = env.reset(seed=int(s))
-                policy.reset()
-                term = trunc = False
-                while not (term or trunc):
+            for start in range(0, len(seeds), n):
+                chunk = seeds[start : start + n]
+
+                def on_obs(slot: int, obs: dict[str, np.ndarray], base: int = start) -> None:
+                    rows = per_episode.setdefault(base + slot, {k: [] for k in keys})
                     for k in keys:
                         rows[k].append(np.asarray(obs[k]).copy())
-                    episode.append(i)
-                    a = policy.act({k: np.asarray(obs[k])[None] for k in keys}, deterministic=deterministic)[0]
-                    obs, _, term, trunc, _ = env.step(a)
+
+                run_episodes(
+                    policy,
+                    {j: envs[j] for j in range(len(chunk))},
+                    {j: (s, None) for j, s in enumerate(chunk)},
+                    spec=policy.spec,
+                    batch_size=len(chunk),
+                    deterministic=deterministic,
+                    hooks=RolloutHooks(on_obs=on_obs),
+                )
     finally:
         policy.reset()
-        env.close()
-    out = {k: np.stack(v) for k, v in rows.items()}
-    out[EPISODE_KEY] = np.asarray(episode, dtype=np.int64)
+        for e in envs:
+            e.close()
+    order = sorted(per_episode)
+    out = {k: np.concatenate([np.stack(per_episode[i][k]) for i in order]) for k in keys}
+    out[EPISODE_KEY] = np.concatenate([np.full(len(per_episode[i][keys[0]]), i, dtype=np.int64) for i in order])
     return out

@@ -13,7 +13,7 @@ import pandas as pd  # noqa: E402
 
 
 def _short(label: str, n: int = 28) -> str:
-    return label if len(label) <= n else "…" + label[-(n - 1):]
+    return label if len(label) <= n else "…" + label[-(n - 1) :]
 
 
 def scatter_sim_vs_ood(ranking: pd.DataFrame, path: str | Path, real: dict[str, float] | None = None) -> Path:
@@ -27,8 +27,13 @@ def scatter_sim_vs_ood(ranking: pd.DataFrame, path: str | Path, real: dict[str, 
     sc = ax.scatter(df["ood"], df["sim_perturbed"], c=df["score"], cmap="viridis", s=50, edgecolors="k")
     fig.colorbar(sc, ax=ax, label=f"score ({df['rule'].iloc[0] if len(df) else ''})")
     for _, r in df.iterrows():
-        ax.annotate(_short(str(r["checkpoint"]), 18), (r["ood"], r["sim_perturbed"]), fontsize=6,
-                    xytext=(3, 3), textcoords="offset points")
+        ax.annotate(
+            _short(str(r["checkpoint"]), 18),
+            (r["ood"], r["sim_perturbed"]),
+            fontsize=6,
+            xytext=(3, 3),
+            textcoords="offset points",
+        )
     if len(df):
         top = df.iloc[0]
         ax.scatter([top["ood"]], [top["sim_perturbed"]], marker="*", s=300, c="red", label="champion")

@@ -73,8 +73,9 @@ def _current(client: Any, name: str, alias: str) -> str | None:
     return f"{v.name}/{v.version}"
 
 
-def promote(ranking: pd.DataFrame, client: Any, *, rule: str, rule_reason: str = "", run_id: str = "",
-            dry_run: bool = False) -> PromotionResult:
+def promote(
+    ranking: pd.DataFrame, client: Any, *, rule: str, rule_reason: str = "", run_id: str = "", dry_run: bool = False
+) -> PromotionResult:
     """Set ``champion`` / ``challenger`` on the two best ranked checkpoints with a model version."""
     result = PromotionResult()
     ranked = ranking[ranking["rank"].notna()].sort_values("rank")
@@ -85,42 +86,55 @@ def promote(ranking: pd.DataFrame, client: Any, *, rule: str, rule_reason: str =
             found = find_model_version(client, row["path"])
             mv = _split(found) if found else None
         if mv is None:
-            result.warnings.append(f"checkpoint {row['checkpoint']!r} (rank {int(row['rank'])}) has no registered "
-                                   f"model version and cannot be promoted; register it (training does) or rank "
-                                   f"models:/NAME/VERSION")
+            result.warnings.append(
+                f"checkpoint {row['checkpoint']!r} (rank {int(row['rank'])}) has no registered "
+                f"model version and cannot be promoted; register it (training does) or rank "
+                f"models:/NAME/VERSION"
+            )
             continue
         chosen.append((row, mv))
         if len(chosen) == 2:
             break
     if not chosen:
-        raise PromotionError("no ranked checkpoint has a registered model version: nothing to promote"
-                             + ("; " + "; ".join(result.warnings) if result.warnings else ""))
-    now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        raise PromotionError(
+            "no ranked checkpoint has a registered model version: nothing to promote"
+            + ("; " + "; ".join(result.warnings) if result.warnings else "")
+        )
+    now = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     names = {mv[0] for _, mv in chosen}
     if len(names) > 1:
-        result.warnings.append(f"champion and challenger belong to different registered models {sorted(names)}: "
-                               f"each alias is set in its own model")
+        result.warnings.append(
+            f"champion and challenger belong to different registered models {sorted(names)}: "
+            f"each alias is set in its own model"
+        )
     for alias, (row, (name, version)) in zip((CHAMPION, CHALLENGER), chosen):
         prev = _current(client, name, alias)
         if prev is not None:
             result.previous[alias] = prev
         score = float(row["score"])
-        reason = (f"{alias} by rule {rule!r}: rank {int(row['rank'])} of {len(ranked)}, score {score:.3f} "
-                  f"(sim perturbed {float(row['sim_perturbed']):.2f}, sim nominal {float(row['sim_nominal']):.2f}, "
-                  f"OOD {float(row['ood']):.2f})")
+        reason = (
+            f"{alias} by rule {rule!r}: rank {int(row['rank'])} of {len(ranked)}, score {score:.3f} "
+            f"(sim perturbed {float(row['sim_perturbed']):.2f}, sim nominal {float(row['sim_nominal']):.2f}, "
+            f"OOD {float(row['ood']):.2f})"
+        )
         if rule_reason:
             reason += f"; rule {rule_reason}"
         result.promotions.append(Promotion(alias, name, version, str(row["checkpoint"]), score, reason))
         if dry_run:
             continue
         client.set_registered_model_alias(name, alias, version)
-        for k, v in {"promotion_reason": reason, "promotion_rule": rule, "promotion_score": f"{score:.6f}",
-                     "promoted_at": now, "promotion_alias": alias, "promotion_run_id": run_id}.items():
+        for k, v in {
+            "promotion_reason": reason,
+            "promotion_rule": rule,
+            "promotion_score": f"{score:.6f}",
+            "promoted_at": now,
+            "promotion_alias": alias,
+            "promotion_run_id": run_id,
+        }.items():
             client.set_model_version_tag(name, version, k, v)
         if alias == CHAMPION:
             client.set_registered_model_tag(name, "champion_reason", reason)
     return result
 
 
-__all__ = ["CHAMPION", "CHALLENGER", "Promotion", "PromotionResult", "PromotionError", "promote",
-           "find_model_version"]
+__all__ = ["CHAMPION", "CHALLENGER", "Promotion", "PromotionResult", "PromotionError", "promote", "find_model_version"]

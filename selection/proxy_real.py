@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import pandas as pd
 import yaml
@@ -51,7 +52,7 @@ class ProxyRealDomain:
     source: str = ""
 
     @staticmethod
-    def load(path: str | os.PathLike[str] | None = None) -> "ProxyRealDomain":
+    def load(path: str | os.PathLike[str] | None = None) -> ProxyRealDomain:
         p = Path(path) if path is not None else DEFAULT_PATH
         if not p.is_file():
             raise ProxyRealError(f"proxy-real domain file {p} not found; omit it to use the built-in {DEFAULT_PATH}")
@@ -61,8 +62,13 @@ class ProxyRealDomain:
             raise ProxyRealError(f"{p}: unknown field(s) {sorted(unknown)}; fields: name, seed_start, episodes, suite")
         if not isinstance(data.get("suite"), dict):
             raise ProxyRealError(f"{p}: 'suite' must be a perturbation suite mapping (see twin/suites/default.yaml)")
-        dom = ProxyRealDomain(name=str(data.get("name", DOMAIN)), seed_start=int(data.get("seed_start", 900_000)),
-                              episodes=int(data.get("episodes", 20)), suite=data["suite"], source=str(p))
+        dom = ProxyRealDomain(
+            name=str(data.get("name", DOMAIN)),
+            seed_start=int(data.get("seed_start", 900_000)),
+            episodes=int(data.get("episodes", 20)),
+            suite=data["suite"],
+            source=str(p),
+        )
         if dom.episodes < 1:
             raise ProxyRealError(f"{p}: episodes = {dom.episodes}; give at least 1")
         dom.load_suite()  # validate the factors now
@@ -85,13 +91,27 @@ class ProxyRealDomain:
         """The evaluator spec of a proxy-real "real-robot evaluation" of ``task``."""
         from evaluator.spec import EvalSpec, VideoCfg
 
-        return EvalSpec(name=DOMAIN, tasks=[task], suite=dict(self.suite), conditions=["combined"],
-                        seeds=self.seeds(episodes), video=VideoCfg(enabled=False))
+        return EvalSpec(
+            name=DOMAIN,
+            tasks=[task],
+            suite=dict(self.suite),
+            conditions=["combined"],
+            seeds=self.seeds(episodes),
+            video=VideoCfg(enabled=False),
+        )
 
 
-def record_logs(task: str, out: str | os.PathLike[str], *, domain: ProxyRealDomain | None = None,
-                episodes: int | None = None, control_mode: str | None = None, operator: str = "expert",
-                noise: float = 0.0, fmt: str = "mcap") -> Path:
+def record_logs(
+    task: str,
+    out: str | os.PathLike[str],
+    *,
+    domain: ProxyRealDomain | None = None,
+    episodes: int | None = None,
+    control_mode: str | None = None,
+    operator: str = "expert",
+    noise: float = 0.0,
+    fmt: str = "mcap",
+) -> Path:
     """Write proxy-real logs of ``task`` to the rosbag2 bag ``out`` (the real-data schema).
 
     ``operator``: ``"expert"`` (the task's scripted demonstrator, like teleoperated real
@@ -130,6 +150,7 @@ def _run_checkpoint(path: str, task: str, h5: Path, seeds: Sequence[int], suite:
     keys = policy.spec.obs_keys
     try:
         for s in seeds:
+
             def act(sim: Any, obs: dict[str, Any]) -> Any:
                 import numpy as np
 
@@ -141,23 +162,46 @@ def _run_checkpoint(path: str, task: str, h5: Path, seeds: Sequence[int], suite:
         env.close()
 
 
-def ground_truth(checkpoints: Sequence[str | os.PathLike[str]], task: str, out_dir: str | os.PathLike[str], *,
-                 domain: ProxyRealDomain | None = None, episodes: int | None = None, executor: str = "local",
-                 workers: int | None = None, progress: Any = None) -> pd.DataFrame:
+def ground_truth(
+    checkpoints: Sequence[str | os.PathLike[str]],
+    task: str,
+    out_dir: str | os.PathLike[str],
+    *,
+    domain: ProxyRealDomain | None = None,
+    episodes: int | None = None,
+    executor: str = "local",
+    workers: int | None = None,
+    progress: Any = None,
+) -> pd.DataFrame:
     """Proxy-real success of each checkpoint (for validation only); writes
     ``out_dir/proxy_real_outcomes.csv`` with ``checkpoint,real_success,checkpoint_id,episodes,domain``."""
     from evaluator.run import evaluate
 
     dom = domain or ProxyRealDomain.load()
     out = Path(out_dir)
-    res = evaluate(list(checkpoints), dom.eval_spec(task, episodes), out / "campaign", executor=executor,
-                   workers=workers, plots=False, videos=False, progress=progress)
+    res = evaluate(
+        list(checkpoints),
+        dom.eval_spec(task, episodes),
+        out / "campaign",
+        executor=executor,
+        workers=workers,
+        plots=False,
+        videos=False,
+        progress=progress,
+    )
     rows = []
     for s in res.checkpoints:
         if s.status != "ok":
             continue
-        rows.append({"checkpoint": s.label, "real_success": float(s.overall.get("success_rate", float("nan"))),
-                     "checkpoint_id": s.checkpoint_id, "episodes": int(s.episodes_done), "domain": DOMAIN})
+        rows.append(
+            {
+                "checkpoint": s.label,
+                "real_success": float(s.overall.get("success_rate", float("nan"))),
+                "checkpoint_id": s.checkpoint_id,
+                "episodes": int(s.episodes_done),
+                "domain": DOMAIN,
+            }
+        )
     df = pd.DataFrame(rows, columns=["checkpoint", "real_success", "checkpoint_id", "episodes", "domain"])
     out.mkdir(parents=True, exist_ok=True)
     df.to_csv(out / "proxy_real_outcomes.csv", index=False)

@@ -51,9 +51,10 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -124,8 +125,9 @@ def rank(ingredients: pd.DataFrame, rule: str = DEFAULT_RULE) -> pd.DataFrame:
     if "note" not in df.columns:
         df["note"] = ""
     df.loc[~ok, "note"] = df.loc[~ok, "note"].where(df.loc[~ok, "note"] != "", f"no score under rule {rule!r}")
-    ranked = df[ok].sort_values(["score", "sim_perturbed", "sim_nominal", "checkpoint"],
-                                ascending=[False, False, False, True], kind="mergesort")
+    ranked = df[ok].sort_values(
+        ["score", "sim_perturbed", "sim_nominal", "checkpoint"], ascending=[False, False, False, True], kind="mergesort"
+    )
     ranked = ranked.assign(rank=np.arange(1, len(ranked) + 1, dtype=float))
     rest = df[~ok].assign(rank=np.nan)
     return pd.concat([ranked, rest]).reset_index(drop=True)
@@ -148,15 +150,28 @@ class Validation:
     def to_json(self, path: str | Path) -> Path:
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(json.dumps({"name": self.name, "domain": self.domain, "real": self.real,
-                                 "ingredients": json.loads(self.ingredients.to_json(orient="records"))}, indent=1))
+        p.write_text(
+            json.dumps(
+                {
+                    "name": self.name,
+                    "domain": self.domain,
+                    "real": self.real,
+                    "ingredients": json.loads(self.ingredients.to_json(orient="records")),
+                },
+                indent=1,
+            )
+        )
         return p
 
     @staticmethod
-    def from_json(path: str | Path) -> "Validation":
+    def from_json(path: str | Path) -> Validation:
         d = json.loads(Path(path).read_text())
-        return Validation(pd.DataFrame(d["ingredients"]), {k: float(v) for k, v in d["real"].items()},
-                          d.get("name", Path(path).stem), d.get("domain", "real"))
+        return Validation(
+            pd.DataFrame(d["ingredients"]),
+            {k: float(v) for k, v in d["real"].items()},
+            d.get("name", Path(path).stem),
+            d.get("domain", "real"),
+        )
 
 
 def load_validations(directory: str | Path) -> list[Validation]:
@@ -218,8 +233,10 @@ def choose_rule(validations: Iterable[Validation], candidates: Sequence[str] = C
     else:
         df, real = parts[0]
         if len(df) < 3:
-            return RuleChoice(DEFAULT_RULE, f"one validation of {len(df)} checkpoints is too small to choose a rule: "
-                                            f"default rule {DEFAULT_RULE!r}")
+            return RuleChoice(
+                DEFAULT_RULE,
+                f"one validation of {len(df)} checkpoints is too small to choose a rule: default rule {DEFAULT_RULE!r}",
+            )
         folds = []
         for i in range(len(df)):
             keep = np.arange(len(df)) != i
@@ -235,18 +252,27 @@ def choose_rule(validations: Iterable[Validation], candidates: Sequence[str] = C
     rows = []
     for r in candidates:
         q = [rule_quality(df, real, r) for df, real in parts]
-        rows.append({"rule": r, "mmrv": float(np.mean([a for a, _ in q])),
-                     "pearson": float(np.nanmean([b for _, b in q])) if any(np.isfinite(b) for _, b in q) else np.nan,
-                     "loo_picks": picks.get(r, 0)})
+        rows.append(
+            {
+                "rule": r,
+                "mmrv": float(np.mean([a for a, _ in q])),
+                "pearson": float(np.nanmean([b for _, b in q])) if any(np.isfinite(b) for _, b in q) else np.nan,
+                "loo_picks": picks.get(r, 0),
+            }
+        )
     per_rule = pd.DataFrame(rows)
-    order = sorted(candidates, key=lambda r: (-picks.get(r, 0), float(per_rule.set_index("rule").loc[r, "mmrv"]),
-                                              list(candidates).index(r)))
+    order = sorted(
+        candidates,
+        key=lambda r: (-picks.get(r, 0), float(per_rule.set_index("rule").loc[r, "mmrv"]), list(candidates).index(r)),
+    )
     chosen = order[0]
     n = sum(picks.values())
     loo = float(np.mean(held)) if held else float("nan")
-    reason = (f"chosen by leave-one-{unit}-out over {len(parts)} validation(s) "
-              f"({sum(len(df) for df, _ in parts)} checkpoints with real outcomes): picked in {picks[chosen]}/{n} "
-              f"folds; MMRV on all validations {per_rule.set_index('rule').loc[chosen, 'mmrv']:.3f}")
+    reason = (
+        f"chosen by leave-one-{unit}-out over {len(parts)} validation(s) "
+        f"({sum(len(df) for df, _ in parts)} checkpoints with real outcomes): picked in {picks[chosen]}/{n} "
+        f"folds; MMRV on all validations {per_rule.set_index('rule').loc[chosen, 'mmrv']:.3f}"
+    )
     if held:
         reason += f"; held-out MMRV of the procedure {loo:.3f}"
     return RuleChoice(chosen, reason, per_rule, loo)
@@ -266,5 +292,18 @@ def ingredients_frame(rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
     return df
 
 
-__all__ = ["RULES", "COMBINED_RULES", "BASELINES", "DEFAULT_RULE", "RankingError", "Validation", "RuleChoice",
-           "rank", "rule_scores", "rule_quality", "choose_rule", "load_validations", "ingredients_frame"]
+__all__ = [
+    "RULES",
+    "COMBINED_RULES",
+    "BASELINES",
+    "DEFAULT_RULE",
+    "RankingError",
+    "Validation",
+    "RuleChoice",
+    "rank",
+    "rule_scores",
+    "rule_quality",
+    "choose_rule",
+    "load_validations",
+    "ingredients_frame",
+]

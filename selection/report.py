@@ -28,9 +28,10 @@ import datetime as _dt
 import html
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import pandas as pd
 
@@ -88,8 +89,17 @@ def holders_from_promotion(promotion: Any) -> list[Holder]:
     """:class:`Holder` rows from a :class:`selection.promotion.PromotionResult` (or None)."""
     if promotion is None:
         return []
-    return [Holder(alias=p.alias, model_version=f"{p.name}/{p.version}", checkpoint=p.checkpoint, score=p.score,
-                   reason=p.reason, previous=promotion.previous.get(p.alias, "")) for p in promotion.promotions]
+    return [
+        Holder(
+            alias=p.alias,
+            model_version=f"{p.name}/{p.version}",
+            checkpoint=p.checkpoint,
+            score=p.score,
+            reason=p.reason,
+            previous=promotion.previous.get(p.alias, ""),
+        )
+        for p in promotion.promotions
+    ]
 
 
 def failed_rows(ranking: pd.DataFrame) -> list[tuple[str, str]]:
@@ -102,10 +112,20 @@ def failed_rows(ranking: pd.DataFrame) -> list[tuple[str, str]]:
     return out
 
 
-def report_from_rank(result: Any, *, title: str = "Checkpoint ranking", promotion_status: str | None = None,
-                     new_checkpoints: Sequence[str] = (), failed: Sequence[tuple[str, str]] = (),
-                     counts: dict[str, int] | None = None, top_n: int = 10, spec: str = "",
-                     real_logs: Sequence[str] = (), date: str = "", ui_command: str = "") -> Report:
+def report_from_rank(
+    result: Any,
+    *,
+    title: str = "Checkpoint ranking",
+    promotion_status: str | None = None,
+    new_checkpoints: Sequence[str] = (),
+    failed: Sequence[tuple[str, str]] = (),
+    counts: dict[str, int] | None = None,
+    top_n: int = 10,
+    spec: str = "",
+    real_logs: Sequence[str] = (),
+    date: str = "",
+    ui_command: str = "",
+) -> Report:
     """A :class:`Report` from a :class:`selection.job.RankResult`.
 
     ``failed`` adds failures found before the ranking (e.g. a registry version that could not
@@ -122,12 +142,25 @@ def report_from_rank(result: Any, *, title: str = "Checkpoint ranking", promotio
         base_counts["episodes run"] = int(campaign.executed)
         base_counts["episodes reused"] = int(campaign.skipped)
     base_counts.update(counts or {})
-    return Report(title=title, ranking=ranking, rule=result.rule, rule_reason=result.rule_reason,
-                  plots=dict(result.plots), warnings=list(result.warnings), run_id=result.run_id, spec=spec,
-                  real_logs=list(real_logs), promotion_status=promotion_status,
-                  holders=holders_from_promotion(result.promotion), new_checkpoints=list(new_checkpoints),
-                  failed=[*failed, *failed_rows(ranking)], counts=base_counts, top_n=top_n,
-                  date=date or _dt.datetime.now().astimezone().isoformat(timespec="seconds"), ui_command=ui_command)
+    return Report(
+        title=title,
+        ranking=ranking,
+        rule=result.rule,
+        rule_reason=result.rule_reason,
+        plots=dict(result.plots),
+        warnings=list(result.warnings),
+        run_id=result.run_id,
+        spec=spec,
+        real_logs=list(real_logs),
+        promotion_status=promotion_status,
+        holders=holders_from_promotion(result.promotion),
+        new_checkpoints=list(new_checkpoints),
+        failed=[*failed, *failed_rows(ranking)],
+        counts=base_counts,
+        top_n=top_n,
+        date=date or _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        ui_command=ui_command,
+    )
 
 
 # ---- table ---------------------------------------------------------------------------------------
@@ -150,10 +183,18 @@ def table_rows(ranking: pd.DataFrame, top_n: int | None = None) -> list[list[str
         ranked = ranked.head(top_n)
     rows = []
     for _, r in pd.concat([ranked, ranking[ranking["rank"].isna()]]).iterrows():
-        rows.append([_num(r["rank"], ".0f") if pd.notna(r["rank"]) else "-", str(r["checkpoint"]),
-                     _num(r.get("score")), _num(r.get("sim_nominal"), ".2f"), _num(r.get("sim_perturbed"), ".2f"),
-                     _num(r.get("ood"), ".2f"), str(r.get("model_version") or "") or "-",
-                     str(r.get("note") or "")])
+        rows.append(
+            [
+                _num(r["rank"], ".0f") if pd.notna(r["rank"]) else "-",
+                str(r["checkpoint"]),
+                _num(r.get("score")),
+                _num(r.get("sim_nominal"), ".2f"),
+                _num(r.get("sim_perturbed"), ".2f"),
+                _num(r.get("ood"), ".2f"),
+                str(r.get("model_version") or "") or "-",
+                str(r.get("note") or ""),
+            ]
+        )
     return rows
 
 
@@ -176,18 +217,27 @@ def render_markdown(rep: Report, plot_dir: Path | None = None) -> str:
     out += meta + ["", "## Rule", "", f"**{rep.rule}** — {rep.rule_reason}", ""]
     out += ["## Champion and challenger", "", f"Promotion: **{rep.promotion_status}**", ""]
     if rep.holders:
-        out += ["| alias | model version | checkpoint | score | previous holder | reason |",
-                "|---|---|---|---|---|---|"]
+        out += [
+            "| alias | model version | checkpoint | score | previous holder | reason |",
+            "|---|---|---|---|---|---|",
+        ]
         for h in rep.holders:
             prev = h.previous or "none"
             if not h.changed:
                 prev += " (unchanged)"
-            out.append(f"| {h.alias} | {h.model_version} | {_md_cell(h.checkpoint)} | {_num(h.score)} | {prev} | "
-                       f"{_md_cell(h.reason)} |")
+            out.append(
+                f"| {h.alias} | {h.model_version} | {_md_cell(h.checkpoint)} | {_num(h.score)} | {prev} | "
+                f"{_md_cell(h.reason)} |"
+            )
     else:
         out.append("No alias was set.")
-    out += ["", f"## Ranking (top {rep.top_n})", "", "| " + " | ".join(TABLE_COLUMNS) + " |",
-            "|" + "---|" * len(TABLE_COLUMNS)]
+    out += [
+        "",
+        f"## Ranking (top {rep.top_n})",
+        "",
+        "| " + " | ".join(TABLE_COLUMNS) + " |",
+        "|" + "---|" * len(TABLE_COLUMNS),
+    ]
     for row in table_rows(rep.ranking, rep.top_n):
         out.append("| " + " | ".join(_md_cell(c) for c in row) + " |")
     out += ["", "## Plots", ""]
@@ -229,8 +279,11 @@ def _ul(items: Sequence[str], cls: str = "") -> str:
 def render_html(rep: Report) -> str:
     """The report as one self-contained HTML page (plots embedded)."""
     e = html.escape
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(rep.title)}</title>"
-             f"<style>{_CSS}</style></head><body>", f"<h1>{e(rep.title)}</h1>"]
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{e(rep.title)}</title>"
+        f"<style>{_CSS}</style></head><body>",
+        f"<h1>{e(rep.title)}</h1>",
+    ]
     meta = [f"date: {e(rep.date)}"]
     if rep.spec:
         meta.append(f"evaluation spec: <code>{e(rep.spec)}</code>")
@@ -243,20 +296,26 @@ def render_html(rep: Report) -> str:
     parts.append(f"<h2>Rule</h2><p><b>{e(rep.rule)}</b> — {e(rep.rule_reason)}</p>")
     parts.append(f"<h2>Champion and challenger</h2><p>Promotion: <b>{e(rep.promotion_status)}</b></p>")
     if rep.holders:
-        parts.append("<table><tr><th>alias</th><th>model version</th><th>checkpoint</th><th>score</th>"
-                     "<th>previous holder</th><th>reason</th></tr>")
+        parts.append(
+            "<table><tr><th>alias</th><th>model version</th><th>checkpoint</th><th>score</th>"
+            "<th>previous holder</th><th>reason</th></tr>"
+        )
         for h in rep.holders:
             prev = (h.previous or "none") + ("" if h.changed else " (unchanged)")
-            parts.append(f"<tr><td>{e(h.alias)}</td><td>{e(h.model_version)}</td><td>{e(h.checkpoint)}</td>"
-                         f"<td class='num'>{_num(h.score)}</td><td>{e(prev)}</td><td>{e(h.reason)}</td></tr>")
+            parts.append(
+                f"<tr><td>{e(h.alias)}</td><td>{e(h.model_version)}</td><td>{e(h.checkpoint)}</td>"
+                f"<td class='num'>{_num(h.score)}</td><td>{e(prev)}</td><td>{e(h.reason)}</td></tr>"
+            )
         parts.append("</table>")
     else:
         parts.append("<p>No alias was set.</p>")
-    parts.append(f"<h2>Ranking (top {rep.top_n})</h2><table><tr>"
-                 + "".join(f"<th>{e(c)}</th>" for c in TABLE_COLUMNS) + "</tr>")
+    parts.append(
+        f"<h2>Ranking (top {rep.top_n})</h2><table><tr>" + "".join(f"<th>{e(c)}</th>" for c in TABLE_COLUMNS) + "</tr>"
+    )
     for row in table_rows(rep.ranking, rep.top_n):
-        cells = [f"<td class='num'>{e(c)}</td>" if i in (0, 2, 3, 4, 5) else f"<td>{e(c)}</td>"
-                 for i, c in enumerate(row)]
+        cells = [
+            f"<td class='num'>{e(c)}</td>" if i in (0, 2, 3, 4, 5) else f"<td>{e(c)}</td>" for i, c in enumerate(row)
+        ]
         parts.append("<tr>" + "".join(cells) + "</tr>")
     parts.append("</table><h2>Plots</h2>")
     for key, p in rep.plots.items():
@@ -297,5 +356,17 @@ def log_report(files: ReportFiles, run_id: str, tracking_uri: str | None = None)
         client.log_artifact(run_id, str(p), artifact_path="report")
 
 
-__all__ = ["Holder", "Report", "ReportFiles", "TABLE_COLUMNS", "failed_rows", "holders_from_promotion", "log_report",
-           "render_html", "render_markdown", "report_from_rank", "table_rows", "write_report"]
+__all__ = [
+    "Holder",
+    "Report",
+    "ReportFiles",
+    "TABLE_COLUMNS",
+    "failed_rows",
+    "holders_from_promotion",
+    "log_report",
+    "render_html",
+    "render_markdown",
+    "report_from_rank",
+    "table_rows",
+    "write_report",
+]

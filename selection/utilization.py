@@ -32,9 +32,10 @@ from __future__ import annotations
 import csv
 import math
 import warnings
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -69,8 +70,9 @@ def make_table(rows: Iterable[Mapping[str, Any]] | Any) -> list[Run]:
     if hasattr(rows, "to_dict") and hasattr(rows, "columns"):
         missing = [c for c in COLUMNS if c not in rows.columns]
         if missing:
-            raise UtilizationError(f"run table is missing column(s) {missing} (columns: {list(rows.columns)}); "
-                                   f"it needs {list(COLUMNS)}")
+            raise UtilizationError(
+                f"run table is missing column(s) {missing} (columns: {list(rows.columns)}); it needs {list(COLUMNS)}"
+            )
         rows = rows.to_dict("records")
     groups: dict[tuple[float, float], list[float]] = {}
     n_rows = 0
@@ -78,19 +80,23 @@ def make_table(rows: Iterable[Mapping[str, Any]] | Any) -> list[Run]:
         n_rows += 1
         missing = [c for c in COLUMNS if c not in row or row[c] in (None, "")]
         if missing:
-            raise UtilizationError(f"run table row {i} is missing {missing} (has {sorted(row)}); "
-                                   f"every row needs {list(COLUMNS)}")
+            raise UtilizationError(
+                f"run table row {i} is missing {missing} (has {sorted(row)}); every row needs {list(COLUMNS)}"
+            )
         try:
             n_real, n_other, success = (float(row[c]) for c in COLUMNS)
         except (TypeError, ValueError):
             values = {c: row[c] for c in COLUMNS}
             raise UtilizationError(f"run table row {i}: {values} has a non-number") from None
         if not all(math.isfinite(v) for v in (n_real, n_other, success)):
-            raise UtilizationError(f"run table row {i}: values must be finite, got n_real={n_real}, "
-                                   f"n_other={n_other}, success={success}")
+            raise UtilizationError(
+                f"run table row {i}: values must be finite, got n_real={n_real}, n_other={n_other}, success={success}"
+            )
         if n_real <= 0:
-            raise UtilizationError(f"run table row {i}: n_real={n_real:g} must be > 0 (every run fine-tunes on real "
-                                   "data, and the power law needs N > 0)")
+            raise UtilizationError(
+                f"run table row {i}: n_real={n_real:g} must be > 0 (every run fine-tunes on real "
+                "data, and the power law needs N > 0)"
+            )
         if n_other < 0:
             raise UtilizationError(f"run table row {i}: n_other={n_other:g} must be >= 0 (0 for a real-only run)")
         if not 0.0 <= success <= 1.0:
@@ -101,8 +107,10 @@ def make_table(rows: Iterable[Mapping[str, Any]] | Any) -> list[Run]:
     runs = [Run(n_real=k[0], n_other=k[1], success=float(np.mean(v)), n_runs=len(v)) for k, v in groups.items()]
     runs.sort(key=lambda r: (r.n_other, r.n_real))
     if not any(r.real_only for r in runs):
-        raise UtilizationError("run table has no real-only rows (n_other == 0): both ratios compare against a "
-                               "policy trained on real data alone; add at least one such run")
+        raise UtilizationError(
+            "run table has no real-only rows (n_other == 0): both ratios compare against a "
+            "policy trained on real data alone; add at least one such run"
+        )
     return runs
 
 
@@ -116,8 +124,9 @@ def load_table(csv_path: str | Path) -> list[Run]:
         header = [h.strip() for h in (reader.fieldnames or [])]
         missing = [c for c in COLUMNS if c not in header]
         if missing:
-            raise UtilizationError(f"run table {str(p)!r} is missing column(s) {missing} (columns: {header}); "
-                                   f"it needs {list(COLUMNS)}")
+            raise UtilizationError(
+                f"run table {str(p)!r} is missing column(s) {missing} (columns: {header}); it needs {list(COLUMNS)}"
+            )
         rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
     return make_table(rows)
 
@@ -147,18 +156,31 @@ def local_ratio(real_only: Run, mixed: Run) -> LocalRatio:
     if mixed.n_other <= 0:
         raise UtilizationError("the second run must contain other data (n_other > 0)")
     if real_only.success <= 0:
-        raise UtilizationError(f"real-only success at N_real={real_only.n_real:g} is 0, so the real data's marginal "
-                               "value cannot be measured there: choose an operating point where the real-only policy "
-                               "reaches reasonable success")
+        raise UtilizationError(
+            f"real-only success at N_real={real_only.n_real:g} is 0, so the real data's marginal "
+            "value cannot be measured there: choose an operating point where the real-only policy "
+            "reaches reasonable success"
+        )
     a = np.array([[real_only.n_real, 0.0], [mixed.n_real, mixed.n_other]])
     g_real, g_other = np.linalg.solve(a, np.array([real_only.success, mixed.success]))
     eta = math.inf if g_other == 0 else float(g_real / g_other)
     if math.isinf(eta):
-        warnings.warn(f"adding {mixed.n_other:g} other samples changed nothing at N_real={mixed.n_real:g}: "
-                      "eta is infinite (the other data has no measurable value)", UtilizationWarning, stacklevel=2)
-    return LocalRatio(n_real=real_only.n_real, success_real=real_only.success, n_real_mix=mixed.n_real,
-                      n_other=mixed.n_other, success_mix=mixed.success, gamma_real=float(g_real),
-                      gamma_other=float(g_other), eta=eta)
+        warnings.warn(
+            f"adding {mixed.n_other:g} other samples changed nothing at N_real={mixed.n_real:g}: "
+            "eta is infinite (the other data has no measurable value)",
+            UtilizationWarning,
+            stacklevel=2,
+        )
+    return LocalRatio(
+        n_real=real_only.n_real,
+        success_real=real_only.success,
+        n_real_mix=mixed.n_real,
+        n_other=mixed.n_other,
+        success_mix=mixed.success,
+        gamma_real=float(g_real),
+        gamma_other=float(g_other),
+        eta=eta,
+    )
 
 
 def local_ratio_from_table(runs: list[Run], n_real: float | None = None, n_other: float | None = None) -> LocalRatio:
@@ -172,24 +194,30 @@ def local_ratio_from_table(runs: list[Run], n_real: float | None = None, n_other
     real = {r.n_real: r for r in runs if r.real_only}
     mixed = [r for r in runs if not r.real_only]
     if not mixed:
-        raise UtilizationError("run table has no mixed rows (n_other > 0): the exchange rate needs at least one run "
-                               "with other data")
+        raise UtilizationError(
+            "run table has no mixed rows (n_other > 0): the exchange rate needs at least one run with other data"
+        )
     shared = sorted({r.n_real for r in mixed} & set(real))
     if n_real is None:
         if not shared:
-            raise UtilizationError(f"no n_real has both a real-only and a mixed run (real-only: {sorted(real)}, "
-                                   f"mixed: {sorted({r.n_real for r in mixed})}): run the same real subset with and "
-                                   "without the other data")
+            raise UtilizationError(
+                f"no n_real has both a real-only and a mixed run (real-only: {sorted(real)}, "
+                f"mixed: {sorted({r.n_real for r in mixed})}): run the same real subset with and "
+                "without the other data"
+            )
         n_real = shared[-1]
     if n_real not in real or n_real not in {r.n_real for r in mixed}:
-        raise UtilizationError(f"operating point n_real={n_real:g} needs a real-only and a mixed run with that many "
-                               f"real samples; available: {shared}")
+        raise UtilizationError(
+            f"operating point n_real={n_real:g} needs a real-only and a mixed run with that many "
+            f"real samples; available: {shared}"
+        )
     candidates = {r.n_other: r for r in mixed if r.n_real == n_real}
     if n_other is None:
         n_other = max(candidates)
     if n_other not in candidates:
-        raise UtilizationError(f"no mixed run with n_real={n_real:g} and n_other={n_other:g}; "
-                               f"available n_other: {sorted(candidates)}")
+        raise UtilizationError(
+            f"no mixed run with n_real={n_real:g} and n_other={n_other:g}; available n_other: {sorted(candidates)}"
+        )
     return local_ratio(real[n_real], candidates[n_other])
 
 
@@ -215,9 +243,11 @@ class PowerLawFit:
     def equivalent_real(self, success: float) -> float:
         """``N_eq = (success / alpha)^(1/beta)``: the real data that alone reaches ``success``."""
         if self.beta <= 0:
-            raise UtilizationError(f"fitted beta={self.beta:.3g} <= 0: success does not grow with real data in this "
-                                   "table, so no amount of real data is 'equivalent'; add real-only runs at more data "
-                                   "scales")
+            raise UtilizationError(
+                f"fitted beta={self.beta:.3g} <= 0: success does not grow with real data in this "
+                "table, so no amount of real data is 'equivalent'; add real-only runs at more data "
+                "scales"
+            )
         if success < 0:
             raise UtilizationError(f"success={success:g} < 0")
         return float((success / self.alpha) ** (1.0 / self.beta))
@@ -232,20 +262,32 @@ def fit_power_law(runs: list[Run]) -> PowerLawFit:
     real = [r for r in runs if r.real_only]
     zero = [r for r in real if r.success <= 0]
     if zero:
-        warnings.warn(f"real-only runs with success 0 dropped from the power-law fit (log 0): n_real="
-                      f"{', '.join(f'{r.n_real:g}' for r in zero)}", UtilizationWarning, stacklevel=2)
+        warnings.warn(
+            f"real-only runs with success 0 dropped from the power-law fit (log 0): n_real="
+            f"{', '.join(f'{r.n_real:g}' for r in zero)}",
+            UtilizationWarning,
+            stacklevel=2,
+        )
     real = [r for r in real if r.success > 0]
     if len(real) < 2:
-        raise UtilizationError(f"the power-law fit needs real-only runs at >= 2 different n_real with success > 0, "
-                               f"got {len(real)}: add real-only runs at more data scales")
+        raise UtilizationError(
+            f"the power-law fit needs real-only runs at >= 2 different n_real with success > 0, "
+            f"got {len(real)}: add real-only runs at more data scales"
+        )
     x = np.log([r.n_real for r in real])
     y = np.log([r.success for r in real])
     beta, log_alpha = np.polyfit(x, y, 1)
     resid = y - (log_alpha + beta * x)
     ss_tot = float(np.sum((y - y.mean()) ** 2))
     r2 = 1.0 - float(np.sum(resid**2)) / ss_tot if ss_tot > 0 else 1.0
-    return PowerLawFit(alpha=float(math.exp(log_alpha)), beta=float(beta), n_points=len(real), r2=r2,
-                       n_min=min(r.n_real for r in real), n_max=max(r.n_real for r in real))
+    return PowerLawFit(
+        alpha=float(math.exp(log_alpha)),
+        beta=float(beta),
+        n_points=len(real),
+        r2=r2,
+        n_min=min(r.n_real for r in real),
+        n_max=max(r.n_real for r in real),
+    )
 
 
 @dataclass(frozen=True)
@@ -316,8 +358,15 @@ def _floor(x: float) -> int:
     return int(math.floor(x + 1e-9))
 
 
-def allocate_budget(budget_hours: float, cost_real_s: float, cost_other_s: float, eta: float,
-                    fit: PowerLawFit | None = None, min_real: int = 0, max_other: int | None = None) -> Allocation:
+def allocate_budget(
+    budget_hours: float,
+    cost_real_s: float,
+    cost_other_s: float,
+    eta: float,
+    fit: PowerLawFit | None = None,
+    min_real: int = 0,
+    max_other: int | None = None,
+) -> Allocation:
     """The data mix ``(n_real, n_other)`` that maximizes expected real-world success under a
     collection-time budget.
 
@@ -347,13 +396,17 @@ def allocate_budget(budget_hours: float, cost_real_s: float, cost_other_s: float
     if min_real < 0 or (max_other is not None and max_other < 0):
         raise UtilizationError(f"min_real={min_real} and max_other={max_other} must be >= 0")
     if fit is not None and not (fit.alpha > 0 and fit.beta > 0):
-        raise UtilizationError(f"the power-law fit has alpha={fit.alpha:.3g}, beta={fit.beta:.3g}: success must grow "
-                               "with real data (alpha, beta > 0) for the expected-success model")
+        raise UtilizationError(
+            f"the power-law fit has alpha={fit.alpha:.3g}, beta={fit.beta:.3g}: success must grow "
+            "with real data (alpha, beta > 0) for the expected-success model"
+        )
     budget_s = float(budget_hours) * 3600.0
     if min_real * cost_real_s > budget_s + 1e-9:
         hours = min_real * cost_real_s / 3600
-        raise UtilizationError(f"min_real={min_real} real samples take {hours:.3g} h, more than the budget of "
-                               f"{budget_hours:g} h: lower min_real or raise the budget")
+        raise UtilizationError(
+            f"min_real={min_real} real samples take {hours:.3g} h, more than the budget of "
+            f"{budget_hours:g} h: lower min_real or raise the budget"
+        )
     all_real = _floor(budget_s / cost_real_s)
     use_other = include_other(eta, speed)
     if use_other:
@@ -366,12 +419,18 @@ def allocate_budget(budget_hours: float, cost_real_s: float, cost_other_s: float
         n_eqs = n_reals + n_others / eta
         best = int(np.flatnonzero(n_eqs >= n_eqs.max() - 1e-9)[-1])
         n_real, n_other, n_eq = int(n_reals[best]), int(n_others[best]), float(n_eqs[best])
-        reason = (f"speed ratio {speed:.3g} > eta {eta:.3g}: an hour buys {3600 / cost_real_s:.3g} real samples or "
-                  f"{3600 / cost_other_s:.3g} other samples (= {3600 / (cost_other_s * eta):.3g} real-equivalents), "
-                  "so other data is more cost-effective")
+        reason = (
+            f"speed ratio {speed:.3g} > eta {eta:.3g}: an hour buys {3600 / cost_real_s:.3g} real samples or "
+            f"{3600 / cost_other_s:.3g} other samples (= {3600 / (cost_other_s * eta):.3g} real-equivalents), "
+            "so other data is more cost-effective"
+        )
         if n_real == 0:
-            warnings.warn("the allocation has no real data; eta was measured with real fine-tuning data, so this is "
-                          "outside the model: set min_real", UtilizationWarning, stacklevel=2)
+            warnings.warn(
+                "the allocation has no real data; eta was measured with real fine-tuning data, so this is "
+                "outside the model: set min_real",
+                UtilizationWarning,
+                stacklevel=2,
+            )
     else:
         n_other, n_real, n_eq = 0, all_real, float(all_real)
         if eta < 0:
@@ -379,13 +438,24 @@ def allocate_budget(budget_hours: float, cost_real_s: float, cost_other_s: float
         elif math.isinf(eta):
             reason = "eta is infinite: the other data had no measurable effect, collect real data only"
         else:
-            reason = (f"speed ratio {speed:.3g} <= eta {eta:.3g}: real data buys more value per hour, "
-                      "collect real data only")
+            reason = (
+                f"speed ratio {speed:.3g} <= eta {eta:.3g}: real data buys more value per hour, collect real data only"
+            )
 
     def expected(n: float) -> float | None:
         return None if fit is None else min(1.0, fit.predict(n))
 
-    return Allocation(n_real=n_real, n_other=n_other, seconds_used=n_real * cost_real_s + n_other * cost_other_s,
-                      budget_s=budget_s, eta=eta, speed_ratio=speed, include_other=use_other, n_equivalent_real=n_eq,
-                      expected_success=expected(n_eq), all_real_n=all_real, all_real_success=expected(all_real),
-                      reason=reason)
+    return Allocation(
+        n_real=n_real,
+        n_other=n_other,
+        seconds_used=n_real * cost_real_s + n_other * cost_other_s,
+        budget_s=budget_s,
+        eta=eta,
+        speed_ratio=speed,
+        include_other=use_other,
+        n_equivalent_real=n_eq,
+        expected_success=expected(n_eq),
+        all_real_n=all_real,
+        all_real_success=expected(all_real),
+        reason=reason,
+    )

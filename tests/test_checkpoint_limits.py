@@ -27,25 +27,58 @@ ADDRESS_SPACE_LIMIT = 8 << 30  # bytes; the loader needs ~1.3 GB of address spac
 
 # (case, policy class, config saved, config field edited, edited value, words of the error)
 CASES = [
-    ("mlp", "mlp", {"hidden_sizes": [64, 64]}, "hidden_sizes", [100000, 100000],
-     "actor.0.weight has shape [64, 25], the config implies [100000, 25]"),
-    ("pointcloud", "pointcloud", {"point_mlp": [32, 64], "hidden_sizes": [64, 64]}, "hidden_sizes",
-     [100000, 100000], "the config implies [100000, 137]"),
-    ("diffusion_unet", "diffusion", {"network": "unet", "down_dims": [16, 32], "horizon": 8, "n_action_steps": 4},
-     "down_dims", [100000, 100000], "the config implies [100000, 7, 5]"),
-    ("diffusion_mlp", "diffusion", {"network": "mlp", "mlp_hidden": 64, "horizon": 8, "n_action_steps": 4},
-     "mlp_hidden", 1_000_000_000, "net.inp.weight has shape [64, 56], the config implies [1000000000, 56]"),
+    (
+        "mlp",
+        "mlp",
+        {"hidden_sizes": [64, 64]},
+        "hidden_sizes",
+        [100000, 100000],
+        "actor.0.weight has shape [64, 25], the config implies [100000, 25]",
+    ),
+    (
+        "pointcloud",
+        "pointcloud",
+        {"point_mlp": [32, 64], "hidden_sizes": [64, 64]},
+        "hidden_sizes",
+        [100000, 100000],
+        "the config implies [100000, 137]",
+    ),
+    (
+        "diffusion_unet",
+        "diffusion",
+        {"network": "unet", "down_dims": [16, 32], "horizon": 8, "n_action_steps": 4},
+        "down_dims",
+        [100000, 100000],
+        "the config implies [100000, 7, 5]",
+    ),
+    (
+        "diffusion_mlp",
+        "diffusion",
+        {"network": "mlp", "mlp_hidden": 64, "horizon": 8, "n_action_steps": 4},
+        "mlp_hidden",
+        1_000_000_000,
+        "net.inp.weight has shape [64, 56], the config implies [1000000000, 56]",
+    ),
     # a buffer derived from the config only (not stored): the element cap refuses it
-    ("diffusion_horizon", "diffusion", {"network": "unet", "down_dims": [16, 32], "horizon": 8, "n_action_steps": 4},
-     "horizon", 2_000_000_000, "buffer fixed_noise alone has shape [2000000000, 7]"),
+    (
+        "diffusion_horizon",
+        "diffusion",
+        {"network": "unet", "down_dims": [16, 32], "horizon": 8, "n_action_steps": 4},
+        "horizon",
+        2_000_000_000,
+        "buffer fixed_noise alone has shape [2000000000, 7]",
+    ),
 ]
 
 
 @pytest.fixture(scope="module")
 def specs():
     state_env = TwinEnv("mug_to_sink")
-    cloud_env = TwinEnv("mug_to_sink", control_mode="discrete",
-                        observations=ObservationCfg(point_cloud=True, image_size=(96, 72), num_points=256))
+    cloud_env = TwinEnv(
+        "mug_to_sink",
+        control_mode="discrete",
+        observations=ObservationCfg(point_cloud=True, image_size=(96, 72), num_points=256),
+    )
     out = {"state": PolicySpec.from_env(state_env, ["state"]), "cloud": PolicySpec.from_env(cloud_env)}
     state_env.close()
     cloud_env.close()
@@ -66,8 +99,9 @@ def edited(specs, tmp_path_factory):
         m["config"][field] = value
         (d / "manifest.json").write_text(json.dumps(m))
         out[case] = d
-    out["intact"] = save_checkpoint(make_policy("mlp", {"hidden_sizes": [64, 64]}, specs["state"]), root / "intact",
-                                    training_step=1)
+    out["intact"] = save_checkpoint(
+        make_policy("mlp", {"hidden_sizes": [64, 64]}, specs["state"]), root / "intact", training_step=1
+    )
     return out
 
 
@@ -92,8 +126,14 @@ def _load_in_capped_child(dirs: dict[str, Path]) -> dict[str, dict[str, str]]:
         print(json.dumps(out))
     """)
     args = [f"{case}={path}" for case, path in dirs.items()]
-    r = subprocess.run([sys.executable, "-c", script, str(ADDRESS_SPACE_LIMIT), *args], cwd=REPO,
-                       capture_output=True, text=True, timeout=600, check=False)
+    r = subprocess.run(
+        [sys.executable, "-c", script, str(ADDRESS_SPACE_LIMIT), *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     return json.loads(r.stdout.strip().splitlines()[-1])
 
@@ -117,8 +157,11 @@ def test_refusal_in_process_names_the_field_and_keeps_other_checks(edited, tmp_p
     intact manifest next to replaced weights still fails the sha256 check first."""
     from policies import CheckpointError, load_checkpoint
 
-    with pytest.raises(CheckpointError, match=r"\[config\.hidden_sizes\]: manifest config\.hidden_sizes="
-                                              r"\[100000, 100000\] does not match"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"\[config\.hidden_sizes\]: manifest config\.hidden_sizes="
+        r"\[100000, 100000\] does not match",
+    ):
         load_checkpoint(edited["mlp"])
     import shutil
 

@@ -40,8 +40,12 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def envs():
-    disc = BatchedTwinEnv("mug_to_sink", 2, control_mode="discrete",
-                          observations=ObservationCfg(point_cloud=True, image_size=(96, 72), num_points=512))
+    disc = BatchedTwinEnv(
+        "mug_to_sink",
+        2,
+        control_mode="discrete",
+        observations=ObservationCfg(point_cloud=True, image_size=(96, 72), num_points=512),
+    )
     cont = TwinEnv("mug_to_sink")
     obs_d, _ = disc.reset(seeds=3)
     obs_c, _ = cont.reset(seed=4)
@@ -50,7 +54,7 @@ def envs():
     cont.close()
 
 
-def _trained_mlp(spec: PolicySpec, obs: dict, **cfg) -> "torch.nn.Module":
+def _trained_mlp(spec: PolicySpec, obs: dict, **cfg) -> torch.nn.Module:
     """An MLP with non-trivial weights and normalizer statistics (a few optimizer steps)."""
     torch.manual_seed(0)
     p = make_policy("mlp", {"hidden_sizes": (32, 32), **cfg}, spec)
@@ -119,8 +123,11 @@ def test_round_trip_is_bit_exact_for_every_model(envs, tmp_path, monkeypatch):
     mlp_g = _trained_mlp(PolicySpec.from_env(cont), obs_c1)
     pc = make_policy("pointcloud", {"point_mlp": (32, 64), "hidden_sizes": (64, 64)}, PolicySpec.from_env(disc))
     pc.update_normalizer(obs_d)
-    dif = make_policy("diffusion", {"network": "unet", "down_dims": (16, 32), "horizon": 8, "n_action_steps": 4},
-                      PolicySpec.from_env(cont, obs_keys=["state"]))
+    dif = make_policy(
+        "diffusion",
+        {"network": "unet", "down_dims": (16, 32), "horizon": 8, "n_action_steps": 4},
+        PolicySpec.from_env(cont, obs_keys=["state"]),
+    )
     dif.fit_normalizer({"state": obs_c1["state"] + np.random.default_rng(0).normal(size=(5, 25))})
 
     def boom(*a, **k):  # load_checkpoint must never call torch.load
@@ -152,9 +159,14 @@ def test_fresh_interpreter_gives_bit_identical_actions(envs, tmp_path):
     policies = {
         "mlp_discrete": (_trained_mlp(PolicySpec.from_env(disc), obs_d), obs_d),
         "mlp_gaussian": (_trained_mlp(PolicySpec.from_env(cont), obs_c1), obs_c1),
-        "diffusion": (make_policy("diffusion", {"network": "mlp", "mlp_hidden": 64, "horizon": 8,
-                                                "n_action_steps": 4}, PolicySpec.from_env(cont, obs_keys=["state"])),
-                      obs_c1),
+        "diffusion": (
+            make_policy(
+                "diffusion",
+                {"network": "mlp", "mlp_hidden": 64, "horizon": 8, "n_action_steps": 4},
+                PolicySpec.from_env(cont, obs_keys=["state"]),
+            ),
+            obs_c1,
+        ),
     }
     expected = {}
     for name, (policy, obs) in policies.items():
@@ -175,8 +187,14 @@ def test_fresh_interpreter_gives_bit_identical_actions(envs, tmp_path):
             np.save(root / f"{name}_features.npy", policy.features(obs))
     """)
     env = dict(os.environ, PYTHONHASHSEED="123")
-    r = subprocess.run([sys.executable, "-c", script, str(tmp_path), *policies], cwd=REPO, env=env,
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path), *policies],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     for name, (acts, feats) in expected.items():
         other_a = np.load(tmp_path / f"{name}_actions.npy")
@@ -214,16 +232,22 @@ def test_bad_manifests(mlp_ckpt):
         (lambda m: m.update(format_version=2), r"\[format_version\]: unsupported format_version 2.*newer"),
         (lambda m: m.pop("sha256"), r"\[sha256\]: manifest field 'sha256' is missing"),
         (lambda m: m.update(training_step="ten"), r"\[training_step\]: .* must be int"),
-        (lambda m: m.update(policy_class="resnet9000"),
-         r"\[policy_class\]: unknown policy class 'resnet9000'; registered: diffusion, mlp, pointcloud"),
+        (
+            lambda m: m.update(policy_class="resnet9000"),
+            r"\[policy_class\]: unknown policy class 'resnet9000'; registered: diffusion, mlp, pointcloud",
+        ),
         (lambda m: m["config"].update(hidden_sizes="big"), r"\[config\]: MLPPolicy rejects the config.*hidden_sizes"),
         (lambda m: m["config"].update(dropout=0.1), r"\[config\]: .*unknown config field\(s\) \['dropout'\]"),
         (lambda m: m["spec"]["action"].update(n=None), r"\[spec\]"),
-        (lambda m: m["tensors"]["actor.0.weight"].update(shape=[32, 24]),
-         r"\[tensors\.actor\.0\.weight\.shape\]: tensor 'actor\.0\.weight' has shape \[32, 25\] in model\.safetensors "
-         r"but \[32, 24\] in the manifest"),
-        (lambda m: m["tensors"]["actor.0.bias"].update(dtype="float16"),
-         r"\[tensors\.actor\.0\.bias\.dtype\]: .*float32 in model\.safetensors but float16 in the manifest"),
+        (
+            lambda m: m["tensors"]["actor.0.weight"].update(shape=[32, 24]),
+            r"\[tensors\.actor\.0\.weight\.shape\]: tensor 'actor\.0\.weight' has shape \[32, 25\] in model\.safetensors "
+            r"but \[32, 24\] in the manifest",
+        ),
+        (
+            lambda m: m["tensors"]["actor.0.bias"].update(dtype="float16"),
+            r"\[tensors\.actor\.0\.bias\.dtype\]: .*float32 in model\.safetensors but float16 in the manifest",
+        ),
         (lambda m: m["tensors"].pop("head.linear.bias"), r"unexpected tensors \['head\.linear\.bias'\]"),
     ]
     for edit, pattern in cases:
@@ -239,8 +263,11 @@ def test_renamed_pickles_are_never_unpickled(mlp_ckpt, tmp_path):
     p, d = mlp_ckpt
     weights = d / "model.safetensors"
     torch.save(p.state_dict(), weights)  # zip container
-    with pytest.raises(CheckpointError, match=r"this is a zip \(torch\.save\) file, not safetensors.*"
-                                              r"import_torch_checkpoint\(\.\.\., allow_torch_load=True\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"this is a zip \(torch\.save\) file, not safetensors.*"
+        r"import_torch_checkpoint\(\.\.\., allow_torch_load=True\)",
+    ):
         load_checkpoint(d)
     marker = tmp_path / "pwned"
 
@@ -286,8 +313,11 @@ def test_tensor_set_must_match_the_model(mlp_ckpt):
     with pytest.raises(CheckpointError, match=r"\[tensors\]: unexpected tensors \['bogus'\]"):
         load_checkpoint(d)
     _rewrite(d, dict(sd, **{"actor.2.weight": sd["actor.2.weight"].double()}))
-    with pytest.raises(CheckpointError, match=r"\[tensors\.actor\.2\.weight\.dtype\]: tensor 'actor\.2\.weight' "
-                                              r"has dtype float64 in the checkpoint but float32 in a fresh MLPPolicy"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"\[tensors\.actor\.2\.weight\.dtype\]: tensor 'actor\.2\.weight' "
+        r"has dtype float64 in the checkpoint but float32 in a fresh MLPPolicy",
+    ):
         load_checkpoint(d)
     _rewrite(d, dict(sd, **{"actor.2.weight": sd["actor.2.weight"][:, :8].contiguous()}))
     with pytest.raises(CheckpointError, match=r"tensor 'actor\.2\.weight' has shape \[32, 8\]"):
@@ -300,8 +330,11 @@ def test_tensor_set_must_match_the_model(mlp_ckpt):
 def test_spec_mismatch_with_the_env(mlp_ckpt, envs):
     _, d = mlp_ckpt  # discrete mug_to_sink policy
     _, _, cont, _ = envs  # ee_delta env
-    with pytest.raises(CheckpointSpecError, match=r"(?s)\[spec\]: .*control_mode: the policy acts in 'discrete' "
-                                                  r"\(Discrete\(14\)\) but the env uses 'ee_delta'") as info:
+    with pytest.raises(
+        CheckpointSpecError,
+        match=r"(?s)\[spec\]: .*control_mode: the policy acts in 'discrete' "
+        r"\(Discrete\(14\)\) but the env uses 'ee_delta'",
+    ) as info:
         load_checkpoint(d, task_env=cont)
     assert isinstance(info.value, SpecMismatchError) and isinstance(info.value, CheckpointError)
     load_checkpoint(d, task_env=envs[0])

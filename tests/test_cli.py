@@ -112,7 +112,9 @@ def test_suite_sample_bad_input_is_one_line_exit_2(tmp_path):
 def test_factors_show_units_for_every_default_range():
     r = runner.invoke(app, ["factors"])
     assert r.exit_code == 0, r.output
-    lines = {line.split()[0]: line for line in r.output.splitlines() if line.split() and line.split()[0] in FACTOR_NAMES}
+    lines = {
+        line.split()[0]: line for line in r.output.splitlines() if line.split() and line.split()[0] in FACTOR_NAMES
+    }
     assert set(lines) == set(FACTOR_NAMES)
     for f in list_factors():
         assert f["units"], f"factor {f['name']} has no units"
@@ -132,8 +134,9 @@ def test_scene_export_check_and_render_from_usd(tmp_path):
     r = runner.invoke(app, ["scene", "check", str(usd)])
     assert r.exit_code == 0 and "2 cameras" in r.output and "1 sites" in r.output
     png = tmp_path / "view.png"
-    r = runner.invoke(app, ["render", "mug_to_sink", "--scene", str(usd), "--out", str(png), "--width", "160",
-                            "--height", "120"])
+    r = runner.invoke(
+        app, ["render", "mug_to_sink", "--scene", str(usd), "--out", str(png), "--width", "160", "--height", "120"]
+    )
     assert r.exit_code == 0, r.output
     from PIL import Image
 
@@ -145,8 +148,21 @@ def test_scene_scan_adds_static_collision_and_sites(tmp_path):
     path = tmp_path / "scan.ply"
     mesh.export(path)
     out = tmp_path / "scanned.usda"
-    r = runner.invoke(app, ["scene", "scan", str(path), str(out), "--pos", "0.5", "0.3", "0.05",
-                            "--site", "target=0.5,0.3,0.12,0.1,0.1,0.02"])
+    r = runner.invoke(
+        app,
+        [
+            "scene",
+            "scan",
+            str(path),
+            str(out),
+            "--pos",
+            "0.5",
+            "0.3",
+            "0.05",
+            "--site",
+            "target=0.5,0.3,0.12,0.1,0.1,0.02",
+        ],
+    )
     assert r.exit_code == 0, r.output
     r = runner.invoke(app, ["scene", "check", str(out)])
     assert r.exit_code == 0 and "1 sites" in r.output

@@ -33,35 +33,37 @@ def frames():
 
 def test_contact_sheet_has_header_row_and_readable_labels(frames):
     img = frames[0]
-    tiles = [("nominal\ncam_left, first frame", "seed 0: OK", img),
-             ("light_intensity\ncam_left, first frame", "seed 0: FAIL", frames[-1])]
+    tiles = [
+        ("nominal\ncam_left, first frame", "seed 0: OK", img),
+        ("light_intensity\ncam_left, first frame", "seed 0: FAIL", frames[-1]),
+    ]
     sheet = np.asarray(contact_sheet([("reach", tiles), ("mug_to_sink", tiles)], label_w=LABEL_W).convert("RGB"))
     # The first tile sits below a header row (old sheets pasted it at y = 0).
-    y0 = next(y for y in range(sheet.shape[0] - H) if np.array_equal(sheet[y, LABEL_W:LABEL_W + W], img[0]))
-    assert np.array_equal(sheet[y0:y0 + H, LABEL_W:LABEL_W + W], img)
+    y0 = next(y for y in range(sheet.shape[0] - H) if np.array_equal(sheet[y, LABEL_W : LABEL_W + W], img[0]))
+    assert np.array_equal(sheet[y0 : y0 + H, LABEL_W : LABEL_W + W], img)
     assert y0 >= 2 * HEADER_FONT_SIZE  # two header lines: condition, camera and frame
     assert sheet.shape[0] > y0 + 2 * H
     # Header: light text on a dark band, over two lines.
-    header = sheet[:y0, LABEL_W:LABEL_W + W]
+    header = sheet[:y0, LABEL_W : LABEL_W + W]
     assert np.median(header) < 40 and _bright(header).sum() > 100
     assert _vertical_extent(_bright(header)) > 1.5 * HEADER_FONT_SIZE
     # Label strip under each tile: dark, with a green (OK) and a red (FAIL) label.
-    strip_ok = sheet[y0 + H:y0 + H + 20, LABEL_W:LABEL_W + W].astype(int)
+    strip_ok = sheet[y0 + H : y0 + H + 20, LABEL_W : LABEL_W + W].astype(int)
     x1 = sheet.shape[1] - W
-    strip_fail = sheet[y0 + H:y0 + H + 20, x1:].astype(int)
+    strip_fail = sheet[y0 + H : y0 + H + 20, x1:].astype(int)
     assert np.median(strip_ok) < 30 and np.median(strip_fail) < 30
     assert ((strip_ok[..., 1] > 180) & (strip_ok[..., 0] < 160)).sum() > 30
     assert ((strip_fail[..., 0] > 200) & (strip_fail[..., 1] < 140)).sum() > 30
     # Task names in the left column, in a font large enough to read: "mug_to_sink" (second row)
     # spans 15 px from ascender to descender at 16 px, 10 px in Pillow's small default font.
-    assert _bright(sheet[y0:y0 + H, :LABEL_W]).sum() > 60
-    second = _bright(sheet[y0 + H:, :LABEL_W])
+    assert _bright(sheet[y0 : y0 + H, :LABEL_W]).sum() > 60
+    second = _bright(sheet[y0 + H :, :LABEL_W])
     assert second.sum() > 60 and _vertical_extent(second) >= 13
 
 
 def test_demo_writes_sheet_with_header(tmp_path):
     run_twin_demo(tmp_path, tasks=["reach"])
     sheet = np.asarray(Image.open(tmp_path / "contact_sheet.png").convert("RGB"))
-    band = sheet[:2 * HEADER_FONT_SIZE]
+    band = sheet[: 2 * HEADER_FONT_SIZE]
     assert sheet.shape[0] > H + 2 * HEADER_FONT_SIZE
     assert np.median(band) < 40 and _bright(band).sum() > 500  # a dark header row with column names

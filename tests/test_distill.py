@@ -102,8 +102,8 @@ def test_synthetic_cloud_lies_on_geom_surfaces(reach_env):
             mid = m.geom_dataid[gid]
             va, nv = m.mesh_vertadr[mid], m.mesh_vertnum[mid]
             fa, nf = m.mesh_faceadr[mid], m.mesh_facenum[mid]
-            verts = m.mesh_vert[va:va + nv].astype(np.float64)
-            faces = m.mesh_face[fa:fa + nf]
+            verts = m.mesh_vert[va : va + nv].astype(np.float64)
+            faces = m.mesh_face[fa : fa + nf]
             for p in loc[:20]:
                 assert _on_mesh(p, verts, faces), name
     # The scene's objects all show up; the floor plane (z = -0.75) is outside the crop box.
@@ -151,7 +151,7 @@ def test_synthetic_cloud_is_area_uniform_with_planes_and_meshes():
     assert areas["ground"] == pytest.approx(4.0)  # the infinite plane is sampled inside the box only
     assert areas["slab"] == pytest.approx(8 * (0.04 + 0.005 + 0.02))
     assert areas["ball"] == pytest.approx(4 * np.pi * 0.01)
-    assert areas["pill"] == pytest.approx(4 * np.pi * 0.05 ** 2 + 4 * np.pi * 0.05 * 0.1)
+    assert areas["pill"] == pytest.approx(4 * np.pi * 0.05**2 + 4 * np.pi * 0.05 * 0.1)
     assert areas["tetra"] == pytest.approx(3 * 0.5 * 0.2 * 0.2 + np.sqrt(3) / 4 * (0.2 * np.sqrt(2)) ** 2, rel=1e-6)
     total = sum(areas.values())
     for name, area in areas.items():
@@ -202,8 +202,11 @@ def test_synthetic_cloud_options_and_speed(reach_env):
 
 
 def test_synthetic_cloud_agrees_with_rendered_cloud():
-    env = TwinEnv("reach", control_mode="discrete",
-                  observations=ObservationCfg(point_cloud=True, num_points=1024, image_size=(96, 72)))
+    env = TwinEnv(
+        "reach",
+        control_mode="discrete",
+        observations=ObservationCfg(point_cloud=True, num_points=1024, image_size=(96, 72)),
+    )
     try:
         obs, _ = env.reset(seed=11)
         rendered = obs["point_cloud"]
@@ -279,8 +282,19 @@ def test_camera_viewpoints_keep_what_faces_a_camera_inside_its_view(reach_env):
 # seeds 0-2), i.e. right at the 0.6 bar below, and the 10-seed estimate flipped between
 # machines (0.5 / 0.7 / 0.9); after round 5 it is 0.83-0.97. 30 evaluation seeds: a binomial
 # estimate with a usable interval (+-0.07 at p = 0.85, not +-0.15 as with 10).
-MAIN = dict(iterations=5, episodes_per_iter=8, synthetic_fraction=0.5, num_points=512, image_size=(64, 48),
-            epochs_per_iter=30, batch_size=32, lr=3e-3, eval_episodes=30, eval_every=0, seed=0)
+MAIN = dict(
+    iterations=5,
+    episodes_per_iter=8,
+    synthetic_fraction=0.5,
+    num_points=512,
+    image_size=(64, 48),
+    epochs_per_iter=30,
+    batch_size=32,
+    lr=3e-3,
+    eval_episodes=30,
+    eval_every=0,
+    seed=0,
+)
 STUDENT = {"point_mlp": (32, 64), "hidden_sizes": (128, 128)}
 
 
@@ -302,10 +316,19 @@ def distilled(tmp_path_factory):
     path = tmp_path_factory.mktemp("distill") / "dagger.h5"
     calls = []
     t0 = time.perf_counter()
-    history = distill(student, "expert", "reach", cfg, control_mode="discrete", dataset_path=path, state=state,
-                      callback=lambda i, m: calls.append((i, dict(m))))
-    return SimpleNamespace(cfg=cfg, student=student, state=state, history=history, calls=calls, path=path,
-                           seconds=time.perf_counter() - t0)
+    history = distill(
+        student,
+        "expert",
+        "reach",
+        cfg,
+        control_mode="discrete",
+        dataset_path=path,
+        state=state,
+        callback=lambda i, m: calls.append((i, dict(m))),
+    )
+    return SimpleNamespace(
+        cfg=cfg, student=student, state=state, history=history, calls=calls, path=path, seconds=time.perf_counter() - t0
+    )
 
 
 # The three tests below share one distillation run (~100 s on an idle 2-core CPU, 4 DAgger
@@ -314,8 +337,10 @@ def distilled(tmp_path_factory):
 def test_distilled_student_reaches_most_of_teacher_success(distilled):
     last = distilled.history[-1]
     teacher, student = last["distill/teacher_success"], last["eval/success_rate"]
-    print(f"teacher {teacher:.2f} student {student:.2f} agreement {last['distill/agreement']:.2f} "
-          f"({distilled.seconds:.0f} s)")
+    print(
+        f"teacher {teacher:.2f} student {student:.2f} agreement {last['distill/agreement']:.2f} "
+        f"({distilled.seconds:.0f} s)"
+    )
     # Both measured on the same 30 fixed seeds (10000-10029); the student sees RENDERED clouds
     # only. Measured 2026-12-04 on a 2-core CPU (torch 2.13, mujoco 4.0), torch seed x torch
     # threads: teacher 1.0 in all; student / agreement (0, 1) 0.97 / 0.94, (1, 1) 0.83 / 0.97,
@@ -340,7 +365,7 @@ def test_dagger_aggregates_and_keeps_earlier_rounds(distilled):
     assert all(b > a for a, b in zip(sizes, sizes[1:])), sizes  # the dataset grows every round...
     for i, h in enumerate(hist):  # ...and each round trains on everything gathered so far
         assert h["dataset/episodes"] == (i + 1) * E
-        assert h["dataset/transitions"] == sum(ep.length for ep in state.episodes[:(i + 1) * E])
+        assert h["dataset/transitions"] == sum(ep.length for ep in state.episodes[: (i + 1) * E])
     # The aggregate is on disk, round by round, labels = the teacher's actions.
     info = dataset_info(distilled.path)
     assert info["episodes"] == cfg.iterations * E and info["transitions"] == int(sizes[-1])
@@ -354,8 +379,8 @@ def test_dagger_aggregates_and_keeps_earlier_rounds(distilled):
     assert hist[0]["beta"] == 1.0 and hist[0]["rollout/student_step_fraction"] == 0.0
     assert hist[0]["rollout/success_rate"] >= 0.75  # the scripted expert solves reach
     for i in range(1, cfg.iterations):
-        assert hist[i]["beta"] == pytest.approx(0.5 ** i)
-        assert abs(hist[i]["rollout/student_step_fraction"] - (1 - 0.5 ** i)) < 0.2
+        assert hist[i]["beta"] == pytest.approx(0.5**i)
+        assert abs(hist[i]["rollout/student_step_fraction"] - (1 - 0.5**i)) < 0.2
 
 
 @pytest.mark.slow
@@ -384,8 +409,9 @@ def test_rollout_labels_with_the_teacher_while_the_student_drives():
         cfg = DistillConfig(num_points=256)
         spec = _student(cfg).spec
         idle = CallablePolicy(lambda obs: np.full(len(obs["proprio"]), 12), spec)  # "open": never moves
-        ep, stats = rollout_episode(env, ExpertTeacher(), idle, 5, 0.0, np.random.default_rng(0), synthetic=True,
-                                    num_points=256)
+        ep, stats = rollout_episode(
+            env, ExpertTeacher(), idle, 5, 0.0, np.random.default_rng(0), synthetic=True, num_points=256
+        )
         assert stats.student_steps == stats.steps == ep.length == env.cfg.terminations.max_steps
         assert not stats.success
         # The arm never moved, so the expert keeps asking for its first move (down, action 5).
@@ -403,8 +429,15 @@ def test_state_policy_checkpoint_as_teacher(tmp_path):
     teacher = make_policy("mlp", {"hidden_sizes": (32, 32)}, PolicySpec.from_env(env, obs_keys=["state"]))
     env.close()
     save_checkpoint(teacher, tmp_path / "teacher", training_step=1)
-    cfg = DistillConfig(iterations=1, episodes_per_iter=2, synthetic_fraction=1.0, num_points=128,
-                        epochs_per_iter=1, eval_episodes=0, teacher=str(tmp_path / "teacher"))
+    cfg = DistillConfig(
+        iterations=1,
+        episodes_per_iter=2,
+        synthetic_fraction=1.0,
+        num_points=128,
+        epochs_per_iter=1,
+        eval_episodes=0,
+        teacher=str(tmp_path / "teacher"),
+    )
     student = _student(cfg, {"point_mlp": (16,), "hidden_sizes": (32,)})
     state = DistillState()
     hist = distill(student, cfg.teacher, "reach", cfg, control_mode="discrete", state=state)
@@ -429,12 +462,25 @@ def test_run_training_distill_registers_a_checkpoint_per_round(tmp_path):
     from policies.train import TrainConfig, TrainConfigError, run_training
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    cfg = TrainConfig(algo="distill", task="reach", policy="pointcloud", obs_keys=["point_cloud", "proprio"],
-                      policy_config={"point_mlp": [16, 32], "hidden_sizes": [32]}, eval_episodes=1,
-                      # synthetic clouds only in the rollouts (cheap); the evaluation renders
-                      distill={"iterations": 2, "episodes_per_iter": 2, "synthetic_fraction": 1.0, "num_points": 128,
-                               "image_size": [64, 48], "epochs_per_iter": 2, "batch_size": 32},
-                      model_name="reach-distill-test")
+    cfg = TrainConfig(
+        algo="distill",
+        task="reach",
+        policy="pointcloud",
+        obs_keys=["point_cloud", "proprio"],
+        policy_config={"point_mlp": [16, 32], "hidden_sizes": [32]},
+        eval_episodes=1,
+        # synthetic clouds only in the rollouts (cheap); the evaluation renders
+        distill={
+            "iterations": 2,
+            "episodes_per_iter": 2,
+            "synthetic_fraction": 1.0,
+            "num_points": 128,
+            "image_size": [64, 48],
+            "epochs_per_iter": 2,
+            "batch_size": 32,
+        },
+        model_name="reach-distill-test",
+    )
     res = run_training(cfg, tmp_path / "run", tracking_uri=uri)
     assert [r.step for r in res.checkpoints] == [1, 2]
     assert len(res.history) == 2
@@ -450,8 +496,7 @@ def test_run_training_distill_registers_a_checkpoint_per_round(tmp_path):
         extra = policy.checkpoint_info["extra"]
         assert extra["algo"] == "distill" and extra["teacher"] == "expert"
         assert extra["distill_round"] == int(v.tags["training_step"])
-    for key in ("eval/success_rate", "loss/bc", "distill/teacher_success", "distill/agreement",
-                "dataset/transitions"):
+    for key in ("eval/success_rate", "loss/bc", "distill/teacher_success", "distill/agreement", "dataset/transitions"):
         hist = client.get_metric_history(res.run_id, key)
         assert [m.step for m in hist] == [1, 2], key
     teacher = client.get_metric_history(res.run_id, "distill/teacher_success")
@@ -462,5 +507,8 @@ def test_run_training_distill_registers_a_checkpoint_per_round(tmp_path):
     assert info["episodes"] == 4 and info["task"] == "reach" and info["control_mode"] == "discrete"
     assert all("cloud=synthetic" in ep.source for ep in iter_episodes(tmp_path / "run" / "distill_dataset.h5"))
     with pytest.raises(TrainConfigError, match="distill"):
-        run_training(TrainConfig(algo="distill", task="reach", policy="pointcloud", distill={"bogus": 1}),
-                     tmp_path / "bad", tracking_uri=uri)
+        run_training(
+            TrainConfig(algo="distill", task="reach", policy="pointcloud", distill={"bogus": 1}),
+            tmp_path / "bad",
+            tracking_uri=uri,
+        )

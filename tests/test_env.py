@@ -101,7 +101,7 @@ def test_physics_blowup_ends_episode_as_failed(env):
     env.reset(seed=0)
     mug = env.sim.model.body("mug").id
     dof = env.sim.model.jnt_dofadr[env.sim.model.body_jntadr[mug]]
-    env.sim.data.qvel[dof:dof + 3] = 1e9
+    env.sim.data.qvel[dof : dof + 3] = 1e9
     obs, r, term, trunc, info = env.step(np.zeros(7, dtype=np.float32))
     assert term is True and info["failure_reason"] == "physics_unstable" and info["success"] is False
     assert all(np.isfinite(v).all() for v in obs.values())

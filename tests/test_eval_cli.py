@@ -18,8 +18,7 @@ import mlflow
 import pytest
 from typer.testing import CliRunner
 
-from policies import PolicySpec, make_policy, save_checkpoint
-from policies import tracking
+from policies import PolicySpec, make_policy, save_checkpoint, tracking
 from twin.env import TwinEnv
 from twinrank.cli import app
 
@@ -53,8 +52,9 @@ def registered(tmp_path_factory):
         torch.manual_seed(i)
         d = save_checkpoint(make_policy("mlp", {}, spec), root / f"ck{i}", training_step=i, run_id=run.info.run_id)
         client.log_artifacts(run.info.run_id, str(d), artifact_path=f"checkpoints/ck{i}")
-        tracking.register_checkpoint(client, "reach-test", run.info.run_id, f"checkpoints/ck{i}",
-                                     tags={"checkpoint_dir": str(d)})
+        tracking.register_checkpoint(
+            client, "reach-test", run.info.run_id, f"checkpoints/ck{i}", tags={"checkpoint_dir": str(d)}
+        )
     client.set_registered_model_alias("reach-test", "latest-good", "2")
     (root / "spec.yaml").write_text(SPEC)
     return root, uri, run.info.run_id
@@ -102,8 +102,15 @@ def test_eval_models_uris_logs_parent_and_nested_runs(registered):
         m = c.data.metrics
         assert 0.0 <= m["Overall/success"] <= 1.0 and m["Overall/episodes"] == 4
         # grouped with "/" (headline group first in MLflow's ASCII order), nothing flattened with "."
-        assert {"Success/nominal", "Success/light_intensity", "ci_low/nominal", "ci_high/light_intensity",
-                "paired_drop/light_intensity", "Overall/ci_low", "Overall/ci_high"} <= set(m)
+        assert {
+            "Success/nominal",
+            "Success/light_intensity",
+            "ci_low/nominal",
+            "ci_high/light_intensity",
+            "paired_drop/light_intensity",
+            "Overall/ci_low",
+            "Overall/ci_high",
+        } <= set(m)
         assert sorted({k.split("/")[0] for k in m})[:2] == ["Overall", "Success"]
         assert not any("." in k for k in m)
         assert c.data.params["spec_digest"] == info["spec_digest"]
@@ -111,8 +118,13 @@ def test_eval_models_uris_logs_parent_and_nested_runs(registered):
         # the same artifact names in every nested run (Compare lines them up) + the episode table
         names = {a.path for a in client.list_artifacts(c.info.run_id)}
         assert {"eval_info.json", "success_by_condition.png", "episodes.json"} <= names, names
-        table = json.loads(Path(mlflow.artifacts.download_artifacts(run_id=c.info.run_id, artifact_path="episodes.json",
-                                                                    tracking_uri=uri)).read_text())
+        table = json.loads(
+            Path(
+                mlflow.artifacts.download_artifacts(
+                    run_id=c.info.run_id, artifact_path="episodes.json", tracking_uri=uri
+                )
+            ).read_text()
+        )
         assert len(table["data"]) == 4 and "condition" in table["columns"]
         assert c.info.end_time >= c.info.start_time >= parent.info.start_time - 1000
     names = {a.path for a in client.list_artifacts(pid)}
@@ -122,8 +134,9 @@ def test_eval_models_uris_logs_parent_and_nested_runs(registered):
 def test_unknown_model_version_fails_only_that_checkpoint_and_exits_2(registered):
     root, uri, _ = registered
     out = root / "campaign2"
-    r = _eval(root, "models:/reach-test/1", "models:/reach-test/99", "--out", str(out), "--tracking-uri", uri,
-              "--no-mlflow")
+    r = _eval(
+        root, "models:/reach-test/1", "models:/reach-test/99", "--out", str(out), "--tracking-uri", uri, "--no-mlflow"
+    )
     assert r.exit_code == 2, r.output
     assert "has no version 99" in r.output
     info = json.loads((out / "eval_info.json").read_text())
@@ -152,8 +165,9 @@ def test_checkpoint_failing_at_env_setup_is_a_row_and_the_campaign_is_logged(reg
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     family = tmp_path / "family"
     env = TwinEnv("mug_to_sink")
-    other = save_checkpoint(make_policy("mlp", {}, PolicySpec.from_env(env, obs_keys=["state"])), family / "mug",
-                            training_step=1)
+    other = save_checkpoint(
+        make_policy("mlp", {}, PolicySpec.from_env(env, obs_keys=["state"])), family / "mug", training_step=1
+    )
     env.close()
     import shutil
 
@@ -192,8 +206,21 @@ def test_silent_tracking_server_defers_within_the_timeout_and_marks_pending_firs
     sock, port = _blackhole()
     out = tmp_path / "c"
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_HTTP_REQUEST")}
-    cmd = [TWINRANK, "eval", str(root / "ck1"), "--spec", str(root / "spec.yaml"), "--out", str(out), "--executor",
-           "inline", "--tracking-uri", f"http://127.0.0.1:{port}", "--tracking-timeout", "4"]
+    cmd = [
+        TWINRANK,
+        "eval",
+        str(root / "ck1"),
+        "--spec",
+        str(root / "spec.yaml"),
+        "--out",
+        str(out),
+        "--executor",
+        "inline",
+        "--tracking-uri",
+        f"http://127.0.0.1:{port}",
+        "--tracking-timeout",
+        "4",
+    ]
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     lines = []
@@ -258,9 +285,13 @@ def test_folder_checkpoint_is_linked_to_its_registered_version(registered, tmp_p
     r = _eval(root, str(root / "ck2"), "--out", str(out), "--tracking-uri", uri)
     assert r.exit_code == 0, r.output
     parents, children = _campaign_runs(uri)
-    child = next(c for c in children if c.data.tags["mlflow.parentRunId"] in
-                 {p.info.run_id for p in parents if p.data.tags.get("twinrank.kind") == "eval_campaign"}
-                 and c.data.tags.get("twinrank.checkpoint_path") == str((root / "ck2").resolve()))
+    child = next(
+        c
+        for c in children
+        if c.data.tags["mlflow.parentRunId"]
+        in {p.info.run_id for p in parents if p.data.tags.get("twinrank.kind") == "eval_campaign"}
+        and c.data.tags.get("twinrank.checkpoint_path") == str((root / "ck2").resolve())
+    )
     assert child.data.tags["twinrank.registered_model"] == "reach-test"
     assert child.data.tags["twinrank.model_version"] == "2"
     assert child.data.tags["twinrank.training_run_id"] == train_run
@@ -276,9 +307,25 @@ def test_plain_output_when_not_a_terminal(registered, tmp_path):
 
     shutil.copytree(root / "ck1", deep / "step_0000001")
     env = {**os.environ, "COLUMNS": "80", "TERM": "dumb"}
-    p = subprocess.run([TWINRANK, "eval", str(deep.parent), "--spec", str(root / "spec.yaml"), "--out",
-                        str(tmp_path / "c"), "--executor", "inline", "--tracking-uri", uri],
-                       capture_output=True, text=True, env=env, timeout=600)
+    p = subprocess.run(
+        [
+            TWINRANK,
+            "eval",
+            str(deep.parent),
+            "--spec",
+            str(root / "spec.yaml"),
+            "--out",
+            str(tmp_path / "c"),
+            "--executor",
+            "inline",
+            "--tracking-uri",
+            uri,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert p.returncode == 0, p.stdout + p.stderr
     label = "a-rather-long-training-run-name-that-does-not-fit-in-eighty-columns/step_0000001"
     assert label in p.stdout
@@ -294,9 +341,25 @@ def test_console_script_with_local_worker_processes(registered):
     root, uri, _ = registered
     out = root / "local"
     exe = Path(sys.executable).with_name("twinrank")
-    p = subprocess.run([str(exe), "eval", str(root / "ck1"), str(root / "ck2"), "--spec", str(root / "spec.yaml"),
-                        "--out", str(out), "--workers", "2", "--no-mlflow"], capture_output=True, text=True,
-                       env=dict(os.environ), timeout=600)
+    p = subprocess.run(
+        [
+            str(exe),
+            "eval",
+            str(root / "ck1"),
+            str(root / "ck2"),
+            "--spec",
+            str(root / "spec.yaml"),
+            "--out",
+            str(out),
+            "--workers",
+            "2",
+            "--no-mlflow",
+        ],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+        timeout=600,
+    )
     assert p.returncode == 0, p.stdout + p.stderr
     assert "Ranking" in p.stdout
     assert len(json.loads((out / "eval_info.json").read_text())["per_episode"]) == 8
@@ -306,7 +369,8 @@ def test_empty_spec_file_is_refused(registered, tmp_path):
     root, uri, _ = registered
     empty = tmp_path / "empty.yaml"
     empty.write_text("")
-    r = runner.invoke(app, ["eval", str(root / "ck1"), "--spec", str(empty), "--out", str(tmp_path / "c"),
-                            "--no-mlflow"])
+    r = runner.invoke(
+        app, ["eval", str(root / "ck1"), "--spec", str(empty), "--out", str(tmp_path / "c"), "--no-mlflow"]
+    )
     assert r.exit_code == 2, r.output
     assert "is empty" in r.output and not (tmp_path / "c").exists()

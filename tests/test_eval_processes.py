@@ -43,8 +43,10 @@ def _private_network() -> bool:
 
 
 needs_private_net = pytest.mark.skipif(
-    not _private_network(), reason="Ray listens on every interface: this test runs only inside a private network "
-                                   "namespace (make test / scripts/isolated)")
+    not _private_network(),
+    reason="Ray listens on every interface: this test runs only inside a private network "
+    "namespace (make test / scripts/isolated)",
+)
 
 
 @pytest.fixture(scope="module")
@@ -53,14 +55,16 @@ def ckpt(tmp_path_factory):
     spec = PolicySpec.from_env(env, ["state"])
     env.close()
     torch.manual_seed(0)
-    return save_checkpoint(make_policy("mlp", {"hidden_sizes": [16, 16]}, spec),
-                           tmp_path_factory.mktemp("ckpt") / "mlp", training_step=0)
+    return save_checkpoint(
+        make_policy("mlp", {"hidden_sizes": [16, 16]}, spec), tmp_path_factory.mktemp("ckpt") / "mlp", training_step=0
+    )
 
 
 def _unit(ckpt: Path, uid: str = "threads/reach/0") -> WorkUnit:
     ref = CheckpointRef(checkpoint_id="threads", label="threads", path=str(ckpt), task="reach")
-    return WorkUnit(unit_id=uid, checkpoint=ref, task="reach", episodes=[("nominal", 1, {})], run=[True],
-                    batch_size=1, max_steps=3)
+    return WorkUnit(
+        unit_id=uid, checkpoint=ref, task="reach", episodes=[("nominal", 1, {})], run=[True], batch_size=1, max_steps=3
+    )
 
 
 def _done_payloads(ex, units: list[WorkUnit]) -> list[dict]:
@@ -137,7 +141,7 @@ def _proc_table() -> dict[int, tuple[int, str, int]]:
             stat = Path(f"/proc/{name}/stat").read_text()
         except OSError:
             continue
-        fields = stat[stat.rindex(")") + 2:].split()
+        fields = stat[stat.rindex(")") + 2 :].split()
         out[int(name)] = (int(fields[1]), fields[0], int(fields[19]))
     return out
 
@@ -187,7 +191,7 @@ class BlockingAct:
         raise RuntimeError("still running an hour later")
 '''
 
-DRIVER = '''
+DRIVER = """
 import os
 import sys
 
@@ -219,7 +223,7 @@ def main():
 
 if __name__ == "__main__":
     main()
-'''
+"""
 
 
 def _kill_driver_and_check(kind: str, sig: int, ckpt: Path, tmp_path: Path) -> None:
@@ -229,9 +233,13 @@ def _kill_driver_and_check(kind: str, sig: int, ckpt: Path, tmp_path: Path) -> N
     markers.mkdir()
     procs: dict[int, int] = {}
     with open(tmp_path / "driver.log", "w") as log:
-        driver = subprocess.Popen([sys.executable, str(tmp_path / "driver.py"), kind, str(ckpt),
-                                   str(tmp_path / "out"), str(markers)], cwd=REPO, stdout=log,
-                                  stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONPATH=str(REPO)))
+        driver = subprocess.Popen(
+            [sys.executable, str(tmp_path / "driver.py"), kind, str(ckpt), str(tmp_path / "out"), str(markers)],
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=dict(os.environ, PYTHONPATH=str(REPO)),
+        )
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
         while len(list(markers.iterdir())) < 2:
@@ -280,9 +288,16 @@ def test_worker_exits_at_once_when_its_parent_is_already_gone():
         print("still running")
     """)
     gone = max(_proc_table()) + 100_000  # no process has this PID, so it is not our parent
-    r = subprocess.run([sys.executable, "-c", code, str(gone)], cwd=REPO, capture_output=True, text=True,
-                       timeout=300, check=False)
+    r = subprocess.run(
+        [sys.executable, "-c", code, str(gone)], cwd=REPO, capture_output=True, text=True, timeout=300, check=False
+    )
     assert r.returncode == 1 and "still running" not in r.stdout, (r.returncode, r.stdout, r.stderr[-2000:])
-    r = subprocess.run([sys.executable, "-c", code + "import time; time.sleep(1.5)\n", str(os.getpid())],
-                       cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+    r = subprocess.run(
+        [sys.executable, "-c", code + "import time; time.sleep(1.5)\n", str(os.getpid())],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert r.returncode == 0 and "still running" in r.stdout, r.stderr[-2000:]  # the parent check passes

@@ -48,8 +48,11 @@ def test_video_defaults_and_size_validation():
     v = VideoCfg()
     assert (v.width, v.height) == (320, 240)
     v.validate()
-    for w, h, words in ((64, 48, "too small for its labels"), (1920, 1080, "larger than 1280x720"),
-                        (321, 240, "must be even")):
+    for w, h, words in (
+        (64, 48, "too small for its labels"),
+        (1920, 1080, "larger than 1280x720"),
+        (321, 240, "must be even"),
+    ):
         with pytest.raises(EvalSpecError, match=words):
             VideoCfg(width=w, height=h).validate()
 
@@ -68,7 +71,9 @@ def test_labels_change_only_their_bands():
     assert red[-24:].sum() > 20 and not red[:-24].any()  # "FAILURE: timeout | worst condition", bottom
     assert green[-24:].sum() > 20 and not green[:-24].any()  # "SUCCESS", bottom
     assert video_labels("ckpt-a", "object_pose", 503, False, "timeout", "worst_failure") == [
-        ("object_pose | seed 503 | ckpt-a", (255, 255, 255)), ("FAILURE: timeout | worst condition", (255, 90, 90))]
+        ("object_pose | seed 503 | ckpt-a", (255, 255, 255)),
+        ("FAILURE: timeout | worst condition", (255, 90, 90)),
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -76,11 +81,17 @@ def campaign(tmp_path_factory):
     env = TwinEnv("reach")
     spec = PolicySpec.from_env(env, ["state"])
     env.close()
-    es = EvalSpec(name="videos", tasks=["reach"], conditions=CONDITIONS, episodes_per_condition=4, seed_start=500,
-                  batch_size=4).validate()
+    es = EvalSpec(
+        name="videos", tasks=["reach"], conditions=CONDITIONS, episodes_per_condition=4, seed_start=500, batch_size=4
+    ).validate()
     with LocalExecutor(workers=2) as ex:
-        result = evaluate([policy_ref(CallablePolicy(brittle_reacher, spec), "brittle")], es,
-                          tmp_path_factory.mktemp("videos"), executor=ex, plots=False)
+        result = evaluate(
+            [policy_ref(CallablePolicy(brittle_reacher, spec), "brittle")],
+            es,
+            tmp_path_factory.mktemp("videos"),
+            executor=ex,
+            plots=False,
+        )
     return result
 
 
@@ -96,8 +107,7 @@ def test_videos_include_a_failure_under_the_worst_condition(campaign):
     assert sorted(by_tag) == ["failure", "success", "worst_failure"]
     worst = by_tag["worst_failure"]
     assert (worst["condition"], worst["success"], worst["worst_condition"]) == ("observation_noise", False, True)
-    assert (by_tag["failure"]["condition"], by_tag["failure"]["seed"]) == (first_failure.condition,
-                                                                          first_failure.seed)
+    assert (by_tag["failure"]["condition"], by_tag["failure"]["seed"]) == (first_failure.condition, first_failure.seed)
     for v in s.videos:
         assert v["consistent"] is True, v  # the re-run reproduced the stored episode
         frames = iio.imread(Path(v["path"]), index=None)
@@ -117,9 +127,15 @@ def test_video_frames_carry_the_labels_over_the_raw_render(campaign):
     v = next(v for v in s.videos if v["tag"] == "success")
     first = iio.imread(Path(v["path"]), index=0).astype(int)
     env = TwinEnv("reach")
-    ep = next(e for e in EvalSpec(name="videos", tasks=["reach"], conditions=CONDITIONS, episodes_per_condition=4,
-                                  seed_start=500).validate().episodes()
-              if (e.condition, e.seed) == (v["condition"], v["seed"]))
+    ep = next(
+        e
+        for e in EvalSpec(
+            name="videos", tasks=["reach"], conditions=CONDITIONS, episodes_per_condition=4, seed_start=500
+        )
+        .validate()
+        .episodes()
+        if (e.condition, e.seed) == (v["condition"], v["seed"])
+    )
     env.reset(seed=int(ep.seed), options={"condition": Condition.from_dict(ep.perturbation.to_dict())})
     raw = env.render_camera(v["camera"], 320, 240).astype(int)
     env.close()

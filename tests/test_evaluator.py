@@ -47,8 +47,9 @@ MAX_STEPS = get_task_class("reach").default_cfg().terminations.max_steps  # 25
 
 
 def _spec(**kw) -> EvalSpec:
-    base = dict(name="test", tasks=["reach"], conditions=CONDITIONS, episodes_per_condition=3, seed_start=500,
-                batch_size=4)
+    base = dict(
+        name="test", tasks=["reach"], conditions=CONDITIONS, episodes_per_condition=3, seed_start=500, batch_size=4
+    )
     base.update(kw)
     return EvalSpec(**base).validate()
 
@@ -76,8 +77,7 @@ def ckpts(tmp_path_factory):
     out = {}
     for i, name in enumerate(["rand_a", "rand_b"]):
         torch.manual_seed(i)
-        out[name] = save_checkpoint(make_policy("mlp", {"hidden_sizes": [32, 32]}, spec), root / name,
-                                    training_step=i)
+        out[name] = save_checkpoint(make_policy("mlp", {"hidden_sizes": [32, 32]}, spec), root / name, training_step=i)
     demos = collect_demos("reach", root / "demos.h5", 12, seed=100)
     torch.manual_seed(0)
     bc = make_policy("mlp", {"hidden_sizes": [64, 64]}, spec)
@@ -105,8 +105,13 @@ def reference(ckpts, executor, tmp_path_factory):
     """The uninterrupted campaign every other run is compared with."""
     out = tmp_path_factory.mktemp("reference")
     events = []
-    result = evaluate([ckpts[k] for k in ("rand_a", "rand_b", "bc", "corrupt", "missing")], _spec(), out,
-                      executor=executor, progress=events.append)
+    result = evaluate(
+        [ckpts[k] for k in ("rand_a", "rand_b", "bc", "corrupt", "missing")],
+        _spec(),
+        out,
+        executor=executor,
+        progress=events.append,
+    )
     return result, events
 
 
@@ -122,8 +127,12 @@ def test_spec_conditions_and_paired_episode_list(tmp_path):
     assert spec.condition_names("reach") == [NOMINAL, *suite.factor_names(), COMBINED]
     eps = spec.episodes()
     assert len(eps) == 3 * (len(suite.factor_names()) + 2)
-    assert [(e.condition, e.seed) for e in eps[:4]] == [(NOMINAL, 7), (NOMINAL, 8), (NOMINAL, 9),
-                                                        (suite.factor_names()[0], 7)]
+    assert [(e.condition, e.seed) for e in eps[:4]] == [
+        (NOMINAL, 7),
+        (NOMINAL, 8),
+        (NOMINAL, 9),
+        (suite.factor_names()[0], 7),
+    ]
     by = {(e.condition, e.seed): e.perturbation for e in eps}
     assert by[(NOMINAL, 8)].values == {}
     assert by[("friction", 8)].to_dict() == suite.only("friction").sample(8).to_dict()
@@ -133,14 +142,16 @@ def test_spec_conditions_and_paired_episode_list(tmp_path):
     # the list is a pure function of the spec: identical from a YAML round trip, in order
     spec.to_yaml(tmp_path / "spec.yaml")
     again = EvalSpec.from_yaml(tmp_path / "spec.yaml")
-    assert [(e.condition, e.seed, e.perturbation.to_dict()) for e in again.episodes()] == \
-           [(e.condition, e.seed, e.perturbation.to_dict()) for e in eps]
+    assert [(e.condition, e.seed, e.perturbation.to_dict()) for e in again.episodes()] == [
+        (e.condition, e.seed, e.perturbation.to_dict()) for e in eps
+    ]
     assert again.digest() == spec.digest()
     # explicit seeds and a chosen condition list; units are consecutive chunks of batch_size
     s2 = EvalSpec(tasks=["reach"], conditions=["nominal", "mass", "combined"], seeds=[5, 3, 11], batch_size=4)
     s2.validate()
     assert [(e.condition, e.seed) for e in s2.episodes()] == [
-        (c, s) for c in ["nominal", "mass", "combined"] for s in [5, 3, 11]]
+        (c, s) for c in ["nominal", "mass", "combined"] for s in [5, 3, 11]
+    ]
     assert [len(u) for u in s2.units()] == [4, 4, 1]
     assert s2.digest() != s2.replace(seeds=[5, 3, 12]).digest()
     assert s2.digest() == s2.replace(video={"enabled": False}).digest()  # videos do not change results
@@ -150,16 +161,19 @@ def test_spec_conditions_and_paired_episode_list(tmp_path):
     assert d.tasks == [] and d.conditions == "all" and d.covers_task("mug_to_sink")
 
 
-@pytest.mark.parametrize("changes, words", [
-    ({"conditions": ["nominal", "gravity"]}, "unknown condition 'gravity'"),
-    ({"seeds": [1, 2, 2]}, "more than once"),
-    ({"seeds": [1, 2], "episodes_per_condition": 3}, "episodes_per_condition = 3"),
-    ({"tasks": ["no_such_task"]}, "no_such_task"),
-    ({"batch_size": 0}, "batch_size"),
-    ({"video": {"width": 161}}, "even"),
-    ({"bogus": 1}, "unknown field"),
-    ({"suite": "nope_suite"}, "unknown perturbation suite"),
-])
+@pytest.mark.parametrize(
+    "changes, words",
+    [
+        ({"conditions": ["nominal", "gravity"]}, "unknown condition 'gravity'"),
+        ({"seeds": [1, 2, 2]}, "more than once"),
+        ({"seeds": [1, 2], "episodes_per_condition": 3}, "episodes_per_condition = 3"),
+        ({"tasks": ["no_such_task"]}, "no_such_task"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"video": {"width": 161}}, "even"),
+        ({"bogus": 1}, "unknown field"),
+        ({"suite": "nope_suite"}, "unknown perturbation suite"),
+    ],
+)
 def test_spec_validation_errors(changes, words):
     data = {"tasks": ["reach"], **changes}
     with pytest.raises(EvalSpecError, match=words):
@@ -241,8 +255,9 @@ def test_campaign_paired_results_and_failed_checkpoints(reference, ckpts):
     campaign = json.loads(result.eval_info_path.read_text())["campaign"]
     assert campaign["physics_share"] == pytest.approx(result.physics_share)
     # the BC checkpoint is better than the random ones
-    assert by_label["bc"].overall["success_rate"] > max(by_label["rand_a"].overall["success_rate"],
-                                                        by_label["rand_b"].overall["success_rate"])
+    assert by_label["bc"].overall["success_rate"] > max(
+        by_label["rand_a"].overall["success_rate"], by_label["rand_b"].overall["success_rate"]
+    )
     for s in ok:
         for c in CONDITIONS:
             st = s.per_condition[c]
@@ -274,16 +289,14 @@ def test_campaign_files(reference):
     assert info["spec_digest"] == result.spec.digest()
     assert len(info["per_episode"]) == 36
     ep0 = info["per_episode"][0]
-    for key in ("checkpoint_id", "checkpoint", "condition", "seed", "success", "return", "length",
-                "failure_reason"):
+    for key in ("checkpoint_id", "checkpoint", "condition", "seed", "success", "return", "length", "failure_reason"):
         assert key in ep0
     cks = {c["label"]: c for c in info["checkpoints"]}
     assert cks["corrupt"]["status"] == "failed" and cks["corrupt"]["error"]
     assert set(cks["bc"]["per_condition"]) == set(CONDITIONS)
     assert cks["bc"]["per_condition"]["nominal"]["ci_low"] <= cks["bc"]["per_condition"]["nominal"]["success_rate"]
     assert info["aggregated"]["ranking"][0]["checkpoint"] == "bc"
-    assert sorted(info["aggregated"]["failed_checkpoints"]) == sorted(
-        [s.checkpoint_id for s in result.failed])
+    assert sorted(info["aggregated"]["failed_checkpoints"]) == sorted([s.checkpoint_id for s in result.failed])
     eps = pd.read_parquet(result.episodes_parquet)
     assert len(eps) == 36 and eps["success"].dtype == bool
     assert set(eps["condition"]) == set(CONDITIONS)
@@ -310,8 +323,9 @@ def test_videos_of_a_success_and_a_failure(reference):
         path = Path(v["path"])
         assert path.is_file() and path.suffix == "." + v["format"] and v["format"] in ("mp4", "gif")
         assert v["consistent"] is True  # the re-run reproduced the stored episode
-        stored = next(r for r in result.episodes_of(bc.checkpoint_id)
-                      if (r.condition, r.seed) == (v["condition"], v["seed"]))
+        stored = next(
+            r for r in result.episodes_of(bc.checkpoint_id) if (r.condition, r.seed) == (v["condition"], v["seed"])
+        )
         assert stored.success == (v["tag"] == "success")
         if v["tag"] == "worst_failure":
             assert v["condition"] == bc.worst_condition()
@@ -360,6 +374,7 @@ def test_interrupted_campaign_resumes_without_rerunning(reference, ckpts, execut
         def cb(ev):
             if ev.kind == "episode" and ev.done >= n:
                 raise _Stop()
+
         return cb
 
     with pytest.raises(_Stop):
@@ -370,8 +385,14 @@ def test_interrupted_campaign_resumes_without_rerunning(reference, ckpts, execut
     with open(out / EPISODES_FILE, "a") as f:  # a line torn by a crash while writing
         f.write('{"checkpoint_id": "abc", "task": "re')
     ran = []
-    resumed = evaluate(refs, _spec(), out, executor=executor, videos=False,
-                       progress=lambda ev: ev.kind == "episode" and ran.append(ev.episode))
+    resumed = evaluate(
+        refs,
+        _spec(),
+        out,
+        executor=executor,
+        videos=False,
+        progress=lambda ev: ev.kind == "episode" and ran.append(ev.episode),
+    )
     assert resumed.skipped == 7 and resumed.executed == 24 - 7 == len(ran)
     assert not done_before & {(r.checkpoint_id, r.condition, r.seed) for r in ran}  # nothing re-run
     want = _reference_outcomes(ref, ["rand_a", "bc"])
@@ -387,8 +408,15 @@ def test_worker_killed_mid_episode_is_rerun(reference, ckpts, tmp_path, monkeypa
     monkeypatch.setenv(KILL_HOOK_ENV, f"after=6,once={marker}")
     events = []
     with LocalExecutor(workers=2) as ex:
-        result = evaluate([ckpts[k] for k in ("rand_b", "bc")], _spec(), tmp_path / "kill",
-                          executor=ex, progress=events.append, videos=False, plots=False)
+        result = evaluate(
+            [ckpts[k] for k in ("rand_b", "bc")],
+            _spec(),
+            tmp_path / "kill",
+            executor=ex,
+            progress=events.append,
+            videos=False,
+            plots=False,
+        )
     assert marker.is_file()  # a worker SIGKILLed itself mid-episode
     lost = [e for e in events if e.kind == "worker_lost"]
     assert len(lost) == 1 and result.worker_restarts == 1
@@ -405,8 +433,11 @@ def _private_network() -> bool:
     return [name for _, name in socket.if_nameindex()] == ["lo"]
 
 
-@pytest.mark.skipif(not _private_network(), reason="Ray listens on every interface: this test runs only inside a "
-                                                   "private network namespace (make test / scripts/isolated)")
+@pytest.mark.skipif(
+    not _private_network(),
+    reason="Ray listens on every interface: this test runs only inside a "
+    "private network namespace (make test / scripts/isolated)",
+)
 def test_ray_executor_same_results_and_reruns_a_dead_actor(reference, ckpts, tmp_path, monkeypatch):
     pytest.importorskip("ray", reason="the Ray executor needs the 'ray' package")
     import ray
@@ -419,8 +450,9 @@ def test_ray_executor_same_results_and_reruns_a_dead_actor(reference, ckpts, tmp
     monkeypatch.setenv(KILL_HOOK_ENV, f"after=2,once={marker}")
     events = []
     with RayExecutor(workers=1, init_kwargs={"_node_ip_address": "127.0.0.1"}) as ex:
-        result = evaluate([ckpts["bc"]], _spec(), tmp_path / "ray", executor=ex, progress=events.append,
-                          videos=False, plots=False)
+        result = evaluate(
+            [ckpts["bc"]], _spec(), tmp_path / "ray", executor=ex, progress=events.append, videos=False, plots=False
+        )
         assert ex.worker_pids and int(marker.read_text()) not in ex.worker_pids  # a fresh actor took over
     assert not ray.is_initialized()  # our own Ray only, shut down with ray.shutdown()
     assert result.executor == "ray" and result.summary("bc").status == "ok"
@@ -517,3 +549,32 @@ def test_worker_keeps_its_envs_across_episode_lengths():
         assert all(e.cfg.terminations.max_steps == 25 for e in c)  # the task's own
     finally:
         ws.close()
+
+
+def test_recorded_observations_resume_and_match_the_episodes(reference, ckpts, executor, tmp_path):
+    """A campaign asked to record (for OOD references) keeps the observations each policy acted
+    on; a finished campaign asked later re-runs only the episodes it has no record of, with
+    the same results (paired design); asking again runs nothing."""
+    import numpy as np
+
+    from evaluator.run import RecordRequest
+
+    ref, _ = reference
+    out = tmp_path / "c"
+    shutil.copytree(ref.out_dir, out)  # the finished campaign, without records
+    req = RecordRequest(conditions=("nominal", "combined"), episodes=2)
+    again = evaluate([ckpts["rand_a"], ckpts["bc"]], _spec(), out, executor=executor, record=req, videos=False)
+    assert again.executed == 2 * 4  # 2 checkpoints x (2 nominal + 2 combined), nothing else
+    assert _outcomes(again) == [
+        o for o in _outcomes(ref) if o[0][0] in {again.checkpoints[0].checkpoint_id, again.checkpoints[1].checkpoint_id}
+    ]
+    pairs = again.record_episodes["reach"]
+    assert pairs == [("nominal", 500), ("nominal", 501), ("combined", 500), ("combined", 501)]
+    for s in again.checkpoints:
+        obs = again.recorded_obs(s.checkpoint_id)
+        lengths = {(r.condition, r.seed): r.length for r in again.episodes_of(s.checkpoint_id)}
+        assert obs["state"].shape[0] == sum(lengths[p] for p in pairs)
+        assert [int((obs["episode_index"] == k).sum()) for k in range(4)] == [lengths[p] for p in pairs]
+        assert np.isfinite(obs["state"]).all()
+    third = evaluate([ckpts["rand_a"], ckpts["bc"]], _spec(), out, executor=executor, record=req, videos=False)
+    assert third.executed == 0

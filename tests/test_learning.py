@@ -87,26 +87,28 @@ def run_algo(algo: str, demo_path: str, seed: int) -> dict:
     """One training run; returns its learning curve [(step, success)] and wall time."""
     os.environ.setdefault("MUJOCO_GL", "egl")
     from policies.bc import BCConfig, train_bc
-    from policies.ppo import DemoBuffer, PPOConfig, PPOTrainer, evaluate_policy
+    from policies.ppo import DemoBuffer, PPOConfig, PPOTrainer
+    from policies.rollout import success_rate
 
     t0 = time.perf_counter()
     policy, obs, acts = _setup(demo_path, seed)
     curve: list[tuple[int, float]] = []
     if algo == "bc":
+
         def on_epoch(epoch: int, loss: float) -> None:
             if epoch in BC_CURVE_AT:
-                curve.append((epoch, evaluate_policy(policy, TASK, EVAL_SEEDS)))
+                curve.append((epoch, success_rate(policy, TASK, EVAL_SEEDS)))
 
         train_bc(policy, obs, acts, BCConfig(epochs=BC_EPOCHS, batch_size=64, seed=seed), callback=on_epoch)
     else:
         with_bc = algo == "ppo_bc"
         cfg = PPOConfig(**PPO_CFG, bc_coef=0.1 if with_bc else 0.0, seed=seed)
         trainer = PPOTrainer(policy, TASK, cfg, demos=DemoBuffer(obs, acts, seed=seed) if with_bc else None)
-        curve.append((0, evaluate_policy(policy, TASK, EVAL_SEEDS)))
+        curve.append((0, success_rate(policy, TASK, EVAL_SEEDS)))
 
         def on_update(s) -> None:
             if s.env_steps in CURVE_AT:
-                curve.append((s.env_steps, evaluate_policy(policy, TASK, EVAL_SEEDS)))
+                curve.append((s.env_steps, success_rate(policy, TASK, EVAL_SEEDS)))
 
         try:
             trainer.train(ENV_STEPS, on_update)

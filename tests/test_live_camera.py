@@ -139,8 +139,23 @@ def graph():
 
 
 def _bridge(graph, hub, cameras: str, **params):
-    args = ["--ros-args", "-p", f"cameras:={cameras}", "-p", f"width:={INTR.width}", "-p", f"height:={INTR.height}",
-            "-p", f"fps:={FPS}", "-p", "retry_period_s:=0.3", "-p", "frame_timeout_s:=1.0", "-p", "points_stride:=1"]
+    args = [
+        "--ros-args",
+        "-p",
+        f"cameras:={cameras}",
+        "-p",
+        f"width:={INTR.width}",
+        "-p",
+        f"height:={INTR.height}",
+        "-p",
+        f"fps:={FPS}",
+        "-p",
+        "retry_period_s:=0.3",
+        "-p",
+        "frame_timeout_s:=1.0",
+        "-p",
+        "points_stride:=1",
+    ]
     for k, v in params.items():
         args += ["-p", f"{k}:={v}"]
     return graph.add(create_node(args, hub=hub))
@@ -163,8 +178,11 @@ def test_software_device_frames_arrive_with_correct_intrinsics(graph):
     sink = graph.add(Sink("cam_a"))
     node = _bridge(graph, hub, "cam_a=sn-frames")
     try:
-        sink.wait(lambda: all(sink.count(k) >= 3 for k in ("color", "depth", "camera_info", "points")), 60,
-                  "colour, depth, camera_info and points")
+        sink.wait(
+            lambda: all(sink.count(k) >= 3 for k in ("color", "depth", "camera_info", "points")),
+            60,
+            "colour, depth, camera_info and points",
+        )
         color, depth, info, cloud = (sink.last(k) for k in ("color", "depth", "camera_info", "points"))
         # colour: rgb8 with the test pattern (r = u gradient, g = v gradient, b = 128)
         assert (color.encoding, color.width, color.height, color.step) == ("rgb8", 160, 120, 480)
@@ -207,10 +225,16 @@ def test_camera_unplugged_and_replugged_comes_back(graph):
     try:
         sink.wait(lambda: sink.count("color") >= 3, 60, "first frames")
         hub.unplug("sn-plug")
-        sink.wait(lambda: not sink.status.get("cameras", {}).get("cam_b", {}).get("connected", True), WAIT_S,
-                  "the bridge to notice the unplugged camera")
-        sink.wait(lambda: "not found" in sink.status["cameras"]["cam_b"]["reason"], WAIT_S,
-                  "the bridge to report the device missing")
+        sink.wait(
+            lambda: not sink.status.get("cameras", {}).get("cam_b", {}).get("connected", True),
+            WAIT_S,
+            "the bridge to notice the unplugged camera",
+        )
+        sink.wait(
+            lambda: "not found" in sink.status["cameras"]["cam_b"]["reason"],
+            WAIT_S,
+            "the bridge to report the device missing",
+        )
         reason = sink.status["cameras"]["cam_b"]["reason"]
         t_plug = time.monotonic()
         hub.plug("sn-plug")
@@ -240,8 +264,11 @@ def test_recording_plays_back(graph, tmp_path):
     sink = graph.add(Sink("replay"))
     node = _bridge(graph, None, "replay", playback=f"replay={bag}")
     try:
-        sink.wait(lambda: all(sink.count(k) >= 5 for k in ("color", "depth", "camera_info", "points")), 60,
-                  "played-back frames")
+        sink.wait(
+            lambda: all(sink.count(k) >= 5 for k in ("color", "depth", "camera_info", "points")),
+            60,
+            "played-back frames",
+        )
         info, color, depth = sink.last("camera_info"), sink.last("color"), sink.last("depth")
         np.testing.assert_allclose(info.k, [150.0, 0, 79.5, 0, 151.0, 61.0, 0, 0, 1], rtol=1e-6)
         rgb = np.frombuffer(bytes(color.data), np.uint8).reshape(120, 160, 3)
@@ -255,12 +282,30 @@ def test_recording_plays_back(graph, tmp_path):
 
 def test_fake_hardware_streams_twin_renders(graph):
     sink = graph.add(Sink("cam_left"))
-    args = ["--ros-args", "-p", "cameras:=cam_left", "-p", "use_fake_hardware:=true", "-p", "width:=128",
-            "-p", "height:=96", "-p", "fps:=5", "-p", "frame_timeout_s:=10.0", "-p", "points_stride:=2"]
+    args = [
+        "--ros-args",
+        "-p",
+        "cameras:=cam_left",
+        "-p",
+        "use_fake_hardware:=true",
+        "-p",
+        "width:=128",
+        "-p",
+        "height:=96",
+        "-p",
+        "fps:=5",
+        "-p",
+        "frame_timeout_s:=10.0",
+        "-p",
+        "points_stride:=2",
+    ]
     node = graph.add(create_node(args))
     try:
-        sink.wait(lambda: all(sink.count(k) >= 2 for k in ("color", "depth", "camera_info", "points")), 120,
-                  "twin-rendered frames")
+        sink.wait(
+            lambda: all(sink.count(k) >= 2 for k in ("color", "depth", "camera_info", "points")),
+            120,
+            "twin-rendered frames",
+        )
         info, color, depth = sink.last("camera_info"), sink.last("color"), sink.last("depth")
         src = node.bridge._sources[0]
         i = src.intrinsics

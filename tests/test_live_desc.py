@@ -44,14 +44,24 @@ def test_joint_packing_and_status_json_round_trip():
     q, w = unpack_joints(list(reversed(names)), list(reversed(pos)))
     assert q == [0.1] * 7 and w == pytest.approx(0.06)
     assert unpack_joints(names[:7], pos[:7]) == ([0.1] * 7, None)
-    for bad_names, bad_pos, why in ((names[:6], pos[:6], "missing"), (names, [float("nan")] + pos[1:], "non-finite"),
-                                    (names + ["fr3_joint1"], pos + [0.0], "duplicate"), (names, pos[:3], "positions")):
+    for bad_names, bad_pos, why in (
+        (names[:6], pos[:6], "missing"),
+        (names, [float("nan")] + pos[1:], "non-finite"),
+        (names + ["fr3_joint1"], pos + [0.0], "duplicate"),
+        (names, pos[:3], "positions"),
+    ):
         with pytest.raises(JointStateError, match=why):
             unpack_joints(bad_names, bad_pos)
     s = BridgeStatus(connected=True, armed=False, reason="disarmed", mode="idle")
     assert BridgeStatus.from_json(s.to_json()) == s
-    d = Desync(joint_residual_rad=0.01, object_residual_m={"mug": 0.2}, message_age_s=float("inf"), lost=True,
-               reasons=["x"], rejected={"nan": 2})
+    d = Desync(
+        joint_residual_rad=0.01,
+        object_residual_m={"mug": 0.2},
+        message_age_s=float("inf"),
+        lost=True,
+        reasons=["x"],
+        rejected={"nan": 2},
+    )
     back = Desync.from_json(d.to_json())
     assert json.loads(d.to_json())["message_age_s"] is None  # JSON has no inf
     assert back.message_age_s == float("inf") and back.object_residual_m == {"mug": 0.2} and back.rejected == {"nan": 2}
@@ -89,7 +99,9 @@ def test_live_graph_nodes_parameters_and_remaps(ckpt):
     by = {n.name: n for n in full}
     assert by["franka_bridge"].parameters["robot_ip"] == "10.0.0.2"
     assert by["camera_bridge"].parameters["cameras"] == "cam_left=123456789012,cam_right"
-    assert by["recorder"].parameters["cameras"] == "cam_left,cam_right" and by["recorder"].parameters["domain"] == "real"
+    assert (
+        by["recorder"].parameters["cameras"] == "cam_left,cam_right" and by["recorder"].parameters["domain"] == "real"
+    )
     assert by["policy_runner"].parameters["checkpoint"] == str(ckpt)
     assert all(n.parameters.get("task", "mug_to_sink") == "mug_to_sink" for n in full)
     fake = {n.name: n for n in live_graph(use_fake_hardware=True, cameras=["cam_left"])}
@@ -116,8 +128,15 @@ def test_live_graph_nodes_parameters_and_remaps(ckpt):
                 name, _, text = args[i + 1].partition(":=")
                 value = yaml.safe_load(text)
                 assert type(value) is specs[name].type and value == n.parameters[name], (name, text)
-    for bad in ({"render_size": "big"}, {"use_fake_hardware": "maybe"}, {"nonsense": 1}, {"sync_rate_hz": "fast"},
-                {"cameras": "1cam"}, {"joint_states_topic": "joint_states"}, {"task": ""}):
+    for bad in (
+        {"render_size": "big"},
+        {"use_fake_hardware": "maybe"},
+        {"nonsense": 1},
+        {"sync_rate_hz": "fast"},
+        {"cameras": "1cam"},
+        {"joint_states_topic": "joint_states"},
+        {"task": ""},
+    ):
         with pytest.raises(GraphError):
             live_graph(**bad)
 
@@ -204,8 +223,9 @@ def _stub_launch_modules(monkeypatch):
 
     mods = {
         "launch": types.SimpleNamespace(LaunchDescription=LaunchDescription),
-        "launch.actions": types.SimpleNamespace(DeclareLaunchArgument=DeclareLaunchArgument,
-                                                OpaqueFunction=OpaqueFunction),
+        "launch.actions": types.SimpleNamespace(
+            DeclareLaunchArgument=DeclareLaunchArgument, OpaqueFunction=OpaqueFunction
+        ),
         "launch.substitutions": types.SimpleNamespace(LaunchConfiguration=LaunchConfiguration),
         "launch_ros": types.SimpleNamespace(),
         "launch_ros.actions": types.SimpleNamespace(Node=Node),
@@ -220,18 +240,29 @@ def test_launch_file_declares_every_argument_and_builds_the_graph(monkeypatch, c
     path = REPO / "launch" / "live.launch.py"
     tree = ast.parse(path.read_text())
     assert len(path.read_text().splitlines()) < 60, "keep the launch file thin"
-    imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module == "twin.live.graph"
-                for a in n.names}
+    imported = {
+        a.name
+        for n in ast.walk(tree)
+        if isinstance(n, ast.ImportFrom) and n.module == "twin.live.graph"
+        for a in n.names
+    }
     assert {"LAUNCH_ARGUMENTS", "live_graph"} <= imported
     made = _stub_launch_modules(monkeypatch)
     ns: dict = {}
     exec(compile(path.read_text(), str(path), "exec"), ns)
     desc = ns["generate_launch_description"]()
-    assert [(d.name, d.default_value, d.description) for d in made["declare"]] == \
-        [(a.name, a.default, a.description) for a in LAUNCH_ARGUMENTS]
+    assert [(d.name, d.default_value, d.description) for d in made["declare"]] == [
+        (a.name, a.default, a.description) for a in LAUNCH_ARGUMENTS
+    ]
     context = {a.name: a.default for a in LAUNCH_ARGUMENTS}
-    context.update(use_fake_hardware="true", cameras="cam_left", checkpoint=str(ckpt), task="mug_to_sink",
-                   sync_rate_hz="1", joint_states_topic="/franka/joint_states")
+    context.update(
+        use_fake_hardware="true",
+        cameras="cam_left",
+        checkpoint=str(ckpt),
+        task="mug_to_sink",
+        sync_rate_hz="1",
+        joint_states_topic="/franka/joint_states",
+    )
     opaque = desc[-1]
     actions = opaque.function(context)
     expected = live_graph(**parse_launch_arguments(context))
@@ -252,7 +283,8 @@ def test_launch_file_declares_every_argument_and_builds_the_graph(monkeypatch, c
 def test_readmes_list_every_launch_argument(readme):
     text = (REPO / readme).read_text()
     assert render_generated_blocks(text) == text, (
-        f"{readme} is out of date with twin.live.graph; run `twinrank live args --write-readmes`")
+        f"{readme} is out of date with twin.live.graph; run `twinrank live args --write-readmes`"
+    )
     table = launch_arguments_markdown()
     assert table in text
     for a in LAUNCH_ARGUMENTS:
@@ -292,9 +324,19 @@ def test_install_ament_into_a_prefix_is_found_by_the_ament_index(tmp_path):
     assert (tmp_path / "share/twin/launch/live.launch.py").read_text() == (REPO / "launch/live.launch.py").read_text()
     pytest.importorskip("ament_index_python", reason="comes with the ros extra")
     env = {**os.environ, "AMENT_PREFIX_PATH": str(tmp_path)}
-    out = subprocess.run([sys.executable, "-c", "from ament_index_python.packages import get_package_share_directory, "
-                          "get_package_prefix; print(get_package_share_directory('twin')); "
-                          "print(get_package_prefix('twin'))"], env=env, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from ament_index_python.packages import get_package_share_directory, "
+            "get_package_prefix; print(get_package_share_directory('twin')); "
+            "print(get_package_prefix('twin'))",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     share, prefix = out.stdout.split()
     assert Path(share) == tmp_path / "share" / "twin" and Path(prefix) == tmp_path
@@ -316,8 +358,9 @@ def test_cli_live_commands(ckpt):
 
     from twinrank.cli import app
 
-    r = CliRunner().invoke(app, ["live", "graph", "use_fake_hardware:=true", f"checkpoint:={ckpt}",
-                                 "task:=mug_to_sink", "--json"])
+    r = CliRunner().invoke(
+        app, ["live", "graph", "use_fake_hardware:=true", f"checkpoint:={ckpt}", "task:=mug_to_sink", "--json"]
+    )
     assert r.exit_code == 0, r.output
     nodes = json.loads(r.output)
     assert [n["name"] for n in nodes] == ["franka_bridge", "twin_sync", "policy_runner", "recorder"]

@@ -40,8 +40,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -59,10 +60,10 @@ os.environ.pop("ROS_LOCALHOST_ONLY", None)
 franky = pytest.importorskip("franky", reason="franky-control not installed (`make install`)")
 rclpy = pytest.importorskip("rclpy", reason="ROS 2 wheels not installed (`make install`)")
 
+from twin.lifeline import spawn  # noqa: E402
 from twin.live import fake_hardware as fh  # noqa: E402
 from twin.live.franka_bridge import FR3_DQ_MAX, STATE_STALL_S  # noqa: E402
 from twin.live.interfaces import JOINT_NAMES, pack_joints  # noqa: E402
-from twin.lifeline import spawn  # noqa: E402
 
 SCALE = 0.2  # bridge velocity/acceleration/jerk scale in these tests
 CMD_TIMEOUT = 0.5  # generous: the test process itself must stream commands on a busy machine
@@ -116,8 +117,15 @@ class BridgeProc:
         # Like libfranka with RealtimeConfig.Enforce on a realtime kernel, give the 1 kHz client a
         # higher priority than the rest of a busy test machine (best effort: root/CAP_SYS_NICE);
         # its own session, so that the priority also holds against other sessions (autogroups)
-        self.proc = spawn(_bridge_cmd(name, **params), nice=-5, stdout=self._log, stderr=subprocess.STDOUT,
-                          cwd=str(ROOT), env=dict(os.environ), start_new_session=True)
+        self.proc = spawn(
+            _bridge_cmd(name, **params),
+            nice=-5,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=str(ROOT),
+            env=dict(os.environ),
+            start_new_session=True,
+        )
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -157,8 +165,7 @@ class Probe:
         self.names: list[str] = []
         self.js = PolledSubscription(self.node, JointState, "/joint_states", joint_qos(), "js_sampler")
         assert self.js.available
-        qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE,
-                         durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
         self.node.create_subscription(String, "/franka_bridge/status", self._on_status, qos)
         self.cmd_pub = self.node.create_publisher(JointState, "/twin/joint_commands", joint_qos())
         self.arm_cli = self.node.create_client(Trigger, "/franka_bridge/arm")
@@ -304,10 +311,14 @@ def live_intervals(statuses: list[dict]) -> list[tuple[float, float]]:
     after a lost status message (a ``seq`` jump) is not trusted."""
     out: list[tuple[float, float]] = []
     for prev, cur in zip(statuses, statuses[1:]):
-        live = (prev.get("mode") == "follow" and prev.get("armed") and not prev.get("error")
-                and cur.get("seq", 0) == prev.get("seq", 0) + 1
-                and cur.get("state_gap_max_s", 1.0) <= LIVE_GAP_S
-                and (cur.get("robot_rtf") or 0.0) >= LIVE_RTF)
+        live = (
+            prev.get("mode") == "follow"
+            and prev.get("armed")
+            and not prev.get("error")
+            and cur.get("seq", 0) == prev.get("seq", 0) + 1
+            and cur.get("state_gap_max_s", 1.0) <= LIVE_GAP_S
+            and (cur.get("robot_rtf") or 0.0) >= LIVE_RTF
+        )
         if not live:
             continue
         if out and abs(out[-1][1] - prev["time"]) < 1e-9:
@@ -317,8 +328,9 @@ def live_intervals(statuses: list[dict]) -> list[tuple[float, float]]:
     return out
 
 
-def settled(intervals: list[tuple[float, float]], settle: float = SETTLE_S, after: float = -np.inf
-            ) -> list[tuple[float, float]]:
+def settled(
+    intervals: list[tuple[float, float]], settle: float = SETTLE_S, after: float = -np.inf
+) -> list[tuple[float, float]]:
     """The parts of ``intervals`` from ``settle`` after each starts (or after ``after``)."""
     return [(max(a, after) + settle, b) for a, b in intervals if b > max(a, after) + settle]
 
@@ -371,9 +383,14 @@ def ros():
 
 @pytest.fixture(scope="module")
 def bridge(sim, ros, tmp_path_factory):
-    b = BridgeProc(tmp_path_factory.mktemp("bridge") / "bridge.log", robot_ip="127.0.0.1",
-                   command_timeout_s=CMD_TIMEOUT, max_joint_velocity_scale=SCALE, connect_timeout_s=5.0,
-                   reconnect_period_s=0.5)
+    b = BridgeProc(
+        tmp_path_factory.mktemp("bridge") / "bridge.log",
+        robot_ip="127.0.0.1",
+        command_timeout_s=CMD_TIMEOUT,
+        max_joint_velocity_scale=SCALE,
+        connect_timeout_s=5.0,
+        reconnect_period_s=0.5,
+    )
     probe = Probe()
     try:
         probe.wait_for(lambda s: s.get("connected"), 60, "the bridge to connect to franka-sim")
@@ -394,9 +411,11 @@ def test_state_stream(bridge):
     # franka-sim starts the arm at [0, 0, 0, -1.57, 0, 1.57, 0.785]
     assert np.abs(q - [0, 0, 0, -1.57, 0, 1.57, 0.785]).max() < 0.3
     st = probe.wait_for(lambda s: s.get("robot_rtf") is not None, 10, "a status with the robot clock rate")
-    print(f"\n/joint_states received: {rate:.0f} Hz (bridge measured {st.get('state_rate_hz')} Hz, target 1000 Hz; "
-          f"robot clock at {st.get('robot_rtf')} of real time, {st.get('state_stalls')} stalls over "
-          f"{LIVE_GAP_S * 1000:.0f} ms so far)")
+    print(
+        f"\n/joint_states received: {rate:.0f} Hz (bridge measured {st.get('state_rate_hz')} Hz, target 1000 Hz; "
+        f"robot clock at {st.get('robot_rtf')} of real time, {st.get('state_stalls')} stalls over "
+        f"{LIVE_GAP_S * 1000:.0f} ms so far)"
+    )
     assert st["connected"] and not st["armed"] and not st["error"], st
     assert {"state_gap_max_s", "state_stalls", "robot_rtf", "time", "seq"} <= set(st)
 
@@ -424,8 +443,11 @@ def test_simulator_binds_loopback_only(bridge, sim):
             f = line.split()
             if len(f) > 9 and f[9] in inodes:
                 addr, port = f[1].split(":")
-                ip = (socket.inet_ntoa(bytes.fromhex(addr)[::-1]) if len(addr) == 8 else
-                      socket.inet_ntop(socket.AF_INET6, bytes.fromhex(addr)))
+                ip = (
+                    socket.inet_ntoa(bytes.fromhex(addr)[::-1])
+                    if len(addr) == 8
+                    else socket.inet_ntop(socket.AF_INET6, bytes.fromhex(addr))
+                )
                 bound.setdefault(table, []).append(f"{ip}:{int(port, 16)}")
     print(f"\nfranka-sim sockets: {bound}")
     assert bound.get("udp"), f"no UDP socket found in franka-sim (PID {sim.pid}): {bound}"
@@ -471,6 +493,7 @@ def test_armed_follow_tracks_commands(bridge):
     events: list[str] = []
     stream = CommandStream(probe, target)
     try:
+
         def enough_follow() -> bool:
             return probe.now() - s0 > 4.0 and total(settled(live_intervals(probe.statuses_since(s0)))) >= FOLLOW_LIVE_S
 
@@ -500,15 +523,18 @@ def test_armed_follow_tracks_commands(bridge):
     last = statuses[-1]
     span = probe.now() - s0
     rtf = [d["robot_rtf"] for d in statuses if d.get("robot_rtf") is not None]
-    summary = (f"{span:.1f} s streamed, live {total(live):.1f} s, judged {total(judged):.1f} s; robot clock at "
-               f"{np.median(rtf) if rtf else float('nan'):.2f} of real time (median); stalls over "
-               f"{LIVE_GAP_S * 1000:.0f} ms: {last.get('state_stalls')}, reflexes recovered {last.get('recoveries')}, "
-               f"re-armed after {len(events)} stops {events[:3]}")
+    summary = (
+        f"{span:.1f} s streamed, live {total(live):.1f} s, judged {total(judged):.1f} s; robot clock at "
+        f"{np.median(rtf) if rtf else float('nan'):.2f} of real time (median); stalls over "
+        f"{LIVE_GAP_S * 1000:.0f} ms: {last.get('state_stalls')}, reflexes recovered {last.get('recoveries')}, "
+        f"re-armed after {len(events)} stops {events[:3]}"
+    )
     # safety holds at any load: never faster than the guard (which stops and disarms)
     guard = 1.5 * SCALE * 1.05
     over = (np.abs(dqs) / FR3_DQ_MAX).max(axis=1) > guard
-    assert not over.any() or last.get("rejected", {}).get("guard", 0) > 0, \
+    assert not over.any() or last.get("rejected", {}).get("guard", 0) > 0, (
         f"the arm moved faster than the guard allows and no guard stop was reported: {summary}"
+    )
     if total(judged) < MIN_JUDGED_S or total(settled(live, 0.7, s_hold)) < 0.1:
         pytest.skip(f"tracking not judged: the state stream was live too little on this loaded machine ({summary})")
 
@@ -527,11 +553,14 @@ def test_armed_follow_tracks_commands(bridge):
     hold_err = float(np.abs(qs[held] - phase["hold"]).max())
     vmax = float((np.abs(dqs[inside(ts, judged)]) / FR3_DQ_MAX).max())
     ref = np.stack([np.interp(ts[moving] - lag, cmd_t, cmd_q[:, j]) for j in range(7)], axis=1)
-    print(f"\nfollow: {summary}\n  lag {lag * 1000:.0f} ms, error after lag p95 {p95 * 1000:.1f} mrad, p99 "
-          f"{p99 * 1000:.1f} mrad (raw max {raw * 1000:.1f} mrad), hold error {hold_err * 1000:.2f} mrad, "
-          f"peak speed {vmax:.3f} of FR3 limits (scale {SCALE})")
-    assert p95 < FOLLOW_TOL_RAD and p99 < FOLLOW_MAX_RAD, \
+    print(
+        f"\nfollow: {summary}\n  lag {lag * 1000:.0f} ms, error after lag p95 {p95 * 1000:.1f} mrad, p99 "
+        f"{p99 * 1000:.1f} mrad (raw max {raw * 1000:.1f} mrad), hold error {hold_err * 1000:.2f} mrad, "
+        f"peak speed {vmax:.3f} of FR3 limits (scale {SCALE})"
+    )
+    assert p95 < FOLLOW_TOL_RAD and p99 < FOLLOW_MAX_RAD, (
         f"tracking error p95 {p95:.4f} / p99 {p99:.4f} rad ({summary}); log:\n{b.log()}"
+    )
     assert lag < FOLLOW_LAG_MAX_S
     assert hold_err < HOLD_TOL_RAD, (hold_err, summary)
     assert vmax <= SCALE * 1.1, (vmax, summary)
@@ -557,16 +586,25 @@ def test_watchdog_stops_motion_when_commands_stop(bridge):
             probe.command(target)
             time.sleep(0.01)
         t_last = time.monotonic()
-        st = probe.wait_for(lambda s: s.get("mode") in ("stopped", "recovering", "disconnected")
-                            or not s.get("armed") or s.get("recoveries", 0) > c0, 30.0, "the arm to be stopped")
+        st = probe.wait_for(
+            lambda s: (
+                s.get("mode") in ("stopped", "recovering", "disconnected")
+                or not s.get("armed")
+                or s.get("recoveries", 0) > c0
+            ),
+            30.0,
+            "the arm to be stopped",
+        )
         t_stop = time.monotonic()
         time.sleep(0.5)  # the jerk-limited stop decelerates for a few tens of ms
         still = _still(probe, 0.5)
         q_end = probe.latest_q()
         travelled = float(np.array([s[1][0] for s in probe.stamped_since(s0)]).max() - q0[0])
-        print(f"\nwatchdog attempt {attempt}: {st['mode']} ({st['reason'][:80]}) {t_stop - t_last:.3f} s after the last "
-              f"command (timeout {CMD_TIMEOUT} s); joint1 travelled {travelled:.3f} of 0.45 rad, then moved "
-              f"{still * 1000:.2f} mrad in 0.5 s")
+        print(
+            f"\nwatchdog attempt {attempt}: {st['mode']} ({st['reason'][:80]}) {t_stop - t_last:.3f} s after the last "
+            f"command (timeout {CMD_TIMEOUT} s); joint1 travelled {travelled:.3f} of 0.45 rad, then moved "
+            f"{still * 1000:.2f} mrad in 0.5 s"
+        )
         assert travelled < 0.35, f"joint1 travelled {travelled:.3f} rad toward a target 0.45 rad away"
         assert still < STILL_TOL_RAD or st["mode"] != "stopped", still
         report = st["reason"]
@@ -630,8 +668,13 @@ def test_connect_timeout_reports_unresponsive_robot(ros, tmp_path):
     th = threading.Thread(target=accept, daemon=True)
     th.start()
     # its own node name: the module's bridge is still running (same-named nodes are refused)
-    b = BridgeProc(tmp_path / "bridge.log", name="franka_bridge_silent", robot_ip="127.0.0.2", connect_timeout_s=1.5,
-                   use_gripper=False)
+    b = BridgeProc(
+        tmp_path / "bridge.log",
+        name="franka_bridge_silent",
+        robot_ip="127.0.0.2",
+        connect_timeout_s=1.5,
+        use_gripper=False,
+    )
     probe = Probe()
     try:
         st = probe.wait_for(lambda s: "connect timeout" in s.get("reason", ""), 60, "a connect timeout")
@@ -684,9 +727,11 @@ def test_stall_stops_the_arm_and_following_resumes(bridge, sim):
     qs = np.array([x[1] for x in around])
     gaps = np.flatnonzero(np.diff(ts) > 0.2)
     jumps = [float(np.abs(qs[i + 1] - qs[i]).max()) for i in gaps]
-    print(f"\nstall: gaps of {[round(float(ts[i + 1] - ts[i]), 2) for i in gaps]} s between robot states, the arm "
-          f"moved {[round(j * 1000, 2) for j in jumps]} mrad across them; {st['last_reflex'].splitlines()[0]}; "
-          f"following again")
+    print(
+        f"\nstall: gaps of {[round(float(ts[i + 1] - ts[i]), 2) for i in gaps]} s between robot states, the arm "
+        f"moved {[round(j * 1000, 2) for j in jumps]} mrad across them; {st['last_reflex'].splitlines()[0]}; "
+        f"following again"
+    )
     assert len(gaps) and max(ts[i + 1] - ts[i] for i in gaps) >= 0.3, np.diff(ts).max()
     assert max(jumps) < STALL_MOVE_TOL_RAD, f"the arm moved {max(jumps):.4f} rad across the stall"
     assert "communication_constraints_violation" in st["last_reflex"], st

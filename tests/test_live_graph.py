@@ -22,7 +22,8 @@ import threading
 import time
 import uuid
 from collections import defaultdict
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -166,7 +167,7 @@ class Probe:
         self._thread.join(timeout=5.0)
         self.node.destroy_node()
 
-    def __enter__(self) -> "Probe":
+    def __enter__(self) -> Probe:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -215,8 +216,11 @@ def test_twin_sync_follows_joint_states(ros):
     """The twin's joints match a fake robot's /joint_states within 1e-3 rad after each jump and
     never go back to an older state (the newest sample wins, no backlog); the publish ->
     /twin/joint_states latency is measured and printed."""
-    desc = NodeDesc("twin_sync", "twin_sync", {"task": "reach", "render_rate_hz": 2.0, "render_width": 64,
-                                               "render_height": 48, "render_cameras": "cam_left"})
+    desc = NodeDesc(
+        "twin_sync",
+        "twin_sync",
+        {"task": "reach", "render_rate_hz": 2.0, "render_width": 64, "render_height": 48, "render_cameras": "cam_left"},
+    )
     with GraphRunner([desc]) as graph, Probe() as probe:
         pub = probe.pub("/joint_states", JointState)
         probe.sub("/twin/joint_states", JointState)
@@ -251,21 +255,28 @@ def test_twin_sync_follows_joint_states(ros):
                 stream.q = np.asarray(q)
                 if not probe.wait(lambda: state["hit"], WAIT_S):
                     tq = _twin_q(probe)
-                    raise AssertionError(f"the twin never reached the published joints (jump {len(latencies)}; "
-                                         f"residual {np.abs(tq - q).max() if tq is not None else None})")
+                    raise AssertionError(
+                        f"the twin never reached the published joints (jump {len(latencies)}; "
+                        f"residual {np.abs(tq - q).max() if tq is not None else None})"
+                    )
                 time.sleep(0.1)
             node = graph.node("twin_sync")
-            d = probe.wait(lambda: (x := _desync(probe)) is not None and not x.lost and x.applied > 0 and x, WAIT_S,
-                           "/twin/desync with lost=false while streaming")
+            d = probe.wait(
+                lambda: (x := _desync(probe)) is not None and not x.lost and x.applied > 0 and x,
+                WAIT_S,
+                "/twin/desync with lost=false while streaming",
+            )
             images = probe.wait(lambda: probe.got("/twin/cam_left/color/image_raw"), WAIT_S, "a twin render")
         finally:
             stream.stop()
         lat = np.asarray(latencies)
         internal = np.asarray(node.latencies[-2000:])
-        print(f"\ntwin_sync follow latency (publish -> /twin/joint_states at the probe), {len(lat)} jumps: "
-              f"p50 {np.median(lat) * 1e3:.1f} ms, max {lat.max() * 1e3:.1f} ms; stamp -> applied in the node: "
-              f"p50 {np.median(internal) * 1e3:.2f} ms, p99 {np.percentile(internal, 99) * 1e3:.2f} ms "
-              f"({len(internal)} samples); renders {len(images)}")
+        print(
+            f"\ntwin_sync follow latency (publish -> /twin/joint_states at the probe), {len(lat)} jumps: "
+            f"p50 {np.median(lat) * 1e3:.1f} ms, max {lat.max() * 1e3:.1f} ms; stamp -> applied in the node: "
+            f"p50 {np.median(internal) * 1e3:.2f} ms, p99 {np.percentile(internal, 99) * 1e3:.2f} ms "
+            f"({len(internal)} samples); renders {len(images)}"
+        )
         assert len(lat) == len(targets) and not went_back, went_back
         assert d.message_age_s < 0.5 and d.joint_residual_rad < 0.1  # what lost=false means
         img = images[-1]
@@ -278,8 +289,9 @@ def test_twin_sync_follows_joint_states(ros):
 def test_twin_sync_rejects_bad_messages_and_reports_lost(ros):
     """NaN, wrong names, out-of-order and stale joint states are rejected (counted, never
     applied); a far-away object pose and a stopped publisher make the twin lost."""
-    desc = NodeDesc("twin_sync", "twin_sync", {"task": "reach", "render_rate_hz": 0.0, "stale_timeout_s": 0.5,
-                                               "lost_hold_s": 0.3})
+    desc = NodeDesc(
+        "twin_sync", "twin_sync", {"task": "reach", "render_rate_hz": 0.0, "stale_timeout_s": 0.5, "lost_hold_s": 0.3}
+    )
     with GraphRunner([desc]), Probe() as probe:
         pub = probe.pub("/joint_states", JointState)
         obj = probe.pub("/objects/mug/pose", PoseStamped, depth=10)
@@ -304,8 +316,11 @@ def test_twin_sync_rejects_bad_messages_and_reports_lost(ros):
                 pub.publish(unknown)
                 if probe.wait(lambda: (x := _desync(probe)) is not None and x.rejected.get("names", 0) >= 1, 0.5):
                     break
-            d = probe.wait(lambda: (x := _desync(probe)) is not None and x.rejected.get("names", 0) >= 1 and x,
-                           WAIT_S, "the joint state with an unknown joint to be rejected")
+            d = probe.wait(
+                lambda: (x := _desync(probe)) is not None and x.rejected.get("names", 0) >= 1 and x,
+                WAIT_S,
+                "the joint state with an unknown joint to be rejected",
+            )
             assert d.rejected == {"names": d.rejected["names"]}, d.rejected
             bad = {
                 "nan": lambda: probe.joint_state([math.nan, *bad_q[1:]]),
@@ -320,8 +335,11 @@ def test_twin_sync_rejects_bad_messages_and_reports_lost(ros):
                     pub.publish(make())
                     if probe.wait(lambda: (x := _desync(probe)) is not None and x.rejected.get(reason, 0) >= 1, 0.5):
                         break
-            d = probe.wait(lambda: (x := _desync(probe)) is not None and
-                           all(x.rejected.get(r, 0) >= 1 for r in bad) and x, WAIT_S, f"rejections {list(bad)}")
+            d = probe.wait(
+                lambda: (x := _desync(probe)) is not None and all(x.rejected.get(r, 0) >= 1 for r in bad) and x,
+                WAIT_S,
+                f"rejections {list(bad)}",
+            )
             assert not d.lost, d.reasons
             time.sleep(0.2)
             after = probe.got("/twin/joint_states")
@@ -339,21 +357,36 @@ def test_twin_sync_rejects_bad_messages_and_reports_lost(ros):
             d = probe.wait(lambda: (x := _desync(probe)) is not None and x.lost and x, WAIT_S, "lost after a far pose")
             assert any("object mug" in r for r in d.reasons), d.reasons
             assert d.object_residual_m["mug"] > 0.5
-            moved = probe.wait(lambda: (m := probe.last("/twin/objects/mug/pose")) is not None
-                               and m.pose.position.x > 0.7 and m, WAIT_S, "the twin's mug pulled toward the observation")
+            moved = probe.wait(
+                lambda: (m := probe.last("/twin/objects/mug/pose")) is not None and m.pose.position.x > 0.7 and m,
+                WAIT_S,
+                "the twin's mug pulled toward the observation",
+            )
             assert moved.header.frame_id == "world"
 
             # the robot stops publishing: lost (stale), then back in sync when it resumes
             stream.running.clear()
             t_stop = time.monotonic()
-            d = probe.wait(lambda: (x := _desync(probe)) is not None and x.lost and
-                           any("stale" in r for r in x.reasons) and x, WAIT_S, "lost after the publisher stopped")
-            print(f"\nlost reported {time.monotonic() - t_stop:.2f} s after /joint_states stopped "
-                  f"(stale_timeout_s 0.5): {d.reasons}")
+            d = probe.wait(
+                lambda: (x := _desync(probe)) is not None and x.lost and any("stale" in r for r in x.reasons) and x,
+                WAIT_S,
+                "lost after the publisher stopped",
+            )
+            print(
+                f"\nlost reported {time.monotonic() - t_stop:.2f} s after /joint_states stopped "
+                f"(stale_timeout_s 0.5): {d.reasons}"
+            )
             assert d.message_age_s > 0.5
             stream.running.set()
-            probe.wait(lambda: (x := _desync(probe)) is not None and x.message_age_s < 0.5 and
-                       not any("stale" in r for r in x.reasons), WAIT_S, "fresh joint states again")
+            probe.wait(
+                lambda: (
+                    (x := _desync(probe)) is not None
+                    and x.message_age_s < 0.5
+                    and not any("stale" in r for r in x.reasons)
+                ),
+                WAIT_S,
+                "fresh joint states again",
+            )
         finally:
             stream.stop()
 
@@ -380,12 +413,19 @@ def checkpoint(tmp_path_factory):
 def test_policy_runner_drives_the_twin_and_publishes_joint_commands(ros, checkpoint):
     steps = 8
     # max_lag_rad 0: the twin runs regardless of the (static) fake arm; see the next test
-    desc = NodeDesc("policy_runner", "policy_runner", {"task": "reach", "checkpoint": str(checkpoint),
-                                                       "max_steps": steps, "max_lag_rad": 0.0})
+    desc = NodeDesc(
+        "policy_runner",
+        "policy_runner",
+        {"task": "reach", "checkpoint": str(checkpoint), "max_steps": steps, "max_lag_rad": 0.0},
+    )
     with GraphRunner([desc]), Probe() as probe:
         pub = probe.pub("/joint_states", JointState)
-        for topic, kind in (("/twin/joint_commands", JointState), ("/twinrank/action", Float32MultiArray),
-                            ("/twinrank/obs/state", Float32MultiArray), ("/policy_runner/status", String)):
+        for topic, kind in (
+            ("/twin/joint_commands", JointState),
+            ("/twinrank/action", Float32MultiArray),
+            ("/twinrank/obs/state", Float32MultiArray),
+            ("/policy_runner/status", String),
+        ):
             probe.sub(topic, kind)
         probe.wait_matched(pub)
         probe.wait_publisher("/twin/joint_commands")
@@ -397,8 +437,16 @@ def test_policy_runner_drives_the_twin_and_publishes_joint_commands(ros, checkpo
             assert r.success, r.message
             again = probe.call("/policy_runner/start")
             assert not again.success and "running" in again.message
-            done = probe.wait(lambda: (m := probe.last("/policy_runner/status")) is not None and
-                              (s := json.loads(m.data))["done"] and s["episode"] == 0 and s, WAIT_S, "episode done")
+            done = probe.wait(
+                lambda: (
+                    (m := probe.last("/policy_runner/status")) is not None
+                    and (s := json.loads(m.data))["done"]
+                    and s["episode"] == 0
+                    and s
+                ),
+                WAIT_S,
+                "episode done",
+            )
         finally:
             stream.stop()
         probe.wait(lambda: len(probe.got("/twin/joint_commands")) >= steps * 10, WAIT_S, "every joint command")
@@ -424,16 +472,21 @@ def test_policy_runner_drives_the_twin_and_publishes_joint_commands(ros, checkpo
         a = np.asarray(actions[0].data)
         assert a.shape == (1,) and 0 <= a[0] < 14  # reach: one discrete action
         assert len(states[0].data) == int(states[0].layout.dim[0].size) and len(states[0].data) > 15
-        print(f"\npolicy_runner: {len(cmds)} joint commands over {span:.2f} s for {steps} control steps; "
-              f"twin robot moved {moved:.3f} rad")
+        print(
+            f"\npolicy_runner: {len(cmds)} joint commands over {span:.2f} s for {steps} control steps; "
+            f"twin robot moved {moved:.3f} rad"
+        )
 
 
 def test_policy_runner_pauses_the_twin_while_the_arm_lags(ros, checkpoint):
     """A real arm that does not follow: the twin never gets more than max_lag_rad ahead of it
     (the bridge would refuse such targets) and the episode stops after lag_timeout_s."""
     lag = 0.05
-    desc = NodeDesc("policy_runner", "policy_runner", {"task": "reach", "checkpoint": str(checkpoint),
-                                                       "max_steps": 50, "max_lag_rad": lag, "lag_timeout_s": 1.0})
+    desc = NodeDesc(
+        "policy_runner",
+        "policy_runner",
+        {"task": "reach", "checkpoint": str(checkpoint), "max_steps": 50, "max_lag_rad": lag, "lag_timeout_s": 1.0},
+    )
     with GraphRunner([desc]), Probe() as probe:
         pub = probe.pub("/joint_states", JointState)
         probe.sub("/twin/joint_commands", JointState)
@@ -444,10 +497,20 @@ def test_policy_runner_pauses_the_twin_while_the_arm_lags(ros, checkpoint):
         try:
             time.sleep(0.3)
             assert probe.call("/policy_runner/start").success
-            paused = probe.wait(lambda: (m := probe.last("/policy_runner/status")) is not None and
-                                (s := json.loads(m.data))["paused"] and s, WAIT_S, "the twin pausing")
-            done = probe.wait(lambda: (m := probe.last("/policy_runner/status")) is not None and
-                              (s := json.loads(m.data))["done"] and s, WAIT_S, "the episode stopping")
+            paused = probe.wait(
+                lambda: (
+                    (m := probe.last("/policy_runner/status")) is not None and (s := json.loads(m.data))["paused"] and s
+                ),
+                WAIT_S,
+                "the twin pausing",
+            )
+            done = probe.wait(
+                lambda: (
+                    (m := probe.last("/policy_runner/status")) is not None and (s := json.loads(m.data))["done"] and s
+                ),
+                WAIT_S,
+                "the episode stopping",
+            )
         finally:
             stream.stop()
     assert paused["lag_rad"] > lag and done["reason"] == "real_arm_not_following", done
@@ -590,32 +653,51 @@ def test_whole_graph_policy_in_twin_real_arm_follows_and_recorder_logs(ros, chec
     hardware = not why_not
     cameras = hardware and not _camera_bridge_missing()
     steps = 12
-    nodes = live_graph(task="reach", checkpoint=str(checkpoint), use_fake_hardware=True, hardware=hardware,
-                       cameras="cam_left" if cameras else "", bag_dir=str(tmp_path), render_rate_hz=0.0,
-                       joint_state_rate_hz=250.0, command_timeout_s=0.5)
+    nodes = live_graph(
+        task="reach",
+        checkpoint=str(checkpoint),
+        use_fake_hardware=True,
+        hardware=hardware,
+        cameras="cam_left" if cameras else "",
+        bag_dir=str(tmp_path),
+        render_rate_hz=0.0,
+        joint_state_rate_hz=250.0,
+        command_timeout_s=0.5,
+    )
     for n in nodes:
         if n.name == "policy_runner":  # a short episode, the twin slow enough for franka-sim to track
             n.parameters.update(max_steps=steps, max_joint_velocity_scale=0.15)
         if n.name == "camera_bridge":  # small, slow software-camera renders: 2 shared cores
             n.parameters.update(width=128, height=96, fps=5, publish_points=False)
     names = [n.name for n in nodes]
-    assert names == (["franka_bridge"] + ["camera_bridge"] * cameras if hardware else []) + \
-        ["twin_sync", "policy_runner", "recorder"]
+    assert names == (["franka_bridge"] + ["camera_bridge"] * cameras if hardware else []) + [
+        "twin_sync",
+        "policy_runner",
+        "recorder",
+    ]
     print(f"\nwhole graph: {names}" + ("" if hardware else f" + a fake arm publisher ({why_not})"))
     t_start = time.monotonic()
     with Probe() as probe:
-        for topic, kind in (("/joint_states", JointState), ("/twin/joint_states", JointState),
-                            ("/twin/joint_commands", JointState), ("/twin/desync", String),
-                            ("/franka_bridge/status", String), ("/policy_runner/status", String),
-                            ("/recorder/status", String), ("/cam_left/color/image_raw", Image)):
+        for topic, kind in (
+            ("/joint_states", JointState),
+            ("/twin/joint_states", JointState),
+            ("/twin/joint_commands", JointState),
+            ("/twin/desync", String),
+            ("/franka_bridge/status", String),
+            ("/policy_runner/status", String),
+            ("/recorder/status", String),
+            ("/cam_left/color/image_raw", Image),
+        ):
             probe.sub(topic, kind, depth=5 if "image" in topic else 1000)
         fake = None if hardware else FakeArm(probe)
         graph = GraphRunner(nodes, mode="process", installed=True, log_dir=tmp_path / "logs")
         graph.start()
 
         def logs() -> str:
-            return "\n".join(f"--- {p.name}:\n{p.read_text(errors='replace')[-1500:]}"
-                             for p in sorted((tmp_path / "logs").glob("*.log")))
+            return "\n".join(
+                f"--- {p.name}:\n{p.read_text(errors='replace')[-1500:]}"
+                for p in sorted((tmp_path / "logs").glob("*.log"))
+            )
 
         try:
             probe.wait(lambda: len(probe.got("/joint_states")) > 20, 3 * WAIT_S, "/joint_states from the arm")
@@ -637,8 +719,15 @@ def test_whole_graph_policy_in_twin_real_arm_follows_and_recorder_logs(ros, chec
             r = probe.call("/policy_runner/start")
             assert r.success, r.message
             start_msg = r.message
-            probe.wait(lambda: (m := probe.last("/policy_runner/status")) is not None and json.loads(m.data)["done"]
-                       and json.loads(m.data)["episode"] == 0, 3 * WAIT_S, "the policy episode to finish")
+            probe.wait(
+                lambda: (
+                    (m := probe.last("/policy_runner/status")) is not None
+                    and json.loads(m.data)["done"]
+                    and json.loads(m.data)["episode"] == 0
+                ),
+                3 * WAIT_S,
+                "the policy episode to finish",
+            )
             first_cmd = np.asarray(probe.got("/twin/joint_commands")[0].position[:7])
             last_cmd = np.asarray(probe.last("/twin/joint_commands").position[:7])
 
@@ -688,8 +777,10 @@ def test_whole_graph_policy_in_twin_real_arm_follows_and_recorder_logs(ros, chec
             if fake is not None:
                 fake.stop()
         exited = graph.returncodes
-    assert reached, (f"the arm did not follow the twin: error {arm_err():.4f} rad; arm at start {q_before}, "
-                     f"first command {first_cmd}, last {last_cmd}; {start_msg}; logs:\n{logs()}")
+    assert reached, (
+        f"the arm did not follow the twin: error {arm_err():.4f} rad; arm at start {q_before}, "
+        f"first command {first_cmd}, last {last_cmd}; {start_msg}; logs:\n{logs()}"
+    )
     moved = float(np.abs(q_after - q_before).max())
     assert moved > 1e-3, "the arm did not move"
     # the twin showed the arm's samples while it moved (latencies are printed, not bounded: they
@@ -705,10 +796,12 @@ def test_whole_graph_policy_in_twin_real_arm_follows_and_recorder_logs(ros, chec
     if cameras:  # camera_bridge -> recorder -> selection reader
         info = eps[0].camera_info["cam_left"]
         assert (info.width, info.height) == (128, 96) and info.K[0, 0] > 0
-    print(f"whole graph up in {t_up:.1f} s; arm moved {moved:.3f} rad following the policy twin "
-          f"(twin paused {policy_status['paused_ticks']} command periods waiting for it); twin follows the arm "
-          f"(arm state stamp -> twin state at the probe): p50 {np.median(follow) * 1e3:.1f} ms, p90 "
-          f"{np.percentile(follow, 90) * 1e3:.1f} ms, p99 {np.percentile(follow, 99) * 1e3:.1f} ms over {len(follow)} "
-          f"samples (twin state after the probe got the sample: p50 {np.median(hop) * 1e3:.1f} ms, p90 "
-          f"{np.percentile(hop, 90) * 1e3:.1f} ms, p99 "
-          f"{np.percentile(hop, 99) * 1e3:.1f} ms); episode of {eps[0].length} joint states, {steps} actions; node exit codes {exited}")
+    print(
+        f"whole graph up in {t_up:.1f} s; arm moved {moved:.3f} rad following the policy twin "
+        f"(twin paused {policy_status['paused_ticks']} command periods waiting for it); twin follows the arm "
+        f"(arm state stamp -> twin state at the probe): p50 {np.median(follow) * 1e3:.1f} ms, p90 "
+        f"{np.percentile(follow, 90) * 1e3:.1f} ms, p99 {np.percentile(follow, 99) * 1e3:.1f} ms over {len(follow)} "
+        f"samples (twin state after the probe got the sample: p50 {np.median(hop) * 1e3:.1f} ms, p90 "
+        f"{np.percentile(hop, 90) * 1e3:.1f} ms, p99 "
+        f"{np.percentile(hop, 99) * 1e3:.1f} ms); episode of {eps[0].length} joint states, {steps} actions; node exit codes {exited}"
+    )

@@ -127,14 +127,24 @@ time.sleep(600)
 """
 
 
-@pytest.mark.parametrize("how,sig", [("cli", signal.SIGKILL), ("cli", signal.SIGTERM), ("embedded", signal.SIGTERM),
-                                     ("embedded", signal.SIGKILL)])
+@pytest.mark.parametrize(
+    "how,sig",
+    [("cli", signal.SIGKILL), ("cli", signal.SIGTERM), ("embedded", signal.SIGTERM), ("embedded", signal.SIGKILL)],
+)
 def test_nodes_end_when_the_process_that_started_them_dies(how, sig, tmp_path):
     """`twinrank live run` (python -m twin.live.runner) or a program embedding GraphRunner
     starts twin_sync and the recorder as processes; killing it ends both."""
     if how == "cli":
-        cmd = [sys.executable, "-m", "twin.live.runner", "hardware:=false", "render_rate_hz:=0",
-               f"bag_dir:={tmp_path}", "--mode", "process"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "twin.live.runner",
+            "hardware:=false",
+            "render_rate_hz:=0",
+            f"bag_dir:={tmp_path}",
+            "--mode",
+            "process",
+        ]
     else:
         cmd = [sys.executable, "-c", EMBEDDED, str(tmp_path)]
     proc = subprocess.Popen(cmd, env=_env(_domain()), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=str(ROOT))
@@ -156,8 +166,9 @@ def test_nodes_end_when_the_process_that_started_them_dies(how, sig, tmp_path):
 def test_nodes_end_when_their_parent_dies_during_start_up(tmp_path):
     """The parent killed while the nodes are still importing (before they can watch it)."""
     cmd = [sys.executable, "-m", "twin.live.runner", "hardware:=false", "render_rate_hz:=0", f"bag_dir:={tmp_path}"]
-    proc = subprocess.Popen(cmd, env=_env(_domain()), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            cwd=str(ROOT))
+    proc = subprocess.Popen(
+        cmd, env=_env(_domain()), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=str(ROOT)
+    )
     nodes: list[int] = []
     try:
         deadline = time.monotonic() + UP_TIMEOUT_S
@@ -207,8 +218,17 @@ def _sim_pids() -> list[int]:
 
 
 def _bridge(env: dict[str, str], *extra: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "twin.live.franka_bridge", "--ros-args", "-p", "use_fake_hardware:=true",
-           "-p", "use_gripper:=false", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "twin.live.franka_bridge",
+        "--ros-args",
+        "-p",
+        "use_fake_hardware:=true",
+        "-p",
+        "use_gripper:=false",
+        *extra,
+    ]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=str(ROOT))
 
 
@@ -288,17 +308,26 @@ def _live_processes(domain: int) -> list[int]:
     return found
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["task:=no_such_task"], "no_such_task"),
-    (["checkpoint:=/no/such/checkpoint"], "/no/such/checkpoint"),
-    (["use_fake_hardware:=true", "cameras:=cam_nowhere"], "cam_nowhere"),
-    (["sync_rate_hz:=-5"], "sync_rate_hz"),
-    (["cameras:=cam_left=bad serial!"], "serial"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["task:=no_such_task"], "no_such_task"),
+        (["checkpoint:=/no/such/checkpoint"], "/no/such/checkpoint"),
+        (["use_fake_hardware:=true", "cameras:=cam_nowhere"], "cam_nowhere"),
+        (["sync_rate_hz:=-5"], "sync_rate_hz"),
+        (["cameras:=cam_left=bad serial!"], "serial"),
+    ],
+)
 def test_bad_arguments_fail_with_one_line_and_start_nothing(args, needle):
     domain = _domain()
-    r = subprocess.run([sys.executable, "-m", "twin.live.runner", *args], env=_env(domain), capture_output=True,
-                       text=True, timeout=UP_TIMEOUT_S / 3, cwd=str(ROOT))
+    r = subprocess.run(
+        [sys.executable, "-m", "twin.live.runner", *args],
+        env=_env(domain),
+        capture_output=True,
+        text=True,
+        timeout=UP_TIMEOUT_S / 3,
+        cwd=str(ROOT),
+    )
     err = r.stderr.strip().splitlines()
     print(f"\n{args}: {err}")
     assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
@@ -308,10 +337,12 @@ def test_bad_arguments_fail_with_one_line_and_start_nothing(args, needle):
 
 def test_graph_runner_validates_every_node_before_starting_any(tmp_path):
     good = NodeDesc("recorder", "recorder", {"bag_dir": str(tmp_path)})
-    for bad, needle in ((NodeDesc("twin_sync", "twin_sync", {"task": "no_such_task"}), "no_such_task"),
-                        (NodeDesc("policy_runner", "policy_runner", {"checkpoint": str(tmp_path / "none")}), "none"),
-                        (NodeDesc("twin_sync", "twin_sync", {"object_gain": 2.0}), "object_gain"),
-                        (NodeDesc("recorder_2", "recorder", {"domain": "mars"}), "mars")):
+    for bad, needle in (
+        (NodeDesc("twin_sync", "twin_sync", {"task": "no_such_task"}), "no_such_task"),
+        (NodeDesc("policy_runner", "policy_runner", {"checkpoint": str(tmp_path / "none")}), "none"),
+        (NodeDesc("twin_sync", "twin_sync", {"object_gain": 2.0}), "object_gain"),
+        (NodeDesc("recorder_2", "recorder", {"domain": "mars"}), "mars"),
+    ):
         runner = GraphRunner([good, bad], mode="process", env=_env(_domain()))
         with pytest.raises(GraphError, match=needle) as info:
             runner.start()
@@ -321,8 +352,14 @@ def test_graph_runner_validates_every_node_before_starting_any(tmp_path):
 
 def test_node_with_bad_parameter_exits_with_one_line():
     """Started on its own (as ros2 launch would, with parameters it did not validate)."""
-    r = subprocess.run([sys.executable, "-m", "twin.live.twin_sync", "--ros-args", "-p", "task:=no_such_task"],
-                       env=_env(_domain()), capture_output=True, text=True, timeout=UP_TIMEOUT_S, cwd=str(ROOT))
+    r = subprocess.run(
+        [sys.executable, "-m", "twin.live.twin_sync", "--ros-args", "-p", "task:=no_such_task"],
+        env=_env(_domain()),
+        capture_output=True,
+        text=True,
+        timeout=UP_TIMEOUT_S,
+        cwd=str(ROOT),
+    )
     err = [line for line in r.stderr.strip().splitlines() if line.startswith("error:")]
     print(f"\n{err}")
     assert r.returncode == 2, (r.returncode, r.stderr[-2000:])

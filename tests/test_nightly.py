@@ -50,9 +50,18 @@ def _flat(text: str) -> str:
 
 def _has(output: str, *texts: str) -> bool:
     return all(_flat(t) in _flat(output) for t in texts)
+
+
 MODEL = "reach-nightly"
-SPEC = {"name": "nightly-test", "tasks": ["reach"], "suite": "default", "conditions": ["nominal", "combined"],
-        "seeds": [100_000, 100_001, 100_002, 100_003], "batch_size": 4, "video": {"enabled": False}}
+SPEC = {
+    "name": "nightly-test",
+    "tasks": ["reach"],
+    "suite": "default",
+    "conditions": ["nominal", "combined"],
+    "seeds": [100_000, 100_001, 100_002, 100_003],
+    "batch_size": 4,
+    "video": {"enabled": False},
+}
 EPISODES = 8  # per checkpoint: 2 conditions x 4 seeds
 
 
@@ -61,19 +70,37 @@ def family(tmp_path_factory):
     """Three registered BC checkpoints (steps 20/40/60), a folder of proxy-real bags, a tiny spec."""
     root = tmp_path_factory.mktemp("nightly")
     uri = f"sqlite:///{root}/mlflow.db"
-    cfg = TrainConfig(algo="bc", task="reach", demos=DemoCfg(episodes=8, seed=1000),
-                      bc=BCConfig(epochs=60, batch_size=512), checkpoint_every=20, eval_episodes=4,
-                      experiment="t", model_name=MODEL)
+    cfg = TrainConfig(
+        algo="bc",
+        task="reach",
+        demos=DemoCfg(episodes=8, seed=1000),
+        bc=BCConfig(epochs=60, batch_size=512),
+        checkpoint_every=20,
+        eval_episodes=4,
+        experiment="t",
+        model_name=MODEL,
+    )
     result = run_training(cfg, root / "run", tracking_uri=uri, cache_dir=root / "cache")
     record_logs("reach", root / "bags" / "proxy_real_bag", episodes=4)
     (root / "spec.yaml").write_text(yaml.safe_dump(SPEC))
-    return {"root": root, "uri": uri, "ckpts": [Path(r.path) for r in result.checkpoints],
-            "versions": {str(Path(r.path).resolve()): r.model_version for r in result.checkpoints}}
+    return {
+        "root": root,
+        "uri": uri,
+        "ckpts": [Path(r.path) for r in result.checkpoints],
+        "versions": {str(Path(r.path).resolve()): r.model_version for r in result.checkpoints},
+    }
 
 
 def _cfg(family, state_dir: Path, **kw) -> NightlyConfig:
-    base = dict(task="reach", spec=str(family["root"] / "spec.yaml"), real_logs=[str(family["root"] / "bags")],
-                state_dir=str(state_dir), tracking_uri=family["uri"], workers=1, ood_reference_episodes=2)
+    base = dict(
+        task="reach",
+        spec=str(family["root"] / "spec.yaml"),
+        real_logs=[str(family["root"] / "bags")],
+        state_dir=str(state_dir),
+        tracking_uri=family["uri"],
+        workers=1,
+        ood_reference_episodes=2,
+    )
     base.update(kw)
     return NightlyConfig(**base)
 
@@ -115,8 +142,10 @@ def test_first_night_evaluates_promotes_and_reports(dir_night, family):
     html = res.report_html.read_text()
     assert html.count("data:image/png;base64,") == 3 and "champion" in html
     client = mlflow.MlflowClient(tracking_uri=family["uri"])
-    assert {a.path for a in client.list_artifacts(res.rank.run_id, "report")} == {"report/report.md",
-                                                                                 "report/report.html"}
+    assert {a.path for a in client.list_artifacts(res.rank.run_id, "report")} == {
+        "report/report.md",
+        "report/report.html",
+    }
     assert client.get_run(res.rank.run_id).data.tags["twinrank.promotion"] == "promoted"
     state = json.loads(res.state_path.read_text())
     assert state_counts(state) == {"seen": 2, "evaluated": 2, "failed": 0}
@@ -135,9 +164,20 @@ def test_rerun_same_night_via_cli_is_free_and_does_not_repromote(dir_night, fami
     dead.wait()
     (Path(cfg.state_dir) / LOCK_FILE).write_text(json.dumps({"pid": dead.pid, "host": "x", "started": "earlier"}))
     config = family["root"] / "nightly.yaml"  # relative paths: relative to the file's folder
-    config.write_text(yaml.safe_dump({"task": "reach", "spec": "spec.yaml", "directory": "run/checkpoints",
-                                      "real_logs": ["bags"], "state_dir": "state", "tracking_uri": family["uri"],
-                                      "workers": 1, "ood_reference_episodes": 2}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "task": "reach",
+                "spec": "spec.yaml",
+                "directory": "run/checkpoints",
+                "real_logs": ["bags"],
+                "state_dir": "state",
+                "tracking_uri": family["uri"],
+                "workers": 1,
+                "ood_reference_episodes": 2,
+            }
+        )
+    )
     r = runner.invoke(app, ["nightly", str(config)])
     assert r.exit_code == 0, r.output
     assert _has(r.output, "took over the lock", f"left by pid {dead.pid}", "0 episode(s) run", "promotion: no change")
@@ -185,8 +225,12 @@ def test_registered_model_source_uses_local_folders_and_downloads_the_rest(famil
     name = "reach-nightly-remote"
     client.create_registered_model(name)
     v20, v40 = (client.get_model_version(MODEL, v) for v in ("1", "2"))
-    client.create_model_version(name, v20.source, run_id=v20.run_id,  # its local folder is gone: downloaded
-                                tags={"checkpoint_dir": str(tmp_path / "gone"), "training_step": "20"})
+    client.create_model_version(
+        name,
+        v20.source,
+        run_id=v20.run_id,  # its local folder is gone: downloaded
+        tags={"checkpoint_dir": str(tmp_path / "gone"), "training_step": "20"},
+    )
     local = tmp_path / "local" / "step_0000040"  # its own folder on disk: used as is
     shutil.copytree(v40.tags["checkpoint_dir"], local)
     client.create_model_version(name, v40.source, run_id=v40.run_id, tags={**v40.tags, "checkpoint_dir": str(local)})
@@ -235,8 +279,12 @@ def test_experiment_source_finds_run_checkpoints_and_reports_bad_sources(family,
     run = client.create_run(exp).info.run_id  # checkpoints logged, never registered: downloaded
     client.log_artifacts(run, str(family["ckpts"][0]), artifact_path="checkpoints/step_0000020")
     client.set_terminated(run)
-    cfg = _cfg(family, tmp_path / "state", experiment=["t", "t-unregistered", "no-such-experiment"],
-               registered_model="no-such-model")
+    cfg = _cfg(
+        family,
+        tmp_path / "state",
+        experiment=["t", "t-unregistered", "no-such-experiment"],
+        registered_model="no-such-model",
+    )
     found = discover(cfg, tmp_path / "state")
     by_source = {(f.source.split("/")[0], f.label): f for f in found.checkpoints}
     local = {k[1]: f for k, f in by_source.items() if k[0] == "experiment:t"}
@@ -245,8 +293,9 @@ def test_experiment_source_finds_run_checkpoints_and_reports_bad_sources(family,
         assert local[step].path.parent == family["ckpts"][0].parent
     # the same content as run/step_0000020 (evaluated once), so the downloaded copy is not listed twice
     assert len({f.checkpoint_id for f in found.checkpoints}) == len(found.checkpoints)
-    assert (tmp_path / "state" / "downloads" / f"run-{run[:12]}" / "checkpoints" / "step_0000020" /
-            "manifest.json").is_file()
+    assert (
+        tmp_path / "state" / "downloads" / f"run-{run[:12]}" / "checkpoints" / "step_0000020" / "manifest.json"
+    ).is_file()
     failed = dict(found.failed)
     assert "no such MLflow experiment" in failed["experiment no-such-experiment"]
     assert "no such registered model" in failed["registered model no-such-model"]
@@ -256,9 +305,17 @@ def test_lock_refuses_a_concurrent_run(family, tmp_path):
     state = tmp_path / "state"
     lock = state / LOCK_FILE
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom selection.nightly import NightlyLock\n"
-                               "NightlyLock(sys.argv[1]).acquire()\nprint('locked', flush=True)\ntime.sleep(120)",
-         str(lock)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\nfrom selection.nightly import NightlyLock\n"
+            "NightlyLock(sys.argv[1]).acquire()\nprint('locked', flush=True)\ntime.sleep(120)",
+            str(lock),
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         cfg = _cfg(family, state, directory=[str(family["root"] / "run" / "checkpoints")])
@@ -312,10 +369,28 @@ def test_scheduler_fires_the_nightly_job_on_its_trigger(family, tmp_path):
 
 def test_cli_rank_prints_the_table_and_writes_a_report(family, tmp_path):
     out = tmp_path / "rank"
-    r = runner.invoke(app, ["rank", f"models:/{MODEL}/1", "--spec", str(family["root"] / "spec.yaml"),
-                            "--real-logs", str(family["root"] / "bags" / "proxy_real_bag"), "--out", str(out),
-                            "--tracking-uri", family["uri"], "--no-promote", "--workers", "1", "--executor", "inline",
-                            "--ood-episodes", "2"])
+    r = runner.invoke(
+        app,
+        [
+            "rank",
+            f"models:/{MODEL}/1",
+            "--spec",
+            str(family["root"] / "spec.yaml"),
+            "--real-logs",
+            str(family["root"] / "bags" / "proxy_real_bag"),
+            "--out",
+            str(out),
+            "--tracking-uri",
+            family["uri"],
+            "--no-promote",
+            "--workers",
+            "1",
+            "--executor",
+            "inline",
+            "--ood-episodes",
+            "2",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert _has(r.output, "Ranking by rule", "promotion: promotion off (--no-promote)", "mlflow ui"), r.output
     ranking = json.loads((out / "ranking.json").read_text())["ranking"]
@@ -333,8 +408,20 @@ def test_cli_bad_input_exits_2_with_the_reason(family, tmp_path):
     assert r.exit_code == 2 and _has(r.output, f"real-data log {missing} does not exist")
     r = runner.invoke(app, ["rank", str(tmp_path / "nope"), "--real-logs", bag])
     assert r.exit_code == 2 and _has(r.output, f"checkpoint {tmp_path / 'nope'} does not exist")
-    r = runner.invoke(app, ["nightly", "--task", "reach", "--directory", ck, "--real-logs", str(missing),
-                            "--state-dir", str(tmp_path / "s")])
+    r = runner.invoke(
+        app,
+        [
+            "nightly",
+            "--task",
+            "reach",
+            "--directory",
+            ck,
+            "--real-logs",
+            str(missing),
+            "--state-dir",
+            str(tmp_path / "s"),
+        ],
+    )
     assert r.exit_code == 2 and _has(r.output, f"real-data log {missing} does not exist")
     r = runner.invoke(app, ["nightly", "--directory", ck, "--state-dir", str(tmp_path / "s")])
     assert r.exit_code == 2 and _has(r.output, "task is empty")
@@ -357,8 +444,22 @@ def test_cli_proxy_real_record_and_truth_say_proxy_real(family, tmp_path):
     assert (bag / "metadata.yaml").is_file()
     r = runner.invoke(app, ["proxy-real", "record", "reach", str(bag)])
     assert r.exit_code == 2 and _has(r.output, "already exists")
-    r = runner.invoke(app, ["proxy-real", "truth", str(family["ckpts"][0]), "--task", "reach", "--out",
-                            str(tmp_path / "truth"), "--episodes", "2", "--executor", "inline"])
+    r = runner.invoke(
+        app,
+        [
+            "proxy-real",
+            "truth",
+            str(family["ckpts"][0]),
+            "--task",
+            "reach",
+            "--out",
+            str(tmp_path / "truth"),
+            "--episodes",
+            "2",
+            "--executor",
+            "inline",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert _has(r.output, "proxy-real success of reach checkpoints", "(proxy-real)")
     rows = (tmp_path / "truth" / "proxy_real_outcomes.csv").read_text().splitlines()
@@ -372,13 +473,26 @@ def test_serve_reports_the_next_run_and_stops_cleanly_on_ctrl_c(family, tmp_path
     import threading
 
     config = tmp_path / "nightly.yaml"
-    config.write_text(yaml.safe_dump({"task": "reach", "spec": str(family["root"] / "spec.yaml"),
-                                      "directory": str(family["ckpts"][0].parent), "state_dir": "state",
-                                      "tracking_uri": family["uri"]}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "task": "reach",
+                "spec": str(family["root"] / "spec.yaml"),
+                "directory": str(family["ckpts"][0].parent),
+                "state_dir": "state",
+                "tracking_uri": family["uri"],
+            }
+        )
+    )
     exe = Path(sys.executable).parent / "twinrank"
-    proc = subprocess.Popen([str(exe), "serve", str(config), "--cron", "30 3 * * *"], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "COLUMNS": "400"})
+    proc = subprocess.Popen(
+        [str(exe), "serve", str(config), "--cron", "30 3 * * *"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "COLUMNS": "400"},
+    )
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
     out: list[str] = []
@@ -410,9 +524,24 @@ def test_serve_reports_the_next_run_and_stops_cleanly_on_ctrl_c(family, tmp_path
 def test_cli_rank_with_an_empty_real_logs_folder_says_it_holds_no_bags(family, tmp_path):
     empty = tmp_path / "no_bags_here"
     empty.mkdir()
-    r = runner.invoke(app, ["rank", str(family["ckpts"][0]), "--spec", str(family["root"] / "spec.yaml"),
-                            "--real-logs", str(empty), "--out", str(tmp_path / "rank"), "--tracking-uri",
-                            family["uri"], "--no-promote", "--executor", "inline"])
+    r = runner.invoke(
+        app,
+        [
+            "rank",
+            str(family["ckpts"][0]),
+            "--spec",
+            str(family["root"] / "spec.yaml"),
+            "--real-logs",
+            str(empty),
+            "--out",
+            str(tmp_path / "rank"),
+            "--tracking-uri",
+            family["uri"],
+            "--no-promote",
+            "--executor",
+            "inline",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert _has(r.output, f"real-data folder {empty} holds no rosbag2 bags"), r.output
     assert "no real-data logs given" not in r.output

@@ -34,9 +34,24 @@ from twin.perturbations import (  # noqa: E402
 from twin.tasks import make_task  # noqa: E402
 
 REQUIRED = [
-    "light_intensity", "light_direction", "light_color", "object_color", "object_texture", "table_texture",
-    "background", "distractors", "camera_position", "camera_orientation", "camera_fov", "object_pose",
-    "object_scale", "friction", "mass", "joint_damping", "controller_gains", "actuation_latency",
+    "light_intensity",
+    "light_direction",
+    "light_color",
+    "object_color",
+    "object_texture",
+    "table_texture",
+    "background",
+    "distractors",
+    "camera_position",
+    "camera_orientation",
+    "camera_fov",
+    "object_pose",
+    "object_scale",
+    "friction",
+    "mass",
+    "joint_damping",
+    "controller_gains",
+    "actuation_latency",
     "observation_noise",
 ]
 
@@ -84,6 +99,7 @@ def _model_hash(scene) -> str:
 
 # ---- factor table and suites --------------------------------------------------------------
 
+
 def test_factor_table_covers_issue() -> None:
     infos = {f["name"]: f for f in list_factors()}
     assert list(FACTOR_NAMES) == REQUIRED
@@ -112,12 +128,19 @@ def test_default_suite_has_every_factor(suite: PerturbationSuite) -> None:
 
 # ---- determinism --------------------------------------------------------------------------
 
+
 def test_same_seed_same_world_across_processes(suite: PerturbationSuite, task) -> None:
     outs = []
     for hashseed in ("1", "2"):
         env = dict(os.environ, PYTHONHASHSEED=hashseed)
-        res = subprocess.run([sys.executable, "-c", _WORLD_SCRIPT, "11"], capture_output=True, text=True,
-                             env=env, check=True, timeout=120)
+        res = subprocess.run(
+            [sys.executable, "-c", _WORLD_SCRIPT, "11"],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=True,
+            timeout=120,
+        )
         outs.append(json.loads(res.stdout.strip().splitlines()[-1]))
     assert outs[0] == outs[1]
     c = suite.sample(11)
@@ -158,6 +181,7 @@ def test_apply_to_scene_never_mutates_input(suite: PerturbationSuite, task) -> N
 
 # ---- YAML and validation ------------------------------------------------------------------
 
+
 def test_yaml_round_trip(suite: PerturbationSuite, tmp_path: Path) -> None:
     path = tmp_path / "s.yaml"
     suite.to_yaml(path)
@@ -179,26 +203,32 @@ tasks:
 """
     s = PerturbationSuite.from_yaml(text)
     assert s.name == "mine" and s.factor_names() == ["light_intensity", "distractors", "camera_fov", "object_pose"]
-    assert s.factors["camera_fov"].range == (0.87, 1.15) and s.factors["object_pose"].extra_ranges["yaw_range"] == (0.0, 0.1)
+    assert s.factors["camera_fov"].range == (0.87, 1.15) and s.factors["object_pose"].extra_ranges["yaw_range"] == (
+        0.0,
+        0.1,
+    )
     assert len(s.sample(0).values["distractors"]["items"]) == 2
     assert len(PerturbationSuite.from_yaml(text, task="mug_to_sink").sample(0).values["distractors"]["items"]) == 3
     assert PerturbationSuite.from_yaml(PerturbationSuite.from_yaml(text).to_yaml()) == s
 
 
-@pytest.mark.parametrize("entry, factor, pattern", [
-    ("light_intensity: {range: [1.6, 0.4]}", "light_intensity", "lo > hi"),
-    ("light_intensity: {range: [0.0, 1.0]}", "light_intensity", r"0 \(exclusive\)"),
-    ("actuation_latency: {range: [-0.01, 0.06]}", "actuation_latency", "outside the allowed bounds"),
-    ("object_scale: {range: [0.9, 3.0]}", "object_scale", "outside the allowed bounds"),
-    ("friction: {range: [a, 1.0]}", "friction", "finite numbers"),
-    ("mass: {range: 1.5}", "mass", "not a range"),
-    ("distractors: {range: [1.5, 3]}", "distractors", "integers"),
-    ("camera_fov: {kind: XX}", "camera_fov", "'AI'"),
-    ("camera_fov: {distribution: offset}", "camera_fov", "scale"),
-    ("camera_fov: {ranges: [1, 1]}", "camera_fov", "unknown field 'ranges'"),
-    ("object_pose: {yaw_range: [0.3, 0.1]}", "object_pose", "yaw_range"),
-    ("lighting: {range: [0.4, 1.6]}", "lighting", "valid factors: light_intensity"),
-])
+@pytest.mark.parametrize(
+    "entry, factor, pattern",
+    [
+        ("light_intensity: {range: [1.6, 0.4]}", "light_intensity", "lo > hi"),
+        ("light_intensity: {range: [0.0, 1.0]}", "light_intensity", r"0 \(exclusive\)"),
+        ("actuation_latency: {range: [-0.01, 0.06]}", "actuation_latency", "outside the allowed bounds"),
+        ("object_scale: {range: [0.9, 3.0]}", "object_scale", "outside the allowed bounds"),
+        ("friction: {range: [a, 1.0]}", "friction", "finite numbers"),
+        ("mass: {range: 1.5}", "mass", "not a range"),
+        ("distractors: {range: [1.5, 3]}", "distractors", "integers"),
+        ("camera_fov: {kind: XX}", "camera_fov", "'AI'"),
+        ("camera_fov: {distribution: offset}", "camera_fov", "scale"),
+        ("camera_fov: {ranges: [1, 1]}", "camera_fov", "unknown field 'ranges'"),
+        ("object_pose: {yaw_range: [0.3, 0.1]}", "object_pose", "yaw_range"),
+        ("lighting: {range: [0.4, 1.6]}", "lighting", "valid factors: light_intensity"),
+    ],
+)
 def test_validation_errors_name_the_factor(entry: str, factor: str, pattern: str) -> None:
     with pytest.raises(PerturbationError) as err:
         PerturbationSuite.from_yaml(f"name: bad\nfactors:\n  {entry}\n")
@@ -220,6 +250,7 @@ def test_load_suite_errors(tmp_path: Path, task) -> None:
 
 
 # ---- each factor alone --------------------------------------------------------------------
+
 
 def _diff(a: Any, b: Any, path: str = "") -> list[str]:
     if isinstance(a, dict) and isinstance(b, dict):
@@ -305,7 +336,8 @@ def test_factor_effects_on_compiled_model(suite: PerturbationSuite, task) -> Non
     assert np.allclose(m.light_diffuse, 0.5 * m0.light_diffuse) and np.allclose(m.light_dir, m0.light_dir)
     m = model("light_direction", 0.4)
     cosines = np.sum(m.light_dir * m0.light_dir, axis=1) / (
-        np.linalg.norm(m.light_dir, axis=1) * np.linalg.norm(m0.light_dir, axis=1))
+        np.linalg.norm(m.light_dir, axis=1) * np.linalg.norm(m0.light_dir, axis=1)
+    )
     # rotation by 0.4 rad about a horizontal axis: each direction turns by at most 0.4 rad
     assert np.all(np.arccos(np.clip(cosines, -1, 1)) <= 0.4 + 1e-6)
     assert np.all(np.arccos(np.clip(cosines, -1, 1)) > 0.2)
@@ -339,6 +371,7 @@ def test_object_scale_range_and_geometry(suite: PerturbationSuite, task) -> None
 
 # ---- env integration ----------------------------------------------------------------------
 
+
 def test_distractors_on_table_clear_of_keepouts_and_stable(suite: PerturbationSuite) -> None:
     from twin.env import TwinEnv
 
@@ -355,7 +388,9 @@ def test_distractors_on_table_clear_of_keepouts_and_stable(suite: PerturbationSu
             g = b.geoms[0]
             r = math.hypot(*g.size[:2]) if g.type == "box" else g.size[0]
             assert -0.15 + r <= x <= 1.05 - r and -0.75 + r <= y <= 0.75 - r
-            assert not (abs(x - sink.pos[0]) < sink.half_extents[0] + r and abs(y - sink.pos[1]) < sink.half_extents[1] + r)
+            assert not (
+                abs(x - sink.pos[0]) < sink.half_extents[0] + r and abs(y - sink.pos[1]) < sink.half_extents[1] + r
+            )
             assert math.hypot(x - 0.5, y - 0.2) > 0.03 + r + 0.05  # clear of the mug's spawn area
         for _ in range(4):
             _, _, _, _, info = env.step(env.action_space.sample() * 0)

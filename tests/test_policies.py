@@ -42,8 +42,9 @@ from twin.tasks import ObservationCfg
 torch.set_num_threads(1)
 
 PC_OBS = ObservationCfg(point_cloud=True, image_size=(96, 72), num_points=512)
-SMALL_DIFFUSION = dict(network="mlp", mlp_hidden=64, mlp_blocks=2, horizon=8, n_action_steps=4, n_obs_steps=2,
-                       num_inference_steps=5)
+SMALL_DIFFUSION = dict(
+    network="mlp", mlp_hidden=64, mlp_blocks=2, horizon=8, n_action_steps=4, n_obs_steps=2, num_inference_steps=5
+)
 
 
 @pytest.fixture(scope="module")
@@ -99,8 +100,9 @@ def test_check_env_names_mode_key_and_shape(disc_env, cont_env):
     other = PolicySpec(task="box_to_shelf", observations=[], action=pc_spec.action)
     with pytest.raises(SpecMismatchError, match="task 'box_to_shelf'.*'mug_to_sink'"):
         other.check_env(single)
-    bounds = PolicySpec(task="mug_to_sink", observations=[],
-                        action=ActionSpec("ee_delta", (7,), low=(-2.0,) * 7, high=(2.0,) * 7))
+    bounds = PolicySpec(
+        task="mug_to_sink", observations=[], action=ActionSpec("ee_delta", (7,), low=(-2.0,) * 7, high=(2.0,) * 7)
+    )
     with pytest.raises(SpecMismatchError, match="action low"):
         bounds.check_env(cont_env[0])
     single.close()
@@ -140,6 +142,7 @@ def test_registry_and_config_validation(disc_env):
     p = make_policy("mlp", {"hidden_sizes": [16, 8]}, spec)
     assert p.config.hidden_sizes == (16, 8)
     with pytest.raises(PolicyRegistryError, match="already registered"):
+
         @register_policy("mlp")
         class Other(MLPPolicy):  # noqa: F811
             pass
@@ -230,8 +233,11 @@ def test_mlp_gaussian_bounds_scaling_and_logprob(cont_env):
     torch.testing.assert_close(logp, logp2)
     assert torch.allclose(ent, ent[0].expand(3))
     # bounds [0, 512]: actions live around the centre of the box and are clipped to it
-    spec = PolicySpec(task="push_t", observations=[ObsSpec("state", (20,))],
-                      action=ActionSpec("pusht_xy", (2,), low=(0, 0), high=(512, 512)))
+    spec = PolicySpec(
+        task="push_t",
+        observations=[ObsSpec("state", (20,))],
+        action=ActionSpec("pusht_xy", (2,), low=(0, 0), high=(512, 512)),
+    )
     q = make_policy("mlp", {"hidden_sizes": (16,)}, spec)
     x = {"state": np.random.default_rng(0).normal(size=(64, 20)).astype(np.float32)}
     det = q.act(x)
@@ -330,8 +336,9 @@ def test_pointcloud_policy_act_embedding_and_robot_state(disc_env):
     assert not p.has_value_head
     with pytest.raises(NotImplementedError, match="value_head"):
         p.get_value(p.as_tensor_batch(obs))
-    v = make_policy("pointcloud", {"value_head": True, "point_mlp": (32, 64), "hidden_sizes": (64,)},
-                    PolicySpec.from_env(env))
+    v = make_policy(
+        "pointcloud", {"value_head": True, "point_mlp": (32, 64), "hidden_sizes": (64,)}, PolicySpec.from_env(env)
+    )
     lp, ent, val = v.evaluate_actions(v.as_tensor_batch(obs), torch.tensor([0, 13]))
     assert lp.shape == ent.shape == val.shape == (2,)
     env.step(a)
@@ -429,8 +436,11 @@ def test_diffusion_policy_chunks_through_executor(cont_env, network):
 def test_diffusion_learns_an_observation_conditioned_chunk():
     """Train the compact model on two obs-conditioned trajectories; DDIM must reproduce them."""
     torch.manual_seed(0)
-    spec = PolicySpec(task="push_t", observations=[ObsSpec("state", (20,))],
-                      action=ActionSpec("pusht_xy", (2,), low=(0, 0), high=(512, 512)))
+    spec = PolicySpec(
+        task="push_t",
+        observations=[ObsSpec("state", (20,))],
+        action=ActionSpec("pusht_xy", (2,), low=(0, 0), high=(512, 512)),
+    )
     p = make_policy("diffusion", dict(SMALL_DIFFUSION, state_dims=5, mlp_hidden=128, num_inference_steps=10), spec)
     b = 64
     up = (torch.arange(b) % 2).bool()

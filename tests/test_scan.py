@@ -40,23 +40,29 @@ def bowl_files(tmp_path_factory) -> dict[str, Path]:
 
 def drop_ball(scene, start_xy=(0.02, 0.0), seconds=1.0) -> np.ndarray:
     """Drop a small free sphere above the bowl centre and return where it rests (world)."""
-    scene.bodies.append(BodyCfg(
-        name="ball", kind="object", joint=JointCfg(type="free"), mass=0.05,
-        pose=Pose(pos=(BOWL_POS[0] + start_xy[0], BOWL_POS[1] + start_xy[1], 0.35)),
-        geoms=[GeomCfg(type="sphere", size=(BALL_RADIUS,), friction=0.8)],
-    ))
+    scene.bodies.append(
+        BodyCfg(
+            name="ball",
+            kind="object",
+            joint=JointCfg(type="free"),
+            mass=0.05,
+            pose=Pose(pos=(BOWL_POS[0] + start_xy[0], BOWL_POS[1] + start_xy[1], 0.35)),
+            geoms=[GeomCfg(type="sphere", size=(BALL_RADIUS,), friction=0.8)],
+        )
+    )
     sim = TwinSim(scene)
     sim.reset_robot()
     steps = int(round(seconds / sim.model.opt.timestep))
     assert sim.step(steps)
-    assert np.abs(sim.data.qvel[sim.model.jnt_dofadr[sim.model.joint("ball_free").id]:][:6]).max() < 0.05
+    assert np.abs(sim.data.qvel[sim.model.jnt_dofadr[sim.model.joint("ball_free").id] :][:6]).max() < 0.05
     return sim.body_pose("ball")[:3]
 
 
 @pytest.mark.parametrize("ext", ["obj", "glb", "ply"])
 def test_voxel_collision_holds_a_ball_inside_the_concave_scan(bowl_files, ext):
-    scene = add_scan(franka_cell(), bowl_files[ext], pose=Pose(pos=BOWL_POS),
-                     sites={"bowl": (*BOWL_POS[:2], 0.08, 0.1, 0.1, 0.07)})
+    scene = add_scan(
+        franka_cell(), bowl_files[ext], pose=Pose(pos=BOWL_POS), sites={"bowl": (*BOWL_POS[:2], 0.08, 0.1, 0.1, 0.07)}
+    )
     scan = scene.body("scan")
     assert scan.kind == "scan" and scan.joint is None
     visual, boxes = scan.geoms[0], scan.geoms[1:]
@@ -82,8 +88,7 @@ def test_hull_collision_fills_the_concavity(bowl_files):
 
 
 def test_scan_scale_pose_and_up_axis(bowl_files):
-    body = scan_body(bowl_files["ply"], name="sink_scan", pose=Pose(pos=(1.0, 2.0, 3.0)), scale=2.0,
-                     voxel_pitch=0.04)
+    body = scan_body(bowl_files["ply"], name="sink_scan", pose=Pose(pos=(1.0, 2.0, 3.0)), scale=2.0, voxel_pitch=0.04)
     assert body.geoms[0].mesh_scale == (2.0, 2.0, 2.0)
     assert Path(body.geoms[0].mesh).is_absolute()
     centers = np.array([g.pose.pos for g in body.geoms[1:]])
@@ -100,8 +105,9 @@ def test_textured_scan_takes_its_mean_texture_colour(tmp_path):
     from PIL import Image
 
     box = trimesh.creation.box(extents=(0.2, 0.2, 0.1))
-    box.visual = trimesh.visual.TextureVisuals(uv=np.full((len(box.vertices), 2), 0.5),
-                                               image=Image.new("RGB", (4, 4), (10, 200, 30)))
+    box.visual = trimesh.visual.TextureVisuals(
+        uv=np.full((len(box.vertices), 2), 0.5), image=Image.new("RGB", (4, 4), (10, 200, 30))
+    )
     box.export(tmp_path / "textured.glb")
     body = scan_body(tmp_path / "textured.glb", collision="hull")
     assert body.geoms[0].rgba == pytest.approx((10 / 255, 200 / 255, 30 / 255, 1.0))
@@ -124,8 +130,12 @@ def test_voxel_boxes_cover_exactly_the_filled_voxels():
 
 def test_add_scan_copies_the_scene_and_adds_sites(bowl_files):
     base = franka_cell()
-    scene = add_scan(base, bowl_files["obj"], pose=Pose(pos=BOWL_POS),
-                     sites={"sink": (0.5, -0.3, 0.08, 0.1, 0.1, 0.07), "drop": (0.4, 0.0, 0.1)})
+    scene = add_scan(
+        base,
+        bowl_files["obj"],
+        pose=Pose(pos=BOWL_POS),
+        sites={"sink": (0.5, -0.3, 0.08, 0.1, 0.1, 0.07), "drop": (0.4, 0.0, 0.1)},
+    )
     assert "scan" not in [b.name for b in base.bodies] and not base.sites
     assert scene.site("sink").half_extents == (0.1, 0.1, 0.07)
     assert scene.site("drop").half_extents == (0.01, 0.01, 0.01) and scene.site("drop").body == ""

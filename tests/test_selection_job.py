@@ -23,8 +23,14 @@ pytestmark = pytest.mark.slow
 
 
 def _spec() -> EvalSpec:
-    return EvalSpec(name="job-test", tasks=["reach"], conditions=["nominal", "object_pose", "combined"],
-                    seeds=list(range(100_000, 100_006)), batch_size=6, video=VideoCfg(enabled=False))
+    return EvalSpec(
+        name="job-test",
+        tasks=["reach"],
+        conditions=["nominal", "object_pose", "combined"],
+        seeds=list(range(100_000, 100_006)),
+        batch_size=6,
+        video=VideoCfg(enabled=False),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -32,28 +38,57 @@ def family(tmp_path_factory):
     """Three registered BC checkpoints of different quality, proxy-real logs, a tracking store."""
     root = tmp_path_factory.mktemp("job")
     uri = f"sqlite:///{root}/mlflow.db"
-    cfg = TrainConfig(algo="bc", task="reach", demos=DemoCfg(episodes=8, seed=1000),
-                      bc=BCConfig(epochs=60, batch_size=512), checkpoint_every=20, eval_episodes=4,
-                      experiment="t", model_name="reach-job")
+    cfg = TrainConfig(
+        algo="bc",
+        task="reach",
+        demos=DemoCfg(episodes=8, seed=1000),
+        bc=BCConfig(epochs=60, batch_size=512),
+        checkpoint_every=20,
+        eval_episodes=4,
+        experiment="t",
+        model_name="reach-job",
+    )
     result = run_training(cfg, root / "run", tracking_uri=uri, cache_dir=root / "cache")
     bag = record_logs("reach", root / "proxy_real_bag", episodes=4)
-    return {"root": root, "uri": uri, "ckpts": [str(r.path) for r in result.checkpoints], "bag": bag,
-            "versions": {str(r.path): r.model_version for r in result.checkpoints}}
+    return {
+        "root": root,
+        "uri": uri,
+        "ckpts": [str(r.path) for r in result.checkpoints],
+        "bag": bag,
+        "versions": {str(r.path): r.model_version for r in result.checkpoints},
+    }
 
 
 @pytest.fixture(scope="module")
 def ranked(family):
     out = family["root"] / "rank"
-    res = rank_checkpoints(family["ckpts"], _spec(), [family["bag"]], out, tracking_uri=family["uri"],
-                           workers=1, ood=OODSettings(reference_episodes=3))
+    res = rank_checkpoints(
+        family["ckpts"],
+        _spec(),
+        [family["bag"]],
+        out,
+        tracking_uri=family["uri"],
+        workers=1,
+        ood=OODSettings(reference_episodes=3),
+    )
     return res
 
 
 def test_ranking_keeps_both_ingredients_and_is_recomputable(ranked):
     df = pd.read_csv(ranked.csv_path)
     assert len(df) == 3 and sorted(df["rank"]) == [1, 2, 3]
-    for col in ("sim_nominal", "sim_perturbed", "sim/nominal", "sim/object_pose", "sim/combined", "ood",
-                "ood/mahalanobis", "ood/knn", "score", "rule"):
+    for col in (
+        "sim_nominal",
+        "sim_perturbed",
+        "sim/nominal",
+        "sim/object_pose",
+        "sim/combined",
+        "ood",
+        "ood/mahalanobis",
+        "ood/knn",
+        "score",
+        "rule",
+    ):
         assert col in df.columns, col
     assert df["ood"].between(0, 1).all() and df["sim_perturbed"].between(0, 1).all()
     # any rule can be recomputed from the CSV alone
@@ -83,9 +118,16 @@ def test_champion_and_challenger_aliases_with_reason(ranked, family):
 
 
 def test_rerun_reuses_the_evaluation_and_gives_the_same_ranking(ranked, family):
-    res = rank_checkpoints(family["ckpts"], _spec(), [family["bag"]], family["root"] / "rank",
-                           tracking_uri=family["uri"], workers=1, ood=OODSettings(reference_episodes=3),
-                           promote=False)
+    res = rank_checkpoints(
+        family["ckpts"],
+        _spec(),
+        [family["bag"]],
+        family["root"] / "rank",
+        tracking_uri=family["uri"],
+        workers=1,
+        ood=OODSettings(reference_episodes=3),
+        promote=False,
+    )
     assert res.campaign.executed == 0 and res.campaign.skipped > 0
     cols = ["checkpoint", "score", "rank", "ood", "sim_perturbed"]
     pd.testing.assert_frame_equal(res.ranking[cols], ranked.ranking[cols])
@@ -97,9 +139,16 @@ def test_bad_inputs_fail_their_row_not_the_ranking(family, tmp_path):
     (broken / "model.safetensors").write_bytes(b"not a safetensors file")
     empty_bag = tmp_path / "empty_bag"
     empty_bag.mkdir()
-    res = rank_checkpoints([*family["ckpts"][:2], str(broken)], _spec(), [empty_bag, family["bag"]],
-                           tmp_path / "rank", tracking_uri=family["uri"], workers=1,
-                           ood=OODSettings(reference_episodes=3), promote=False)
+    res = rank_checkpoints(
+        [*family["ckpts"][:2], str(broken)],
+        _spec(),
+        [empty_bag, family["bag"]],
+        tmp_path / "rank",
+        tracking_uri=family["uri"],
+        workers=1,
+        ood=OODSettings(reference_episodes=3),
+        promote=False,
+    )
     df = res.ranking
     bad = df[df["checkpoint"] == "broken_ckpt"]
     assert len(bad) == 1 and np.isnan(bad["rank"].iloc[0]) and "evaluation failed" in bad["note"].iloc[0]
@@ -128,3 +177,46 @@ def test_rule_choice_by_leave_one_out_prefers_the_rule_that_tracks_real_outcomes
     assert "leave-one-checkpoint-out" in choice.reason
     two = choose_rule([Validation(ing, real, "v1"), Validation(ing.iloc[:4], {k: real[k] for k in list(real)[:4]})])
     assert "leave-one-validation-out" in two.reason and np.isfinite(two.loo_mmrv)
+
+
+def test_rank_rolls_out_only_what_the_spec_asks_and_scores_ood_on_the_recorded_episodes(family, tmp_path, monkeypatch):
+    """One rollout engine: the ranking's OOD references are the observations its evaluation
+    campaign recorded (the first reference_episodes seeds of nominal and combined), so the
+    twin resets exactly once per (checkpoint, condition, seed) of the spec."""
+    from twin.env import TwinEnv
+
+    resets = []
+    real_reset = TwinEnv.reset
+
+    def counted(self, *args, **kwargs):
+        resets.append(kwargs.get("seed"))
+        return real_reset(self, *args, **kwargs)
+
+    monkeypatch.setattr(TwinEnv, "reset", counted)  # counts the real resets; nothing else changes
+    spec = _spec()
+    res = rank_checkpoints(
+        family["ckpts"],
+        spec,
+        [family["bag"]],
+        tmp_path / "rank",
+        tracking_uri=family["uri"],
+        executor="inline",
+        promote=False,
+        ood=OODSettings(reference_episodes=3),
+    )
+    assert len(resets) == len(family["ckpts"]) * len(spec.episodes("reach"))  # 3 x 18, nothing more
+    campaign = res.campaign
+    assert campaign.record_episodes["reach"] == [("nominal", s) for s in spec.seed_list()[:3]] + [
+        ("combined", s) for s in spec.seed_list()[:3]
+    ]
+    df = pd.read_csv(res.csv_path)
+    for s in campaign.checkpoints:
+        ref = campaign.recorded_obs(s.checkpoint_id)
+        lengths = [
+            r.length
+            for r in campaign.episodes_of(s.checkpoint_id)
+            if (r.condition, r.seed) in set(campaign.record_episodes["reach"])
+        ]
+        assert len(ref["state"]) == sum(lengths) and sorted(set(ref["episode_index"])) == list(range(6))
+        row = df[df["checkpoint_id"] == s.checkpoint_id].iloc[0]
+        assert row["ood_n_ref"] == sum(lengths) and np.isfinite(row["ood"])

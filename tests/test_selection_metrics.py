@@ -25,8 +25,20 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from selection.metrics import (MetricWarning, SelectionMetricsError, compare_ranking, kendall_tau, load_real_results,
-                               load_scores, mmrv, pearson, ranking_quality, regret_at_1, spearman, topk_recall)
+from selection.metrics import (
+    MetricWarning,
+    SelectionMetricsError,
+    compare_ranking,
+    kendall_tau,
+    load_real_results,
+    load_scores,
+    mmrv,
+    pearson,
+    ranking_quality,
+    regret_at_1,
+    spearman,
+    topk_recall,
+)
 from twinrank.cli import app
 
 runner = CliRunner()
@@ -237,8 +249,11 @@ def test_compare_ranking_drops_unknown_and_reports_missing():
 
 def _coke_can_files(tmp_path):
     rank = tmp_path / "ranking.csv"
-    rank.write_text("checkpoint,score,reversed\n" + "".join(
-        f"{c},{s},{-s}\n" for c, s in zip(CKPTS, SIM_VISUAL_MATCHING)) + "extra-ckpt,0.5,-0.5\n")
+    rank.write_text(
+        "checkpoint,score,reversed\n"
+        + "".join(f"{c},{s},{-s}\n" for c, s in zip(CKPTS, SIM_VISUAL_MATCHING))
+        + "extra-ckpt,0.5,-0.5\n"
+    )
     real = tmp_path / "real.csv"
     real.write_text("checkpoint,real_success\n" + "".join(f"{c},{r}\n" for c, r in zip(CKPTS, REAL)) + "ghost,0.4\n")
     return rank, real
@@ -259,8 +274,9 @@ def test_cli_validate_prints_metrics_warnings_and_json(tmp_path):
 def test_cli_validate_column_choice_and_errors(tmp_path):
     rank, real = _coke_can_files(tmp_path)
     out = tmp_path / "rev.json"
-    r = runner.invoke(app, ["validate", str(rank), "--real", str(real), "--column", "reversed", "--k", "2",
-                            "--json", str(out)])
+    r = runner.invoke(
+        app, ["validate", str(rank), "--real", str(real), "--column", "reversed", "--k", "2", "--json", str(out)]
+    )
     assert r.exit_code == 0, r.output
     m = json.loads(out.read_text())["metrics"]
     assert m["pearson"] == pytest.approx(-0.975434, abs=1e-6) and m["topk_recall"] == 0.0 and m["k"] == 2

@@ -105,9 +105,18 @@ def test_monotonic_in_shift_for_mahalanobis_and_knn(reach):
 def test_perturbation_suite_target_scores_higher(reach):
     """Target observations from the twin with the mug moved 20-25 cm beyond its randomization range."""
     policy, _, held, reference = reach
-    suite = PerturbationSuite(name="far_mug", factors={
-        "object_pose": FactorSpec(name="object_pose", kind="SA", distribution="offset", range=(0.2, 0.25),
-                                  extra_ranges={"yaw_range": (0.0, 0.0)})})
+    suite = PerturbationSuite(
+        name="far_mug",
+        factors={
+            "object_pose": FactorSpec(
+                name="object_pose",
+                kind="SA",
+                distribution="offset",
+                range=(0.2, 0.25),
+                extra_ranges={"yaw_range": (0.0, 0.0)},
+            )
+        },
+    )
     policy.seed(2)
     shifted = collect_reference_obs(policy, "reach", range(2000, 2006), deterministic=False, suite=suite)
     ind = score(policy, reference, {k: v[:150] for k, v in held.items()})
@@ -231,8 +240,11 @@ def test_gaussian_policy_action_spread_under_input_noise(reach, tmp_path):
 def test_gaussian_policy_with_dropout_uses_mc_dropout(reach):
     _, ref_obs, held, _ = reach
     torch.manual_seed(2)
-    spec = PolicySpec(task="reach", observations=[ObsSpec("state", (22,))],
-                      action=ActionSpec("ee_delta", (7,), low=(-1.0,) * 7, high=(1.0,) * 7))
+    spec = PolicySpec(
+        task="reach",
+        observations=[ObsSpec("state", (22,))],
+        action=ActionSpec("ee_delta", (7,), low=(-1.0,) * 7, high=(1.0,) * 7),
+    )
     policy = make_policy("mlp", {"hidden_sizes": (64, 64)}, spec)
     policy.fit_normalizer(ref_obs)
     policy.actor.insert(2, torch.nn.Dropout(0.2))  # a model with dropout layers
@@ -244,8 +256,9 @@ def test_gaussian_policy_with_dropout_uses_mc_dropout(reach):
     s = score(policy, ref, held)
     assert np.isfinite(s.per_observation["action_spread"]).all() and (s.per_observation["action_spread"] > 0).all()
     assert not policy.training and not policy.actor[2].training  # modes restored
-    np.testing.assert_array_equal(score(policy, ref, held).per_observation["action_spread"],
-                                  s.per_observation["action_spread"])  # seeded dropout masks
+    np.testing.assert_array_equal(
+        score(policy, ref, held).per_observation["action_spread"], s.per_observation["action_spread"]
+    )  # seeded dropout masks
 
 
 def _trajectories(rng: np.random.Generator, n_eps: int, length: int, offset: float) -> dict[str, np.ndarray]:
@@ -263,10 +276,24 @@ def _trajectories(rng: np.random.Generator, n_eps: int, length: int, offset: flo
 
 def test_chunk_self_consistency_on_diffusion_policy():
     torch.manual_seed(0)
-    spec = PolicySpec(task="push_t", observations=[ObsSpec("state", (5,))],
-                      action=ActionSpec("pusht_xy", (2,), low=(0, 0), high=(512, 512)))
-    policy = make_policy("diffusion", dict(network="mlp", mlp_hidden=64, mlp_blocks=2, horizon=8, n_action_steps=4,
-                                           n_obs_steps=2, num_inference_steps=3), spec)
+    spec = PolicySpec(
+        task="push_t",
+        observations=[ObsSpec("state", (5,))],
+        action=ActionSpec("pusht_xy", (2,), low=(0, 0), high=(512, 512)),
+    )
+    policy = make_policy(
+        "diffusion",
+        dict(
+            network="mlp",
+            mlp_hidden=64,
+            mlp_blocks=2,
+            horizon=8,
+            n_action_steps=4,
+            n_obs_steps=2,
+            num_inference_steps=3,
+        ),
+        spec,
+    )
     rng = np.random.default_rng(0)
     ref_obs = _trajectories(rng, 8, 10, 0.0)
     held = _trajectories(rng, 4, 10, 0.0)

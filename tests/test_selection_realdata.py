@@ -35,12 +35,24 @@ def _ts(ts: list[float]) -> np.ndarray:
     return np.array([round(t * 1e9) / 1e9 for t in ts])
 
 
-def _record(path: Path, fmt: str = "mcap", episodes: int = 3, steps: int = 6, robot: str = "fr3",
-            seed: int = 0) -> dict:
+def _record(
+    path: Path, fmt: str = "mcap", episodes: int = 3, steps: int = 6, robot: str = "fr3", seed: int = 0
+) -> dict:
     """Write a bag with ``episodes`` episodes and return what was written."""
     rng = np.random.default_rng(seed)
-    out: dict = {"t": [], "q": [], "w": [], "dq": [], "wv": [], "tau": [], "state": [], "proprio": [],
-                 "act": [], "success": [True, False, None], "reason": ["", "dropped_object", ""]}
+    out: dict = {
+        "t": [],
+        "q": [],
+        "w": [],
+        "dq": [],
+        "wv": [],
+        "tau": [],
+        "state": [],
+        "proprio": [],
+        "act": [],
+        "success": [True, False, None],
+        "reason": ["", "dropped_object", ""],
+    }
     with BagWriter(path, "mug_to_sink", domain="proxy-real", fmt=fmt, robot=robot, meta={"site": "lab"}) as w:
         for k in range(episodes):
             t0 = 5.0 * k + 0.25
@@ -197,8 +209,9 @@ def test_iter_episodes_and_hold(tmp_path: Path) -> None:
     _record(tmp_path / "b", episodes=1, seed=2)
     eps = list(iter_episodes([tmp_path / "a", tmp_path / "b"]))
     assert [(Path(e.source).name, e.episode) for e in eps] == [("a", 0), ("a", 1), ("b", 0)]
-    np.testing.assert_array_equal(hold(np.array([0.0, 1.0, 2.0]), np.array([10, 11, 12]), np.array([-1, 0.5, 1.0, 5])),
-                                  [10, 10, 11, 12])
+    np.testing.assert_array_equal(
+        hold(np.array([0.0, 1.0, 2.0]), np.array([10, 11, 12]), np.array([-1, 0.5, 1.0, 5])), [10, 10, 11, 12]
+    )
     with pytest.raises(RealDataError, match="no samples"):
         hold(np.zeros(0), np.zeros(0), np.array([1.0]))
 
@@ -265,13 +278,20 @@ def test_sim_images_through_adapter_and_bag(tmp_path: Path) -> None:
     T = 3
     cloud = rng.normal(size=(T, 32, 6)).astype(np.float32)
     cloud[..., 3:] = rng.integers(0, 256, (T, 32, 3)).astype(np.float32) * np.float32(1.0 / 255.0)
-    ep = Episode(obs={"proprio": rng.normal(size=(T, 15)).astype(np.float32),
-                      "rgb/cam_left": rng.integers(0, 256, (T, 16, 20, 3), dtype=np.uint8),
-                      "depth/cam_left": rng.uniform(0.1, 2, (T, 16, 20)).astype(np.float32),
-                      "point_cloud": cloud},
-                 actions=rng.normal(size=(T, 7)).astype(np.float32), rewards=np.zeros(T, np.float32),
-                 privileged=rng.normal(size=(T, 22)).astype(np.float32), success_flags=np.array([0, 0, 1], bool),
-                 seed=7, failure_reason="")
+    ep = Episode(
+        obs={
+            "proprio": rng.normal(size=(T, 15)).astype(np.float32),
+            "rgb/cam_left": rng.integers(0, 256, (T, 16, 20, 3), dtype=np.uint8),
+            "depth/cam_left": rng.uniform(0.1, 2, (T, 16, 20)).astype(np.float32),
+            "point_cloud": cloud,
+        },
+        actions=rng.normal(size=(T, 7)).astype(np.float32),
+        rewards=np.zeros(T, np.float32),
+        privileged=rng.normal(size=(T, 22)).astype(np.float32),
+        success_flags=np.array([0, 0, 1], bool),
+        seed=7,
+        failure_reason="",
+    )
     h5 = tmp_path / "cams.h5"
     EpisodeWriter(h5, "reach", "ee_delta").add(ep)
     (sim,) = episodes_from_sim(h5)
@@ -290,8 +310,7 @@ def test_sim_images_through_adapter_and_bag(tmp_path: Path) -> None:
 
 # ---- bad input -----------------------------------------------------------------------------
 def test_errors_are_value_errors() -> None:
-    for cls in (BagNotFoundError, EmptyBagError, CorruptBagError, MissingTopicError, JointNameError,
-                EpisodeEventError):
+    for cls in (BagNotFoundError, EmptyBagError, CorruptBagError, MissingTopicError, JointNameError, EpisodeEventError):
         assert issubclass(cls, RealDataError) and issubclass(cls, ValueError)
 
 
@@ -398,8 +417,11 @@ def test_missing_required_topic(tmp_path: Path) -> None:
         w.start_episode(t=0.0)
         w.write_franka_state(0.0, np.zeros(7), 0.0)
         w.end_episode(True)
-    with pytest.raises(MissingTopicError, match=r"required topic /twinrank/obs/state; topics present: "
-                                                r"\['/joint_states', '/twinrank/episode', '/twinrank/meta'\]"):
+    with pytest.raises(
+        MissingTopicError,
+        match=r"required topic /twinrank/obs/state; topics present: "
+        r"\['/joint_states', '/twinrank/episode', '/twinrank/meta'\]",
+    ):
         read_bag(bag, require=("joint_states", "obs/state"))
     with pytest.raises(MissingTopicError, match="/cam/color/image_raw"):
         read_bag(bag, require=("/cam/color/image_raw",))
@@ -416,8 +438,11 @@ def test_mismatched_joint_names(tmp_path: Path) -> None:
         w.start_episode(t=0.0)
         w.write_joint_state(0.0, ["shoulder_pan_joint", "elbow_joint"], [0.0, 1.0])
         w.end_episode(True)
-    with pytest.raises(JointNameError, match=r"expected fr3_joint1\.\.fr3_joint7.*panda_joint1.*found "
-                                             r"\['shoulder_pan_joint', 'elbow_joint'\]"):
+    with pytest.raises(
+        JointNameError,
+        match=r"expected fr3_joint1\.\.fr3_joint7.*panda_joint1.*found "
+        r"\['shoulder_pan_joint', 'elbow_joint'\]",
+    ):
         read_bag(ur)
     partial = tmp_path / "partial"
     with BagWriter(partial, "reach") as w:
@@ -446,28 +471,45 @@ def _events_bag(path: Path, events: list[tuple[float, dict]]) -> Path:
 
 
 def test_start_without_end(tmp_path: Path) -> None:
-    bag = _events_bag(tmp_path / "noend", [(0.0, {"event": "start", "episode": 0, "task": "reach", "seed": 4}),
-                                           (1.0, {"event": "end", "episode": 0, "success": True}),
-                                           (2.0, {"event": "start", "episode": 1, "task": "reach", "seed": 5})])
-    with pytest.warns(RealDataWarning, match=r"episode 1 started at t=2\.000 s has no end event; kept with success=None"):
+    bag = _events_bag(
+        tmp_path / "noend",
+        [
+            (0.0, {"event": "start", "episode": 0, "task": "reach", "seed": 4}),
+            (1.0, {"event": "end", "episode": 0, "success": True}),
+            (2.0, {"event": "start", "episode": 1, "task": "reach", "seed": 5}),
+        ],
+    )
+    with pytest.warns(
+        RealDataWarning, match=r"episode 1 started at t=2\.000 s has no end event; kept with success=None"
+    ):
         eps = read_bag(bag)
     assert [(e.episode, e.success, e.complete) for e in eps] == [(0, True, True), (1, None, False)]
     assert eps[1].length == 2 and eps[1].seed == 5  # data up to the bag's end is kept
     with pytest.raises(EpisodeEventError, match="no end event"):
         read_bag(bag, strict=True)
     # A start followed by another start closes the first one as incomplete.
-    twice = _events_bag(tmp_path / "twice", [(0.0, {"event": "start", "episode": 0}),
-                                             (1.0, {"event": "start", "episode": 1}),
-                                             (2.0, {"event": "end", "episode": 1, "success": False})])
+    twice = _events_bag(
+        tmp_path / "twice",
+        [
+            (0.0, {"event": "start", "episode": 0}),
+            (1.0, {"event": "start", "episode": 1}),
+            (2.0, {"event": "end", "episode": 1, "success": False}),
+        ],
+    )
     with pytest.warns(RealDataWarning, match="episode 0 started"):
         eps = read_bag(twice)
     assert [(e.episode, e.success, e.complete, e.length) for e in eps] == [(0, None, False, 2), (1, False, True, 2)]
 
 
 def test_end_without_start(tmp_path: Path) -> None:
-    bag = _events_bag(tmp_path / "nostart", [(0.0, {"event": "end", "episode": 6, "success": True}),
-                                             (1.0, {"event": "start", "episode": 7}),
-                                             (2.0, {"event": "end", "episode": 7, "success": None})])
+    bag = _events_bag(
+        tmp_path / "nostart",
+        [
+            (0.0, {"event": "end", "episode": 6, "success": True}),
+            (1.0, {"event": "start", "episode": 7}),
+            (2.0, {"event": "end", "episode": 7, "success": None}),
+        ],
+    )
     with pytest.warns(RealDataWarning, match=r"end event of episode 6 at t=0\.000 s has no start event"):
         eps = read_bag(bag)
     assert [(e.episode, e.success, e.complete) for e in eps] == [(7, None, True)]
@@ -477,8 +519,10 @@ def test_end_without_start(tmp_path: Path) -> None:
 
 
 def test_malformed_episode_events(tmp_path: Path) -> None:
-    wrong = _events_bag(tmp_path / "wrong", [(0.0, {"event": "start", "episode": 0}),
-                                             (1.0, {"event": "end", "episode": 3, "success": True})])
+    wrong = _events_bag(
+        tmp_path / "wrong",
+        [(0.0, {"event": "start", "episode": 0}), (1.0, {"event": "end", "episode": 3, "success": True})],
+    )
     with pytest.raises(EpisodeEventError, match="is for episode 3 but episode 0 is open"):
         read_bag(wrong)
     bad = tmp_path / "notjson"

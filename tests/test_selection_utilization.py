@@ -14,9 +14,21 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from selection.utilization import (Run, UtilizationError, UtilizationWarning, allocate_budget, fit_power_law,
-                                   global_ratio, global_ratios, include_other, load_table, local_ratio,
-                                   local_ratio_from_table, make_table, speed_ratio)
+from selection.utilization import (
+    Run,
+    UtilizationError,
+    UtilizationWarning,
+    allocate_budget,
+    fit_power_law,
+    global_ratio,
+    global_ratios,
+    include_other,
+    load_table,
+    local_ratio,
+    local_ratio_from_table,
+    make_table,
+    speed_ratio,
+)
 from twinrank.cli import app
 
 runner = CliRunner()
@@ -63,11 +75,16 @@ def test_local_ratio_general_two_run_solve_and_sign():
 
 
 def test_local_ratio_from_table_picks_the_operating_point():
-    runs = make_table([
-        {"n_real": 50, "n_other": 0, "success": 0.2}, {"n_real": 100, "n_other": 0, "success": 0.3},
-        {"n_real": 200, "n_other": 0, "success": 0.5}, {"n_real": 100, "n_other": 1000, "success": 0.4},
-        {"n_real": 200, "n_other": 500, "success": 0.55}, {"n_real": 200, "n_other": 1000, "success": 0.6},
-    ])
+    runs = make_table(
+        [
+            {"n_real": 50, "n_other": 0, "success": 0.2},
+            {"n_real": 100, "n_other": 0, "success": 0.3},
+            {"n_real": 200, "n_other": 0, "success": 0.5},
+            {"n_real": 100, "n_other": 1000, "success": 0.4},
+            {"n_real": 200, "n_other": 500, "success": 0.55},
+            {"n_real": 200, "n_other": 1000, "success": 0.6},
+        ]
+    )
     lr = local_ratio_from_table(runs)  # largest shared n_real (200), largest n_other there (1000)
     assert (lr.n_real, lr.n_other) == (200, 1000) and lr.eta == pytest.approx(0.0025 / 0.0001)
     lr = local_ratio_from_table(runs, n_real=100)
@@ -109,8 +126,13 @@ def test_table_3_mix_fits_the_budget_and_beats_real_only_in_real_equivalents():
 
 def test_allocation_is_optimal_under_the_model():
     fit = fit_power_law([Run(n, 0, 0.02 * n**0.6) for n in (25, 50, 100)])
-    cases = [(4, 72.0, 2.25, 16, 1, None), (4, 72.0, 2.25, 16, 50, 1000), (2, 60.0, 10.0, 4, 10, 300),
-             (2, 60.0, 10.0, 8, 0, None), (3, 30.0, 3.0, -5, 0, None)]
+    cases = [
+        (4, 72.0, 2.25, 16, 1, None),
+        (4, 72.0, 2.25, 16, 50, 1000),
+        (2, 60.0, 10.0, 4, 10, 300),
+        (2, 60.0, 10.0, 8, 0, None),
+        (3, 30.0, 3.0, -5, 0, None),
+    ]
     for hours, c_real, c_other, eta, min_real, max_other in cases:
         a = allocate_budget(hours, c_real, c_other, eta, fit=fit, min_real=min_real, max_other=max_other)
         budget = hours * 3600
@@ -154,8 +176,11 @@ def test_power_law_recovers_known_alpha_beta():
     assert (exact.alpha, exact.beta, exact.r2) == pytest.approx((alpha, beta, 1.0), rel=1e-9)
     assert exact.equivalent_real(exact.predict(137.0)) == pytest.approx(137.0)
     rng = np.random.default_rng(1)  # 3 noisy seeds per scale, multiplicative noise of 3 %
-    rows = [{"n_real": n, "n_other": 0, "success": alpha * n**beta * math.exp(rng.normal(0, 0.03))}
-            for n in (25, 50, 100, 200, 400) for _ in range(3)]
+    rows = [
+        {"n_real": n, "n_other": 0, "success": alpha * n**beta * math.exp(rng.normal(0, 0.03))}
+        for n in (25, 50, 100, 200, 400)
+        for _ in range(3)
+    ]
     noisy = fit_power_law(make_table(rows))
     assert noisy.n_points == 5  # seeds averaged per scale
     assert noisy.beta == pytest.approx(beta, abs=0.03) and noisy.alpha == pytest.approx(alpha, rel=0.15)
@@ -238,8 +263,9 @@ def _table(tmp_path):
 
 
 def test_cli_utilization_reports_ratios_fit_and_decision(tmp_path):
-    r = runner.invoke(app, ["utilization", str(_table(tmp_path)), "--budget-hours", "4", "--cost-real", "72",
-                            "--cost-other", "2.25"])
+    r = runner.invoke(
+        app, ["utilization", str(_table(tmp_path)), "--budget-hours", "4", "--cost-real", "72", "--cost-other", "2.25"]
+    )
     assert r.exit_code == 0, r.output
     out = " ".join(r.output.split())
     assert "eta_local = +20 at N_real=200" in out
@@ -248,8 +274,9 @@ def test_cli_utilization_reports_ratios_fit_and_decision(tmp_path):
     # other data capped at the measured 1000: 168 real + 1000 sim gives N_eq 218.0, but whole samples do
     # better with 169 real (12168 s) + 992 sim (2232 s): N_eq = 169 + 992/20 = 218.6
     assert "chosen 169 992 4.00 218.6" in out  # the table row (plain columns when not on a terminal)
-    r = runner.invoke(app, ["utilization", str(_table(tmp_path)), "--budget-hours", "4", "--cost-real", "72",
-                            "--cost-other", "9"])  # speed ratio 8 < 20
+    r = runner.invoke(
+        app, ["utilization", str(_table(tmp_path)), "--budget-hours", "4", "--cost-real", "72", "--cost-other", "9"]
+    )  # speed ratio 8 < 20
     assert r.exit_code == 0 and "decision: real data only" in " ".join(r.output.split())
 
 

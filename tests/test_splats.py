@@ -110,11 +110,17 @@ def test_projection_and_sh_match_gsplat_torch_helpers():
         ours = eval_sh(deg, sh, dirs)
         theirs = _torch_impl._spherical_harmonics(deg, dirs, sh)
         torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
-    covars, _ = _torch_impl._quat_scale_to_covar_preci(torch.as_tensor(a.quats), torch.as_tensor(a.scales),
-                                                      compute_covar=True, compute_preci=False, triu=False)
+    covars, _ = _torch_impl._quat_scale_to_covar_preci(
+        torch.as_tensor(a.quats), torch.as_tensor(a.scales), compute_covar=True, compute_preci=False, triu=False
+    )
     radii, means2d, depths, conics, _ = _torch_impl._fully_fused_projection(
-        torch.as_tensor(a.means), covars, torch.as_tensor(cam.viewmat, dtype=torch.float32)[None],
-        torch.as_tensor(cam.K, dtype=torch.float32)[None], cam.width, cam.height)
+        torch.as_tensor(a.means),
+        covars,
+        torch.as_tensor(cam.viewmat, dtype=torch.float32)[None],
+        torch.as_tensor(cam.K, dtype=torch.float32)[None],
+        cam.width,
+        cam.height,
+    )
     p = project(s, cam)
     vis = (radii[0] > 0).all(-1)
     assert vis.sum() > 50
@@ -227,8 +233,9 @@ def test_moving_a_body_moves_its_pixels_not_the_background(env, scene_splats):
     np.testing.assert_array_equal(after.quats[~m], before.quats[~m])
     # pixels: the mug's pixels change, and only around the mug (old or new place)
     r0, r1 = render(before, cam), render(after, cam)
-    mug_px = (render(before.subset(np.flatnonzero(m)), cam).alpha > 0) | \
-             (render(after.subset(np.flatnonzero(m)), cam).alpha > 0)
+    mug_px = (render(before.subset(np.flatnonzero(m)), cam).alpha > 0) | (
+        render(after.subset(np.flatnonzero(m)), cam).alpha > 0
+    )
     changed = np.abs(r0.rgb - r1.rgb).max(-1) > 1e-4
     assert changed.sum() > 20
     assert not (changed & ~mug_px).any()
@@ -278,8 +285,9 @@ def test_twin_camera_from_splats_and_wrapper(env, scene_splats):
     from twin.splats.twin_camera import SplatCameraWrapper, render_twin_camera_splats
     from twin.tasks import ObservationCfg
 
-    sf = render_twin_camera_splats(env, "cam_left", SplatBinding(scene_splats, env.sim.model, env.sim.data),
-                                   width=64, height=48, backend="cpu")
+    sf = render_twin_camera_splats(
+        env, "cam_left", SplatBinding(scene_splats, env.sim.model, env.sim.data), width=64, height=48, backend="cpu"
+    )
     assert sf.frame.rgb.shape == (48, 64, 3) and sf.frame.rgb.dtype == np.uint8
     pc = sf.frame.point_cloud()
     assert len(pc) > 0.9 * 64 * 48
@@ -318,7 +326,7 @@ def test_colour_alignment_recovers_a_known_transform(kind):
     rng = np.random.default_rng(0)
     twin = rng.uniform(0.05, 0.9, (48, 64, 3))
     a, b, q = np.array([0.8, 1.1, 0.9]), np.array([0.05, -0.03, 0.08]), np.array([0.15, -0.1, 0.05])
-    real = (q * twin ** 2 if kind == "quadratic" else 0) + a * twin + b
+    real = (q * twin**2 if kind == "quadratic" else 0) + a * twin + b
     real = np.clip(real + rng.normal(0, 0.005, real.shape), 0, 1)
     aligned, t, err = align_colors(twin, real, kind)
     assert err["after"]["rmse"] < 0.3 * err["before"]["rmse"]
@@ -334,7 +342,7 @@ def test_colour_alignment_recovers_a_known_transform(kind):
 def test_colour_alignment_of_a_splat_render_to_a_tinted_view(env, scene_splats):
     cam = camera_from_env(env, "cam_left", 64, 48)
     twin = render(scene_splats, cam).rgb
-    real = np.clip(0.7 * twin ** 1.3 * np.array([1.0, 0.9, 1.2]) + 0.06, 0, 1)  # "real" camera response
+    real = np.clip(0.7 * twin**1.3 * np.array([1.0, 0.9, 1.2]) + 0.06, 0, 1)  # "real" camera response
     _, _, aff = align_colors(twin, real, "affine")
     _, _, quad = align_colors(twin, real, "quadratic")
     assert aff["after"]["rmse"] < 0.5 * aff["before"]["rmse"]
@@ -368,8 +376,10 @@ def test_splat_cameras_by_observation_config():
 
     cfg = dict(rgb=True, depth=True, point_cloud=True, image_size=(64, 48), num_points=512)
     plain = TwinEnv("mug_to_sink", observations=ObservationCfg(**cfg))
-    splat = TwinEnv("mug_to_sink", observations=ObservationCfg(**cfg, splat_cameras=("cam_right",),
-                                                               splat_backend="cpu", splat_count=8000))
+    splat = TwinEnv(
+        "mug_to_sink",
+        observations=ObservationCfg(**cfg, splat_cameras=("cam_right",), splat_backend="cpu", splat_count=8000),
+    )
     try:
         a, _ = plain.reset(seed=3)
         b, _ = splat.reset(seed=3)
@@ -390,4 +400,36 @@ def test_splat_cameras_by_observation_config():
         plain.close()
         splat.close()
     with pytest.raises(ValueError, match="splat_cameras"):
-        TwinEnv("mug_to_sink", observations=ObservationCfg(rgb=True, cameras=("cam_left",), splat_cameras=("cam_right",)))
+        TwinEnv(
+            "mug_to_sink", observations=ObservationCfg(rgb=True, cameras=("cam_left",), splat_cameras=("cam_right",))
+        )
+
+
+def test_one_splat_camera_mechanism_for_config_wrapper_and_user_splats(scene_splats):
+    """The wrapper is configuration of the env's own splat cameras: a wrapped env, an env given
+    the same splats through use_splats, give identical observations; the camera is rendered
+    from the user's splats (not MuJoCo, not mesh-sampled ones)."""
+    from twin.env import TwinEnv
+    from twin.splats.twin_camera import SplatCameraWrapper
+    from twin.tasks import ObservationCfg
+
+    cfg = ObservationCfg(rgb=True, depth=True, image_size=(48, 36))
+    a, b, c = (TwinEnv("mug_to_sink", observations=cfg) for _ in range(3))
+    try:
+        wrapped = SplatCameraWrapper(a, ["cam_right"], scene_splats, backend="cpu")
+        b.use_splats(["cam_right"], scene_splats, backend="cpu")
+        oa, _ = wrapped.reset(seed=0)
+        ob, _ = b.reset(seed=0)
+        oc, _ = c.reset(seed=0)
+        for k in ("rgb/cam_right", "depth/cam_right", "rgb/cam_left"):
+            assert np.array_equal(oa[k], ob[k]), k
+        assert np.array_equal(oa["rgb/cam_left"], oc["rgb/cam_left"])  # other cameras stay MuJoCo
+        assert not np.array_equal(oa["rgb/cam_right"], oc["rgb/cam_right"])
+        act = np.zeros(7, np.float32)
+        sa, sb = wrapped.step(act)[0], b.step(act)[0]
+        assert np.array_equal(sa["rgb/cam_right"], sb["rgb/cam_right"])
+        with pytest.raises(ValueError, match="splat_cameras"):
+            b.use_splats(["no_such_camera"])
+    finally:
+        for e in (a, b, c):
+            e.close()

@@ -46,7 +46,7 @@ def _close_envs():
     _ENVS.clear()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _expert_run(task: str, seed: int) -> tuple[bool, tuple[float, ...], float, int]:
     """(success, per-step rewards, reward at reset, steps) of one nominal expert episode."""
     env = _env(task)
@@ -149,6 +149,7 @@ def test_cameras_see_scene_at_start_and_success(task, tmp_path):
 
 # ---- box_to_shelf ---------------------------------------------------------------------------
 
+
 def test_box_to_shelf_success_predicate():
     env = _env("box_to_shelf")
     env.reset(seed=0)
@@ -188,6 +189,7 @@ def test_box_to_shelf_randomizes_box_pose():
 
 
 # ---- open_cabinet ---------------------------------------------------------------------------
+
 
 def _cabinet_yaw(sim) -> float:
     w, _, _, z = sim.body_pose("cabinet")[3:]

@@ -12,9 +12,16 @@ from twinrank.cli import app
 
 def test_bc_run_registers_every_checkpoint_as_a_model_version(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    cfg = TrainConfig(algo="bc", task="reach", demos=DemoCfg(episodes=8, seed=1000),
-                      bc=BCConfig(epochs=300, batch_size=512), checkpoint_every=100, eval_episodes=12,
-                      experiment="t", model_name="reach-bc-test")
+    cfg = TrainConfig(
+        algo="bc",
+        task="reach",
+        demos=DemoCfg(episodes=8, seed=1000),
+        bc=BCConfig(epochs=300, batch_size=512),
+        checkpoint_every=100,
+        eval_episodes=12,
+        experiment="t",
+        model_name="reach-bc-test",
+    )
     result = run_training(cfg, tmp_path / "run", tracking_uri=uri, cache_dir=tmp_path / "cache")
     assert [r.step for r in result.checkpoints] == [100, 200, 300]
     client = mlflow.MlflowClient(tracking_uri=uri)
@@ -48,8 +55,16 @@ def test_ppo_bc_run_leaves_checkpoints_of_different_quality(tmp_path):
     the first checkpoint (1k env steps) is still about as good as its BC warm start, later ones
     better. This is the family the evaluator and selector rank."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    cfg = TrainConfig(algo="ppo_bc", task="reach", demos=DemoCfg(episodes=5, seed=1000), total_env_steps=8000,
-                      checkpoint_every=5, eval_episodes=20, experiment="t", model_name="reach-ppo-bc-test")
+    cfg = TrainConfig(
+        algo="ppo_bc",
+        task="reach",
+        demos=DemoCfg(episodes=5, seed=1000),
+        total_env_steps=8000,
+        checkpoint_every=5,
+        eval_episodes=20,
+        experiment="t",
+        model_name="reach-ppo-bc-test",
+    )
     cfg.ppo.num_envs, cfg.ppo.n_steps = 8, 25
     result = run_training(cfg, tmp_path / "run", tracking_uri=uri, cache_dir=tmp_path / "cache")
     steps = [r.step for r in result.checkpoints]
@@ -72,11 +87,26 @@ def test_diffusion_bc_on_push_t_end_to_end(tmp_path):
     from policies.train import default_config, with_overrides
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    cfg = with_overrides(default_config("diffusion_bc", "push_t"), **{
-        "demos.episodes": 3, "bc.epochs": 4, "checkpoint_every": 2, "eval_episodes": 1, "experiment": "t",
-        "model_name": "pusht-diffusion-test", "policy_config": {"state_dims": 5, "network": "mlp", "mlp_hidden": 64,
-                                                                 "mlp_blocks": 2, "horizon": 8, "n_action_steps": 4,
-                                                                 "num_inference_steps": 5}})
+    cfg = with_overrides(
+        default_config("diffusion_bc", "push_t"),
+        **{
+            "demos.episodes": 3,
+            "bc.epochs": 4,
+            "checkpoint_every": 2,
+            "eval_episodes": 1,
+            "experiment": "t",
+            "model_name": "pusht-diffusion-test",
+            "policy_config": {
+                "state_dims": 5,
+                "network": "mlp",
+                "mlp_hidden": 64,
+                "mlp_blocks": 2,
+                "horizon": 8,
+                "n_action_steps": 4,
+                "num_inference_steps": 5,
+            },
+        },
+    )
     result = run_training(cfg, tmp_path / "run", tracking_uri=uri, cache_dir=tmp_path / "cache")
     assert [r.step for r in result.checkpoints] == [2, 4]
     client = mlflow.MlflowClient(tracking_uri=uri)

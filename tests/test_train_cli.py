@@ -20,10 +20,33 @@ def trained(tmp_path_factory):
     store.mkdir()
     elsewhere.mkdir()
     uri = f"sqlite:///{store}/mlflow.db"
-    p = subprocess.run([TWINRANK, "train", "--algo", "bc", "--task", "reach", "--epochs", "2", "--set",
-                        "eval_episodes=0", "--set", "demos.episodes=2", "--set", "checkpoint_every=1",
-                        "--tracking-uri", uri, "--out", str(store / "train")],
-                       cwd=elsewhere, capture_output=True, text=True, timeout=900, env=dict(os.environ))
+    p = subprocess.run(
+        [
+            TWINRANK,
+            "train",
+            "--algo",
+            "bc",
+            "--task",
+            "reach",
+            "--epochs",
+            "2",
+            "--set",
+            "eval_episodes=0",
+            "--set",
+            "demos.episodes=2",
+            "--set",
+            "checkpoint_every=1",
+            "--tracking-uri",
+            uri,
+            "--out",
+            str(store / "train"),
+        ],
+        cwd=elsewhere,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=dict(os.environ),
+    )
     return root, store, elsewhere, uri, p
 
 

@@ -58,23 +58,63 @@ def rich_scene(tmp_path: Path) -> SceneCfg:
     scene.sites.append(cab_site)
     mesh_file = tmp_path / "part.obj"
     trimesh.creation.box(extents=(0.04, 0.06, 0.02)).export(mesh_file)
-    scene.bodies.append(BodyCfg(
-        name="drawer rail", kind="my custom kind", pose=Pose(pos=(0.2, 0.4, 0.1), quat=yaw_quat(0.4)),
-        geoms=[GeomCfg(type="capsule", size=(0.01, 0.05), pose=Pose(pos=(0.0, 0.0, 0.02), quat=(0.8, 0.6, 0.0, 0.0)),
-                       rgba=(0.1, 0.2, 0.3, 0.5))],
-        children=[BodyCfg(name="drawer", mass=0.3, pose=Pose(pos=(0.05, 0.0, 0.0)),
-                          joint=JointCfg(name="drawer_slide", type="slide", axis=(1.0, 0.0, 0.0), pos=(0.0, 0.01, 0.0),
-                                         range=(0.0, 0.2), damping=2.0, frictionloss=0.1, stiffness=0.5),
-                          geoms=[GeomCfg(type="sphere", size=(0.02,), friction=0.7, name=""),
-                                 GeomCfg(type="mesh", mesh=str(mesh_file), mesh_scale=(1.0, 2.0, 0.5),
-                                         pose=Pose(pos=(0.0, 0.0, 0.03)), name="handle mesh"),
-                                 GeomCfg(type="box", size=(0.01, 0.01, 0.01), collide=False, name="marker"),
-                                 GeomCfg(type="box", size=(0.03, 0.03, 0.001), visible=False, name="proxy")])],
-    ))
+    scene.bodies.append(
+        BodyCfg(
+            name="drawer rail",
+            kind="my custom kind",
+            pose=Pose(pos=(0.2, 0.4, 0.1), quat=yaw_quat(0.4)),
+            geoms=[
+                GeomCfg(
+                    type="capsule",
+                    size=(0.01, 0.05),
+                    pose=Pose(pos=(0.0, 0.0, 0.02), quat=(0.8, 0.6, 0.0, 0.0)),
+                    rgba=(0.1, 0.2, 0.3, 0.5),
+                )
+            ],
+            children=[
+                BodyCfg(
+                    name="drawer",
+                    mass=0.3,
+                    pose=Pose(pos=(0.05, 0.0, 0.0)),
+                    joint=JointCfg(
+                        name="drawer_slide",
+                        type="slide",
+                        axis=(1.0, 0.0, 0.0),
+                        pos=(0.0, 0.01, 0.0),
+                        range=(0.0, 0.2),
+                        damping=2.0,
+                        frictionloss=0.1,
+                        stiffness=0.5,
+                    ),
+                    geoms=[
+                        GeomCfg(type="sphere", size=(0.02,), friction=0.7, name=""),
+                        GeomCfg(
+                            type="mesh",
+                            mesh=str(mesh_file),
+                            mesh_scale=(1.0, 2.0, 0.5),
+                            pose=Pose(pos=(0.0, 0.0, 0.03)),
+                            name="handle mesh",
+                        ),
+                        GeomCfg(type="box", size=(0.01, 0.01, 0.01), collide=False, name="marker"),
+                        GeomCfg(type="box", size=(0.03, 0.03, 0.001), visible=False, name="proxy"),
+                    ],
+                )
+            ],
+        )
+    )
     scene.bodies[0].geoms[0].texture = TextureCfg(builtin="gradient", rgb1=(0.1, 0.2, 0.3), repeat=(2.0, 3.0))
     scene.floor_texture = TextureCfg(builtin="checker")
-    scene.lights.append(LightCfg(name="sun", pos=(0.0, 0.0, 3.0), dir=(0.3, 0.1, -1.0), directional=True,
-                                 castshadow=True, ambient=(0.2, 0.2, 0.2), specular=(0.0, 0.1, 0.0)))
+    scene.lights.append(
+        LightCfg(
+            name="sun",
+            pos=(0.0, 0.0, 3.0),
+            dir=(0.3, 0.1, -1.0),
+            directional=True,
+            castshadow=True,
+            ambient=(0.2, 0.2, 0.2),
+            specular=(0.0, 0.1, 0.0),
+        )
+    )
     scene.cameras[0].cx, scene.cameras[0].cy, scene.cameras[0].fy = 318.5, 244.25, 610.0
     scene.sites.append(SiteCfg(name="drop zone", pos=(0.3, 0.3, 0.05), half_extents=(0.05, 0.06, 0.07)))
     scene.physics.timestep = 0.001
@@ -85,6 +125,7 @@ def rich_scene(tmp_path: Path) -> SceneCfg:
 
 
 # ---- round trips --------------------------------------------------------------------------
+
 
 def test_task_scene_round_trip_keeps_everything(tmp_path):
     scene = task_scene()
@@ -127,8 +168,14 @@ def test_round_tripped_scene_compiles_to_the_same_model(tmp_path):
     for scene in (task_scene(), rich_scene(tmp_path)):
         back = read_scene_usd(write_scene_usd(scene, tmp_path / "s.usda"))
         m1, m2 = compile_scene(scene).model, compile_scene(back).model
-        assert (m1.nbody, m1.ngeom, m1.njnt, m1.ncam, m1.nlight, m1.nsite) == \
-            (m2.nbody, m2.ngeom, m2.njnt, m2.ncam, m2.nlight, m2.nsite)
+        assert (m1.nbody, m1.ngeom, m1.njnt, m1.ncam, m1.nlight, m1.nsite) == (
+            m2.nbody,
+            m2.ngeom,
+            m2.njnt,
+            m2.ncam,
+            m2.nlight,
+            m2.nsite,
+        )
         np.testing.assert_allclose(m2.body_mass, m1.body_mass, rtol=1e-12)
         np.testing.assert_allclose(m2.body_pos, m1.body_pos, atol=1e-12)
         np.testing.assert_allclose(m2.body_quat, m1.body_quat, atol=1e-12)
@@ -298,57 +345,104 @@ def test_hand_authored_minimal_stage_loads_and_compiles(tmp_path):
 
 # ---- bad input ----------------------------------------------------------------------------
 
+
 def _stage_text(body: str, header: str = 'defaultPrim = "World"') -> str:
     return f'#usda 1.0\n(\n    {header}\n)\n\ndef Xform "World"\n{{\n{body}\n}}\n'
 
 
 def _prim(kind: str, name: str, *body: str, schemas: str = "") -> str:
-    meta = f' (\n    prepend apiSchemas = [{schemas}]\n)' if schemas else ""
+    meta = f" (\n    prepend apiSchemas = [{schemas}]\n)" if schemas else ""
     return f'def {kind} "{name}"{meta}\n{{\n' + "\n".join(body) + "\n}"
 
 
 _XFORM_B = 'double3 xformOp:translate = (0, 0, 0)\nuniform token[] xformOpOrder = ["xformOp:translate"]'
 BAD_STAGES = {
-    "malformed": ('#usda 1.0\ndef Xform "World" {\n  double3 xformOp:translate = (0, 0\n}\n',
-                  r"malformed and could not be parsed \(line 4, column 1: parse error matching Sdf_"),
+    "malformed": (
+        '#usda 1.0\ndef Xform "World" {\n  double3 xformOp:translate = (0, 0\n}\n',
+        r"malformed and could not be parsed \(line 4, column 1: parse error matching Sdf_",
+    ),
     "no_world": ('#usda 1.0\ndef Xform "Root"\n{\n}\n', "no default prim and no /World"),
-    "mesh_file_missing": (_stage_text(_prim("Mesh", "scan", "asset twinrank:meshFile = @missing_scan.obj@")),
-                          r"Mesh prim /World/scan: mesh file 'missing_scan.obj' not found"),
-    "mesh_without_file": (_stage_text(_prim("Mesh", "scan", "point3f[] points = [(0, 0, 0)]")),
-                          "Mesh prim /World/scan has no twinrank:meshFile"),
+    "mesh_file_missing": (
+        _stage_text(_prim("Mesh", "scan", "asset twinrank:meshFile = @missing_scan.obj@")),
+        r"Mesh prim /World/scan: mesh file 'missing_scan.obj' not found",
+    ),
+    "mesh_without_file": (
+        _stage_text(_prim("Mesh", "scan", "point3f[] points = [(0, 0, 0)]")),
+        "Mesh prim /World/scan has no twinrank:meshFile",
+    ),
     "negative_size": (_stage_text(_prim("Cube", "crate", "double size = -1")), r"/World/crate.size = -1.0"),
-    "zero_radius": (_stage_text(_prim("Xform", "b", _prim("Sphere", "s", "double radius = 0"))),
-                    r"/World/b/s.radius = 0.0"),
+    "zero_radius": (
+        _stage_text(_prim("Xform", "b", _prim("Sphere", "s", "double radius = 0"))),
+        r"/World/b/s.radius = 0.0",
+    ),
     "zero_height": (_stage_text(_prim("Capsule", "c", "double height = 0")), r"/World/c.height = 0.0"),
-    "zero_scale": (_stage_text(_prim("Cube", "crate", "double3 xformOp:scale = (1, 0, 1)",
-                                     'uniform token[] xformOpOrder = ["xformOp:scale"]')),
-                   r"/World/crate: xformOp:scale"),
-    "non_finite": (_stage_text(_prim("Cube", "crate", "double3 xformOp:translate = (nan, 0, 0)",
-                                     'uniform token[] xformOpOrder = ["xformOp:translate"]')),
-                   r"/World/crate: non-finite transform"),
-    "non_finite_matrix": (_stage_text(_prim("Cube", "crate", "float xformOp:rotateX = inf",
-                                            'uniform token[] xformOpOrder = ["xformOp:rotateX"]')),
-                          r"/World/crate: non-finite transform"),
-    "mirrored": (_stage_text(_prim("Xform", "b",
-                                   "matrix4d xformOp:transform = "
-                                   "((-1, 0, 0, 0), (0, 1, 0, 0), (0, 0, 1, 0), (0, 0, 0, 1))",
-                                   'uniform token[] xformOpOrder = ["xformOp:transform"]', _prim("Cube", "c"))),
-                 r"/World/b: transform is mirrored"),
-    "unknown_joint_prim": (_stage_text(_prim("Xform", "b", _XFORM_B, _prim("Cube", "c"),
-                                             _prim("PhysicsSphericalJoint", "ball_joint",
-                                                   "rel physics:body1 = </World/b>"))),
-                           r"joint prim /World/b/ball_joint is a PhysicsSphericalJoint joint; unknown joint type"),
-    "unknown_joint_attr": (_stage_text(_prim("Xform", "b", 'custom token twinrank:joint = "ball"', _prim("Cube", "c"))),
-                           r"/World/b.twinrank:joint = 'ball': unknown joint type"),
-    "joint_without_body1": (_stage_text(_prim("Xform", "b", _prim("Cube", "c"),
-                                              _prim("PhysicsRevoluteJoint", "hinge"))),
-                            r"joint prim /World/b/hinge: physics:body1 is not set"),
+    "zero_scale": (
+        _stage_text(
+            _prim(
+                "Cube", "crate", "double3 xformOp:scale = (1, 0, 1)", 'uniform token[] xformOpOrder = ["xformOp:scale"]'
+            )
+        ),
+        r"/World/crate: xformOp:scale",
+    ),
+    "non_finite": (
+        _stage_text(
+            _prim(
+                "Cube",
+                "crate",
+                "double3 xformOp:translate = (nan, 0, 0)",
+                'uniform token[] xformOpOrder = ["xformOp:translate"]',
+            )
+        ),
+        r"/World/crate: non-finite transform",
+    ),
+    "non_finite_matrix": (
+        _stage_text(
+            _prim("Cube", "crate", "float xformOp:rotateX = inf", 'uniform token[] xformOpOrder = ["xformOp:rotateX"]')
+        ),
+        r"/World/crate: non-finite transform",
+    ),
+    "mirrored": (
+        _stage_text(
+            _prim(
+                "Xform",
+                "b",
+                "matrix4d xformOp:transform = ((-1, 0, 0, 0), (0, 1, 0, 0), (0, 0, 1, 0), (0, 0, 0, 1))",
+                'uniform token[] xformOpOrder = ["xformOp:transform"]',
+                _prim("Cube", "c"),
+            )
+        ),
+        r"/World/b: transform is mirrored",
+    ),
+    "unknown_joint_prim": (
+        _stage_text(
+            _prim(
+                "Xform",
+                "b",
+                _XFORM_B,
+                _prim("Cube", "c"),
+                _prim("PhysicsSphericalJoint", "ball_joint", "rel physics:body1 = </World/b>"),
+            )
+        ),
+        r"joint prim /World/b/ball_joint is a PhysicsSphericalJoint joint; unknown joint type",
+    ),
+    "unknown_joint_attr": (
+        _stage_text(_prim("Xform", "b", 'custom token twinrank:joint = "ball"', _prim("Cube", "c"))),
+        r"/World/b.twinrank:joint = 'ball': unknown joint type",
+    ),
+    "joint_without_body1": (
+        _stage_text(_prim("Xform", "b", _prim("Cube", "c"), _prim("PhysicsRevoluteJoint", "hinge"))),
+        r"joint prim /World/b/hinge: physics:body1 is not set",
+    ),
     "y_up": (_stage_text(_prim("Cube", "c"), header='defaultPrim = "World"\n    upAxis = "Y"'), "upAxis = 'Y'"),
-    "centimetres": (_stage_text(_prim("Cube", "c"), header='defaultPrim = "World"\n    metersPerUnit = 0.01'),
-                    "metersPerUnit = 0.01"),
+    "centimetres": (
+        _stage_text(_prim("Cube", "c"), header='defaultPrim = "World"\n    metersPerUnit = 0.01'),
+        "metersPerUnit = 0.01",
+    ),
     "unsupported_gprim": (_stage_text(_prim("Xform", "b", _prim("Cone", "c"))), r"/World/b/c is a Cone"),
-    "bad_mass": (_stage_text(_prim("Cube", "c", "float physics:mass = -2", schemas='"PhysicsMassAPI"')),
-                 r"/World/c.physics:mass = -2.0"),
+    "bad_mass": (
+        _stage_text(_prim("Cube", "c", "float physics:mass = -2", schemas='"PhysicsMassAPI"')),
+        r"/World/c.physics:mass = -2.0",
+    ),
 }
 
 
@@ -392,6 +486,7 @@ def test_mesh_file_resolves_next_to_the_stage(tmp_path):
 
 # ---- exports of compiled twins ------------------------------------------------------------
 
+
 def test_export_compiled_usd_has_scene_and_robot_links(tmp_path):
     compiled = compile_scene(task_scene())
     path = export_compiled_usd(compiled, tmp_path / "compiled.usd")
@@ -413,7 +508,7 @@ def test_export_compiled_usd_has_scene_and_robot_links(tmp_path):
     assert_same(compiled.scene.to_dict(), read_scene_usd(path).to_dict())
 
     # With data: free bodies are written where the simulation has them.
-    data.qpos[model.jnt_qposadr[model.joint("mug_free").id]:][:3] = (0.3, 0.25, 0.2)
+    data.qpos[model.jnt_qposadr[model.joint("mug_free").id] :][:3] = (0.3, 0.25, 0.2)
     moved = read_scene_usd(export_compiled_usd(compiled, tmp_path / "moved.usda", data=data))
     assert moved.body("mug").pose.pos == pytest.approx((0.3, 0.25, 0.2))
 

@@ -12,7 +12,8 @@ episode's last observation/info are in ``infos["final_obs"][i]`` / ``infos["fina
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -40,8 +41,14 @@ class BatchedTwinEnv:
         if len(cfgs) != num_envs:
             raise ValueError(f"got {len(cfgs)} task configs for {num_envs} envs; give one per env or a single one")
         self.envs = [
-            TwinEnv(task, cfg=cfgs[i], control_mode=control_mode, observations=observations, suite=suite,
-                    max_steps=max_steps)
+            TwinEnv(
+                task,
+                cfg=cfgs[i],
+                control_mode=control_mode,
+                observations=observations,
+                suite=suite,
+                max_steps=max_steps,
+            )
             for i in range(num_envs)
         ]
         self.num_envs = num_envs
@@ -52,8 +59,9 @@ class BatchedTwinEnv:
         self._next_seed = np.arange(num_envs, dtype=np.int64)
 
     # ---- reset -------------------------------------------------------------------------------
-    def reset(self, seeds: Sequence[int] | int | None = None,
-              conditions: Sequence[Condition | None] | None = None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    def reset(
+        self, seeds: Sequence[int] | int | None = None, conditions: Sequence[Condition | None] | None = None
+    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """Reset all envs. ``seeds``: one per env, or a base seed (env i gets base + i)."""
         if seeds is None:
             seeds = list(range(self.num_envs))
@@ -62,14 +70,16 @@ class BatchedTwinEnv:
         if len(seeds) != self.num_envs:
             raise ValueError(f"got {len(seeds)} seeds for {self.num_envs} envs; give one seed per env")
         conditions = conditions or [None] * self.num_envs
-        results = [self.envs[i].reset(seed=int(seeds[i]), options={"condition": conditions[i]})
-                   for i in range(self.num_envs)]
+        results = [
+            self.envs[i].reset(seed=int(seeds[i]), options={"condition": conditions[i]}) for i in range(self.num_envs)
+        ]
         self._done[:] = False
         self._next_seed = np.asarray(seeds, dtype=np.int64) + self.num_envs
         return self._stack([r[0] for r in results]), self._stack_infos([r[1] for r in results])
 
-    def reset_envs(self, env_ids: Sequence[int], seeds: Sequence[int],
-                   conditions: Sequence[Condition | None] | None = None) -> dict[str, np.ndarray]:
+    def reset_envs(
+        self, env_ids: Sequence[int], seeds: Sequence[int], conditions: Sequence[Condition | None] | None = None
+    ) -> dict[str, np.ndarray]:
         """Reset a subset; returns the full stacked observation."""
         conditions = conditions or [None] * len(env_ids)
         for i, s, c in zip(env_ids, seeds, conditions):
@@ -114,8 +124,13 @@ class BatchedTwinEnv:
         if final_obs:
             info_out["final_obs"] = final_obs
             info_out["final_info"] = final_info
-        return (self._stack(obs_list), np.asarray(rewards, dtype=np.float32), np.asarray(terms),
-                np.asarray(truncs), info_out)
+        return (
+            self._stack(obs_list),
+            np.asarray(rewards, dtype=np.float32),
+            np.asarray(terms),
+            np.asarray(truncs),
+            info_out,
+        )
 
     @property
     def done(self) -> np.ndarray:

@@ -112,17 +112,24 @@ def compile_scene(scene: SceneCfg) -> CompiledScene:
 
 # ---- pieces ----------------------------------------------------------------------------------
 
+
 def _add_skybox(spec: mujoco.MjSpec, scene: SceneCfg) -> None:
     rgb = np.clip(np.asarray(scene.background_rgb), 0, 1)
-    tex = spec.add_texture(name="skybox", type=mujoco.mjtTexture.mjTEXTURE_SKYBOX,
-                           builtin=mujoco.mjtBuiltin.mjBUILTIN_GRADIENT, width=64, height=64)
+    tex = spec.add_texture(
+        name="skybox",
+        type=mujoco.mjtTexture.mjTEXTURE_SKYBOX,
+        builtin=mujoco.mjtBuiltin.mjBUILTIN_GRADIENT,
+        width=64,
+        height=64,
+    )
     tex.rgb1 = list(rgb)
     tex.rgb2 = list(rgb * 0.4)
 
 
 def _add_floor(spec: mujoco.MjSpec, scene: SceneCfg) -> None:
-    floor = spec.worldbody.add_geom(name="floor", type=mujoco.mjtGeom.mjGEOM_PLANE,
-                                    size=[3.0, 3.0, 0.05], pos=[0.0, 0.0, FLOOR_Z])
+    floor = spec.worldbody.add_geom(
+        name="floor", type=mujoco.mjtGeom.mjGEOM_PLANE, size=[3.0, 3.0, 0.05], pos=[0.0, 0.0, FLOOR_Z]
+    )
     floor.rgba = list(scene.floor_rgba)
     if scene.floor_texture is not None:
         floor.material = _add_material(spec, "floor", scene.floor_texture, scene.floor_rgba)
@@ -202,14 +209,19 @@ def geom_volume(g: GeomCfg) -> float:
     return 0.0
 
 
-def _add_geom(spec: mujoco.MjSpec, body: mujoco.MjsBody, g: GeomCfg, name: str, owner: BodyCfg,
-              total_volume: float) -> None:
+def _add_geom(
+    spec: mujoco.MjSpec, body: mujoco.MjsBody, g: GeomCfg, name: str, owner: BodyCfg, total_volume: float
+) -> None:
     geom = body.add_geom(name=name, type=_GEOM_TYPES[g.type], pos=list(g.pose.pos), quat=list(g.pose.quat))
     if g.type == "mesh":
         mesh_name = f"mesh_{name}"
         verts, faces = load_mesh(g.mesh, where=f"body {owner.name!r} geom {name!r}")
-        spec.add_mesh(name=mesh_name, uservert=verts.reshape(-1).tolist(),
-                      userface=faces.reshape(-1).tolist(), scale=list(g.mesh_scale))
+        spec.add_mesh(
+            name=mesh_name,
+            uservert=verts.reshape(-1).tolist(),
+            userface=faces.reshape(-1).tolist(),
+            scale=list(g.mesh_scale),
+        )
         geom.meshname = mesh_name
     else:
         size = list(g.size) + [0.0] * (3 - len(g.size))

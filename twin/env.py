@@ -17,10 +17,10 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from twin.compile import CompiledScene, compile_scene
 from twin.perturbations import Condition, PerturbationSuite, nominal_condition
 from twin.robot import euler_to_mat, mat_to_quat, quat_to_mat
 from twin.scene import SceneCfg
-from twin.compile import CompiledScene, compile_scene
 from twin.sim import TwinSim
 from twin.tasks.base import ObservationCfg, Task, TaskCfg, TaskError, make_task
 
@@ -31,7 +31,7 @@ _SIM_CACHE_SIZE = 6
 #: model alone (``Task.writes_model`` False): envs of one scene step their own MjData on one
 #: MjModel, as MuJoCo intends. Eight envs of a worker then hold one copy of the meshes and
 #: collision data instead of eight (memory, and the CPU caches the physics runs from).
-_SHARED_MODELS: "weakref.WeakValueDictionary[str, CompiledScene]" = weakref.WeakValueDictionary()
+_SHARED_MODELS: weakref.WeakValueDictionary[str, CompiledScene] = weakref.WeakValueDictionary()
 
 
 def _discrete_table(pos_step: float, rot_step: float) -> list[tuple[np.ndarray, np.ndarray, float | None]]:
@@ -92,6 +92,8 @@ class TwinEnv(gym.Env):
         self._renderers: dict[tuple[str, int, int], Any] = {}
         self._scene_key = ""
         self._splats: tuple[str, Any] | None = None  # (scene key, SplatBinding) for splat cameras
+        self._user_splats: Any = None  # SplatBinding of splats given to use_splats (a scan), else None
+        self._splat_background: tuple[float, float, float] = (0.0, 0.0, 0.0)
         # condition's scene values -> (perturbed scene, its digest): a reset under values seen
         # before neither copies nor hashes the scene again
         self._variants: OrderedDict[str, tuple[SceneCfg, str]] = OrderedDict()
@@ -109,10 +111,47 @@ class TwinEnv(gym.Env):
         self._failed_reason = ""
         self.action_space = self._make_action_space()
         self.observation_space = self._make_observation_space()
-        extra = [c for c in self.cfg.observations.splat_cameras if c not in self.camera_names()]
+        self._check_splat_cameras(self.cfg.observations.splat_cameras)
+
+    def _check_splat_cameras(self, cameras: Any) -> None:
+        extra = [c for c in cameras if c not in self.camera_names()]
         if extra:
-            raise ValueError(f"ObservationCfg.splat_cameras {extra} are not observed cameras {self.camera_names()}: "
-                             "list only cameras in ObservationCfg.cameras (or the scene's when that is empty)")
+            raise ValueError(
+                f"ObservationCfg.splat_cameras {extra} are not observed cameras {self.camera_names()}: "
+                "list only cameras in ObservationCfg.cameras (or the scene's when that is empty)"
+            )
+
+    def use_splats(
+        self,
+        cameras: Any,
+        splats: Any = None,
+        *,
+        backend: str | None = None,
+        background: tuple[float, float, float] = (0.0, 0.0, 0.0),
+    ) -> None:
+        """Render ``cameras`` from Gaussian splats from now on (the one splat camera mechanism:
+        ``ObservationCfg.splat_cameras`` sets the same at construction). ``splats``: your own
+        (a :class:`twin.splats.GaussianSplats` scan in world frame, or a
+        :class:`twin.splats.SplatBinding`), bound to the bodies at the current state; None =
+        splats sampled from the scene's meshes. ``backend`` / ``background``: the rasterizer
+        ("auto", "cpu", "gsplat"; default the config's) and the colour behind the splats."""
+        import dataclasses
+
+        cameras = tuple(cameras)
+        self._check_splat_cameras(cameras)
+        obs_cfg = dataclasses.replace(
+            self.cfg.observations, splat_cameras=cameras, splat_backend=backend or self.cfg.observations.splat_backend
+        )
+        self.cfg = dataclasses.replace(self.cfg, observations=obs_cfg)
+        self._splat_background = tuple(float(c) for c in background)  # type: ignore[assignment]
+        self._user_splats = None
+        if splats is not None:
+            from twin.splats.binding import SplatBinding
+
+            self.sim.forward()
+            self._user_splats = (
+                splats if isinstance(splats, SplatBinding) else SplatBinding(splats, self.sim.model, self.sim.data)
+            )
 
     def set_max_steps(self, max_steps: int | None) -> None:
         """Episode step limit from the next step on (``None``: the task's own), so a kept-alive
@@ -405,11 +444,19 @@ class TwinEnv(gym.Env):
             if cam in ocfg.splat_cameras:
                 from twin.splats.twin_camera import render_twin_camera_splats
 
-                frame = render_twin_camera_splats(self, cam, self._splat_binding(), width=w, height=h,
-                                                  backend=ocfg.splat_backend).frame
+                frame = render_twin_camera_splats(
+                    self,
+                    cam,
+                    self._splat_binding(),
+                    width=w,
+                    height=h,
+                    background=self._splat_background,
+                    backend=ocfg.splat_backend,
+                ).frame
             else:
-                frame = self._renderer(w, h).render(self.sim.data, cam, rgb=ocfg.rgb or ocfg.point_cloud,
-                                                    depth=ocfg.depth or ocfg.point_cloud)
+                frame = self._renderer(w, h).render(
+                    self.sim.data, cam, rgb=ocfg.rgb or ocfg.point_cloud, depth=ocfg.depth or ocfg.point_cloud
+                )
             if ocfg.rgb:
                 out[f"rgb/{cam}"] = frame.rgb
             if ocfg.depth:
@@ -422,7 +469,10 @@ class TwinEnv(gym.Env):
 
     def _splat_binding(self) -> Any:
         """Mesh-sampled splats of the current scene variant, bound to its bodies (made once per
-        variant, at the pose it is first rendered in: sampling and binding use the same state)."""
+        variant, at the pose it is first rendered in: sampling and binding use the same state),
+        or the splats given to :meth:`use_splats`."""
+        if self._user_splats is not None:
+            return self._user_splats
         if self._splats is None or self._splats[0] != self._scene_key:
             from twin.splats.binding import SplatBinding
             from twin.splats.from_mesh import splats_from_model
@@ -442,8 +492,7 @@ class TwinEnv(gym.Env):
             self._renderers[key] = r
         return r
 
-    def render_camera(self, camera: str, width: int | None = None, height: int | None = None,
-                      depth: bool = False):
+    def render_camera(self, camera: str, width: int | None = None, height: int | None = None, depth: bool = False):
         cam = self.scene.camera(camera)
         w, h = width or cam.width, height or cam.height
         frame = self._renderer(w, h).render(self.sim.data, camera, rgb=not depth, depth=depth)

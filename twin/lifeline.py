@@ -31,7 +31,8 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 PARENT_PID_ENV = "TWINRANK_PARENT_PID"
 PR_SET_PDEATHSIG = 1
@@ -95,11 +96,11 @@ def set_priority(nice: int) -> None:
 
 
 # ---- spawning ----------------------------------------------------------------------------------
-_spawn_queue: "queue.Queue[tuple[Callable[[], Any], queue.Queue[Any]]] | None" = None
+_spawn_queue: queue.Queue[tuple[Callable[[], Any], queue.Queue[Any]]] | None = None
 _spawn_lock = threading.Lock()
 
 
-def _spawner_loop(q: "queue.Queue[tuple[Callable[[], Any], queue.Queue[Any]]]") -> None:
+def _spawner_loop(q: queue.Queue[tuple[Callable[[], Any], queue.Queue[Any]]]) -> None:
     while True:
         fn, reply = q.get()
         try:
@@ -119,7 +120,7 @@ def _in_long_lived_thread(fn: Callable[[], Any]) -> Any:
             _spawn_queue = queue.Queue()
             threading.Thread(target=_spawner_loop, args=(_spawn_queue,), name="twinrank-spawner", daemon=True).start()
         q = _spawn_queue
-    reply: "queue.Queue[tuple[bool, Any]]" = queue.Queue()
+    reply: queue.Queue[tuple[bool, Any]] = queue.Queue()
     q.put((fn, reply))
     ok, value = reply.get()
     if not ok:
@@ -127,8 +128,14 @@ def _in_long_lived_thread(fn: Callable[[], Any]) -> Any:
     return value
 
 
-def spawn(cmd: Sequence[str], *, env: dict[str, str] | None = None, death_signal: int = signal.SIGTERM,
-          nice: int | None = None, **popen_kwargs: Any) -> subprocess.Popen:
+def spawn(
+    cmd: Sequence[str],
+    *,
+    env: dict[str, str] | None = None,
+    death_signal: int = signal.SIGTERM,
+    nice: int | None = None,
+    **popen_kwargs: Any,
+) -> subprocess.Popen:
     """``subprocess.Popen(cmd, ...)`` for a child that must end with this process: the
     parent-death signal is set in the child before ``exec`` and ``$TWINRANK_PARENT_PID`` tells
     the child program (see :func:`bind_to_parent`) which parent to watch."""
@@ -136,8 +143,7 @@ def spawn(cmd: Sequence[str], *, env: dict[str, str] | None = None, death_signal
     child_env = dict(os.environ if env is None else env)
     child_env[PARENT_PID_ENV] = str(me)
     preexec = child_preexec(me, death_signal, nice)
-    return _in_long_lived_thread(lambda: subprocess.Popen(list(cmd), env=child_env, preexec_fn=preexec,
-                                                          **popen_kwargs))
+    return _in_long_lived_thread(lambda: subprocess.Popen(list(cmd), env=child_env, preexec_fn=preexec, **popen_kwargs))
 
 
 # ---- the child's side --------------------------------------------------------------------------
@@ -145,8 +151,15 @@ class ParentGone(RuntimeError):
     """The parent this process was started by has already exited."""
 
 
-def bind_to_parent(what: str, sig: int = signal.SIGTERM, poll_s: float = 0.25, grace_s: float = 15.0, *,
-                   expected: int | None = None, death_signal: bool = True) -> int:
+def bind_to_parent(
+    what: str,
+    sig: int = signal.SIGTERM,
+    poll_s: float = 0.25,
+    grace_s: float = 15.0,
+    *,
+    expected: int | None = None,
+    death_signal: bool = True,
+) -> int:
     """Tie this process to its parent (call first thing in a child program's main).
 
     Returns the parent PID watched. Raises :class:`ParentGone` if the expected parent
@@ -175,8 +188,7 @@ def bind_to_parent(what: str, sig: int = signal.SIGTERM, poll_s: float = 0.25, g
         except OSError:
             pass
         time.sleep(grace_s)
-        print(f"{what}: still running {grace_s:.0f} s after its parent died; exiting hard", file=sys.stderr,
-              flush=True)
+        print(f"{what}: still running {grace_s:.0f} s after its parent died; exiting hard", file=sys.stderr, flush=True)
         os._exit(1)
 
     threading.Thread(target=watch, name="twinrank-parent-watch", daemon=True).start()
@@ -254,10 +266,23 @@ def refuse_other_instances(node_name: str, executable: str) -> None:
     pids = other_instances(node_name, executable)
     if pids:
         domain = os.environ.get("ROS_DOMAIN_ID", "").strip() or "0"
-        raise NodeConflict(f"{node_name}: another {node_name} is already running in ROS_DOMAIN_ID {domain} (PID "
-                           f"{', '.join(map(str, pids))}, left from another run?); stop it (kill "
-                           f"{' '.join(map(str, pids))}) or use another ROS_DOMAIN_ID")
+        raise NodeConflict(
+            f"{node_name}: another {node_name} is already running in ROS_DOMAIN_ID {domain} (PID "
+            f"{', '.join(map(str, pids))}, left from another run?); stop it (kill "
+            f"{' '.join(map(str, pids))}) or use another ROS_DOMAIN_ID"
+        )
 
 
-__all__ = ["PARENT_PID_ENV", "NodeConflict", "ParentGone", "bind_to_parent", "child_preexec", "other_instances",
-           "refuse_other_instances", "ros_node_name", "set_parent_death_signal", "set_priority", "spawn"]
+__all__ = [
+    "PARENT_PID_ENV",
+    "NodeConflict",
+    "ParentGone",
+    "bind_to_parent",
+    "child_preexec",
+    "other_instances",
+    "refuse_other_instances",
+    "ros_node_name",
+    "set_parent_death_signal",
+    "set_priority",
+    "spawn",
+]

@@ -28,8 +28,10 @@ def load_mesh(path: str | None, where: str = "mesh") -> tuple[np.ndarray, np.nda
         raise SceneError(f"{where}: no mesh file given; set GeomCfg.mesh to an OBJ/GLB/PLY/STL path")
     p = Path(path)
     if not p.is_file():
-        raise SceneError(f"{where}: mesh file {str(p)!r} not found; check the path (relative paths "
-                         "are resolved against the scene file's folder)")
+        raise SceneError(
+            f"{where}: mesh file {str(p)!r} not found; check the path (relative paths "
+            "are resolved against the scene file's folder)"
+        )
     if p.suffix.lower() not in MESH_SUFFIXES:
         raise SceneError(f"{where}: {p.name!r} is not a supported mesh ({', '.join(MESH_SUFFIXES)})")
     try:

@@ -101,9 +101,10 @@ import json
 import math
 import os
 import zlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import yaml
@@ -131,6 +132,7 @@ class PerturbationError(ValueError):
 
 
 # ---- factor table ------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class RangeDef:
@@ -184,52 +186,150 @@ class FactorDef:
         raise KeyError(field_name)
 
 
-def _r(default: tuple[float, float], bounds: tuple[float, float], lower_open: bool = False,
-       integer: bool = False, units: str = "", field_name: str = "range") -> RangeDef:
+def _r(
+    default: tuple[float, float],
+    bounds: tuple[float, float],
+    lower_open: bool = False,
+    integer: bool = False,
+    units: str = "",
+    field_name: str = "range",
+) -> RangeDef:
     return RangeDef(field_name, default, bounds, lower_open, integer, units)
 
 
 _DEFS: tuple[FactorDef, ...] = (
-    FactorDef("light_intensity", "AI", "scale", (_r((0.4, 1.6), (0.0, 10.0), lower_open=True, units="x"),),
-              "scale of every light's diffuse, ambient and specular intensity"),
-    FactorDef("light_direction", "AI", "angle", (_r((0.0, 0.5), (0.0, math.pi / 2), units="rad"),),
-              "tilt of every light's direction by an angle in range, random azimuth"),
-    FactorDef("light_color", "AI", "scale", (_r((0.7, 1.3), (0.0, 5.0), lower_open=True, units="x"),),
-              "per-channel (r, g, b) scale of every light's colour"),
-    FactorDef("object_color", "AI", "color", (_r((0.05, 0.95), (0.0, 1.0), units=RGB_UNITS),),
-              "random rgb (channels in range) for each object's geoms"),
-    FactorDef("object_texture", "AI", "texture", (_r((0.05, 0.95), (0.0, 1.0), units=RGB_UNITS),),
-              "random checker/gradient texture (colour channels in range) on each object"),
-    FactorDef("table_texture", "AI", "texture", (_r((0.05, 0.95), (0.0, 1.0), units=RGB_UNITS),),
-              "random checker/gradient texture (colour channels in range) on the table top"),
-    FactorDef("background", "AI", "color", (_r((0.05, 0.95), (0.0, 1.0), units=RGB_UNITS),),
-              "random skybox (background_rgb) and floor colours (channels in range)"),
-    FactorDef("distractors", "AI", "count", (_r((1, 4), (0, 12), integer=True, units="objects"),),
-              "number of small random primitive free bodies placed on the table top"),
-    FactorDef("camera_position", "AI", "offset", (_r((-0.05, 0.05), (-0.5, 0.5), units="m"),),
-              "camera translation per axis (position and look-at target move together)"),
-    FactorDef("camera_orientation", "AI", "angle", (_r((0.0, 0.087), (0.0, 0.5), units="rad"),),
-              "camera rotation by an angle in range about a random axis (target and up rotate)"),
-    FactorDef("camera_fov", "AI", "scale", (_r((0.87, 1.15), (0.25, 4.0), units="x"),),
-              "scale of the focal lengths fx, fy (> 1 narrows the field of view)"),
-    FactorDef("object_pose", "SA", "offset",
-              (_r((-0.05, 0.05), (-0.3, 0.3), units="m"),
-               _r((-0.26, 0.26), (-math.pi, math.pi), units="rad", field_name="yaw_range")),
-              "object xy offset (range) and yaw offset (yaw_range) applied after the task's reset"),
-    FactorDef("object_scale", "SA", "scale", (_r((0.9, 1.1), (0.5, 2.0), units="x"),),
-              "uniform scale of each object's geoms (sizes and positions); spawn z raised"),
-    FactorDef("friction", "SA", "scale", (_r((0.5, 1.5), (0.0, 5.0), lower_open=True, units="x"),),
-              "scale of sliding friction of object and table geoms"),
-    FactorDef("mass", "SA", "scale", (_r((0.5, 2.0), (0.0, 10.0), lower_open=True, units="x"),),
-              "scale of each object's mass"),
-    FactorDef("joint_damping", "SA", "scale", (_r((0.5, 2.0), (0.0, 10.0), lower_open=True, units="x"),),
-              "scale of arm joint damping and of fixture joint (e.g. cabinet hinge) damping"),
-    FactorDef("controller_gains", "SA", "scale", (_r((0.7, 1.3), (0.0, 3.0), lower_open=True, units="x"),),
-              "independent scales of the arm servo stiffness kp and damping kd"),
-    FactorDef("actuation_latency", "SA", "value", (_r((0.0, 0.06), (0.0, 0.5), units="s"),),
-              "delay between a command and its application to the actuators"),
-    FactorDef("observation_noise", "AI", "value", (_r((0.0, 0.01), (0.0, 0.5), units=OBS_UNITS),),
-              "std of Gaussian noise added to state and proprio observations"),
+    FactorDef(
+        "light_intensity",
+        "AI",
+        "scale",
+        (_r((0.4, 1.6), (0.0, 10.0), lower_open=True, units="x"),),
+        "scale of every light's diffuse, ambient and specular intensity",
+    ),
+    FactorDef(
+        "light_direction",
+        "AI",
+        "angle",
+        (_r((0.0, 0.5), (0.0, math.pi / 2), units="rad"),),
+        "tilt of every light's direction by an angle in range, random azimuth",
+    ),
+    FactorDef(
+        "light_color",
+        "AI",
+        "scale",
+        (_r((0.7, 1.3), (0.0, 5.0), lower_open=True, units="x"),),
+        "per-channel (r, g, b) scale of every light's colour",
+    ),
+    FactorDef(
+        "object_color",
+        "AI",
+        "color",
+        (_r((0.05, 0.95), (0.0, 1.0), units=RGB_UNITS),),
+        "random rgb (channels in range) for each object's geoms",
+    ),
+    FactorDef(
+        "object_texture",
+        "AI",
+        "texture",
+        (_r((0.05, 0.95), (0.0, 1.0), units=RGB_UNITS),),
+        "random checker/gradient texture (colour channels in range) on each object",
+    ),
+    FactorDef(
+        "table_texture",
+        "AI",
+        "texture",
+        (_r((0.05, 0.95), (0.0, 1.0), units=RGB_UNITS),),
+        "random checker/gradient texture (colour channels in range) on the table top",
+    ),
+    FactorDef(
+        "background",
+        "AI",
+        "color",
+        (_r((0.05, 0.95), (0.0, 1.0), units=RGB_UNITS),),
+        "random skybox (background_rgb) and floor colours (channels in range)",
+    ),
+    FactorDef(
+        "distractors",
+        "AI",
+        "count",
+        (_r((1, 4), (0, 12), integer=True, units="objects"),),
+        "number of small random primitive free bodies placed on the table top",
+    ),
+    FactorDef(
+        "camera_position",
+        "AI",
+        "offset",
+        (_r((-0.05, 0.05), (-0.5, 0.5), units="m"),),
+        "camera translation per axis (position and look-at target move together)",
+    ),
+    FactorDef(
+        "camera_orientation",
+        "AI",
+        "angle",
+        (_r((0.0, 0.087), (0.0, 0.5), units="rad"),),
+        "camera rotation by an angle in range about a random axis (target and up rotate)",
+    ),
+    FactorDef(
+        "camera_fov",
+        "AI",
+        "scale",
+        (_r((0.87, 1.15), (0.25, 4.0), units="x"),),
+        "scale of the focal lengths fx, fy (> 1 narrows the field of view)",
+    ),
+    FactorDef(
+        "object_pose",
+        "SA",
+        "offset",
+        (
+            _r((-0.05, 0.05), (-0.3, 0.3), units="m"),
+            _r((-0.26, 0.26), (-math.pi, math.pi), units="rad", field_name="yaw_range"),
+        ),
+        "object xy offset (range) and yaw offset (yaw_range) applied after the task's reset",
+    ),
+    FactorDef(
+        "object_scale",
+        "SA",
+        "scale",
+        (_r((0.9, 1.1), (0.5, 2.0), units="x"),),
+        "uniform scale of each object's geoms (sizes and positions); spawn z raised",
+    ),
+    FactorDef(
+        "friction",
+        "SA",
+        "scale",
+        (_r((0.5, 1.5), (0.0, 5.0), lower_open=True, units="x"),),
+        "scale of sliding friction of object and table geoms",
+    ),
+    FactorDef(
+        "mass", "SA", "scale", (_r((0.5, 2.0), (0.0, 10.0), lower_open=True, units="x"),), "scale of each object's mass"
+    ),
+    FactorDef(
+        "joint_damping",
+        "SA",
+        "scale",
+        (_r((0.5, 2.0), (0.0, 10.0), lower_open=True, units="x"),),
+        "scale of arm joint damping and of fixture joint (e.g. cabinet hinge) damping",
+    ),
+    FactorDef(
+        "controller_gains",
+        "SA",
+        "scale",
+        (_r((0.7, 1.3), (0.0, 3.0), lower_open=True, units="x"),),
+        "independent scales of the arm servo stiffness kp and damping kd",
+    ),
+    FactorDef(
+        "actuation_latency",
+        "SA",
+        "value",
+        (_r((0.0, 0.06), (0.0, 0.5), units="s"),),
+        "delay between a command and its application to the actuators",
+    ),
+    FactorDef(
+        "observation_noise",
+        "AI",
+        "value",
+        (_r((0.0, 0.01), (0.0, 0.5), units=OBS_UNITS),),
+        "std of Gaussian noise added to state and proprio observations",
+    ),
 )
 FACTORS: dict[str, FactorDef] = {d.name: d for d in _DEFS}
 FACTOR_NAMES: tuple[str, ...] = tuple(FACTORS)
@@ -242,18 +342,22 @@ def list_factors() -> list[dict[str, Any]]:
     default range with units as YAML takes them, angles also in degrees) and description."""
     out = []
     for d in _DEFS:
-        out.append({
-            "name": d.name,
-            "kind": d.kind,
-            "distribution": d.distribution,
-            "range": list(d.default_range),
-            "units": d.ranges[0].units,
-            "bounds": d.ranges[0].bounds_text(),
-            "extra_ranges": {r.field: list(r.default) for r in d.ranges[1:]},
-            "extra_units": {r.field: r.units for r in d.ranges[1:]},
-            "range_text": "; ".join([d.ranges[0].range_text()] + [f"{r.field} {r.range_text()}" for r in d.ranges[1:]]),
-            "description": d.description,
-        })
+        out.append(
+            {
+                "name": d.name,
+                "kind": d.kind,
+                "distribution": d.distribution,
+                "range": list(d.default_range),
+                "units": d.ranges[0].units,
+                "bounds": d.ranges[0].bounds_text(),
+                "extra_ranges": {r.field: list(r.default) for r in d.ranges[1:]},
+                "extra_units": {r.field: r.units for r in d.ranges[1:]},
+                "range_text": "; ".join(
+                    [d.ranges[0].range_text()] + [f"{r.field} {r.range_text()}" for r in d.ranges[1:]]
+                ),
+                "description": d.description,
+            }
+        )
     return out
 
 
@@ -262,6 +366,7 @@ def _unknown_factor(name: Any) -> PerturbationError:
 
 
 # ---- specs and suites --------------------------------------------------------------------
+
 
 @dataclass
 class FactorSpec:
@@ -275,12 +380,17 @@ class FactorSpec:
     extra_ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     @staticmethod
-    def default(name: str) -> "FactorSpec":
+    def default(name: str) -> FactorSpec:
         if name not in FACTORS:
             raise _unknown_factor(name)
         d = FACTORS[name]
-        return FactorSpec(name=name, kind=d.kind, distribution=d.distribution, range=d.default_range,
-                          extra_ranges={r.field: r.default for r in d.ranges[1:]})
+        return FactorSpec(
+            name=name,
+            kind=d.kind,
+            distribution=d.distribution,
+            range=d.default_range,
+            extra_ranges={r.field: r.default for r in d.ranges[1:]},
+        )
 
     def get_range(self, field_name: str) -> tuple[float, float]:
         return self.range if field_name == "range" else self.extra_ranges[field_name]
@@ -291,33 +401,40 @@ class FactorSpec:
         d = FACTORS[self.name]
         where = f"factor {self.name!r}"
         if self.kind not in KINDS:
-            raise PerturbationError(f"{where}, field 'kind': {self.kind!r} is not a kind; use 'AI' "
-                                    "(action-invariant) or 'SA' (semantic)")
+            raise PerturbationError(
+                f"{where}, field 'kind': {self.kind!r} is not a kind; use 'AI' (action-invariant) or 'SA' (semantic)"
+            )
         if self.distribution != d.distribution:
-            raise PerturbationError(f"{where}, field 'distribution': {self.distribution!r} is not "
-                                    f"supported; this factor's distribution is {d.distribution!r}")
+            raise PerturbationError(
+                f"{where}, field 'distribution': {self.distribution!r} is not "
+                f"supported; this factor's distribution is {d.distribution!r}"
+            )
         if not isinstance(self.enabled, bool):
             raise PerturbationError(f"{where}, field 'enabled': {self.enabled!r} is not true/false")
         allowed = {r.field for r in d.ranges[1:]}
         for key in self.extra_ranges:
             if key not in allowed:
-                raise PerturbationError(f"{where}: unknown field {key!r}; valid fields: "
-                                        f"{', '.join(sorted(_SPEC_FIELDS | allowed))}")
+                raise PerturbationError(
+                    f"{where}: unknown field {key!r}; valid fields: {', '.join(sorted(_SPEC_FIELDS | allowed))}"
+                )
         for rdef in d.ranges:
             if rdef.field != "range" and rdef.field not in self.extra_ranges:
                 raise PerturbationError(f"{where}, field {rdef.field!r} is missing")
             _check_range(self.name, rdef, self.get_range(rdef.field))
 
     def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"kind": self.kind, "distribution": self.distribution,
-                             "range": _plain_range(self.range, self.name)}
+        d: dict[str, Any] = {
+            "kind": self.kind,
+            "distribution": self.distribution,
+            "range": _plain_range(self.range, self.name),
+        }
         for key, rng in self.extra_ranges.items():
             d[key] = _plain_range(rng, self.name)
         d["enabled"] = self.enabled
         return d
 
     @staticmethod
-    def from_dict(name: str, data: Any, base: "FactorSpec | None" = None) -> "FactorSpec":
+    def from_dict(name: str, data: Any, base: FactorSpec | None = None) -> FactorSpec:
         """Spec from a YAML entry; omitted fields come from ``base`` (default: the factor's)."""
         if name not in FACTORS:
             raise _unknown_factor(name)
@@ -328,8 +445,9 @@ class FactorSpec:
             spec.enabled = data
             return spec
         if not isinstance(data, dict):
-            raise PerturbationError(f"factor {name!r}: expected a mapping like {{kind: AI, range: [lo, hi]}}, "
-                                    f"got {data!r}")
+            raise PerturbationError(
+                f"factor {name!r}: expected a mapping like {{kind: AI, range: [lo, hi]}}, got {data!r}"
+            )
         d = FACTORS[name]
         extra = {r.field for r in d.ranges[1:]}
         for key, value in data.items():
@@ -344,8 +462,9 @@ class FactorSpec:
             elif key in extra:
                 spec.extra_ranges[key] = _parse_range(name, d.range_def(key), value)
             else:
-                raise PerturbationError(f"factor {name!r}: unknown field {key!r}; valid fields: "
-                                        f"{', '.join(sorted(_SPEC_FIELDS | extra))}")
+                raise PerturbationError(
+                    f"factor {name!r}: unknown field {key!r}; valid fields: {', '.join(sorted(_SPEC_FIELDS | extra))}"
+                )
         spec.validate()
         return spec
 
@@ -359,8 +478,10 @@ def _is_number(v: Any) -> bool:
 
 def _parse_range(factor: str, rdef: RangeDef, value: Any) -> tuple[float, float]:
     if not isinstance(value, (list, tuple)) or len(value) != 2:
-        raise PerturbationError(f"factor {factor!r}, field {rdef.field!r}: {value!r} is not a range; "
-                                f"give [lo, hi] with {rdef.bounds_text()}")
+        raise PerturbationError(
+            f"factor {factor!r}, field {rdef.field!r}: {value!r} is not a range; "
+            f"give [lo, hi] with {rdef.bounds_text()}"
+        )
     _check_range(factor, rdef, value)
     if rdef.integer:
         return (int(value[0]), int(value[1]))
@@ -415,32 +536,34 @@ class PerturbationSuite:
             spec.validate()
 
     # ---- derived suites --------------------------------------------------------------------
-    def only(self, factor_name: str) -> "PerturbationSuite":
+    def only(self, factor_name: str) -> PerturbationSuite:
         """A single-factor suite (this suite's spec for it, enabled), named after the factor."""
         if factor_name not in FACTORS:
             raise _unknown_factor(factor_name)
         if factor_name not in self.factors:
-            raise PerturbationError(f"suite {self.name!r} has no factor {factor_name!r}; its factors: "
-                                    f"{', '.join(self.factor_names(enabled_only=False))}")
+            raise PerturbationError(
+                f"suite {self.name!r} has no factor {factor_name!r}; its factors: "
+                f"{', '.join(self.factor_names(enabled_only=False))}"
+            )
         spec = copy.deepcopy(self.factors[factor_name])
         spec.enabled = True
         return PerturbationSuite(name=factor_name, factors={factor_name: spec})
 
-    def only_kind(self, kind: str) -> "PerturbationSuite":
+    def only_kind(self, kind: str) -> PerturbationSuite:
         """The enabled factors of one tag: ``"AI"`` (AI-DR) or ``"SA"`` (SA-DR)."""
         if kind not in KINDS:
             raise PerturbationError(f"kind {kind!r}: use 'AI' or 'SA'")
         keep = {n: copy.deepcopy(self.factors[n]) for n in self.factor_names() if self.factors[n].kind == kind}
         return PerturbationSuite(name=f"{self.name}_{kind}", factors=keep)
 
-    def nominal(self) -> "PerturbationSuite":
+    def nominal(self) -> PerturbationSuite:
         """A suite with every factor disabled: its samples are the nominal condition."""
         factors = {n: copy.deepcopy(s) for n, s in self.factors.items()}
         for s in factors.values():
             s.enabled = False
         return PerturbationSuite(name="nominal", factors=factors)
 
-    def evaluation_suites(self) -> dict[str, "PerturbationSuite"]:
+    def evaluation_suites(self) -> dict[str, PerturbationSuite]:
         """``nominal``, each enabled factor alone, and all enabled factors together (own name)."""
         out: dict[str, PerturbationSuite] = {"nominal": self.nominal()}
         for n in self.factor_names():
@@ -468,8 +591,10 @@ class PerturbationSuite:
 
     # ---- (de)serialisation -----------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name,
-                "factors": {n: self.factors[n].to_dict() for n in self.factor_names(enabled_only=False)}}
+        return {
+            "name": self.name,
+            "factors": {n: self.factors[n].to_dict() for n in self.factor_names(enabled_only=False)},
+        }
 
     def to_yaml(self, path: str | Path | None = None) -> str:
         """YAML text (one flow-style line per factor); also written to ``path`` if given."""
@@ -483,20 +608,25 @@ class PerturbationSuite:
         return text
 
     @classmethod
-    def from_dict(cls, data: Any, task: str = "", source: str = "suite") -> "PerturbationSuite":
+    def from_dict(cls, data: Any, task: str = "", source: str = "suite") -> PerturbationSuite:
         if not isinstance(data, dict):
-            raise PerturbationError(f"{source}: expected a mapping with 'name' and 'factors', got {type(data).__name__}")
+            raise PerturbationError(
+                f"{source}: expected a mapping with 'name' and 'factors', got {type(data).__name__}"
+            )
         unknown = set(data) - {"name", "factors", "tasks", "description"}
         if unknown:
-            raise PerturbationError(f"{source}: unknown top-level field(s) {sorted(unknown)}; "
-                                    "valid: name, factors, tasks, description")
+            raise PerturbationError(
+                f"{source}: unknown top-level field(s) {sorted(unknown)}; valid: name, factors, tasks, description"
+            )
         name = data.get("name", "suite")
         if not isinstance(name, str) or not name:
             raise PerturbationError(f"{source}, field 'name': {name!r} is not a non-empty string")
         raw = data.get("factors")
         if not isinstance(raw, dict):
-            raise PerturbationError(f"{source}, field 'factors': expected a mapping factor name -> "
-                                    f"{{kind, range, enabled}}; valid factors: {', '.join(FACTOR_NAMES)}")
+            raise PerturbationError(
+                f"{source}, field 'factors': expected a mapping factor name -> "
+                f"{{kind, range, enabled}}; valid factors: {', '.join(FACTOR_NAMES)}"
+            )
         factors = {}
         for fname, entry in raw.items():
             factors[str(fname)] = FactorSpec.from_dict(str(fname), entry)
@@ -515,14 +645,15 @@ class PerturbationSuite:
         return suite
 
     @classmethod
-    def from_yaml(cls, path_or_text: str | Path, task: str = "") -> "PerturbationSuite":
+    def from_yaml(cls, path_or_text: str | Path, task: str = "") -> PerturbationSuite:
         """Load from a YAML file path or from YAML text."""
         if isinstance(path_or_text, Path) or _looks_like_path(path_or_text):
             path = Path(path_or_text)
             if not path.is_file():
                 what = "is a folder, not a suite YAML file" if path.is_dir() else "not found"
-                raise PerturbationError(f"suite file {str(path)!r} {what}; built-in suites: "
-                                        f"{', '.join(available_suites())}")
+                raise PerturbationError(
+                    f"suite file {str(path)!r} {what}; built-in suites: {', '.join(available_suites())}"
+                )
             text, source = path.read_text(), str(path)
         else:
             text, source = str(path_or_text), "suite YAML"
@@ -559,12 +690,15 @@ def load_suite(name_or_path: str | Path, task: str = "") -> PerturbationSuite:
         return PerturbationSuite.from_yaml(Path(s), task=task)
     path = SUITES_DIR / f"{s}.yaml"
     if not path.is_file():
-        raise PerturbationError(f"unknown perturbation suite {s!r}; built-in suites: "
-                                f"{', '.join(available_suites())} (or give a path to a YAML file)")
+        raise PerturbationError(
+            f"unknown perturbation suite {s!r}; built-in suites: "
+            f"{', '.join(available_suites())} (or give a path to a YAML file)"
+        )
     return PerturbationSuite.from_yaml(path, task=task)
 
 
 # ---- conditions --------------------------------------------------------------------------
+
 
 @dataclass
 class Condition:
@@ -597,7 +731,7 @@ class Condition:
         vals = {k: v for k, v in self.values.items() if k in _SCENE_APPLIERS}
         return json.dumps(vals, sort_keys=True, default=str) if vals else ""
 
-    def apply_to_scene(self, scene: SceneCfg, task: "Task | None") -> SceneCfg:
+    def apply_to_scene(self, scene: SceneCfg, task: Task | None) -> SceneCfg:
         """A perturbed copy of ``scene`` (the input is left untouched)."""
         self._check_names()
         out = scene.copy()
@@ -611,11 +745,13 @@ class Condition:
                 except PerturbationError:
                     raise
                 except (KeyError, TypeError, IndexError, ValueError) as exc:
-                    raise PerturbationError(f"condition {self.name!r}: value of factor {name!r} is malformed "
-                                            f"({exc!r}): {self.values[name]!r}") from exc
+                    raise PerturbationError(
+                        f"condition {self.name!r}: value of factor {name!r} is malformed "
+                        f"({exc!r}): {self.values[name]!r}"
+                    ) from exc
         return out
 
-    def apply_after_reset(self, sim: "TwinSim", task: "Task | None") -> None:
+    def apply_after_reset(self, sim: TwinSim, task: Task | None) -> None:
         """Shift the task's objects by the ``object_pose`` offsets (keep z, compose yaw)."""
         value = self.values.get("object_pose")
         if value is None or task is None:
@@ -641,9 +777,10 @@ class Condition:
         return {"name": self.name, "seed": self.seed, "values": copy.deepcopy(self.values)}
 
     @staticmethod
-    def from_dict(d: dict[str, Any]) -> "Condition":
-        return Condition(name=d.get("name", "custom"), seed=int(d.get("seed", 0)),
-                         values=copy.deepcopy(dict(d.get("values", {}))))
+    def from_dict(d: dict[str, Any]) -> Condition:
+        return Condition(
+            name=d.get("name", "custom"), seed=int(d.get("seed", 0)), values=copy.deepcopy(dict(d.get("values", {})))
+        )
 
 
 def nominal_condition() -> Condition:
@@ -651,6 +788,7 @@ def nominal_condition() -> Condition:
 
 
 # ---- readable conditions -----------------------------------------------------------------
+
 
 def _sig(x: float, digits: int = 3) -> str:
     """``x`` with exactly ``digits`` significant digits (``1.00``, ``0.0240``, ``75.0``; ``0`` for zero)."""
@@ -707,8 +845,9 @@ def _describe_object_pose(v: Any, d: FactorDef) -> str:
 
 _DESCRIBERS: dict[str, Callable[[Any, FactorDef], str]] = {
     "light_intensity": lambda v, d: _q(v, d.ranges[0]),
-    "light_direction": lambda v, d: (f"tilt {_q(v['tilt'], d.ranges[0])}, azimuth "
-                                     f"{_sig(math.degrees(float(v['azimuth'])))} deg"),
+    "light_direction": lambda v, d: (
+        f"tilt {_q(v['tilt'], d.ranges[0])}, azimuth {_sig(math.degrees(float(v['azimuth'])))} deg"
+    ),
     "light_color": lambda v, d: "rgb " + _vec(v, d.ranges[0]),
     "object_color": lambda v, d: _slots(v, "obj", lambda c: _vec(c[:3])),
     "object_texture": lambda v, d: _slots(v, "obj", _tex),
@@ -716,13 +855,13 @@ _DESCRIBERS: dict[str, Callable[[Any, FactorDef], str]] = {
     "background": lambda v, d: f"sky {_vec(v['sky'][:3])}, floor {_vec(v['floor'][:3])}",
     "distractors": _describe_distractors,
     "camera_position": lambda v, d: _slots(v, "cam", lambda p: _vec(p, d.ranges[0])),
-    "camera_orientation": lambda v, d: _slots(v, "cam", lambda a: f"{_q(a[3], d.ranges[0])} about axis "
-                                                                  f"{_vec(a[:3])}"),
+    "camera_orientation": lambda v, d: _slots(v, "cam", lambda a: f"{_q(a[3], d.ranges[0])} about axis {_vec(a[:3])}"),
     "camera_fov": lambda v, d: _slots(v, "cam", lambda x: _q(x, d.ranges[0])),
     "object_pose": _describe_object_pose,
     "object_scale": lambda v, d: _slots(v, "obj", lambda x: _q(x, d.ranges[0])),
-    "friction": lambda v, d: (f"table {_q(v['table'], d.ranges[0])}; "
-                              + _slots(v["objects"], "obj", lambda x: _q(x, d.ranges[0]))),
+    "friction": lambda v, d: (
+        f"table {_q(v['table'], d.ranges[0])}; " + _slots(v["objects"], "obj", lambda x: _q(x, d.ranges[0]))
+    ),
     "mass": lambda v, d: _slots(v, "obj", lambda x: _q(x, d.ranges[0])),
     "joint_damping": lambda v, d: _q(v, d.ranges[0]),
     "controller_gains": lambda v, d: f"kp {_q(v['kp'], d.ranges[0])}, kd {_q(v['kd'], d.ranges[0])}",
@@ -757,6 +896,7 @@ def describe_condition(cond: Condition, suite: PerturbationSuite | None = None) 
     rounded JSON prefixed ``malformed:`` / ``unknown factor:`` instead of raising. The exact
     values are ``cond.to_dict()``; this text is for people only.
     """
+
     def order(n: str) -> tuple[int, str]:
         return (FACTOR_NAMES.index(n) if n in FACTORS else len(FACTOR_NAMES), n)
 
@@ -782,6 +922,7 @@ def factor_rng(seed: int, factor_name: str) -> np.random.Generator:
 
 
 # ---- samplers (rng, spec) -> JSON-plain value --------------------------------------------
+
 
 def _u(rng: np.random.Generator, r: tuple[float, float]) -> float:
     return float(rng.uniform(r[0], r[1]))
@@ -823,8 +964,9 @@ _SAMPLERS: dict[str, Callable[[np.random.Generator, FactorSpec], Any]] = {
     "camera_position": lambda rng, s: [[_u(rng, s.range) for _ in range(3)] for _ in range(N_SLOTS)],
     "camera_orientation": lambda rng, s: [_unit(rng) + [_u(rng, s.range)] for _ in range(N_SLOTS)],
     "camera_fov": _sample_slots,
-    "object_pose": lambda rng, s: [[_u(rng, s.range), _u(rng, s.range), _u(rng, s.extra_ranges["yaw_range"])]
-                                   for _ in range(N_SLOTS)],
+    "object_pose": lambda rng, s: [
+        [_u(rng, s.range), _u(rng, s.range), _u(rng, s.extra_ranges["yaw_range"])] for _ in range(N_SLOTS)
+    ],
     "object_scale": _sample_slots,
     "friction": lambda rng, s: {"table": _u(rng, s.range), "objects": _sample_slots(rng, s)},
     "mass": _sample_slots,
@@ -847,31 +989,43 @@ def _sample_distractors(rng: np.random.Generator, spec: FactorSpec) -> dict[str,
             size = [_u(rng, (0.015, 0.03)), _u(rng, (0.015, 0.04))]
         else:
             size = [_u(rng, (0.015, 0.03))]
-        items.append({"shape": shape, "size": size, "rgba": _rgb(rng, (0.05, 0.95)) + [1.0],
-                      "yaw": _u(rng, (-math.pi, math.pi)), "mass": _u(rng, (0.05, 0.25))})
+        items.append(
+            {
+                "shape": shape,
+                "size": size,
+                "rgba": _rgb(rng, (0.05, 0.95)) + [1.0],
+                "yaw": _u(rng, (-math.pi, math.pi)),
+                "mass": _u(rng, (0.05, 0.25)),
+            }
+        )
     return {"items": items, "placement_seed": int(rng.integers(0, 2**31 - 1))}
 
 
 # ---- geometry helpers --------------------------------------------------------------------
 
+
 def _quat_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     aw, ax, ay, az = a
     bw, bx, by, bz = b
-    return np.array([
-        aw * bw - ax * bx - ay * by - az * bz,
-        aw * bx + ax * bw + ay * bz - az * by,
-        aw * by - ax * bz + ay * bw + az * bx,
-        aw * bz + ax * by - ay * bx + az * bw,
-    ])
+    return np.array(
+        [
+            aw * bw - ax * bx - ay * by - az * bz,
+            aw * bx + ax * bw + ay * bz - az * by,
+            aw * by - ax * bz + ay * bw + az * bx,
+            aw * bz + ax * by - ay * bx + az * bw,
+        ]
+    )
 
 
 def _quat_mat(q: Iterable[float]) -> np.ndarray:
     w, x, y, z = np.asarray(tuple(q), dtype=float) / np.linalg.norm(tuple(q))
-    return np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-        [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-        [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
-    ])
+    return np.array(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+            [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+            [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
+        ]
+    )
 
 
 def _axis_angle(axis: Iterable[float], angle: float) -> np.ndarray:
@@ -953,7 +1107,7 @@ def _body_default_mass(b: BodyCfg) -> float:
 @dataclass
 class _Ctx:
     scene: SceneCfg
-    task: "Task | None"
+    task: Task | None
     values: dict[str, Any]
 
     def objects(self) -> list[BodyCfg]:
@@ -992,6 +1146,7 @@ def _table_top(scene: SceneCfg) -> tuple[GeomCfg, np.ndarray, np.ndarray] | None
 
 # ---- scene appliers (scene copy, value, ctx) -> None -------------------------------------
 
+
 def _apply_light_intensity(scene: SceneCfg, v: float, ctx: _Ctx) -> None:
     s = float(v)
     for lt in scene.lights:
@@ -1028,8 +1183,9 @@ def _apply_object_color(scene: SceneCfg, v: list[list[float]], ctx: _Ctx) -> Non
 def _texture_cfg(v: dict[str, Any]) -> TextureCfg:
     if v["builtin"] not in ("checker", "gradient", "flat"):
         raise ValueError(f"builtin {v['builtin']!r}")
-    return TextureCfg(builtin=v["builtin"], rgb1=_tuple(v["rgb1"])[:3], rgb2=_tuple(v["rgb2"])[:3],
-                      repeat=_tuple(v["repeat"])[:2])
+    return TextureCfg(
+        builtin=v["builtin"], rgb1=_tuple(v["rgb1"])[:3], rgb2=_tuple(v["rgb2"])[:3], repeat=_tuple(v["repeat"])[:2]
+    )
 
 
 def _apply_object_texture(scene: SceneCfg, v: list[dict[str, Any]], ctx: _Ctx) -> None:
@@ -1167,11 +1323,14 @@ def _footprint_radius(item: dict[str, Any]) -> float:
 
 def _half_height(item: dict[str, Any]) -> float:
     s = item["size"]
-    return float({"box": s[2] if len(s) > 2 else s[0], "cylinder": s[1] if len(s) > 1 else s[0],
-                  "sphere": s[0]}[item["shape"]])
+    return float(
+        {"box": s[2] if len(s) > 2 else s[0], "cylinder": s[1] if len(s) > 1 else s[0], "sphere": s[0]}[item["shape"]]
+    )
 
 
-def _obstacles(scene: SceneCfg, ctx: _Ctx) -> tuple[list[tuple[np.ndarray, float]], list[tuple[np.ndarray, np.ndarray]]]:
+def _obstacles(
+    scene: SceneCfg, ctx: _Ctx
+) -> tuple[list[tuple[np.ndarray, float]], list[tuple[np.ndarray, np.ndarray]]]:
     """Circles (centre xy, radius) and rectangles (centre xy, half xy) distractors avoid."""
     poses = _world_poses(scene)
     circles: list[tuple[np.ndarray, float]] = []
@@ -1260,15 +1419,19 @@ def _apply_distractors(scene: SceneCfg, v: dict[str, Any], ctx: _Ctx) -> None:
         rgba = _tuple(item["rgba"])
         if len(rgba) == 3:
             rgba = (*rgba, 1.0)
-        scene.bodies.append(BodyCfg(
-            name=name,
-            kind="distractor",
-            pose=Pose(pos=(float(spot[0]), float(spot[1]), top_z + _half_height(item) + 0.001),
-                      quat=(math.cos(yaw / 2), 0.0, 0.0, math.sin(yaw / 2))),
-            joint=JointCfg(name=f"{name}_free", type="free"),
-            mass=float(item.get("mass", 0.1)),
-            geoms=[GeomCfg(type=item["shape"], size=size, rgba=rgba, name=f"{name}_geom", friction=0.8)],
-        ))
+        scene.bodies.append(
+            BodyCfg(
+                name=name,
+                kind="distractor",
+                pose=Pose(
+                    pos=(float(spot[0]), float(spot[1]), top_z + _half_height(item) + 0.001),
+                    quat=(math.cos(yaw / 2), 0.0, 0.0, math.sin(yaw / 2)),
+                ),
+                joint=JointCfg(name=f"{name}_free", type="free"),
+                mass=float(item.get("mass", 0.1)),
+                geoms=[GeomCfg(type=item["shape"], size=size, rgba=rgba, name=f"{name}_geom", friction=0.8)],
+            )
+        )
 
 
 _SCENE_APPLIERS: dict[str, Callable[[SceneCfg, Any, _Ctx], None]] = {

@@ -34,8 +34,9 @@ from __future__ import annotations
 import math
 import threading
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import mujoco
 import numpy as np
@@ -103,7 +104,7 @@ def _texture_mean(model: mujoco.MjModel, mat: int) -> np.ndarray:
         return np.ones(3, np.float32)
     adr, nc = int(model.tex_adr[tex]), int(model.tex_nchannel[tex])
     n = int(model.tex_width[tex]) * int(model.tex_height[tex]) * nc
-    data = np.asarray(model.tex_data[adr:adr + n]).reshape(-1, nc).astype(np.float64)
+    data = np.asarray(model.tex_data[adr : adr + n]).reshape(-1, nc).astype(np.float64)
     mean = data[:, :3].mean(axis=0) / 255.0 if nc >= 3 else np.repeat(data[:, 0].mean() / 255.0, 3)
     return mean.astype(np.float32)
 
@@ -155,8 +156,8 @@ def build_sampling_table(model: mujoco.MjModel) -> SamplingTable:
             if mid < 0:
                 continue
             va, fa = int(model.mesh_vertadr[mid]), int(model.mesh_faceadr[mid])
-            verts = np.asarray(model.mesh_vert[va:va + int(model.mesh_vertnum[mid])], dtype=np.float64)
-            faces = np.asarray(model.mesh_face[fa:fa + int(model.mesh_facenum[mid])], dtype=np.int64)
+            verts = np.asarray(model.mesh_vert[va : va + int(model.mesh_vertnum[mid])], dtype=np.float64)
+            faces = np.asarray(model.mesh_face[fa : fa + int(model.mesh_facenum[mid])], dtype=np.int64)
             a, b, c = verts[faces[:, 0]], verts[faces[:, 1]], verts[faces[:, 2]]
             e1, e2 = b - a, c - a
             tri_area = 0.5 * np.linalg.norm(np.cross(e1, e2), axis=1)
@@ -190,11 +191,21 @@ def build_sampling_table(model: mujoco.MjModel) -> SamplingTable:
     cum = np.cumsum(tri_area)
     cum_start = np.where(starts > 0, cum[np.maximum(starts - 1, 0)] if len(cum) else 0.0, 0.0)
     return SamplingTable(
-        geom_ids=np.asarray(ids, dtype=np.int64), types=np.asarray(types, dtype=np.int64),
-        sizes=np.asarray(sizes, dtype=np.float64).reshape(-1, 3), areas=np.asarray(areas, dtype=np.float64),
-        colors=np.asarray(colors, dtype=np.float32).reshape(-1, 3), robot=np.asarray(robot, dtype=bool),
-        tri_v0=v0, tri_e1=e1, tri_e2=e2, tri_cum=cum, tri_start=starts, tri_count=counts,
-        tri_cum_start=np.asarray(cum_start, dtype=np.float64), tri_normal=tri_normal, names=names,
+        geom_ids=np.asarray(ids, dtype=np.int64),
+        types=np.asarray(types, dtype=np.int64),
+        sizes=np.asarray(sizes, dtype=np.float64).reshape(-1, 3),
+        areas=np.asarray(areas, dtype=np.float64),
+        colors=np.asarray(colors, dtype=np.float32).reshape(-1, 3),
+        robot=np.asarray(robot, dtype=bool),
+        tri_v0=v0,
+        tri_e1=e1,
+        tri_e2=e2,
+        tri_cum=cum,
+        tri_start=starts,
+        tri_count=counts,
+        tri_cum_start=np.asarray(cum_start, dtype=np.float64),
+        tri_normal=tri_normal,
+        names=names,
     )
 
 
@@ -219,6 +230,7 @@ def sampling_table(model: mujoco.MjModel) -> SamplingTable:
 
 # ---- per-type samplers (local geom frame) ------------------------------------------------------
 
+
 def _unit_vectors(rng: np.random.Generator, n: int) -> np.ndarray:
     v = rng.normal(size=(n, 3))
     norm = np.linalg.norm(v, axis=1, keepdims=True)
@@ -227,6 +239,7 @@ def _unit_vectors(rng: np.random.Generator, n: int) -> np.ndarray:
 
 
 # Each sampler returns (points, outward unit normals), both in the geom's local frame.
+
 
 def _sample_box(s: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     n = len(s)
@@ -287,8 +300,7 @@ def _sample_capsule(s: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray
     return np.where(on_side[:, None], side_p, cap_p), np.where(on_side[:, None], side_n, u)
 
 
-def _sample_mesh(table: SamplingTable, idx: np.ndarray, rng: np.random.Generator
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def _sample_mesh(table: SamplingTable, idx: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     n = len(idx)
     target = table.tri_cum_start[idx] + rng.random(n) * table.areas[idx]
     tri = np.searchsorted(table.tri_cum, target, side="right")
@@ -301,8 +313,9 @@ def _sample_mesh(table: SamplingTable, idx: np.ndarray, rng: np.random.Generator
     return p, table.tri_normal[tri]
 
 
-def _plane_rects(table: SamplingTable, data: mujoco.MjData, lo: np.ndarray, hi: np.ndarray
-                 ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+def _plane_rects(
+    table: SamplingTable, data: mujoco.MjData, lo: np.ndarray, hi: np.ndarray
+) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """Per plane (table index): the local-frame rectangle covering its part inside the box."""
     out: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
@@ -323,9 +336,14 @@ def _plane_rects(table: SamplingTable, data: mujoco.MjData, lo: np.ndarray, hi: 
     return out
 
 
-def _draw(table: SamplingTable, data: mujoco.MjData, weights: np.ndarray,
-          rects: dict[int, tuple[np.ndarray, np.ndarray]], n: int, rng: np.random.Generator
-          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _draw(
+    table: SamplingTable,
+    data: mujoco.MjData,
+    weights: np.ndarray,
+    rects: dict[int, tuple[np.ndarray, np.ndarray]],
+    n: int,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``n`` points uniform over all weighted surfaces: world xyz (n, 3), world unit normals
     (n, 3) and table index (n,)."""
     cum = np.cumsum(weights)
@@ -408,14 +426,23 @@ def _seen(xyz: np.ndarray, normal: np.ndarray, views: _Views) -> np.ndarray:
     if views.rot is not None and views.tan_half is not None:
         cam = np.einsum("nkj,kji->nki", -to_view, views.rot)  # point in each camera's frame
         depth = -cam[..., 2]
-        inside = (depth > 1e-6) & (np.abs(cam[..., 0]) <= views.tan_half[None, :, 0] * depth) & \
-                 (np.abs(cam[..., 1]) <= views.tan_half[None, :, 1] * depth)
+        inside = (
+            (depth > 1e-6)
+            & (np.abs(cam[..., 0]) <= views.tan_half[None, :, 0] * depth)
+            & (np.abs(cam[..., 1]) <= views.tan_half[None, :, 1] * depth)
+        )
         ok &= inside
     return np.any(ok, axis=1)
 
 
-def shade(model: mujoco.MjModel, data: mujoco.MjData, xyz: np.ndarray, normal: np.ndarray, base: np.ndarray,
-          views: np.ndarray | None = None) -> np.ndarray:
+def shade(
+    model: mujoco.MjModel,
+    data: mujoco.MjData,
+    xyz: np.ndarray,
+    normal: np.ndarray,
+    base: np.ndarray,
+    views: np.ndarray | None = None,
+) -> np.ndarray:
     """Approximate the renderer's lighting: Lambertian diffuse + ambient from the model's lights
     (spot cone ``cos^exponent`` inside ``cutoff``, distance attenuation) and the headlight
     (ambient + diffuse towards the mean of ``views``, default the model cameras). Specular
@@ -456,10 +483,17 @@ def shade(model: mujoco.MjModel, data: mujoco.MjData, xyz: np.ndarray, normal: n
     return np.clip(base * light, 0.0, 1.0).astype(np.float32)
 
 
-def synthetic_point_cloud(sim: Any, num_points: int, rng: np.random.Generator | int | None = None,
-                          workspace: Box | None = None, include_robot: bool = True, *,
-                          viewpoints: str | np.ndarray | None = None, shading: bool = False,
-                          return_geoms: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+def synthetic_point_cloud(
+    sim: Any,
+    num_points: int,
+    rng: np.random.Generator | int | None = None,
+    workspace: Box | None = None,
+    include_robot: bool = True,
+    *,
+    viewpoints: str | np.ndarray | None = None,
+    shading: bool = False,
+    return_geoms: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """``(num_points, 6)`` float32 points (x, y, z world m + r, g, b in [0, 1]) sampled uniformly
     by area over the visible surfaces of ``sim``'s model at its current pose.
 
@@ -554,5 +588,12 @@ def surface_area(sim: Any, workspace: Box | None = None, include_robot: bool = T
     return out
 
 
-__all__ = ["SamplingTable", "VISIBLE_GROUPS", "build_sampling_table", "sampling_table", "shade", "surface_area",
-           "synthetic_point_cloud"]
+__all__ = [
+    "SamplingTable",
+    "VISIBLE_GROUPS",
+    "build_sampling_table",
+    "sampling_table",
+    "shade",
+    "surface_area",
+    "synthetic_point_cloud",
+]

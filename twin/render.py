@@ -115,8 +115,12 @@ def crop_to_box(points: np.ndarray, box: tuple[tuple[float, float, float], tuple
     return points[keep]
 
 
-def fuse_point_clouds(clouds: list[np.ndarray], box: tuple[tuple[float, float, float], tuple[float, float, float]],
-                      num_points: int, rng: np.random.Generator) -> np.ndarray:
+def fuse_point_clouds(
+    clouds: list[np.ndarray],
+    box: tuple[tuple[float, float, float], tuple[float, float, float]],
+    num_points: int,
+    rng: np.random.Generator,
+) -> np.ndarray:
     """Concatenate per-camera clouds, crop to ``box``, resample to exactly ``num_points``."""
     pts = np.concatenate(clouds, axis=0) if clouds else np.zeros((0, 6), np.float32)
     pts = crop_to_box(pts, box)

@@ -66,8 +66,7 @@ def _robot_xml() -> str:
         if e.get("file"):
             e.set("file", str(root / e.get("file")))
     flange = next(b for b in arm.iter("body") if b.get("name") == "panda_link8")
-    mount = ET.SubElement(flange, "body", name="panda_hand_mount",
-                          quat=" ".join(str(v) for v in _HAND_QUAT))
+    mount = ET.SubElement(flange, "body", name="panda_hand_mount", quat=" ".join(str(v) for v in _HAND_QUAT))
     hand_body = hand.find("worldbody").find("body")
     for site in list(hand_body.findall("site")):
         if site.get("name") == "wrist_site":
@@ -145,7 +144,7 @@ class RobotHandles:
     upper: np.ndarray
 
     @staticmethod
-    def from_model(model: mujoco.MjModel) -> "RobotHandles":
+    def from_model(model: mujoco.MjModel) -> RobotHandles:
         jids = [model.joint(n).id for n in ARM_JOINTS]
         return RobotHandles(
             qpos_adr=np.array([model.jnt_qposadr[j] for j in jids]),
@@ -167,8 +166,9 @@ class PandaIK:
     from a seed configuration; orientation error is weighted by ``rot_weight``.
     """
 
-    def __init__(self, model: mujoco.MjModel, handles: RobotHandles, damping: float = 1e-2,
-                 rot_weight: float = 0.5) -> None:
+    def __init__(
+        self, model: mujoco.MjModel, handles: RobotHandles, damping: float = 1e-2, rot_weight: float = 0.5
+    ) -> None:
         self.model = model
         self.h = handles
         self.data = mujoco.MjData(model)
@@ -196,8 +196,14 @@ class PandaIK:
         mujoco.mj_kinematics(self.model, d)
         return d.site_xpos[self.h.tcp_site], d.site_xmat[self.h.tcp_site].reshape(3, 3)
 
-    def solve(self, target_pos: np.ndarray, target_rot: np.ndarray | None, q_seed: np.ndarray,
-              iters: int = 20, tol: float = 1e-4) -> np.ndarray:
+    def solve(
+        self,
+        target_pos: np.ndarray,
+        target_rot: np.ndarray | None,
+        q_seed: np.ndarray,
+        iters: int = 20,
+        tol: float = 1e-4,
+    ) -> np.ndarray:
         """Damped least squares with a null-space pull towards ``rest``:
         dq = v + J^T (J J^T + l^2 I)^-1 (err - J v), v = 0.1 (rest - q), |dq| <= 0.2.
 

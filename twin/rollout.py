@@ -29,9 +29,17 @@ def expert_env(task: str, **kwargs) -> TwinEnv:
     return TwinEnv(task, control_mode=get_task_class(task).expert_mode, **kwargs)
 
 
-def run_expert_episode(env: TwinEnv, seed: int, condition: Condition | None = None, *, noise: float = 0.0,
-                       enabled: bool = True, record: tuple[str, ...] = (), frame_size: tuple[int, int] = (240, 180),
-                       record_every: int = 0) -> EpisodeResult:
+def run_expert_episode(
+    env: TwinEnv,
+    seed: int,
+    condition: Condition | None = None,
+    *,
+    noise: float = 0.0,
+    enabled: bool = True,
+    record: tuple[str, ...] = (),
+    frame_size: tuple[int, int] = (240, 180),
+    record_every: int = 0,
+) -> EpisodeResult:
     """One episode of the task's expert (or a hold-still controller when ``enabled`` is False).
 
     ``record`` names cameras whose frames are kept: the first and last frame, plus every
@@ -63,8 +71,16 @@ def run_expert_episode(env: TwinEnv, seed: int, condition: Condition | None = No
             grab()
     if record and not record_every:
         grab()
-    return EpisodeResult(task=env.task.name, seed=seed, condition=env.condition.name, success=bool(info["success"]),
-                         steps=steps, ret=total, failure_reason=info.get("failure_reason", ""), frames=frames)
+    return EpisodeResult(
+        task=env.task.name,
+        seed=seed,
+        condition=env.condition.name,
+        success=bool(info["success"]),
+        steps=steps,
+        ret=total,
+        failure_reason=info.get("failure_reason", ""),
+        frames=frames,
+    )
 
 
 class _ConstantController:

@@ -36,8 +36,7 @@ def load_scan(mesh_path: str | os.PathLike[str]) -> Any:
     if not p.is_file():
         raise SceneError(f"{where}: file not found; check the path to the exported scan")
     if p.suffix.lower() not in SCAN_SUFFIXES:
-        raise SceneError(f"{where}: unsupported file type {p.suffix!r}; export the scan as "
-                         f"{', '.join(SCAN_SUFFIXES)}")
+        raise SceneError(f"{where}: unsupported file type {p.suffix!r}; export the scan as {', '.join(SCAN_SUFFIXES)}")
     try:
         # process=False keeps the vertices exactly as twin.meshes.load_mesh (the compiler) sees them.
         mesh = trimesh.load(str(p), force="mesh", process=False)
@@ -74,9 +73,15 @@ def mean_color(mesh: Any) -> tuple[float, float, float, float]:
     return tuple(float(np.clip(c, 0.0, 1.0)) for c in rgba)  # type: ignore[return-value]
 
 
-def scan_body(mesh_path: str | os.PathLike[str], name: str = "scan", pose: Pose | None = None, scale: float = 1.0,
-              collision: CollisionMode = "voxel", voxel_pitch: float = 0.02,
-              up_axis: Literal["z", "y"] = "z") -> BodyCfg:
+def scan_body(
+    mesh_path: str | os.PathLike[str],
+    name: str = "scan",
+    pose: Pose | None = None,
+    scale: float = 1.0,
+    collision: CollisionMode = "voxel",
+    voxel_pitch: float = 0.02,
+    up_axis: Literal["z", "y"] = "z",
+) -> BodyCfg:
     """A static body (kind ``"scan"``, no joint) showing the scan mesh and colliding with it.
 
     ``pose`` places the scan's own frame in the world; ``scale`` converts its units to
@@ -100,15 +105,29 @@ def scan_body(mesh_path: str | os.PathLike[str], name: str = "scan", pose: Pose 
     pose = Pose() if pose is None else Pose(pos=tuple(pose.pos), quat=tuple(pose.quat))
     if up_axis == "y":
         pose.quat = _mul_quat(pose.quat, _Y_UP_TO_Z_UP)
-    visual = GeomCfg(type="mesh", name=f"{name}_visual", mesh=path, mesh_scale=(float(scale),) * 3, rgba=rgba,
-                     collide=(collision == "hull"))
+    visual = GeomCfg(
+        type="mesh",
+        name=f"{name}_visual",
+        mesh=path,
+        mesh_scale=(float(scale),) * 3,
+        rgba=rgba,
+        collide=(collision == "hull"),
+    )
     geoms = [visual]
     if collision == "voxel":
         scaled = mesh.copy()
         scaled.apply_scale(float(scale))
         for i, (center, half) in enumerate(voxel_boxes(scaled, voxel_pitch)):
-            geoms.append(GeomCfg(type="box", name=f"{name}_vox{i}", size=tuple(half), pose=Pose(pos=tuple(center)),
-                                 rgba=(rgba[0], rgba[1], rgba[2], 0.0), visible=False))
+            geoms.append(
+                GeomCfg(
+                    type="box",
+                    name=f"{name}_vox{i}",
+                    size=tuple(half),
+                    pose=Pose(pos=tuple(center)),
+                    rgba=(rgba[0], rgba[1], rgba[2], 0.0),
+                    visible=False,
+                )
+            )
     return BodyCfg(name=name, kind="scan", pose=pose, geoms=geoms)
 
 
@@ -144,8 +163,9 @@ def _runs_along_x(filled: np.ndarray) -> list[Box]:
     # argwhere orders by (x, y, z); reorder both by (y, z, x) so starts and ends pair up.
     starts = starts[np.lexsort((starts[:, 0], starts[:, 2], starts[:, 1]))]
     ends = ends[np.lexsort((ends[:, 0], ends[:, 2], ends[:, 1]))]
-    return [((int(s[0]), int(s[1]), int(s[2])), (int(e[0]), int(s[1]) + 1, int(s[2]) + 1))
-            for s, e in zip(starts, ends)]
+    return [
+        ((int(s[0]), int(s[1]), int(s[2])), (int(e[0]), int(s[1]) + 1, int(s[2]) + 1)) for s, e in zip(starts, ends)
+    ]
 
 
 def _merge(boxes: list[Box], axis: int) -> list[Box]:
@@ -165,10 +185,17 @@ def _merge(boxes: list[Box], axis: int) -> list[Box]:
     return merged
 
 
-def add_scan(scene: SceneCfg, mesh_path: str | os.PathLike[str], pose: Pose | None = None, scale: float = 1.0,
-             sites: dict[str, tuple[float, ...]] | None = None, name: str = "scan",
-             collision: CollisionMode = "voxel", voxel_pitch: float = 0.02,
-             up_axis: Literal["z", "y"] = "z") -> SceneCfg:
+def add_scan(
+    scene: SceneCfg,
+    mesh_path: str | os.PathLike[str],
+    pose: Pose | None = None,
+    scale: float = 1.0,
+    sites: dict[str, tuple[float, ...]] | None = None,
+    name: str = "scan",
+    collision: CollisionMode = "voxel",
+    voxel_pitch: float = 0.02,
+    up_axis: Literal["z", "y"] = "z",
+) -> SceneCfg:
     """A copy of ``scene`` with the scan body (see :func:`scan_body`) and named task sites.
 
     ``sites`` maps a site name to ``(x, y, z)`` or ``(x, y, z, hx, hy, hz)`` in the world
@@ -179,8 +206,11 @@ def add_scan(scene: SceneCfg, mesh_path: str | os.PathLike[str], pose: Pose | No
     existing = {b.name for b in out.iter_bodies()}
     if name in existing:
         raise SceneError(f"add_scan: scene {scene.name!r} already has a body {name!r}; pass another name=")
-    out.bodies.append(scan_body(mesh_path, name=name, pose=pose, scale=scale, collision=collision,
-                                voxel_pitch=voxel_pitch, up_axis=up_axis))
+    out.bodies.append(
+        scan_body(
+            mesh_path, name=name, pose=pose, scale=scale, collision=collision, voxel_pitch=voxel_pitch, up_axis=up_axis
+        )
+    )
     site_names = {s.name for s in out.sites}
     for site_name, values in (sites or {}).items():
         where = f"add_scan site {site_name!r}"

@@ -96,7 +96,7 @@ class BodyCfg:
     pose: Pose = field(default_factory=Pose)
     geoms: list[GeomCfg] = field(default_factory=list)
     joint: JointCfg | None = None
-    children: list["BodyCfg"] = field(default_factory=list)
+    children: list[BodyCfg] = field(default_factory=list)
     mass: float | None = None
     kind: str = "fixture"
 
@@ -221,9 +221,7 @@ class SceneCfg:
         for c in self.cameras:
             if c.name == name:
                 return c
-        raise SceneError(
-            f"scene {self.name!r} has no camera {name!r} (cameras: {[c.name for c in self.cameras]})"
-        )
+        raise SceneError(f"scene {self.name!r} has no camera {name!r} (cameras: {[c.name for c in self.cameras]})")
 
     def site(self, name: str) -> SiteCfg:
         for s in self.sites:
@@ -234,7 +232,7 @@ class SceneCfg:
             "add it with SiteCfg(name=...) or the scan's --site option"
         )
 
-    def copy(self) -> "SceneCfg":
+    def copy(self) -> SceneCfg:
         return copy.deepcopy(self)
 
     def to_dict(self) -> dict[str, Any]:
@@ -249,7 +247,7 @@ class SceneCfg:
         return hashlib.sha256(blob).hexdigest()[:16]
 
     @staticmethod
-    def from_dict(data: dict[str, Any]) -> "SceneCfg":
+    def from_dict(data: dict[str, Any]) -> SceneCfg:
         return _from_dict(SceneCfg, data)
 
     def validate(self) -> None:
@@ -257,6 +255,7 @@ class SceneCfg:
 
 
 # ---- dict <-> dataclass ------------------------------------------------------------------
+
 
 def dataclass_from_dict(cls: Any, data: Any, strict: bool = False) -> Any:
     """Build dataclass ``cls`` (recursively, with typed tuples/lists/unions) from plain data.
@@ -266,7 +265,7 @@ def dataclass_from_dict(cls: Any, data: Any, strict: bool = False) -> Any:
     return _from_dict(cls, data, strict)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _type_hints(cls: Any) -> dict[str, Any]:
     """``typing.get_type_hints`` of a dataclass, once per class (it compiles every string
     annotation on each call; scenes are rebuilt from dicts on every reset)."""
@@ -286,7 +285,9 @@ def _from_dict(cls: Any, data: Any, strict: bool = False) -> Any:
     if strict:
         unknown = sorted(set(data) - {f.name for f in fields(cls)})
         if unknown:
-            raise ValueError(f"{cls.__name__}: unknown field(s) {unknown}; valid: {sorted(f.name for f in fields(cls))}")
+            raise ValueError(
+                f"{cls.__name__}: unknown field(s) {unknown}; valid: {sorted(f.name for f in fields(cls))}"
+            )
     kwargs = {}
     for f in fields(cls):
         if f.name not in data:
@@ -349,9 +350,7 @@ def validate_scene(scene: SceneCfg) -> None:
             elif g.type in _GEOM_SIZES:
                 n = _GEOM_SIZES[g.type]
                 if len(g.size) < n or any(not (s > 0 and math.isfinite(s)) for s in g.size[:n]):
-                    raise SceneError(
-                        f"{gw}.size = {tuple(g.size)}: a {g.type} needs {n} positive finite sizes"
-                    )
+                    raise SceneError(f"{gw}.size = {tuple(g.size)}: a {g.type} needs {n} positive finite sizes")
             else:
                 raise SceneError(f"{gw}.type = {g.type!r}: use one of box, sphere, cylinder, capsule, mesh")
             if g.friction is not None and not (0 <= g.friction < 10):
@@ -390,6 +389,7 @@ def _check_quat(q: Quat, where: str) -> None:
 
 
 # ---- helpers for building scenes -------------------------------------------------------
+
 
 def yaw_quat(yaw: float) -> Quat:
     return (math.cos(yaw / 2.0), 0.0, 0.0, math.sin(yaw / 2.0))

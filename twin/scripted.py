@@ -35,8 +35,13 @@ class Waypoint:
 class WaypointController:
     """Follows a list of waypoints at a bounded Cartesian speed; outputs ee_pose actions."""
 
-    def __init__(self, max_step: float = 0.03, max_rot_step: float = 0.15, noise: float = 0.0,
-                 rng: np.random.Generator | None = None) -> None:
+    def __init__(
+        self,
+        max_step: float = 0.03,
+        max_rot_step: float = 0.15,
+        noise: float = 0.0,
+        rng: np.random.Generator | None = None,
+    ) -> None:
         self.max_step = max_step
         self.max_rot_step = max_rot_step
         self.noise = noise

@@ -14,7 +14,7 @@ import mujoco
 import numpy as np
 
 from twin.compile import CompiledScene, compile_scene
-from twin.robot import GRIPPER_MAX_WIDTH, PandaIK, RobotHandles, contiguous_slice, mat_to_quat, quat_to_mat
+from twin.robot import GRIPPER_MAX_WIDTH, PandaIK, RobotHandles, contiguous_slice, mat_to_quat
 from twin.scene import SceneCfg, SceneError
 
 # Top-down TCP orientation used at home: gripper z pointing down.
@@ -127,11 +127,11 @@ class TwinSim:
         if name not in self._free_adr:
             raise SceneError(f"body {name!r} has no free joint; only free objects can be placed")
         adr = self._free_adr[name]
-        self.data.qpos[adr:adr + 3] = pos
-        self.data.qpos[adr + 3:adr + 7] = np.asarray(quat) / np.linalg.norm(quat)
+        self.data.qpos[adr : adr + 3] = pos
+        self.data.qpos[adr + 3 : adr + 7] = np.asarray(quat) / np.linalg.norm(quat)
         b = self.model.body(name).id
         dof = self.model.jnt_dofadr[self.model.body_jntadr[b]]
-        self.data.qvel[dof:dof + 6] = 0.0
+        self.data.qvel[dof : dof + 6] = 0.0
 
     def joint_qpos(self, name: str) -> float:
         return float(self.data.qpos[self.model.jnt_qposadr[self.model.joint(name).id]])
@@ -152,8 +152,7 @@ class TwinSim:
         self.gripper_cmd = _unit_clip(gripper)
         self.target_pos, self.target_rot = self.ik.fk(self.q_target)
 
-    def command_pose(self, pos: np.ndarray, rot: np.ndarray, gripper: float, iters: int = 4,
-                     tol: float = 2e-4) -> None:
+    def command_pose(self, pos: np.ndarray, rot: np.ndarray, gripper: float, iters: int = 4, tol: float = 2e-4) -> None:
         """Cartesian target for the TCP (world frame), solved to joint targets by IK."""
         self.target_pos = np.asarray(pos, dtype=float)
         self.target_rot = np.asarray(rot, dtype=float)
@@ -198,5 +197,3 @@ def _unit_clip(v: float) -> float:
     """``v`` clipped to [0, 1] as a float (NaN stays NaN, as with np.clip)."""
     v = float(v)
     return 0.0 if v < 0.0 else 1.0 if v > 1.0 else v
-
-

@@ -93,6 +93,7 @@ PoseScale = tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...]]  # (p
 
 # ==== writing ================================================================================
 
+
 def write_scene_usd(scene: SceneCfg, path: str | os.PathLike[str], embed_mesh_points: bool = True) -> Path:
     """Author ``scene`` as a USD stage at ``path`` (.usda text, .usd/.usdc binary).
 
@@ -178,8 +179,9 @@ def _write_robot(stage: Usd.Stage, robot: RobotCfg) -> None:
     _set(prim, "gripperForce", robot.gripper_force, _T.Double)
 
 
-def _write_body(stage: Usd.Stage, parent: Sdf.Path, used: set[str], body: BodyCfg, parent_body: Sdf.Path | None,
-                embed: bool) -> None:
+def _write_body(
+    stage: Usd.Stage, parent: Sdf.Path, used: set[str], body: BodyCfg, parent_body: Sdf.Path | None, embed: bool
+) -> None:
     path = parent.AppendChild(_prim_name(body.name, "body", used))
     xf = UsdGeom.Xform.Define(stage, path)
     _set_pose(xf, body.pose.pos, body.pose.quat)
@@ -200,8 +202,9 @@ def _write_body(stage: Usd.Stage, parent: Sdf.Path, used: set[str], body: BodyCf
         _write_body(stage, path, children, child, parent_body=path, embed=embed)
 
 
-def _write_joint(stage: Usd.Stage, body_path: Sdf.Path, used: set[str], body: BodyCfg,
-                 parent_body: Sdf.Path | None) -> None:
+def _write_joint(
+    stage: Usd.Stage, body_path: Sdf.Path, used: set[str], body: BodyCfg, parent_body: Sdf.Path | None
+) -> None:
     j = body.joint
     assert j is not None
     prim = stage.GetPrimAtPath(body_path)
@@ -342,6 +345,7 @@ def _write_light(stage: Usd.Stage, path: Sdf.Path, light: LightCfg) -> None:
 
 # ==== reading ================================================================================
 
+
 def read_scene_usd(path: str | os.PathLike[str]) -> SceneCfg:
     """Read a scene from a USD stage written by :func:`write_scene_usd` or by hand.
 
@@ -360,8 +364,7 @@ def _open_stage(path: str | os.PathLike[str]) -> Usd.Stage:
     if not p.is_file():
         raise SceneError(f"USD scene {str(p)!r} not found; check the path")
     if p.suffix.lower() not in USD_SUFFIXES:
-        raise SceneError(f"{str(p)!r} is not a USD file (suffix {p.suffix!r}); "
-                         f"give a {', '.join(USD_SUFFIXES)} file")
+        raise SceneError(f"{str(p)!r} is not a USD file (suffix {p.suffix!r}); give a {', '.join(USD_SUFFIXES)} file")
     resolved = str(p.resolve())
     layer = Sdf.Layer.Find(resolved)
     if layer is not None:  # another stage in this process holds it: pick up changes on disk
@@ -372,8 +375,9 @@ def _open_stage(path: str | os.PathLike[str]) -> Usd.Stage:
         text = re.sub(r"pxrInternal\w*::", "", " ".join(str(exc).split()))
         where = re.search(r":(\d+):(\d+): (.*?)' in <", text)
         detail = f"line {where[1]}, column {where[2]}: {where[3]}" if where else text[:300]
-        raise SceneError(f"USD scene {str(p)!r} is malformed and could not be parsed ({detail}); "
-                         "fix the file or re-export it") from exc
+        raise SceneError(
+            f"USD scene {str(p)!r} is malformed and could not be parsed ({detail}); fix the file or re-export it"
+        ) from exc
     if stage is None:
         raise SceneError(f"USD scene {str(p)!r} could not be opened; re-export it")
     return stage
@@ -391,8 +395,10 @@ class _ReadContext:
         if not root or not root.IsValid():
             root = stage.GetPrimAtPath("/World")
         if not root or not root.IsValid():
-            raise SceneError(f"USD scene {str(path)!r} has no default prim and no /World prim; put the scene "
-                             "under /World and set the layer's defaultPrim = \"World\"")
+            raise SceneError(
+                f"USD scene {str(path)!r} has no default prim and no /World prim; put the scene "
+                'under /World and set the layer\'s defaultPrim = "World"'
+            )
         self.root = root
         self._check_units()
         self.skip = {root.GetPath().AppendChild("Robot"), root.GetPath().AppendChild("Sites")}
@@ -404,20 +410,26 @@ class _ReadContext:
             if not targets:
                 raise SceneError(f"joint prim {prim.GetPath()}: physics:body1 is not set; target the moving body")
             if targets[0] in self.joints:
-                raise SceneError(f"joint prim {prim.GetPath()}: body {targets[0]} already has joint "
-                                 f"{self.joints[targets[0]].GetPath()}; a body has at most one joint")
+                raise SceneError(
+                    f"joint prim {prim.GetPath()}: body {targets[0]} already has joint "
+                    f"{self.joints[targets[0]].GetPath()}; a body has at most one joint"
+                )
             self.joints[targets[0]] = prim
 
     def _check_units(self) -> None:
         where = f"USD scene {str(self.path)!r}"
         if self.stage.HasAuthoredMetadata("upAxis") and UsdGeom.GetStageUpAxis(self.stage) != UsdGeom.Tokens.z:
-            raise SceneError(f"{where}: upAxis = {UsdGeom.GetStageUpAxis(self.stage)!r}; twin scenes are Z-up, "
-                             "re-export the stage with upAxis = \"Z\"")
+            raise SceneError(
+                f"{where}: upAxis = {UsdGeom.GetStageUpAxis(self.stage)!r}; twin scenes are Z-up, "
+                're-export the stage with upAxis = "Z"'
+            )
         if self.stage.HasAuthoredMetadata("metersPerUnit"):
             mpu = UsdGeom.GetStageMetersPerUnit(self.stage)
             if not math.isclose(mpu, 1.0, rel_tol=1e-9):
-                raise SceneError(f"{where}: metersPerUnit = {mpu}; twin scenes are in metres, "
-                                 "re-export the stage with metersPerUnit = 1")
+                raise SceneError(
+                    f"{where}: metersPerUnit = {mpu}; twin scenes are in metres, "
+                    "re-export the stage with metersPerUnit = 1"
+                )
 
     def _skipped(self, path: Sdf.Path) -> bool:
         return any(path.HasPrefix(s) for s in self.skip)
@@ -459,8 +471,10 @@ class _ReadContext:
                     break
         integrator = str(_get(self.root, "physics:integrator", d.integrator))
         if integrator not in ("implicitfast", "Euler", "RK4", "implicit"):
-            raise SceneError(f"{self.root.GetPath()}.{NS}physics:integrator = {integrator!r}: use implicitfast, "
-                             "implicit, Euler or RK4")
+            raise SceneError(
+                f"{self.root.GetPath()}.{NS}physics:integrator = {integrator!r}: use implicitfast, "
+                "implicit, Euler or RK4"
+            )
         return PhysicsCfg(
             timestep=float(_get(self.root, "physics:timestep", d.timestep)),
             integrator=integrator,  # type: ignore[arg-type]
@@ -508,8 +522,9 @@ class _ReadContext:
         where = str(prim.GetPath())
         pos, quat, scale = self.pose(prim, parent)
         if not np.allclose(scale, 1.0, atol=1e-6):
-            raise SceneError(f"body prim {where} has scale {scale}; MuJoCo bodies are rigid, move the scale "
-                             "onto its geom prims")
+            raise SceneError(
+                f"body prim {where} has scale {scale}; MuJoCo bodies are rigid, move the scale onto its geom prims"
+            )
         geoms: list[GeomCfg] = []
         children: list[BodyCfg] = []
         self._collect(prim, prim, geoms, children)
@@ -518,8 +533,15 @@ class _ReadContext:
         joint = self.joint(prim)
         mass = self.mass(prim)
         default_kind = "object" if joint is not None and joint.type == "free" else "fixture"
-        return BodyCfg(name=str(_get(prim, "name", prim.GetName())), pose=Pose(pos=pos, quat=quat), geoms=geoms,
-                       joint=joint, children=children, mass=mass, kind=str(_get(prim, "kind", default_kind)))
+        return BodyCfg(
+            name=str(_get(prim, "name", prim.GetName())),
+            pose=Pose(pos=pos, quat=quat),
+            geoms=geoms,
+            joint=joint,
+            children=children,
+            mass=mass,
+            kind=str(_get(prim, "kind", default_kind)),
+        )
 
     def _collect(self, body_prim: Usd.Prim, prim: Usd.Prim, geoms: list[GeomCfg], children: list[BodyCfg]) -> None:
         for child in prim.GetChildren():
@@ -540,8 +562,14 @@ class _ReadContext:
         geom = self.geom(prim, None, pose=((0.0, 0.0, 0.0), (1.0, 0.0, 0.0, 0.0), scale))
         joint = self.joint(prim)
         default_kind = "object" if joint is not None else "fixture"
-        return BodyCfg(name=str(_get(prim, "bodyName", prim.GetName())), pose=Pose(pos=pos, quat=quat),
-                       geoms=[geom], joint=joint, mass=self.mass(prim), kind=str(_get(prim, "kind", default_kind)))
+        return BodyCfg(
+            name=str(_get(prim, "bodyName", prim.GetName())),
+            pose=Pose(pos=pos, quat=quat),
+            geoms=[geom],
+            joint=joint,
+            mass=self.mass(prim),
+            kind=str(_get(prim, "kind", default_kind)),
+        )
 
     def mass(self, prim: Usd.Prim) -> float | None:
         schema_mass = None
@@ -565,10 +593,12 @@ class _ReadContext:
         jprim = self.joints.get(body_prim.GetPath())
         if tag is not None:
             if str(tag) != "free":
-                raise SceneError(f"{where}.{NS}joint = {str(tag)!r}: unknown joint type; use \"free\" or author a "
-                                 "PhysicsRevoluteJoint / PhysicsPrismaticJoint prim with body1 = this body")
+                raise SceneError(
+                    f'{where}.{NS}joint = {str(tag)!r}: unknown joint type; use "free" or author a '
+                    "PhysicsRevoluteJoint / PhysicsPrismaticJoint prim with body1 = this body"
+                )
             if jprim is not None:
-                raise SceneError(f"{where}: has {NS}joint = \"free\" and joint prim {jprim.GetPath()}; keep one")
+                raise SceneError(f'{where}: has {NS}joint = "free" and joint prim {jprim.GetPath()}; keep one')
             return JointCfg(name=str(_get(body_prim, "jointName", "")), type="free")
         if jprim is None:
             if body_prim.HasAPI(UsdPhysics.RigidBodyAPI):
@@ -582,8 +612,10 @@ class _ReadContext:
             jtype = "slide"
             ujoint = UsdPhysics.PrismaticJoint(jprim)
         else:
-            raise SceneError(f"joint prim {jw} is a {jprim.GetTypeName() or 'untyped'} joint; unknown joint type, "
-                             "use PhysicsRevoluteJoint (hinge) or PhysicsPrismaticJoint (slide)")
+            raise SceneError(
+                f"joint prim {jw} is a {jprim.GetTypeName() or 'untyped'} joint; unknown joint type, "
+                "use PhysicsRevoluteJoint (hinge) or PhysicsPrismaticJoint (slide)"
+            )
         token = str(ujoint.GetAxisAttr().Get())
         if token not in _AXES:
             raise SceneError(f"joint prim {jw}.physics:axis = {token!r}: use X, Y or Z")
@@ -603,15 +635,18 @@ class _ReadContext:
             if not (value >= 0 and math.isfinite(value)):
                 raise SceneError(f"joint prim {jw}.{NS}{attr} = {value}: must be a finite number >= 0")
         return JointCfg(
-            name=str(_get(jprim, "name", jprim.GetName())), type=jtype, axis=axis, pos=pos,  # type: ignore[arg-type]
+            name=str(_get(jprim, "name", jprim.GetName())),
+            type=jtype,
+            axis=axis,
+            pos=pos,  # type: ignore[arg-type]
             range=None if rng is None else (float(rng[0]), float(rng[1])),
-            damping=float(_get(jprim, "damping", 0.0)), frictionloss=float(_get(jprim, "frictionloss", 0.0)),
+            damping=float(_get(jprim, "damping", 0.0)),
+            frictionloss=float(_get(jprim, "frictionloss", 0.0)),
             stiffness=float(_get(jprim, "stiffness", 0.0)),
         )
 
     # ---- geoms -------------------------------------------------------------------------
-    def geom(self, prim: Usd.Prim, body: Usd.Prim | None,
-             pose: PoseScale | None = None) -> GeomCfg:
+    def geom(self, prim: Usd.Prim, body: Usd.Prim | None, pose: PoseScale | None = None) -> GeomCfg:
         where = str(prim.GetPath())
         pos, quat, scale = pose if pose is not None else self.pose(prim, body)
         s = np.asarray(scale, dtype=float)
@@ -623,8 +658,10 @@ class _ReadContext:
         elif prim.IsA(UsdGeom.Sphere):
             radius = _positive(UsdGeom.Sphere(prim).GetRadiusAttr().Get(), f"{where}.radius")
             if not np.allclose(s, s[0], rtol=1e-6):
-                raise SceneError(f"{where}: a Sphere with non-uniform scale {tuple(s)} is an ellipsoid; use a "
-                                 "uniform scale or a Mesh")
+                raise SceneError(
+                    f"{where}: a Sphere with non-uniform scale {tuple(s)} is an ellipsoid; use a "
+                    "uniform scale or a Mesh"
+                )
             g.type = "sphere"
             g.size = (float(radius * s[0]),)
         elif prim.IsA(UsdGeom.Cylinder) or prim.IsA(UsdGeom.Capsule):
@@ -635,8 +672,10 @@ class _ReadContext:
             a = "XYZ".index(axis)
             perp = [i for i in range(3) if i != a]
             if not math.isclose(s[perp[0]], s[perp[1]], rel_tol=1e-6):
-                raise SceneError(f"{where}: scale {tuple(s)} squashes the round cross-section; scale the two "
-                                 f"axes other than {axis} equally")
+                raise SceneError(
+                    f"{where}: scale {tuple(s)} squashes the round cross-section; scale the two "
+                    f"axes other than {axis} equally"
+                )
             g.type = "cylinder" if prim.IsA(UsdGeom.Cylinder) else "capsule"
             g.size = (float(radius * s[perp[0]]), float(height / 2.0 * s[a]))
             if axis != "Z":  # MuJoCo cylinders/capsules run along z: rotate z onto the axis
@@ -662,8 +701,10 @@ class _ReadContext:
         g.friction = None if friction is None else float(friction)
         if prim.HasAPI(UsdPhysics.CollisionAPI):
             g.collide = bool(UsdPhysics.CollisionAPI(prim).GetCollisionEnabledAttr().Get())
-        g.visible = (gp.GetVisibilityAttr().Get() != UsdGeom.Tokens.invisible
-                     and gp.GetPurposeAttr().Get() != UsdGeom.Tokens.guide)
+        g.visible = (
+            gp.GetVisibilityAttr().Get() != UsdGeom.Tokens.invisible
+            and gp.GetPurposeAttr().Get() != UsdGeom.Tokens.guide
+        )
         g.texture = _read_texture(prim, "texture")
         return g
 
@@ -671,8 +712,10 @@ class _ReadContext:
         where = str(prim.GetPath())
         asset = _get(prim, "meshFile")
         if asset is None or not str(asset.path):
-            raise SceneError(f"Mesh prim {where} has no {NS}meshFile; set it to the OBJ/GLB/PLY/STL file the mesh "
-                             "comes from (e.g. asset twinrank:meshFile = @scan.obj@)")
+            raise SceneError(
+                f"Mesh prim {where} has no {NS}meshFile; set it to the OBJ/GLB/PLY/STL file the mesh "
+                "comes from (e.g. asset twinrank:meshFile = @scan.obj@)"
+            )
         authored = str(asset.path)
         p = Path(authored)
         candidates = [p] if p.is_absolute() else [p, self.base_dir / p]
@@ -681,8 +724,10 @@ class _ReadContext:
         for c in candidates:
             if c.is_file():
                 return authored if c == p else str(c)
-        raise SceneError(f"Mesh prim {where}: mesh file {authored!r} not found (looked in the current folder and "
-                         f"{str(self.base_dir)!r}); copy the file there or fix {NS}meshFile")
+        raise SceneError(
+            f"Mesh prim {where}: mesh file {authored!r} not found (looked in the current folder and "
+            f"{str(self.base_dir)!r}); copy the file there or fix {NS}meshFile"
+        )
 
     # ---- cameras, lights, sites ------------------------------------------------------------
     def cameras_and_lights(self) -> tuple[list[CameraCfg], list[LightCfg]]:
@@ -693,8 +738,13 @@ class _ReadContext:
                 continue
             if prim.IsA(UsdGeom.Camera):
                 cameras.append(self.camera(prim))
-            elif prim.IsA(UsdLux.DistantLight) or prim.IsA(UsdLux.SphereLight) or prim.IsA(UsdLux.DiskLight) \
-                    or prim.IsA(UsdLux.RectLight) or prim.IsA(UsdLux.CylinderLight):
+            elif (
+                prim.IsA(UsdLux.DistantLight)
+                or prim.IsA(UsdLux.SphereLight)
+                or prim.IsA(UsdLux.DiskLight)
+                or prim.IsA(UsdLux.RectLight)
+                or prim.IsA(UsdLux.CylinderLight)
+            ):
                 lights.append(self.light(prim))
             # DomeLights (environment light) have no MuJoCo counterpart and are skipped.
         return cameras, lights
@@ -704,8 +754,10 @@ class _ReadContext:
         ucam = UsdGeom.Camera(prim)
         pos, quat, _ = self.pose(prim, None)
         if str(ucam.GetProjectionAttr().Get()) != UsdGeom.Tokens.perspective:
-            raise SceneError(f"camera {where}: projection is {ucam.GetProjectionAttr().Get()!r}; twin cameras are "
-                             "pinhole, set projection = \"perspective\"")
+            raise SceneError(
+                f"camera {where}: projection is {ucam.GetProjectionAttr().Get()!r}; twin cameras are "
+                'pinhole, set projection = "perspective"'
+            )
         focal = _positive(ucam.GetFocalLengthAttr().Get(), f"{where}.focalLength")
         h_ap = _positive(ucam.GetHorizontalApertureAttr().Get(), f"{where}.horizontalAperture")
         v_ap = _positive(ucam.GetVerticalApertureAttr().Get(), f"{where}.verticalAperture")
@@ -719,13 +771,25 @@ class _ReadContext:
         else:
             width = DEFAULT_CAMERA_WIDTH
             height = max(1, round(width * v_ap / h_ap))
-        derived = (focal / h_ap * width, focal / v_ap * height,
-                   width / 2.0 - h_off / h_ap * width, height / 2.0 + v_off / v_ap * height)
+        derived = (
+            focal / h_ap * width,
+            focal / v_ap * height,
+            width / 2.0 - h_off / h_ap * width,
+            height / 2.0 + v_off / v_ap * height,
+        )
         fx, fy, cx, cy = _exact(prim, "intrinsics", derived, atol=1e-3)
         rot = Gf.Rotation(Gf.Quatd(*quat))
         forward = np.asarray(rot.TransformDir(Gf.Vec3d(0.0, 0.0, -1.0)), dtype=float)
-        cam = CameraCfg(name=str(_get(prim, "name", prim.GetName())), pos=pos, width=width, height=height,
-                        fx=float(fx), fy=float(fy), cx=float(cx), cy=float(cy))
+        cam = CameraCfg(
+            name=str(_get(prim, "name", prim.GetName())),
+            pos=pos,
+            width=width,
+            height=height,
+            fx=float(fx),
+            fy=float(fy),
+            cx=float(cx),
+            cy=float(cy),
+        )
         target, up = _get(prim, "target"), _get(prim, "up")
         if target is not None and up is not None:
             cam.target, cam.up = _floats(target), _floats(up)
@@ -746,12 +810,14 @@ class _ReadContext:
         if prim.HasAPI(UsdLux.ShadowAPI):
             castshadow = bool(UsdLux.ShadowAPI(prim).GetShadowEnableAttr().Get())
         return LightCfg(
-            name=str(_get(prim, "name", prim.GetName())), pos=pos,
+            name=str(_get(prim, "name", prim.GetName())),
+            pos=pos,
             dir=_exact(prim, "dir", forward, direction=True),
             diffuse=_exact(prim, "diffuse", diffuse_derived, clip=True),
             ambient=_floats(_get(prim, "ambient", d.ambient)),
             specular=_floats(_get(prim, "specular", d.specular)),
-            directional=prim.IsA(UsdLux.DistantLight), castshadow=castshadow,
+            directional=prim.IsA(UsdLux.DistantLight),
+            castshadow=castshadow,
         )
 
     def sites(self) -> list[SiteCfg]:
@@ -766,8 +832,14 @@ class _ReadContext:
             half = _floats(_get(prim, "halfExtents", SiteCfg(name="").half_extents))
             if any(not (h > 0 and math.isfinite(h)) for h in half):
                 raise SceneError(f"site {prim.GetPath()}.{NS}halfExtents = {half}: three positive sizes (m)")
-            out.append(SiteCfg(name=str(_get(prim, "name", prim.GetName())), pos=pos, half_extents=half,
-                               body=str(_get(prim, "body", ""))))
+            out.append(
+                SiteCfg(
+                    name=str(_get(prim, "name", prim.GetName())),
+                    pos=pos,
+                    half_extents=half,
+                    body=str(_get(prim, "body", "")),
+                )
+            )
         return out
 
     # ---- transforms --------------------------------------------------------------------
@@ -783,11 +855,14 @@ class _ReadContext:
         if exact is not None:
             pos, quat, scale = exact
             if not all(math.isfinite(v) for v in (*pos, *quat, *scale)):
-                raise SceneError(f"{where}: non-finite transform (pos {pos}, orient {quat}, scale {scale}); "
-                                 "fix the prim's xformOp values")
+                raise SceneError(
+                    f"{where}: non-finite transform (pos {pos}, orient {quat}, scale {scale}); "
+                    "fix the prim's xformOp values"
+                )
             if any(v <= 0 for v in scale):
-                raise SceneError(f"{where}: xformOp:scale = {scale}; scales must be positive (no zero or mirrored "
-                                 "axes)")
+                raise SceneError(
+                    f"{where}: xformOp:scale = {scale}; scales must be positive (no zero or mirrored axes)"
+                )
             if all(v == 0 for v in quat):
                 raise SceneError(f"{where}: xformOp:orient is all zeros; use a unit quaternion")
             return pos, quat, scale
@@ -842,8 +917,10 @@ def _decompose(matrix: Gf.Matrix4d, where: str) -> PoseScale:
     xf = Gf.Transform(matrix)
     scale = _floats(xf.GetScale())
     if abs(xf.GetPivotOrientation().GetAngle()) > 1e-6 and not np.allclose(scale, scale[0], rtol=1e-6):
-        raise SceneError(f"{where}: transform is sheared (non-uniform scale before a rotation); apply "
-                         "non-uniform scale on the geom prim itself, after its rotation")
+        raise SceneError(
+            f"{where}: transform is sheared (non-uniform scale before a rotation); apply "
+            "non-uniform scale on the geom prim itself, after its rotation"
+        )
     quat = _quat_tuple(xf.GetRotation().GetQuat())
     if quat[0] < 0:
         quat = tuple(-v for v in quat)
@@ -852,8 +929,10 @@ def _decompose(matrix: Gf.Matrix4d, where: str) -> PoseScale:
 
 # ==== compiled scenes ========================================================================
 
-def export_compiled_usd(compiled: CompiledScene | mujoco.MjModel, path: str | os.PathLike[str],
-                        data: mujoco.MjData | None = None) -> Path:
+
+def export_compiled_usd(
+    compiled: CompiledScene | mujoco.MjModel, path: str | os.PathLike[str], data: mujoco.MjData | None = None
+) -> Path:
     """Write a compiled twin back to USD, robot geometry included.
 
     For a :class:`~twin.compile.CompiledScene` the stage is the scene as
@@ -909,8 +988,15 @@ def _free_bodies_at(scene: SceneCfg, model: mujoco.MjModel, data: mujoco.MjData)
             body.pose = Pose(pos=_floats(data.xpos[bid]), quat=_floats(data.xquat[bid]))
 
 
-def _write_model_body(stage: Usd.Stage, parent: Sdf.Path, used_in_parent: set[str], model: mujoco.MjModel,
-                      data: mujoco.MjData, body_id: int, parent_id: int | None) -> None:
+def _write_model_body(
+    stage: Usd.Stage,
+    parent: Sdf.Path,
+    used_in_parent: set[str],
+    model: mujoco.MjModel,
+    data: mujoco.MjData,
+    body_id: int,
+    parent_id: int | None,
+) -> None:
     name = model.body(body_id).name or f"body{body_id}"
     path = parent.AppendChild(_prim_name(name, f"body{body_id}", used_in_parent))
     xf = UsdGeom.Xform.Define(stage, path)
@@ -946,10 +1032,12 @@ def _write_model_geom(stage: Usd.Stage, path: Sdf.Path, model: mujoco.MjModel, g
         va, vn = model.mesh_vertadr[mid], model.mesh_vertnum[mid]
         fa, fn = model.mesh_faceadr[mid], model.mesh_facenum[mid]
         gp: Any = UsdGeom.Mesh.Define(stage, path)
-        points = Vt.Vec3fArray.FromNumpy(model.mesh_vert[va:va + vn].astype(np.float32))
+        points = Vt.Vec3fArray.FromNumpy(model.mesh_vert[va : va + vn].astype(np.float32))
         gp.CreatePointsAttr(points)
         gp.CreateFaceVertexCountsAttr(Vt.IntArray.FromNumpy(np.full(fn, 3, dtype=np.int32)))
-        gp.CreateFaceVertexIndicesAttr(Vt.IntArray.FromNumpy(model.mesh_face[fa:fa + fn].reshape(-1).astype(np.int32)))
+        gp.CreateFaceVertexIndicesAttr(
+            Vt.IntArray.FromNumpy(model.mesh_face[fa : fa + fn].reshape(-1).astype(np.int32))
+        )
         gp.CreateSubdivisionSchemeAttr(UsdGeom.Tokens.none)
         gp.CreateExtentAttr(UsdGeom.PointBased.ComputeExtent(points))
     elif gtype == G.mjGEOM_BOX:
@@ -976,8 +1064,9 @@ def _write_model_geom(stage: Usd.Stage, path: Sdf.Path, model: mujoco.MjModel, g
     gp.CreateDisplayOpacityPrimvar(UsdGeom.Tokens.constant).Set(Vt.FloatArray([float(rgba[3])]))
 
 
-def export_model_usd(model: mujoco.MjModel, data: mujoco.MjData, path: str | os.PathLike[str],
-                     camera_names: list[str] | None = None) -> Path:
+def export_model_usd(
+    model: mujoco.MjModel, data: mujoco.MjData, path: str | os.PathLike[str], camera_names: list[str] | None = None
+) -> Path:
     """Visual snapshot of a compiled model at ``data``, written by MuJoCo's USDExporter.
 
     Everything MuJoCo would render (robot meshes, fixtures, floor, lights, the named
@@ -990,9 +1079,15 @@ def export_model_usd(model: mujoco.MjModel, data: mujoco.MjData, path: str | os.
 
     out = _check_out_path(path).resolve()
     folder = f"{out.stem}_assets"
-    exporter = USDExporter(model, height=min(480, model.vis.global_.offheight),
-                           width=min(480, model.vis.global_.offwidth), output_directory=folder,
-                           output_directory_root=str(out.parent), camera_names=camera_names, verbose=False)
+    exporter = USDExporter(
+        model,
+        height=min(480, model.vis.global_.offheight),
+        width=min(480, model.vis.global_.offwidth),
+        output_directory=folder,
+        output_directory_root=str(out.parent),
+        camera_names=camera_names,
+        verbose=False,
+    )
     exporter.update_scene(data)
     stage = exporter.stage
     # The exporter anchors texture paths at its frames/ folder; re-anchor them at ``out``.
@@ -1009,6 +1104,7 @@ def export_model_usd(model: mujoco.MjModel, data: mujoco.MjData, path: str | os.
 
 
 # ==== small helpers ==========================================================================
+
 
 def _set(prim: Usd.Prim, name: str, value: Any, type_name: Sdf.ValueTypeName) -> None:
     prim.CreateAttribute(NS + name, type_name, custom=True).Set(value)
@@ -1042,8 +1138,14 @@ def _positive(value: Any, where: str) -> float:
     return v
 
 
-def _exact(prim: Usd.Prim, name: str, derived: tuple[float, ...] | None, atol: float = 1e-6,
-           direction: bool = False, clip: bool = False) -> Any:
+def _exact(
+    prim: Usd.Prim,
+    name: str,
+    derived: tuple[float, ...] | None,
+    atol: float = 1e-6,
+    direction: bool = False,
+    clip: bool = False,
+) -> Any:
     """The stored double-precision ``twinrank:<name>`` if it agrees with ``derived``.
 
     ``derived`` is the value read from the standard (often single-precision) schema
@@ -1074,14 +1176,17 @@ def _read_texture(prim: Usd.Prim, prefix: str) -> TextureCfg | None:
         return None
     d = TextureCfg()
     if str(builtin) not in ("checker", "gradient", "flat", "file"):
-        raise SceneError(f"{prim.GetPath()}.{NS}{prefix}:builtin = {str(builtin)!r}: use checker, gradient, flat "
-                         "or file")
+        raise SceneError(
+            f"{prim.GetPath()}.{NS}{prefix}:builtin = {str(builtin)!r}: use checker, gradient, flat or file"
+        )
     file = _get(prim, f"{prefix}:file")
-    return TextureCfg(builtin=str(builtin),  # type: ignore[arg-type]
-                      rgb1=_floats(_get(prim, f"{prefix}:rgb1", d.rgb1)),  # type: ignore[arg-type]
-                      rgb2=_floats(_get(prim, f"{prefix}:rgb2", d.rgb2)),  # type: ignore[arg-type]
-                      file=None if file is None else str(file),
-                      repeat=_floats(_get(prim, f"{prefix}:repeat", d.repeat)))  # type: ignore[arg-type]
+    return TextureCfg(
+        builtin=str(builtin),  # type: ignore[arg-type]
+        rgb1=_floats(_get(prim, f"{prefix}:rgb1", d.rgb1)),  # type: ignore[arg-type]
+        rgb2=_floats(_get(prim, f"{prefix}:rgb2", d.rgb2)),  # type: ignore[arg-type]
+        file=None if file is None else str(file),
+        repeat=_floats(_get(prim, f"{prefix}:repeat", d.repeat)),
+    )  # type: ignore[arg-type]
 
 
 def _prim_name(name: str, fallback: str, used: set[str]) -> str:

@@ -11,21 +11,28 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 import typer  # noqa: E402
 
-from twinrank.output import ExitCode, console, fail, print_table, styled  # noqa: E402
 from twinrank import output  # noqa: E402
+from twinrank.output import ExitCode, console, fail, print_table, styled  # noqa: E402
 
-app = typer.Typer(help="Twinrank: digital-twin evaluation and policy selection for Franka manipulation. "
-                       "Exit codes: 0 done, 1 internal error, 2 bad input, 3 locked, 4 partial (some items failed), "
-                       "5 MLflow unreachable (results kept, synced next run), 130 interrupted.",
-                  no_args_is_help=True, pretty_exceptions_show_locals=False, rich_markup_mode=None)
-scene_app = typer.Typer(help="Scenes: export to USD, import scans, check compilation.", no_args_is_help=True,
-                        rich_markup_mode=None)
+app = typer.Typer(
+    help="Twinrank: digital-twin evaluation and policy selection for Franka manipulation. "
+    "Exit codes: 0 done, 1 internal error, 2 bad input, 3 locked, 4 partial (some items failed), "
+    "5 MLflow unreachable (results kept, synced next run), 130 interrupted.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    rich_markup_mode=None,
+)
+scene_app = typer.Typer(
+    help="Scenes: export to USD, import scans, check compilation.", no_args_is_help=True, rich_markup_mode=None
+)
 suite_app = typer.Typer(help="Perturbation suites.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(scene_app, name="scene")
 app.add_typer(suite_app, name="suite")
 
-TRACKING_TIMEOUT_HELP = ("Seconds to wait for an MLflow tracking server before deferring the upload (default 15, "
-                         "or TWINRANK_TRACKING_TIMEOUT).")
+TRACKING_TIMEOUT_HELP = (
+    "Seconds to wait for an MLflow tracking server before deferring the upload (default 15, "
+    "or TWINRANK_TRACKING_TIMEOUT)."
+)
 
 
 def _tracking_timeout(value: float | None) -> None:
@@ -41,50 +48,65 @@ def _tracking_timeout(value: float | None) -> None:
 
 
 @app.command()
-def demo(out: Path = typer.Option(Path("demo_out"), help="Output folder."),
-         task: list[str] = typer.Option(None, help="Tasks to run (default: all)."),
-         episodes: int = typer.Option(1, min=1, help="Scripted episodes per task and condition."),
-         seed: int = typer.Option(0, help="First seed."),
-         chain: bool = typer.Option(True, "--chain/--twin-only", help="Also train, evaluate and log to MLflow."),
-         tracking_uri: str = typer.Option(None, help="MLflow tracking URI (default: ./mlflow.db)."),
-         tracking_timeout: float = typer.Option(None, help=TRACKING_TIMEOUT_HELP)) -> None:
+def demo(
+    out: Path = typer.Option(Path("demo_out"), help="Output folder."),
+    task: list[str] = typer.Option(None, help="Tasks to run (default: all)."),
+    episodes: int = typer.Option(1, min=1, help="Scripted episodes per task and condition."),
+    seed: int = typer.Option(0, help="First seed."),
+    chain: bool = typer.Option(True, "--chain/--twin-only", help="Also train, evaluate and log to MLflow."),
+    tracking_uri: str = typer.Option(None, help="MLflow tracking URI (default: ./mlflow.db)."),
+    tracking_timeout: float = typer.Option(None, help=TRACKING_TIMEOUT_HELP),
+) -> None:
     """The whole chain: tasks under perturbations, train a checkpoint family, evaluate it, MLflow."""
     from twinrank.demo import run_demo
 
     _tracking_timeout(tracking_timeout)
     try:
-        code = run_demo(out, tasks=task or None, episodes=episodes, seed=seed, console=console, chain=chain,
-                        tracking_uri=tracking_uri)
+        code = run_demo(
+            out,
+            tasks=task or None,
+            episodes=episodes,
+            seed=seed,
+            console=console,
+            chain=chain,
+            tracking_uri=tracking_uri,
+        )
     except ValueError as exc:
         fail(str(exc))
     output.exit_with(code)
 
 
 @app.command()
-def train(config: Path = typer.Argument(None, help="Training config YAML (see policies/train.py)."),
-          algo: str = typer.Option(None, help="ppo_bc | ppo | bc | diffusion_bc | distill (default config)."),
-          task: str = typer.Option(None, help="Task name."),
-          steps: int = typer.Option(None, help="Total env steps (PPO)."),
-          epochs: int = typer.Option(None, help="Epochs (BC)."),
-          seed: int = typer.Option(None, help="Training seed."),
-          out: Path = typer.Option(Path("outputs/train"), help="Output folder (checkpoints under it)."),
-          tracking_uri: str = typer.Option(None, help="MLflow tracking URI (default: ./mlflow.db)."),
-          tracking_timeout: float = typer.Option(None, help=TRACKING_TIMEOUT_HELP),
-          set_: list[str] = typer.Option([], "--set", help="Override any config field: key.sub=value (YAML value).")
-          ) -> None:
+def train(
+    config: Path = typer.Argument(None, help="Training config YAML (see policies/train.py)."),
+    algo: str = typer.Option(None, help="ppo_bc | ppo | bc | diffusion_bc | distill (default config)."),
+    task: str = typer.Option(None, help="Task name."),
+    steps: int = typer.Option(None, help="Total env steps (PPO)."),
+    epochs: int = typer.Option(None, help="Epochs (BC)."),
+    seed: int = typer.Option(None, help="Training seed."),
+    out: Path = typer.Option(Path("outputs/train"), help="Output folder (checkpoints under it)."),
+    tracking_uri: str = typer.Option(None, help="MLflow tracking URI (default: ./mlflow.db)."),
+    tracking_timeout: float = typer.Option(None, help=TRACKING_TIMEOUT_HELP),
+    set_: list[str] = typer.Option([], "--set", help="Override any config field: key.sub=value (YAML value)."),
+) -> None:
     """Train a policy (PPO+BC, PPO, BC, diffusion BC, distillation) with checkpoints in MLflow."""
     import yaml
 
-    from policies.train import TrainConfig, TrainConfigError, default_config, run_training, with_overrides
     from policies import tracking
+    from policies.train import TrainConfig, TrainConfigError, default_config, run_training, with_overrides
 
     try:
         if config is not None:
             cfg = TrainConfig.from_yaml(config)
         else:
             cfg = default_config(algo or "ppo_bc", task or "reach")
-        overrides = {"algo": algo if config is not None else None, "task": task, "total_env_steps": steps,
-                     "bc.epochs": epochs, "seed": seed}
+        overrides = {
+            "algo": algo if config is not None else None,
+            "task": task,
+            "total_env_steps": steps,
+            "bc.epochs": epochs,
+            "seed": seed,
+        }
         for item in set_:
             key, sep, value = item.partition("=")
             if not sep:
@@ -102,8 +124,10 @@ def train(config: Path = typer.Argument(None, help="Training config YAML (see po
     from policies.runtime import set_torch_threads
 
     threads = set_torch_threads("training")
-    console.print(f"training {cfg.algo} on {cfg.task} with {threads} torch thread(s) (TWINRANK_TORCH_THREADS "
-                  f"changes it); output {run_dir}")
+    console.print(
+        f"training {cfg.algo} on {cfg.task} with {threads} torch thread(s) (TWINRANK_TORCH_THREADS "
+        f"changes it); output {run_dir}"
+    )
     with output.ProgressDisplay(unit="it") as bar:
         bar.update(desc="collecting demonstrations", done=0, total=1)
 
@@ -111,15 +135,27 @@ def train(config: Path = typer.Argument(None, help="Training config YAML (see po
             bar.update(desc=desc, done=done, total=total)
 
         try:
-            result = run_training(cfg, run_dir, tracking_uri=tracking_uri, progress=on_progress,
-                                  cache_dir=out / ".cache")
+            result = run_training(
+                cfg, run_dir, tracking_uri=tracking_uri, progress=on_progress, cache_dir=out / ".cache"
+            )
         except (TrainConfigError, ValueError) as exc:
             fail(str(exc))
     evaluated = cfg.eval_episodes > 0
-    rows = [(r.step, f"{r.success_rate:.2f} (n = {cfg.eval_episodes})" if evaluated else "not evaluated",
-             r.model_version, r.path) for r in result.checkpoints]
-    print_table(f"Checkpoints of run {result.run_id} (registered model {cfg.registered_model!r})",
-                ("step", "in-sim success", "model version", "path"), rows, right=("step",))
+    rows = [
+        (
+            r.step,
+            f"{r.success_rate:.2f} (n = {cfg.eval_episodes})" if evaluated else "not evaluated",
+            r.model_version,
+            r.path,
+        )
+        for r in result.checkpoints
+    ]
+    print_table(
+        f"Checkpoints of run {result.run_id} (registered model {cfg.registered_model!r})",
+        ("step", "in-sim success", "model version", "path"),
+        rows,
+        right=("step",),
+    )
     output.command("MLflow UI:", tracking.ui_command(tracking_uri))
 
 
@@ -137,17 +173,20 @@ def _expand_checkpoints(refs: list[str]) -> list[str]:
 
 
 @app.command("eval")
-def eval_cmd(checkpoints: list[str] = typer.Argument(..., help="Checkpoint dirs, folders of them, or models:/name/version "
-                                                             "or models:/name@alias URIs."),
-             spec: str = typer.Option("default", help="Evaluation spec: a YAML path or a built-in name."),
-             out: Path = typer.Option(None, help="Campaign folder (default outputs/eval/<spec>-<digest>)."),
-             executor: str = typer.Option("local", help="local | inline | ray"),
-             address: str = typer.Option(None, help="Ray cluster address (with --executor ray)."),
-             workers: int = typer.Option(None, min=1, help="Worker processes (default: one per core)."),
-             episodes: int = typer.Option(None, min=1, help="Override episodes per condition."),
-             tracking_uri: str = typer.Option(None, help="MLflow tracking URI (default: ./mlflow.db)."),
-             tracking_timeout: float = typer.Option(None, help=TRACKING_TIMEOUT_HELP),
-             mlflow_log: bool = typer.Option(True, "--mlflow/--no-mlflow", help="Log the campaign to MLflow.")) -> None:
+def eval_cmd(
+    checkpoints: list[str] = typer.Argument(
+        ..., help="Checkpoint dirs, folders of them, or models:/name/version or models:/name@alias URIs."
+    ),
+    spec: str = typer.Option("default", help="Evaluation spec: a YAML path or a built-in name."),
+    out: Path = typer.Option(None, help="Campaign folder (default outputs/eval/<spec>-<digest>)."),
+    executor: str = typer.Option("local", help="local | inline | ray"),
+    address: str = typer.Option(None, help="Ray cluster address (with --executor ray)."),
+    workers: int = typer.Option(None, min=1, help="Worker processes (default: one per core)."),
+    episodes: int = typer.Option(None, min=1, help="Override episodes per condition."),
+    tracking_uri: str = typer.Option(None, help="MLflow tracking URI (default: ./mlflow.db)."),
+    tracking_timeout: float = typer.Option(None, help=TRACKING_TIMEOUT_HELP),
+    mlflow_log: bool = typer.Option(True, "--mlflow/--no-mlflow", help="Log the campaign to MLflow."),
+) -> None:
     """Evaluate checkpoints under the spec's perturbation conditions (paired design), log to MLflow.
 
     Exit code 2 when a checkpoint path or registered model does not exist, 4 when a checkpoint
@@ -186,18 +225,20 @@ def eval_cmd(checkpoints: list[str] = typer.Argument(..., help="Checkpoint dirs,
             refs.append(str(path))
         else:
             if not Path(r).exists():
-                output.error(f"checkpoint {r} does not exist; give checkpoint folders (with manifest.json), "
-                             f"folders of them, or models:/NAME/VERSION")
+                output.error(
+                    f"checkpoint {r} does not exist; give checkpoint folders (with manifest.json), "
+                    f"folders of them, or models:/NAME/VERSION"
+                )
                 bad_input.append(r)
             refs.append(r)
     if len(bad_input) == len(refs):
         fail("no checkpoint to evaluate (see above)")
-    console.print(f"evaluating {len(refs)} checkpoint(s) on spec {espec.name!r} ({espec.digest()[:8]}); campaign "
-                  f"folder {out}")
+    console.print(
+        f"evaluating {len(refs)} checkpoint(s) on spec {espec.name!r} ({espec.digest()[:8]}); campaign folder {out}"
+    )
     try:
         with output.eval_progress() as (on_event, _log):
-            result = evaluate(refs, espec, out, executor=executor, workers=workers, address=address,
-                              progress=on_event)
+            result = evaluate(refs, espec, out, executor=executor, workers=workers, address=address, progress=on_event)
     except KeyboardInterrupt:
         console.print(f"interrupted; finished episodes are kept in {out}; rerun the same command to resume")
         raise typer.Exit(code=ExitCode.INTERRUPTED)
@@ -206,12 +247,17 @@ def eval_cmd(checkpoints: list[str] = typer.Argument(..., help="Checkpoint dirs,
     for s in result.checkpoints:
         if s.path and str(Path(s.path).resolve()) in registry:
             s.info.update(registry[str(Path(s.path).resolve())])
-    output.print_campaign(result, f"Ranking by overall sim success (spec {espec.name!r}, {espec.episodes_per_condition} "
-                        f"paired seeds per condition, Wilson 95% CI)")
+    output.print_campaign(
+        result,
+        f"Ranking by overall sim success (spec {espec.name!r}, {espec.episodes_per_condition} "
+        f"paired seeds per condition, Wilson 95% CI)",
+    )
     if result.executed and result.elapsed_s > 0:
         share = result.physics_share
-        console.print(f"{result.executed} episodes in {result.elapsed_s:.1f} s ({result.executed / result.elapsed_s:.1f}"
-                      " episodes/s)" + (f"; {share:.0%} of the workers' time in physics" if share else ""))
+        console.print(
+            f"{result.executed} episodes in {result.elapsed_s:.1f} s ({result.executed / result.elapsed_s:.1f}"
+            " episodes/s)" + (f"; {share:.0%} of the workers' time in physics" if share else "")
+        )
     console.print(f"results: {result.eval_info_path}")
     code = ExitCode.BAD_INPUT if bad_input else ExitCode.PARTIAL if result.failed else ExitCode.OK
     if mlflow_log:
@@ -223,8 +269,9 @@ def eval_cmd(checkpoints: list[str] = typer.Argument(..., help="Checkpoint dirs,
             code = code or ExitCode.TRACKING_DEFERRED
         else:
             verb = "updated" if logged.updated else "logged"
-            console.print(f"MLflow campaign run {logged.parent_run_id} {verb} ({len(logged.checkpoint_runs)} "
-                          f"checkpoint runs)")
+            console.print(
+                f"MLflow campaign run {logged.parent_run_id} {verb} ({len(logged.checkpoint_runs)} checkpoint runs)"
+            )
             output.command("open the UI with:", tracking.ui_command(tracking_uri))
     for s in result.failed:
         console.print(styled("failed:", "red", f"{s.label}: {s.error}"))
@@ -250,9 +297,12 @@ def factors() -> None:
     from twin.perturbations import list_factors
 
     rows = [(f["name"], f["kind"], f["range_text"], f["description"]) for f in list_factors()]
-    print_table("Perturbation factors (AI = action-invariant, SA = semantic; default ranges as suite YAML takes them: "
-                "x = scale of the nominal value, angles in rad with degrees after '=')",
-                ("factor", "kind", "default range (units)", "description"), rows)
+    print_table(
+        "Perturbation factors (AI = action-invariant, SA = semantic; default ranges as suite YAML takes them: "
+        "x = scale of the nominal value, angles in rad with degrees after '=')",
+        ("factor", "kind", "default range (units)", "description"),
+        rows,
+    )
 
 
 @suite_app.command("validate")
@@ -269,11 +319,13 @@ def suite_validate(path: Path) -> None:
 
 
 @suite_app.command("sample")
-def suite_sample(path: str = typer.Argument("default", help="A built-in suite name or a suite YAML path."),
-                 seed: int = typer.Option(0, help="Episode seed (a non-negative integer)."),
-                 as_json: bool = typer.Option(False, "--json", help="Print the exact condition as JSON "
-                                                                    "(Condition.to_dict()) instead of the table.")
-                 ) -> None:
+def suite_sample(
+    path: str = typer.Argument("default", help="A built-in suite name or a suite YAML path."),
+    seed: int = typer.Option(0, help="Episode seed (a non-negative integer)."),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print the exact condition as JSON (Condition.to_dict()) instead of the table."
+    ),
+) -> None:
     """Print the condition a suite gives for a seed (a pure function of suite and seed): one row per
     factor, 3 significant digits, angles in degrees; --json for the exact values."""
     import json
@@ -289,8 +341,10 @@ def suite_sample(path: str = typer.Argument("default", help="A built-in suite na
     except PerturbationError as exc:
         fail(str(exc))
     except (OSError, ValueError) as exc:  # unreadable file, not UTF-8 text, ...
-        fail(f"suite {path!r} cannot be read ({exc}); give a built-in suite ({', '.join(available_suites())}) "
-             f"or a path to a suite YAML file")
+        fail(
+            f"suite {path!r} cannot be read ({exc}); give a built-in suite ({', '.join(available_suites())}) "
+            f"or a path to a suite YAML file"
+        )
     if as_json:
         print(json.dumps(cond.to_dict(), indent=2))
         return
@@ -298,9 +352,12 @@ def suite_sample(path: str = typer.Argument("default", help="A built-in suite na
     if not rows:
         console.print(f"suite {suite.name!r}, seed {seed}: condition {cond.name!r} (no factor enabled)")
         return
-    print_table(f"Suite {suite.name!r}, seed {seed}: condition {cond.name!r} (3 significant digits; angles in deg; "
-                f"xN = N times the nominal value; cam<i>/obj<i> = value for camera/object i, cycling every {N_SLOTS})",
-                ("factor", "kind", "value"), rows)
+    print_table(
+        f"Suite {suite.name!r}, seed {seed}: condition {cond.name!r} (3 significant digits; angles in deg; "
+        f"xN = N times the nominal value; cam<i>/obj<i> = value for camera/object i, cycling every {N_SLOTS})",
+        ("factor", "kind", "value"),
+        rows,
+    )
     output.command("exact values:", f"twinrank suite sample {shlex.quote(path)} --seed {seed} --json")
 
 
@@ -331,21 +388,29 @@ def scene_check(path: Path) -> None:
     except SceneError as exc:
         fail(str(exc))
     m = compiled.model
-    console.print(styled("ok", "green", f"{scene.name}: {len(scene.iter_bodies())} bodies, {len(scene.cameras)} "
-                                        f"cameras, {len(scene.sites)} sites; MuJoCo: nbody={m.nbody} ngeom={m.ngeom} "
-                                        f"nq={m.nq}"))
+    console.print(
+        styled(
+            "ok",
+            "green",
+            f"{scene.name}: {len(scene.iter_bodies())} bodies, {len(scene.cameras)} "
+            f"cameras, {len(scene.sites)} sites; MuJoCo: nbody={m.nbody} ngeom={m.ngeom} "
+            f"nq={m.nq}",
+        )
+    )
 
 
 @scene_app.command("scan")
-def scene_scan(mesh: Path = typer.Argument(..., help="Scanned mesh (OBJ, GLB/GLTF, PLY, STL)."),
-               out: Path = typer.Argument(..., help="Output .usda scene."),
-               task: str = typer.Option(None, help="Start from this task's scene (default: the empty cell)."),
-               pos: tuple[float, float, float] = typer.Option((0.0, 0.0, 0.0), help="Scan position x y z (m)."),
-               yaw: float = typer.Option(0.0, help="Scan yaw about z (rad)."),
-               scale: float = typer.Option(1.0, help="Uniform scale (e.g. 0.01 for a centimetre export)."),
-               up_axis: str = typer.Option("z", help="The export's up axis: z, or y (Polycam GLB)."),
-               site: list[str] = typer.Option([], help="Task site NAME=x,y,z[,hx,hy,hz] in world metres."),
-               voxel_pitch: float = typer.Option(0.02, help="Collision voxel size (m).")) -> None:
+def scene_scan(
+    mesh: Path = typer.Argument(..., help="Scanned mesh (OBJ, GLB/GLTF, PLY, STL)."),
+    out: Path = typer.Argument(..., help="Output .usda scene."),
+    task: str = typer.Option(None, help="Start from this task's scene (default: the empty cell)."),
+    pos: tuple[float, float, float] = typer.Option((0.0, 0.0, 0.0), help="Scan position x y z (m)."),
+    yaw: float = typer.Option(0.0, help="Scan yaw about z (rad)."),
+    scale: float = typer.Option(1.0, help="Uniform scale (e.g. 0.01 for a centimetre export)."),
+    up_axis: str = typer.Option("z", help="The export's up axis: z, or y (Polycam GLB)."),
+    site: list[str] = typer.Option([], help="Task site NAME=x,y,z[,hx,hy,hz] in world metres."),
+    voxel_pitch: float = typer.Option(0.02, help="Collision voxel size (m)."),
+) -> None:
     """Add a scanned mesh as static collision geometry (plus named task sites) and write the scene."""
     from twin.cell import franka_cell
     from twin.scan import add_scan
@@ -362,18 +427,33 @@ def scene_scan(mesh: Path = typer.Argument(..., help="Scanned mesh (OBJ, GLB/GLT
                 raise SceneError(f"--site {item!r}: use NAME=x,y,z or NAME=x,y,z,hx,hy,hz")
             sites[name] = nums
         base = make_task(task).cfg.scene if task else franka_cell("scan")
-        scene = add_scan(base, str(mesh), pose=Pose(pos=pos, quat=yaw_quat(yaw)), scale=scale, sites=sites,
-                         up_axis=up_axis, voxel_pitch=voxel_pitch)
+        scene = add_scan(
+            base,
+            str(mesh),
+            pose=Pose(pos=pos, quat=yaw_quat(yaw)),
+            scale=scale,
+            sites=sites,
+            up_axis=up_axis,
+            voxel_pitch=voxel_pitch,
+        )
         write_scene_usd(scene, out)
     except (SceneError, TaskError, ValueError) as exc:
         fail(str(exc))
-    console.print(f"wrote {out} ({len(scene.body('scan').geoms) - 1} collision boxes, sites: {', '.join(sites) or 'none'})")
+    console.print(
+        f"wrote {out} ({len(scene.body('scan').geoms) - 1} collision boxes, sites: {', '.join(sites) or 'none'})"
+    )
 
 
 @app.command()
-def render(task: str, out: Path = typer.Option(Path("render.png")), camera: str = typer.Option(None),
-           width: int = 640, height: int = 480, seed: int = 0,
-           scene: Path = typer.Option(None, help="Use this USD scene instead of the task's own.")) -> None:
+def render(
+    task: str,
+    out: Path = typer.Option(Path("render.png")),
+    camera: str = typer.Option(None),
+    width: int = 640,
+    height: int = 480,
+    seed: int = 0,
+    scene: Path = typer.Option(None, help="Use this USD scene instead of the task's own."),
+) -> None:
     """Render a task's scene at reset from one camera to a PNG."""
     from PIL import Image
 

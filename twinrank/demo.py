@@ -18,19 +18,25 @@ import numpy as np
 from PIL import Image, ImageDraw
 from rich.console import Console
 
-from twinrank import output
-from twinrank.output import ExitCode
-
 from twin.perturbations import load_suite, nominal_condition
 from twin.rollout import EpisodeResult, expert_env, run_expert_episode
 from twin.tasks import list_tasks
+from twinrank import output
+from twinrank.output import ExitCode
 
 FRAME = (240, 180)
 DEMO_FACTORS = ("light_intensity", "camera_position", "distractors", "object_scale")
 
 
-def run_demo(out_dir: Path, tasks: list[str] | None = None, episodes: int = 1, seed: int = 0,
-             console: Console | None = None, chain: bool = True, tracking_uri: str | None = None) -> int:
+def run_demo(
+    out_dir: Path,
+    tasks: list[str] | None = None,
+    episodes: int = 1,
+    seed: int = 0,
+    console: Console | None = None,
+    chain: bool = True,
+    tracking_uri: str | None = None,
+) -> int:
     """The demo; returns the exit code (0, or 4/5 when a checkpoint failed / MLflow was unreachable)."""
     output.rule("1/3 the twin: tasks under perturbations")
     run_twin_demo(out_dir, tasks, episodes, seed, console)
@@ -64,21 +70,36 @@ def run_chain(out_dir: Path, console: Console | None = None, tracking_uri: str |
     if ckpts:
         output.info(f"reusing {len(ckpts)} cached checkpoints in {train_dir}")
     else:
-        cfg = TrainConfig(algo="bc", task="reach", demos=DemoCfg(episodes=8, seed=1000),
-                          bc=BCConfig(epochs=200, batch_size=32), checkpoint_every=40, eval_episodes=5,
-                          experiment="twinrank-demo", model_name=DEMO_MODEL)
+        cfg = TrainConfig(
+            algo="bc",
+            task="reach",
+            demos=DemoCfg(episodes=8, seed=1000),
+            bc=BCConfig(epochs=200, batch_size=32),
+            checkpoint_every=40,
+            eval_episodes=5,
+            experiment="twinrank-demo",
+            model_name=DEMO_MODEL,
+        )
         with output.ProgressDisplay(unit="epochs") as bar:
             bar.update(desc="collecting demonstrations", done=0, total=cfg.bc.epochs)
-            result = run_training(cfg, train_dir, tracking_uri=tracking_uri, cache_dir=out_dir / ".cache",
-                                  progress=lambda d, done, tot: bar.update(desc=d, done=done, total=tot))
+            result = run_training(
+                cfg,
+                train_dir,
+                tracking_uri=tracking_uri,
+                cache_dir=out_dir / ".cache",
+                progress=lambda d, done, tot: bar.update(desc=d, done=done, total=tot),
+            )
         ckpts = [str(r.path) for r in result.checkpoints]
         output.info(f"{len(ckpts)} checkpoints registered as versions of {DEMO_MODEL!r}")
     output.rule("3/3 evaluate the family under perturbations")
     spec = EvalSpec.from_yaml(DEMO_SPEC)
     with output.eval_progress() as (on_event, _log):
         campaign = evaluate(ckpts, spec, out_dir / "eval", progress=on_event)
-    output.print_campaign(campaign, f"Checkpoints ranked by sim success under perturbations (spec {spec.name!r}, "
-                                    f"{spec.episodes_per_condition} paired seeds per condition, Wilson 95% CI)")
+    output.print_campaign(
+        campaign,
+        f"Checkpoints ranked by sim success under perturbations (spec {spec.name!r}, "
+        f"{spec.episodes_per_condition} paired seeds per condition, Wilson 95% CI)",
+    )
     output.info(f"eval results: {campaign.eval_info_path}")
     uri = tracking.resolve_tracking_uri(tracking_uri)
     output.info(f"uploading the campaign to MLflow at {uri}")
@@ -87,14 +108,16 @@ def run_chain(out_dir: Path, console: Console | None = None, tracking_uri: str |
     if logged is None:
         output.warn(f"MLflow at {uri} unreachable: results kept on disk, synced by the next `twinrank eval`")
         return int(code or ExitCode.TRACKING_DEFERRED)
-    output.info(f"MLflow campaign run {logged.parent_run_id} (experiment twinrank-eval, registered model "
-                f"{DEMO_MODEL!r})")
+    output.info(
+        f"MLflow campaign run {logged.parent_run_id} (experiment twinrank-eval, registered model {DEMO_MODEL!r})"
+    )
     output.command("open the MLflow UI:", tracking.ui_command(tracking_uri) + "   # then http://127.0.0.1:5000")
     return int(code)
 
 
-def run_twin_demo(out_dir: Path, tasks: list[str] | None = None, episodes: int = 1, seed: int = 0,
-                  console: Console | None = None) -> dict:
+def run_twin_demo(
+    out_dir: Path, tasks: list[str] | None = None, episodes: int = 1, seed: int = 0, console: Console | None = None
+) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     tasks = tasks or list_tasks()
     suite = load_suite("default")
@@ -130,13 +153,18 @@ def run_twin_demo(out_dir: Path, tasks: list[str] | None = None, episodes: int =
     sheet_path = out_dir / "contact_sheet.png"
     contact_sheet(sheet_rows).save(sheet_path)
     summary = summarize(results)
-    (out_dir / "summary.json").write_text(json.dumps(
-        {"summary": summary, "episodes": [{k: v for k, v in asdict(r).items() if k != "frames"} for r in results]},
-        indent=2))
+    (out_dir / "summary.json").write_text(
+        json.dumps(
+            {"summary": summary, "episodes": [{k: v for k, v in asdict(r).items() if k != "frames"} for r in results]},
+            indent=2,
+        )
+    )
     cond_names = [c for c, _ in conditions]
-    output.print_table("Scripted controller success (episodes ok / run)", ["task", *cond_names],
-                       [[task, *(f"{summary[task][c][0]}/{summary[task][c][1]}" for c in cond_names)]
-                        for task in tasks])
+    output.print_table(
+        "Scripted controller success (episodes ok / run)",
+        ["task", *cond_names],
+        [[task, *(f"{summary[task][c][0]}/{summary[task][c][1]}" for c in cond_names)] for task in tasks],
+    )
     output.info(f"contact sheet: {sheet_path}")
     output.info(f"summary: {out_dir / 'summary.json'}")
     return summary
@@ -178,8 +206,7 @@ def _label_color(label: str) -> tuple[int, int, int]:
     return (225, 225, 225)
 
 
-def contact_sheet(rows: list[tuple[str, list[tuple[str, str, np.ndarray]]]], label_w: int | None = None
-                  ) -> Image.Image:
+def contact_sheet(rows: list[tuple[str, list[tuple[str, str, np.ndarray]]]], label_w: int | None = None) -> Image.Image:
     """The demo's contact sheet: one row per task (its name in the left column), one column per
     (condition, camera, frame); a header row names the columns (``"condition\ncamera, frame"``,
     one text line per ``\n``) and a dark strip under each tile carries its label (green when it
@@ -210,8 +237,9 @@ def contact_sheet(rows: list[tuple[str, list[tuple[str, str, np.ndarray]]]], lab
         x = label_w + c * (w + _GAP)
         for k, line in enumerate(col.split("\n")):
             fill = (255, 255, 255) if k == 0 else (190, 190, 190)
-            draw.text((x + _PAD, _PAD + k * line_h), _fit(probe, line, head_font, w - 2 * _PAD), fill=fill,
-                      font=head_font)
+            draw.text(
+                (x + _PAD, _PAD + k * line_h), _fit(probe, line, head_font, w - 2 * _PAD), fill=fill, font=head_font
+            )
     for r, (task, tiles) in enumerate(rows):
         y = header_h + r * row_h
         draw.text((_PAD, y + h // 2 - HEADER_FONT_SIZE // 2), task, fill=(255, 255, 255), font=head_font)
@@ -221,8 +249,12 @@ def contact_sheet(rows: list[tuple[str, list[tuple[str, str, np.ndarray]]]], lab
             draw.rectangle((x, y + h, x + w - 1, y + h + strip_h - 1), fill=STRIP_BG)
             if column != header[c]:
                 label = f"{column.replace(chr(10), ' ')}: {label}"
-            draw.text((x + _PAD, y + h + _PAD - 1), _fit(probe, label, label_font, w - 2 * _PAD),
-                      fill=_label_color(label), font=label_font)
+            draw.text(
+                (x + _PAD, y + h + _PAD - 1),
+                _fit(probe, label, label_font, w - 2 * _PAD),
+                fill=_label_color(label),
+                font=label_font,
+            )
     return sheet
 
 

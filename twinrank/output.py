@@ -32,8 +32,9 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import time
+from collections.abc import Callable, Iterator, Sequence
 from enum import IntEnum
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -55,7 +56,7 @@ EXIT_CODE_MEANINGS: dict[ExitCode, str] = {
     ExitCode.OK: "everything asked was done",
     ExitCode.INTERNAL: "internal error (a bug: the traceback says where)",
     ExitCode.BAD_INPUT: "bad input: an argument, file, spec, checkpoint or registered model is wrong or missing; "
-                        "what could be done was done and kept",
+    "what could be done was done and kept",
     ExitCode.LOCKED: "another run holds the lock (nightly); nothing was done",
     ExitCode.PARTIAL: "partial: some checkpoints or items failed (each listed with its reason); the rest was done",
     ExitCode.TRACKING_DEFERRED: "results kept on disk but MLflow was unreachable; the next run syncs them",
@@ -119,8 +120,7 @@ def rule(title: str) -> None:
         console.print(Text(f"== {title} =="))
 
 
-def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]],
-                right: Sequence[str] = ()) -> None:
+def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], right: Sequence[str] = ()) -> None:
     """A table: Rich on a terminal; aligned plain columns with every cell in full otherwise."""
     cells = [[("" if v is None else str(v)) for v in row] for row in rows]
     if is_terminal():
@@ -134,8 +134,9 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]
     widths = [max([len(c)] + [len(r[i]) for r in cells if i < len(r)]) for i, c in enumerate(columns)]
 
     def line(vals: Sequence[str]) -> str:
-        return "  ".join((v.rjust(w) if columns[i] in right else v.ljust(w)) for i, (v, w) in
-                         enumerate(zip(vals, widths))).rstrip()
+        return "  ".join(
+            (v.rjust(w) if columns[i] in right else v.ljust(w)) for i, (v, w) in enumerate(zip(vals, widths))
+        ).rstrip()
 
     out = [title, line(list(columns)), line(["-" * w for w in widths])] + [line(r) for r in cells]
     console.print(Text("\n".join(out)), soft_wrap=True)
@@ -148,6 +149,7 @@ def _fmt_rate(d: dict[str, Any], key: str = "success_rate") -> str:
 
 def print_campaign(result: Any, title: str) -> None:
     """The campaign's checkpoints ranked by overall sim success; failed ones last, with their reason."""
+
     def order(c: Any) -> tuple[int, float, str]:
         rate = c.overall.get("success_rate") if c.overall.get("n") else None
         return (1 if rate is None else 0, -(rate or 0.0), c.label)
@@ -160,13 +162,24 @@ def print_campaign(result: Any, title: str) -> None:
         rank += rated
         drops = [(k, v.get("mean")) for k, v in c.paired_drop.items() if v.get("mean") is not None]
         worst = max(drops, key=lambda kv: kv[1]) if drops else None
-        rows.append((str(rank) if rated else "-", c.label, _fmt_rate(o), f"{o.get('n', 0)}" if rated else "0",
-                     f"[{o['ci_low']:.2f}, {o['ci_high']:.2f}]" if rated else "-",
-                     _fmt_rate(c.per_condition.get("nominal", {})),
-                     f"{worst[0]} ({worst[1]:+.2f})" if worst else "-",
-                     c.status if not c.error else f"{c.status}: {c.error}"))
-    print_table(title, ("rank", "checkpoint", "success", "n", "95% CI", "nominal", "worst factor (paired drop)",
-                        "status"), rows, right=("rank", "success", "n"))
+        rows.append(
+            (
+                str(rank) if rated else "-",
+                c.label,
+                _fmt_rate(o),
+                f"{o.get('n', 0)}" if rated else "0",
+                f"[{o['ci_low']:.2f}, {o['ci_high']:.2f}]" if rated else "-",
+                _fmt_rate(c.per_condition.get("nominal", {})),
+                f"{worst[0]} ({worst[1]:+.2f})" if worst else "-",
+                c.status if not c.error else f"{c.status}: {c.error}",
+            )
+        )
+    print_table(
+        title,
+        ("rank", "checkpoint", "success", "n", "95% CI", "nominal", "worst factor (paired drop)", "status"),
+        rows,
+        right=("rank", "success", "n"),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -201,14 +214,26 @@ class ProgressDisplay:
         self._last_print = 0.0
         self._next_mark = 0.0
 
-    def __enter__(self) -> "ProgressDisplay":
+    def __enter__(self) -> ProgressDisplay:
         if is_terminal():
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                       TimeRemainingColumn)
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
 
-            self._bar = Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[rate]}", markup=False), TimeElapsedColumn(),
-                                 TimeRemainingColumn(), console=console)
+            self._bar = Progress(
+                TextColumn("{task.description}", markup=False),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]}", markup=False),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                console=console,
+            )
             self._bar.__enter__()
             self._task = self._bar.add_task("starting", total=None, rate="")
         return self
@@ -224,8 +249,9 @@ class ProgressDisplay:
         """A message above the bar (or a plain line)."""
         console.print(msg if isinstance(msg, Text) else Text(msg))
 
-    def update(self, desc: str | None = None, done: float | None = None, total: float | None = None,
-               unit: str | None = None) -> None:
+    def update(
+        self, desc: str | None = None, done: float | None = None, total: float | None = None, unit: str | None = None
+    ) -> None:
         if unit is not None:
             self.unit = unit
         restart = total is not None and (total != self._total or done == 0)
@@ -240,8 +266,9 @@ class ProgressDisplay:
         if done is not None:
             self._done = done
         if self._bar is not None:
-            self._bar.update(self._task, description=self._desc, completed=self._done, total=self._total,
-                             rate=self._rate_text())
+            self._bar.update(
+                self._task, description=self._desc, completed=self._done, total=self._total, rate=self._rate_text()
+            )
             return
         now = time.monotonic()
         due = (self._total and self._done >= self._next_mark) or now - self._last_print >= self.every_s
@@ -285,8 +312,9 @@ def eval_progress(first: str = "starting workers") -> Iterator[tuple[Callable[[A
 
         def on_event(ev: Any) -> None:
             if ev.kind == "start":
-                bar.update(desc=f"episodes ({ev.skipped} already done)", done=0, total=max(ev.total, 1) if ev.total
-                           else 1)
+                bar.update(
+                    desc=f"episodes ({ev.skipped} already done)", done=0, total=max(ev.total, 1) if ev.total else 1
+                )
                 if not ev.total:
                     bar.update(done=1)
             elif ev.kind == "episode":
@@ -294,8 +322,9 @@ def eval_progress(first: str = "starting workers") -> Iterator[tuple[Callable[[A
             elif ev.kind == "checkpoint_failed":
                 bar.print(styled("checkpoint failed", "red", f"{ev.label}: {ev.message}"))
             elif ev.kind == "worker_lost":
-                bar.print(styled("warning:", "yellow", ev.message or f"worker {ev.worker_pid} lost; re-running its "
-                                                                   f"episodes"))
+                bar.print(
+                    styled("warning:", "yellow", ev.message or f"worker {ev.worker_pid} lost; re-running its episodes")
+                )
             elif ev.kind == "videos":
                 bar.update(desc="recording videos", done=0, total=max(ev.total, 1), unit="videos")
             elif ev.kind == "video":
@@ -303,7 +332,7 @@ def eval_progress(first: str = "starting workers") -> Iterator[tuple[Callable[[A
 
         def on_log(msg: str) -> None:
             if msg.startswith("warning: "):
-                bar.print(styled("warning:", "yellow", msg[len("warning: "):]))
+                bar.print(styled("warning:", "yellow", msg[len("warning: ") :]))
             else:
                 bar.print(msg)
                 bar.update(desc=msg[:80])
@@ -318,6 +347,22 @@ def exit_codes_markdown() -> str:
     return "\n".join(lines)
 
 
-__all__ = ["EXIT_CODE_MEANINGS", "ExitCode", "ProgressDisplay", "command", "console", "error", "eval_progress",
-           "exit_codes_markdown", "exit_with", "fail", "info", "is_terminal", "print_campaign", "print_table", "rule", "styled",
-           "warn"]
+__all__ = [
+    "EXIT_CODE_MEANINGS",
+    "ExitCode",
+    "ProgressDisplay",
+    "command",
+    "console",
+    "error",
+    "eval_progress",
+    "exit_codes_markdown",
+    "exit_with",
+    "fail",
+    "info",
+    "is_terminal",
+    "print_campaign",
+    "print_table",
+    "rule",
+    "styled",
+    "warn",
+]

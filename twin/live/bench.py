@@ -41,8 +41,9 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run(rate: float = 1000.0, seconds: float = 60.0, sync_rate: float = 100.0, task: str = "reach",
-        record: bool = True) -> dict[str, Any]:
+def run(
+    rate: float = 1000.0, seconds: float = 60.0, sync_rate: float = 100.0, task: str = "reach", record: bool = True
+) -> dict[str, Any]:
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     os.environ.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 100))
     os.environ.setdefault("ROS_HOME", tempfile.mkdtemp(prefix="twinrank-bench-"))
@@ -137,25 +138,37 @@ def run(rate: float = 1000.0, seconds: float = 60.0, sync_rate: float = 100.0, t
         if record:
             _trigger(node, "/recorder/end_episode_success")
             _trigger(node, "/recorder/close_bag")
-            from selection.realdata import bag_info
+            from twin.live.realdata import bag_info
 
             bags = [b for b in bag_dir.iterdir() if b.is_dir()]
             if bags:
                 info = bag_info(bags[0])
-                recorded = {"joint_states": info["episodes"][0]["joint_states"], "of_published": seq,
-                            "bag_mb": round(sum(f.stat().st_size for f in bags[0].iterdir()) / 1e6, 2)}
+                recorded = {
+                    "joint_states": info["episodes"][0]["joint_states"],
+                    "of_published": seq,
+                    "bag_mb": round(sum(f.stat().st_size for f in bags[0].iterdir()) / 1e6, 2),
+                }
         span = (twin_times[-1] - twin_times[0]) if len(twin_times) > 1 else float("nan")
         lat = np.asarray(twin_lat[5:])
         app = np.asarray(apply_lat[2:])
         result = {
-            "publish_rate_hz": rate, "seconds": seconds, "published": seq,
-            "achieved_publish_rate_hz": seq / seconds, "sync_rate_hz": sync_rate,
+            "publish_rate_hz": rate,
+            "seconds": seconds,
+            "published": seq,
+            "achieved_publish_rate_hz": seq / seconds,
+            "sync_rate_hz": sync_rate,
             "twin_updates_per_s": (len(twin_times) - 1) / span if span == span and span > 0 else 0.0,
             "samples_applied": len(twin_lat),
-            "publish_to_twin_state_ms": {"p50": float(np.median(lat) * 1e3), "p99": float(np.percentile(lat, 99) * 1e3),
-                                         "max": float(lat.max() * 1e3)} if len(lat) else None,
+            "publish_to_twin_state_ms": {
+                "p50": float(np.median(lat) * 1e3),
+                "p99": float(np.percentile(lat, 99) * 1e3),
+                "max": float(lat.max() * 1e3),
+            }
+            if len(lat)
+            else None,
             "stamp_to_applied_ms": {"p50": float(np.median(app) * 1e3), "p99": float(np.percentile(app, 99) * 1e3)}
-            if len(app) else None,
+            if len(app)
+            else None,
             "cpu_fraction_per_node": cpu,
             "cpus": os.cpu_count(),
             "recorded": recorded,

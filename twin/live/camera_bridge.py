@@ -89,8 +89,14 @@ class CameraState:
         self.device_serial = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"connected": self.connected, "serial": self.device_serial or self.serial, "frames": self.frames,
-                "fps": round(self.fps, 2), "reason": self.reason, "restarts": self.restarts}
+        return {
+            "connected": self.connected,
+            "serial": self.device_serial or self.serial,
+            "frames": self.frames,
+            "fps": round(self.fps, 2),
+            "reason": self.reason,
+            "restarts": self.restarts,
+        }
 
 
 def camera_info_msg(intr: Any, stamp: Any, frame_id: str) -> Any:
@@ -107,8 +113,12 @@ def camera_info_msg(intr: Any, stamp: Any, frame_id: str) -> Any:
     msg.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
     msg.p = [fx, 0.0, cx, 0.0, 0.0, fy, cy, 0.0, 0.0, 0.0, 1.0, 0.0]
     model = intr.model
-    if model in (rs.distortion.brown_conrady, rs.distortion.modified_brown_conrady,
-                 rs.distortion.inverse_brown_conrady, rs.distortion.none):
+    if model in (
+        rs.distortion.brown_conrady,
+        rs.distortion.modified_brown_conrady,
+        rs.distortion.inverse_brown_conrady,
+        rs.distortion.none,
+    ):
         msg.distortion_model = "plumb_bob"
     else:
         msg.distortion_model = str(model).split(".")[-1]
@@ -130,10 +140,12 @@ def points_msg(xyz: np.ndarray, rgb: np.ndarray, stamp: Any, frame_id: str) -> A
     msg.header.stamp = stamp
     msg.header.frame_id = frame_id
     msg.height, msg.width = 1, n
-    msg.fields = [PointField(name="x", offset=0, datatype=PointField.FLOAT32, count=1),
-                  PointField(name="y", offset=4, datatype=PointField.FLOAT32, count=1),
-                  PointField(name="z", offset=8, datatype=PointField.FLOAT32, count=1),
-                  PointField(name="rgb", offset=12, datatype=PointField.FLOAT32, count=1)]
+    msg.fields = [
+        PointField(name="x", offset=0, datatype=PointField.FLOAT32, count=1),
+        PointField(name="y", offset=4, datatype=PointField.FLOAT32, count=1),
+        PointField(name="z", offset=8, datatype=PointField.FLOAT32, count=1),
+        PointField(name="rgb", offset=12, datatype=PointField.FLOAT32, count=1),
+    ]
     msg.is_bigendian = False
     msg.point_step = 16
     msg.row_step = 16 * n
@@ -218,20 +230,23 @@ class CameraBridge:
             }
         self.status_pub = node.create_publisher(String, TOPIC_CAMERA_STATUS, status_qos())
         self.status_timer = node.create_timer(1.0 / max(0.2, float(params["status_rate_hz"])), self.publish_status)
-        self.threads = [threading.Thread(target=self._run, args=(cam,), name=f"rs-{cam.name}", daemon=True)
-                        for cam in self.cameras]
+        self.threads = [
+            threading.Thread(target=self._run, args=(cam,), name=f"rs-{cam.name}", daemon=True) for cam in self.cameras
+        ]
         for t in self.threads:
             t.start()
-        self.log.info(f"camera_bridge: {[c.name + ('=' + c.serial if c.serial else '') for c in self.cameras]} "
-                      f"{self.width}x{self.height}@{self.fps}"
-                      f"{' (fake hardware: software devices, twin renders)' if params['use_fake_hardware'] else ''}")
+        self.log.info(
+            f"camera_bridge: {[c.name + ('=' + c.serial if c.serial else '') for c in self.cameras]} "
+            f"{self.width}x{self.height}@{self.fps}"
+            f"{' (fake hardware: software devices, twin renders)' if params['use_fake_hardware'] else ''}"
+        )
 
     # ---- fake hardware ---------------------------------------------------------------------
     def _fake_hub(self) -> FakeRealSenseHub:
         from sensor_msgs.msg import JointState
 
         from twin.live.common import joint_qos
-        from twin.live.interfaces import TOPIC_JOINT_STATES, ARM_JOINTS
+        from twin.live.interfaces import ARM_JOINTS, TOPIC_JOINT_STATES
 
         def on_js(msg: Any) -> None:
             idx = {n: i for i, n in enumerate(msg.name)}
@@ -244,15 +259,21 @@ class CameraBridge:
         for cam in self.cameras:
             if cam.name in self.playback:
                 continue
-            src = TwinCameraSource(str(self.p["fake_task"]), cam.name, self.width, self.height,
-                                   joints=lambda: self._joints)
+            src = TwinCameraSource(
+                str(self.p["fake_task"]), cam.name, self.width, self.height, joints=lambda: self._joints
+            )
             self._sources.append(src)
             cam.serial = cam.serial or f"twin-{cam.name}"
-            hub.add(SoftwareRealSense(cam.serial, name=f"Twin RealSense ({src.camera})",
-                                      intrinsics=src.intrinsics, fps=self.fps))
+            hub.add(
+                SoftwareRealSense(
+                    cam.serial, name=f"Twin RealSense ({src.camera})", intrinsics=src.intrinsics, fps=self.fps
+                )
+            )
             hub.feed(cam.serial, src, self.fps)
-            self.log.info(f"camera_bridge: fake camera {cam.name} (serial {cam.serial}) renders twin camera "
-                          f"{src.camera} of task {self.p['fake_task']}")
+            self.log.info(
+                f"camera_bridge: fake camera {cam.name} (serial {cam.serial}) renders twin camera "
+                f"{src.camera} of task {self.p['fake_task']}"
+            )
         return hub
 
     # ---- status ----------------------------------------------------------------------------
@@ -321,8 +342,9 @@ class CameraBridge:
         try:
             profile = pipe.start(cfg)
         except RuntimeError as exc:
-            raise CameraError(f"cannot start streams {self.width}x{self.height}@{self.fps} "
-                              f"(depth z16 + colour rgb8): {exc}") from exc
+            raise CameraError(
+                f"cannot start streams {self.width}x{self.height}@{self.fps} (depth z16 + colour rgb8): {exc}"
+            ) from exc
         if path:
             pb = profile.get_device().as_playback()
             pb.set_real_time(bool(self.p["playback_realtime"]))
@@ -343,8 +365,12 @@ class CameraBridge:
                 color_profile = profile.get_stream(rs.stream.color).as_video_stream_profile()
                 intr = color_profile.get_intrinsics()
                 depth_mm = _depth_units(profile.get_device()) * 1000.0
-                self._note(cam, True, f"streaming from {cam.device_serial} "
-                                      f"({'recording ' + self.playback[cam.name] if cam.name in self.playback else 'device'})")
+                self._note(
+                    cam,
+                    True,
+                    f"streaming from {cam.device_serial} "
+                    f"({'recording ' + self.playback[cam.name] if cam.name in self.playback else 'device'})",
+                )
                 t_win, n_win = time.monotonic(), 0
                 while not self._stop.is_set():
                     try:
@@ -373,8 +399,9 @@ class CameraBridge:
                 cam.restarts += 1
                 self._stop.wait(period)
 
-    def _publish(self, cam: CameraState, frames: Any, align: Any, pc: Any, intr: Any, depth_mm: float,
-                 frame_id: str) -> None:
+    def _publish(
+        self, cam: CameraState, frames: Any, align: Any, pc: Any, intr: Any, depth_mm: float, frame_id: str
+    ) -> None:
         if self.p["align_depth"]:
             frames = align.process(frames)
         color = frames.get_color_frame()
@@ -387,8 +414,9 @@ class CameraBridge:
         mm = raw if abs(depth_mm - 1.0) < 1e-6 else np.clip(np.round(raw * depth_mm), 0, 65535).astype(np.uint16)
         pubs = self.pubs[cam.name]
         pubs["color"].publish(image_msg(rgb, "rgb8", stamp, frame_id))
-        pubs["depth"].publish(image_msg(mm, "16UC1", stamp, frame_id if self.p["align_depth"]
-                                        else f"{cam.name}_depth_optical_frame"))
+        pubs["depth"].publish(
+            image_msg(mm, "16UC1", stamp, frame_id if self.p["align_depth"] else f"{cam.name}_depth_optical_frame")
+        )
         pubs["camera_info"].publish(camera_info_msg(intr, stamp, frame_id))
         if pubs["points"] is not None:
             pc.map_to(color)
@@ -417,8 +445,7 @@ class CameraBridge:
             s.close()
 
 
-def create_node(cli_args: list[str] | None = None, name: str = NODE_CAMERA_BRIDGE,
-                hub: FakeRealSenseHub | None = None):
+def create_node(cli_args: list[str] | None = None, name: str = NODE_CAMERA_BRIDGE, hub: FakeRealSenseHub | None = None):
     """The camera_bridge node (rclpy must be initialised); ``hub`` injects software cameras.
     The returned Node has ``.bridge`` (:class:`CameraBridge`) and ``close()``."""
     from rclpy.node import Node

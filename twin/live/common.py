@@ -8,7 +8,8 @@ from __future__ import annotations
 import math
 import sys
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import rclpy
@@ -94,9 +95,13 @@ class PolledSubscription:
 
     def __init__(self, owner: Node, msg_type: Any, topic: str, qos: QoSProfile, suffix: str = "sampler") -> None:
         self.topic = owner.resolve_topic_name(topic)
-        self.node: Node | None = Node(f"{owner.get_name()}_{suffix}", context=owner.context,
-                                      use_global_arguments=False, start_parameter_services=False,
-                                      enable_rosout=False)
+        self.node: Node | None = Node(
+            f"{owner.get_name()}_{suffix}",
+            context=owner.context,
+            use_global_arguments=False,
+            start_parameter_services=False,
+            enable_rosout=False,
+        )
         self.sub: Any = self.node.create_subscription(msg_type, self.topic, lambda m: None, qos)
         self.available = hasattr(self.sub, "handle") and hasattr(self.sub.handle, "take_message")
         if not self.available:
@@ -154,7 +159,7 @@ def floats_msg(vec: Any) -> Any:
 
 def floats_array(msg: Any) -> np.ndarray:
     """Inverse of :func:`floats_msg`."""
-    data = np.asarray(msg.data, dtype=np.float32)[int(msg.layout.data_offset):]
+    data = np.asarray(msg.data, dtype=np.float32)[int(msg.layout.data_offset) :]
     shape = tuple(int(d.size) for d in msg.layout.dim)
     if not shape:
         return data.reshape(()) if len(data) == 1 else data
@@ -229,8 +234,13 @@ class Throttle:
 
 
 # ---- main -----------------------------------------------------------------------------------
-def run_node(create: Callable[[list[str] | None], Node], argv: Sequence[str] | None = None, *, name: str,
-             executor_threads: int = 4) -> int:
+def run_node(
+    create: Callable[[list[str] | None], Node],
+    argv: Sequence[str] | None = None,
+    *,
+    name: str,
+    executor_threads: int = 4,
+) -> int:
     """Standard ``main`` of a node program (``name``: the executable, also the default node name).
 
     Before anything else the process is tied to its parent (:func:`twin.lifeline.bind_to_parent`:
@@ -248,8 +258,8 @@ def run_node(create: Callable[[list[str] | None], Node], argv: Sequence[str] | N
     from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
     from rclpy.signals import SignalHandlerOptions
 
-    from twin.live.fake_hardware import FakeHardwareError
     from twin.lifeline import NodeConflict, ParentGone, bind_to_parent, refuse_other_instances, ros_node_name
+    from twin.live.fake_hardware import FakeHardwareError
 
     args = list(sys.argv if argv is None else argv)
     node_name = ros_node_name(args, name)
@@ -282,8 +292,9 @@ def run_node(create: Callable[[list[str] | None], Node], argv: Sequence[str] | N
         # full passes (a full collection of it took 40-110 ms under load, stalling every thread)
         gc.collect()
         gc.freeze()
-        executor = SingleThreadedExecutor() if executor_threads <= 1 else MultiThreadedExecutor(
-            num_threads=executor_threads)
+        executor = (
+            SingleThreadedExecutor() if executor_threads <= 1 else MultiThreadedExecutor(num_threads=executor_threads)
+        )
         executor.add_node(node)
         while rclpy.ok():
             executor.spin_once(timeout_sec=0.1)

@@ -31,9 +31,10 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -68,8 +69,10 @@ def franka_sim_missing() -> str:
     """'' when franka-sim can be started, else why not (and how to fix it)."""
     py = franka_sim_python()
     if py is None:
-        return ("franka-sim venv not found (.venv-franka-sim/bin/python or $FRANKA_SIM_PYTHON); "
-                "run `make franka-sim` (part of `make install`)")
+        return (
+            "franka-sim venv not found (.venv-franka-sim/bin/python or $FRANKA_SIM_PYTHON); "
+            "run `make franka-sim` (part of `make install`)"
+        )
     if not SIM_SCRIPT.is_file():
         return f"{SIM_SCRIPT} is missing"
     if not FR3_MJCF.is_file():
@@ -89,8 +92,10 @@ def franka_sim_unavailable() -> str:
     if why:
         return why
     if tcp_listening("127.0.0.1", ARM_PORT):
-        return (f"127.0.0.1:{ARM_PORT} is taken by another process (libfranka always dials port {ARM_PORT}; run "
-                f"under scripts/isolated, as make test does)")
+        return (
+            f"127.0.0.1:{ARM_PORT} is taken by another process (libfranka always dials port {ARM_PORT}; run "
+            f"under scripts/isolated, as make test does)"
+        )
     return ""
 
 
@@ -100,8 +105,7 @@ def _listen_inodes(host: str, port: int) -> list[str]:
     want = f"{int.from_bytes(want_ip, 'little'):08X}:{port:04X}"
     any_addr = f"00000000:{port:04X}"
     lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
-    return [p[9] for p in (line.split() for line in lines)
-            if len(p) > 9 and p[3] == "0A" and p[1] in (want, any_addr)]
+    return [p[9] for p in (line.split() for line in lines) if len(p) > 9 and p[3] == "0A" and p[1] in (want, any_addr)]
 
 
 def tcp_listening(host: str, port: int) -> bool:
@@ -172,8 +176,10 @@ def port_in_use_message(host: str, port: int) -> str:
     pids = listener_pids(host, port)
     who = describe_listener(host, port)
     stop = f"stop it (kill {' '.join(map(str, pids))})" if pids else "stop it"
-    return (f"{host}:{port} is already in use by {who}, e.g. a franka-sim left from another run; {stop}, or pass "
-            f"reuse_simulator:=true to use it (libfranka always dials port {ARM_PORT}: one simulator per machine)")
+    return (
+        f"{host}:{port} is already in use by {who}, e.g. a franka-sim left from another run; {stop}, or pass "
+        f"reuse_simulator:=true to use it (libfranka always dials port {ARM_PORT}: one simulator per machine)"
+    )
 
 
 class FrankaSim:
@@ -200,10 +206,18 @@ class FrankaSim:
     parent dies, by any signal, so no simulator outlives the run that started it.
     """
 
-    def __init__(self, host: str = "127.0.0.1", *, python: str | Path | None = None,
-                 model: str | Path | None = None, enforce_comm_constraints: bool = True,
-                 gripper: bool = True, log_path: str | Path | None = None,
-                 env: dict[str, str] | None = None, nice: int | None = -10) -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        *,
+        python: str | Path | None = None,
+        model: str | Path | None = None,
+        enforce_comm_constraints: bool = True,
+        gripper: bool = True,
+        log_path: str | Path | None = None,
+        env: dict[str, str] | None = None,
+        nice: int | None = -10,
+    ) -> None:
         self.host = host
         self.python = Path(python) if python else franka_sim_python()
         self.model = Path(model) if model else FR3_MJCF
@@ -217,7 +231,7 @@ class FrankaSim:
         self.starts = 0
 
     # -- lifecycle -------------------------------------------------------------------------
-    def start(self, timeout: float = 90.0) -> "FrankaSim":
+    def start(self, timeout: float = 90.0) -> FrankaSim:
         if self.running:
             return self
         if self.python is None:
@@ -242,8 +256,15 @@ class FrankaSim:
         self._log_file = open(self.log_path, "ab")
         # tied to this process: the simulator ends when its parent dies, by any signal
         # (parent-death signal + its own parent watch, see twin.lifeline)
-        self.proc = spawn(cmd, env=env, nice=self.nice, stdout=subprocess.PIPE, stderr=self._log_file,
-                          cwd=str(REPO_ROOT), start_new_session=True)
+        self.proc = spawn(
+            cmd,
+            env=env,
+            nice=self.nice,
+            stdout=subprocess.PIPE,
+            stderr=self._log_file,
+            cwd=str(REPO_ROOT),
+            start_new_session=True,
+        )
         self.starts += 1
         ready = threading.Event()
         lines: list[str] = []
@@ -260,8 +281,10 @@ class FrankaSim:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise FakeHardwareError(f"franka-sim exited with code {self.proc.returncode} before it was "
-                                        f"ready; log: {self.log_path}: {self.log_tail()}")
+                raise FakeHardwareError(
+                    f"franka-sim exited with code {self.proc.returncode} before it was "
+                    f"ready; log: {self.log_path}: {self.log_tail()}"
+                )
             if ready.is_set() and tcp_listening(self.host, ARM_PORT):
                 return self
             time.sleep(0.02)
@@ -323,7 +346,7 @@ class FrankaSim:
         except (OSError, TypeError):
             return ""
 
-    def __enter__(self) -> "FrankaSim":
+    def __enter__(self) -> FrankaSim:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:
@@ -356,8 +379,10 @@ def import_pyrealsense2():
     try:
         import pyrealsense2 as rs
     except ImportError as exc:
-        raise ImportError(f"pyrealsense2 cannot be imported ({exc}); `pip install pyrealsense2 libusb-package` "
-                          "(part of `make install`)") from exc
+        raise ImportError(
+            f"pyrealsense2 cannot be imported ({exc}); `pip install pyrealsense2 libusb-package` "
+            "(part of `make install`)"
+        ) from exc
     _RS = rs
     return rs
 
@@ -373,7 +398,7 @@ class Intrinsics:
     cx: float = 320.0
     cy: float = 240.0
 
-    def scaled(self, width: int, height: int) -> "Intrinsics":
+    def scaled(self, width: int, height: int) -> Intrinsics:
         sx, sy = width / self.width, height / self.height
         return Intrinsics(width, height, self.fx * sx, self.fy * sy, self.cx * sx, self.cy * sy)
 
@@ -393,9 +418,16 @@ class SoftwareRealSense:
     ``depth_to_color`` (4x4, identity by default: depth already registered to colour) and
     the default frame matcher. Feed it with :meth:`push`."""
 
-    def __init__(self, serial: str = "000000000001", *, name: str = "Intel RealSense D435 (software)",
-                 intrinsics: Intrinsics | None = None, fps: int = 30, depth_units: float = 0.001,
-                 depth_to_color: np.ndarray | None = None) -> None:
+    def __init__(
+        self,
+        serial: str = "000000000001",
+        *,
+        name: str = "Intel RealSense D435 (software)",
+        intrinsics: Intrinsics | None = None,
+        fps: int = 30,
+        depth_units: float = 0.001,
+        depth_to_color: np.ndarray | None = None,
+    ) -> None:
         rs = import_pyrealsense2()
         self.serial = str(serial)
         self.intrinsics = intrinsics or Intrinsics()
@@ -513,7 +545,7 @@ class FakeRealSenseHub:
             del self._events[:-64]
         return ctx
 
-    def feed(self, serial: str, source: "FrameSource", fps: float | None = None) -> "FrameFeeder":
+    def feed(self, serial: str, source: FrameSource, fps: float | None = None) -> FrameFeeder:
         dev = self.devices[serial]
         feeder = FrameFeeder(dev, source, fps or dev.fps, active=lambda: serial in self.plugged)
         self.feeders[serial] = feeder
@@ -532,8 +564,9 @@ class FrameFeeder:
     """Pushes ``source()`` frames into a :class:`SoftwareRealSense` at ``fps`` in a thread
     (while ``active()``). A source slower than ``fps`` sets the rate."""
 
-    def __init__(self, device: SoftwareRealSense, source: FrameSource, fps: float,
-                 active: Callable[[], bool] | None = None) -> None:
+    def __init__(
+        self, device: SoftwareRealSense, source: FrameSource, fps: float, active: Callable[[], bool] | None = None
+    ) -> None:
         self.device = device
         self.source = source
         self.period = 1.0 / max(float(fps), 0.1)
@@ -543,7 +576,7 @@ class FrameFeeder:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def start(self) -> "FrameFeeder":
+    def start(self) -> FrameFeeder:
         self._thread = threading.Thread(target=self._run, name=f"rs-feed-{self.device.serial}", daemon=True)
         self._thread.start()
         return self
@@ -598,8 +631,15 @@ class TwinCameraSource:
     render, e.g. from the latest ``/joint_states``. The GL context is per thread (EGL contexts
     are bound to the thread that made them), so a feeder thread renders with its own twin."""
 
-    def __init__(self, task: str = "reach", camera: str | None = None, width: int = 320, height: int = 240,
-                 joints: Callable[[], Any] | None = None, max_depth_m: float = 6.0) -> None:
+    def __init__(
+        self,
+        task: str = "reach",
+        camera: str | None = None,
+        width: int = 320,
+        height: int = 240,
+        joints: Callable[[], Any] | None = None,
+        max_depth_m: float = 6.0,
+    ) -> None:
         from twin.tasks import make_task
 
         self.task = task
@@ -655,6 +695,20 @@ class TwinCameraSource:
         self.close_thread()
 
 
-__all__ = ["FrankaSim", "FakeHardwareError", "franka_sim_python", "franka_sim_missing", "tcp_listening",
-           "import_pyrealsense2", "Intrinsics", "SoftwareRealSense", "FakeRealSenseHub", "FrameFeeder",
-           "pattern_source", "TwinCameraSource", "FR3_MJCF", "ARM_PORT", "GRIPPER_PORT"]
+__all__ = [
+    "FrankaSim",
+    "FakeHardwareError",
+    "franka_sim_python",
+    "franka_sim_missing",
+    "tcp_listening",
+    "import_pyrealsense2",
+    "Intrinsics",
+    "SoftwareRealSense",
+    "FakeRealSenseHub",
+    "FrameFeeder",
+    "pattern_source",
+    "TwinCameraSource",
+    "FR3_MJCF",
+    "ARM_PORT",
+    "GRIPPER_PORT",
+]

@@ -103,8 +103,11 @@ EXTRA_PARAMS = (
     Param("acceleration_scale", 1.0, "Fraction of the FR3 joint acceleration limits for motions (see HARDWARE.md)."),
     Param("jerk_scale", 1.0, "Fraction of the FR3 joint jerk limits for motions (see HARDWARE.md)."),
     Param("realtime", "auto", "libfranka realtime mode: enforce | ignore | auto (enforce on PREEMPT_RT kernels)."),
-    Param("start_franka_sim", True, "With use_fake_hardware: start franka-sim (refused if port 1337 is taken, "
-                                    "unless reuse_simulator)."),
+    Param(
+        "start_franka_sim",
+        True,
+        "With use_fake_hardware: start franka-sim (refused if port 1337 is taken, unless reuse_simulator).",
+    ),
 )
 
 
@@ -131,8 +134,9 @@ class Command:
         self.q, self.v, self.width, self.recv, self.seq = q, v, width, recv, seq
 
 
-def limit_target(target: np.ndarray, current: np.ndarray | None, margin: float, max_jump: float
-                 ) -> tuple[np.ndarray | None, str]:
+def limit_target(
+    target: np.ndarray, current: np.ndarray | None, margin: float, max_jump: float
+) -> tuple[np.ndarray | None, str]:
     """Apply the position limits: (clipped target or None if refused, note)."""
     lo, hi = FR3_Q_MIN + margin, FR3_Q_MAX - margin
     clipped = np.clip(target, lo, hi)
@@ -145,8 +149,10 @@ def limit_target(target: np.ndarray, current: np.ndarray | None, margin: float, 
         jump = np.abs(clipped - current)
         i = int(np.argmax(jump))
         if jump[i] > max_jump:
-            return None, (f"refused target: {ARM_JOINTS[i]} is {jump[i]:.3f} rad from the measured position "
-                          f"(max_target_jump_rad={max_jump})")
+            return None, (
+                f"refused target: {ARM_JOINTS[i]} is {jump[i]:.3f} rad from the measured position "
+                f"(max_target_jump_rad={max_jump})"
+            )
     return clipped, note
 
 
@@ -187,14 +193,19 @@ class FrankaBridge:
         self._JointState = JointState
         self._String = String
         self.js_pub = node.create_publisher(JointState, TOPIC_JOINT_STATES, joint_qos())
-        status_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE,
-                                durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        status_qos = QoSProfile(
+            history=HistoryPolicy.KEEP_LAST,
+            depth=10,
+            reliability=ReliabilityPolicy.RELIABLE,
+            durability=DurabilityPolicy.TRANSIENT_LOCAL,
+        )
         self.status_pub = node.create_publisher(String, TOPIC_BRIDGE_STATUS, status_qos)
         # /twin/joint_commands are taken by the robot thread itself at every loop turn, with their
         # DDS receive times, rather than handed over by an executor callback: the watchdog and the
         # follow loop then never wait for an executor thread to be scheduled and get the GIL
-        self._cmd_poll: PolledSubscription | None = PolledSubscription(node, JointState, TOPIC_JOINT_COMMANDS,
-                                                                       joint_qos(), "command_sampler")
+        self._cmd_poll: PolledSubscription | None = PolledSubscription(
+            node, JointState, TOPIC_JOINT_COMMANDS, joint_qos(), "command_sampler"
+        )
         if not self._cmd_poll.available:
             self._cmd_poll = None
             self.cmd_sub = node.create_subscription(JointState, TOPIC_JOINT_COMMANDS, self._on_command, joint_qos())
@@ -265,9 +276,11 @@ class FrankaBridge:
         self._grip.start()
         period = 1.0 / max(0.2, float(params["status_rate_hz"]))
         self.status_timer = node.create_timer(period, self._publish_status)
-        self.log.info(f"franka_bridge: robot {self.robot_ip}, /joint_states at up to {self.rate:.0f} Hz, "
-                      f"watchdog {self.cmd_timeout:.3f} s, velocity scale {self.scale}, "
-                      f"realtime {'enforce' if enforce else 'ignore'}")
+        self.log.info(
+            f"franka_bridge: robot {self.robot_ip}, /joint_states at up to {self.rate:.0f} Hz, "
+            f"watchdog {self.cmd_timeout:.3f} s, velocity scale {self.scale}, "
+            f"realtime {'enforce' if enforce else 'ignore'}"
+        )
 
     # ---- fake hardware ---------------------------------------------------------------------
     def _start_franka_sim(self) -> None:
@@ -285,8 +298,10 @@ class FrankaBridge:
         if tcp_listening("127.0.0.1", ARM_PORT):
             if not self.p["reuse_simulator"]:
                 raise FakeHardwareError("use_fake_hardware: " + port_in_use_message("127.0.0.1", ARM_PORT))
-            self.log.info(f"use_fake_hardware: reusing the simulator on 127.0.0.1:{ARM_PORT} "
-                          f"({describe_listener('127.0.0.1', ARM_PORT)}; reuse_simulator:=true)")
+            self.log.info(
+                f"use_fake_hardware: reusing the simulator on 127.0.0.1:{ARM_PORT} "
+                f"({describe_listener('127.0.0.1', ARM_PORT)}; reuse_simulator:=true)"
+            )
             return
         self.log.info("use_fake_hardware: starting franka-sim on 127.0.0.1:1337")
         self._sim = FrankaSim("127.0.0.1").start()
@@ -312,23 +327,25 @@ class FrankaBridge:
         with self._lock:
             d = asdict(self.status)
             cmd = self._cmd
-            d.update({
-                "robot_ip": self.robot_ip,
-                "state_rate_hz": round(self.state_rate_hz, 1),
-                "state_gap_max_s": round(self.state_gap_max_s, 4),
-                "state_stalls": self.state_stalls,
-                "robot_rtf": None if self.robot_rtf is None else round(self.robot_rtf, 3),
-                "time": round(self.node.get_clock().now().nanoseconds * 1e-9, 4),
-                "published": self.published,
-                "command_age_s": None if cmd is None else round(time.monotonic() - cmd.recv, 4),
-                "recoveries": self.recoveries,
-                "last_reflex": self.reflexes[-1] if self.reflexes else "",
-                "disconnects": self.disconnects,
-                "connects": self.connects,
-                "rejected": dict(self.rejected),
-                "ignored_disarmed": self.ignored_disarmed,
-                "gripper": self.gripper is not None,
-            })
+            d.update(
+                {
+                    "robot_ip": self.robot_ip,
+                    "state_rate_hz": round(self.state_rate_hz, 1),
+                    "state_gap_max_s": round(self.state_gap_max_s, 4),
+                    "state_stalls": self.state_stalls,
+                    "robot_rtf": None if self.robot_rtf is None else round(self.robot_rtf, 3),
+                    "time": round(self.node.get_clock().now().nanoseconds * 1e-9, 4),
+                    "published": self.published,
+                    "command_age_s": None if cmd is None else round(time.monotonic() - cmd.recv, 4),
+                    "recoveries": self.recoveries,
+                    "last_reflex": self.reflexes[-1] if self.reflexes else "",
+                    "disconnects": self.disconnects,
+                    "connects": self.connects,
+                    "rejected": dict(self.rejected),
+                    "ignored_disarmed": self.ignored_disarmed,
+                    "gripper": self.gripper is not None,
+                }
+            )
         return d
 
     def _publish_status(self) -> None:
@@ -397,8 +414,9 @@ class FrankaBridge:
                 self.ignored_disarmed += 1
                 n = self.ignored_disarmed
         if not armed and (n == 1 or n % 1000 == 0):
-            self.log.warning(f"franka_bridge: ignoring /twin/joint_commands: not armed ({n} ignored); "
-                             f"call {SRV_ARM} to follow")
+            self.log.warning(
+                f"franka_bridge: ignoring /twin/joint_commands: not armed ({n} ignored); call {SRV_ARM} to follow"
+            )
             with self._lock:
                 if not self.status.error:
                     self._set(reason="ignoring /twin/joint_commands: not armed")
@@ -435,9 +453,11 @@ class FrankaBridge:
                 self._cmd = None  # only commands sent after arming are followed
                 self._armed_at = time.monotonic()
                 self._target = None
-                self._set(armed=True, mode="idle",
-                          reason="armed: following /twin/joint_commands (watchdog "
-                                 f"{self.cmd_timeout:.3f} s)")
+                self._set(
+                    armed=True,
+                    mode="idle",
+                    reason=f"armed: following /twin/joint_commands (watchdog {self.cmd_timeout:.3f} s)",
+                )
                 response.success = True
                 response.message = self.status.reason
         self._publish_status()
@@ -447,8 +467,11 @@ class FrankaBridge:
         with self._lock:
             was = self.status.armed
             self._want_stop = True
-            self._set(armed=False, mode="idle" if self.status.connected else self.status.mode,
-                      reason="disarmed: the arm will not move until /franka_bridge/arm")
+            self._set(
+                armed=False,
+                mode="idle" if self.status.connected else self.status.mode,
+                reason="disarmed: the arm will not move until /franka_bridge/arm",
+            )
             response.success = True
             response.message = self.status.reason if was else "already disarmed: the arm will not move"
         self._publish_status()
@@ -462,7 +485,8 @@ class FrankaBridge:
         try:
             robot = franky.Robot(self.robot_ip, realtime_config=self.rt_config)
             robot.relative_dynamics_factor = franky.RelativeDynamicsFactor(
-                self.scale, float(self.p["acceleration_scale"]), float(self.p["jerk_scale"]))
+                self.scale, float(self.p["acceleration_scale"]), float(self.p["jerk_scale"])
+            )
             if robot.has_errors:
                 robot.recover_from_errors()
         except Exception as exc:  # NetworkException, IncompatibleVersionException, RealtimeException...
@@ -472,8 +496,9 @@ class FrankaBridge:
             try:
                 gripper = franky.Gripper(self.robot_ip)
             except Exception as exc:
-                self.log.warning(f"franka_bridge: gripper unavailable ({type(exc).__name__}: {exc}); "
-                                 "fingers are published as 0")
+                self.log.warning(
+                    f"franka_bridge: gripper unavailable ({type(exc).__name__}: {exc}); fingers are published as 0"
+                )
         self._connect_result = (robot, gripper, err)
 
     def _try_connect(self, now: float) -> None:
@@ -485,8 +510,12 @@ class FrankaBridge:
                 self._connect_result = None
                 if robot is None:
                     with self._lock:
-                        self._set(connected=False, error=True, mode="disconnected",
-                                  reason=f"cannot connect to {self.robot_ip}: {err}")
+                        self._set(
+                            connected=False,
+                            error=True,
+                            mode="disconnected",
+                            reason=f"cannot connect to {self.robot_ip}: {err}",
+                        )
                     return
                 self.robot, self.gripper = robot, gripper
                 self._moving = False
@@ -494,17 +523,30 @@ class FrankaBridge:
                 with self._lock:
                     self.connects += 1
                     again = self.connects > 1
-                    self._set(connected=True, error=False, armed=False, mode="idle",
-                              reason=(f"{'re' if again else ''}connected to {self.robot_ip} after "
-                                      f"{now - self._connect_started:.2f} s"))
+                    self._set(
+                        connected=True,
+                        error=False,
+                        armed=False,
+                        mode="idle",
+                        reason=(
+                            f"{'re' if again else ''}connected to {self.robot_ip} after "
+                            f"{now - self._connect_started:.2f} s"
+                        ),
+                    )
                 return
             if not self._connect_timed_out and now - self._connect_started > self.connect_timeout:
                 self._connect_timed_out = True
                 with self._lock:
-                    self._set(connected=False, error=True, mode="disconnected",
-                              reason=(f"connect timeout: {self.robot_ip} did not answer within "
-                                      f"{self.connect_timeout:.1f} s (is the FCI enabled and the robot "
-                                      f"reachable?); still trying"))
+                    self._set(
+                        connected=False,
+                        error=True,
+                        mode="disconnected",
+                        reason=(
+                            f"connect timeout: {self.robot_ip} did not answer within "
+                            f"{self.connect_timeout:.1f} s (is the FCI enabled and the robot "
+                            f"reachable?); still trying"
+                        ),
+                    )
             return
         if now - self._last_attempt < float(self.p["reconnect_period_s"]):
             return
@@ -522,8 +564,13 @@ class FrankaBridge:
         self._last_attempt = time.monotonic()
         with self._lock:
             self.disconnects += 1
-            self._set(connected=False, armed=False, error=True, mode="disconnected",
-                      reason=f"connection lost: {type(exc).__name__}: {exc}; disarmed, reconnecting")
+            self._set(
+                connected=False,
+                armed=False,
+                error=True,
+                mode="disconnected",
+                reason=f"connection lost: {type(exc).__name__}: {exc}; disarmed, reconnecting",
+            )
 
     # ---- robot loop ------------------------------------------------------------------------
     def _io_loop(self) -> None:
@@ -534,8 +581,7 @@ class FrankaBridge:
             except Exception as exc:  # pragma: no cover - defensive
                 import traceback
 
-                self.log.error(f"franka_bridge: robot loop crashed, restarting: {exc!r}\n"
-                               f"{traceback.format_exc()}")
+                self.log.error(f"franka_bridge: robot loop crashed, restarting: {exc!r}\n{traceback.format_exc()}")
                 self.robot = None
                 self._moving = False
                 time.sleep(0.1)
@@ -664,8 +710,11 @@ class FrankaBridge:
             j = int(np.argmax(ratio))
             if ratio[j] > GUARD_VELOCITY_FACTOR:
                 self._reject("guard", f"{ARM_JOINTS[j]} at {self._dq[j]:.2f} rad/s")
-                self._stop_motion(f"follow guard: {ARM_JOINTS[j]} moved at {abs(self._dq[j]):.2f} rad/s, over "
-                                  f"{GUARD_VELOCITY_FACTOR}x its scaled limit; arm stopped and disarmed", "stopped")
+                self._stop_motion(
+                    f"follow guard: {ARM_JOINTS[j]} moved at {abs(self._dq[j]):.2f} rad/s, over "
+                    f"{GUARD_VELOCITY_FACTOR}x its scaled limit; arm stopped and disarmed",
+                    "stopped",
+                )
                 with self._lock:
                     self.status.armed = False
                     self._status_dirty = True
@@ -673,8 +722,11 @@ class FrankaBridge:
         age = now - cmd.recv
         if age > self.cmd_timeout:
             if mode == "follow":
-                self._stop_motion(f"watchdog: no /twin/joint_commands for {age:.3f} s "
-                                  f"(command_timeout_s={self.cmd_timeout}); arm stopped", "stopped")
+                self._stop_motion(
+                    f"watchdog: no /twin/joint_commands for {age:.3f} s "
+                    f"(command_timeout_s={self.cmd_timeout}); arm stopped",
+                    "stopped",
+                )
             return
         if now - self._last_dispatch < 1.0 / max(1.0, float(self.p["follow_rate_hz"])):
             return
@@ -682,8 +734,9 @@ class FrankaBridge:
             return
         if cmd.seq != self._checked_seq:  # limits are checked once per command
             self._checked_seq = cmd.seq
-            target, note = limit_target(cmd.q, self._q, float(self.p["joint_limit_margin_rad"]),
-                                        float(self.p["max_target_jump_rad"]))
+            target, note = limit_target(
+                cmd.q, self._q, float(self.p["joint_limit_margin_rad"]), float(self.p["max_target_jump_rad"])
+            )
             if target is None:
                 self._reject("jump", note)
                 self._target = None
@@ -725,8 +778,7 @@ class FrankaBridge:
             self._set(error=True, mode="recovering", reason=f"reflex: {why}")
         if not self.p["auto_recover"]:
             with self._lock:
-                self._set(armed=False, mode="stopped",
-                          reason=f"reflex (auto_recover off, disarmed): {why}")
+                self._set(armed=False, mode="stopped", reason=f"reflex (auto_recover off, disarmed): {why}")
             return
         ok = False
         try:
@@ -739,8 +791,11 @@ class FrankaBridge:
         with self._lock:
             if ok:
                 self.recoveries += 1
-                self._set(error=False, mode="idle" if self.status.armed else "idle",
-                          reason=f"recovered automatically from reflex ({why})")
+                self._set(
+                    error=False,
+                    mode="idle" if self.status.armed else "idle",
+                    reason=f"recovered automatically from reflex ({why})",
+                )
             else:
                 self._set(armed=False, mode="stopped", reason=f"reflex, recovery failed, disarmed: {why}")
 

@@ -28,9 +28,10 @@ import ipaddress
 import json
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from twin.live.interfaces import (
     NODE_CAMERA_BRIDGE,
@@ -93,38 +94,74 @@ def _convert(value: Any, kind: type, name: str) -> Any:
 
 
 LAUNCH_ARGUMENTS: tuple[LaunchArg, ...] = (
-    LaunchArg("robot_ip", "172.16.0.2", "IP of the Franka controller (FCI). Ignored with use_fake_hardware:=true "
-                                        "(franka-sim on 127.0.0.1)."),
-    LaunchArg("use_fake_hardware", "false", "Run against franka-sim on loopback and a pyrealsense2 software "
-                                            "device instead of the real arm and cameras.", bool),
-    LaunchArg("cameras", "", "Comma-separated RealSense cameras, each name or name=serial (topics "
-                             "/<name>/color/image_raw ...). Empty: no camera_bridge. Use the twin's camera "
-                             "names (cam_left, cam_right) so renders and images correspond."),
-    LaunchArg("task", "reach", "Twin task (scene, objects, control rate) for twin_sync, policy_runner and the "
-                               "recorder's episode events."),
-    LaunchArg("checkpoint", "", "Policy checkpoint folder run inside the twin by policy_runner. Empty: no "
-                                "policy_runner."),
+    LaunchArg(
+        "robot_ip",
+        "172.16.0.2",
+        "IP of the Franka controller (FCI). Ignored with use_fake_hardware:=true (franka-sim on 127.0.0.1).",
+    ),
+    LaunchArg(
+        "use_fake_hardware",
+        "false",
+        "Run against franka-sim on loopback and a pyrealsense2 software device instead of the real arm and cameras.",
+        bool,
+    ),
+    LaunchArg(
+        "cameras",
+        "",
+        "Comma-separated RealSense cameras, each name or name=serial (topics "
+        "/<name>/color/image_raw ...). Empty: no camera_bridge. Use the twin's camera "
+        "names (cam_left, cam_right) so renders and images correspond.",
+    ),
+    LaunchArg(
+        "task",
+        "reach",
+        "Twin task (scene, objects, control rate) for twin_sync, policy_runner and the recorder's episode events.",
+    ),
+    LaunchArg(
+        "checkpoint", "", "Policy checkpoint folder run inside the twin by policy_runner. Empty: no policy_runner."
+    ),
     LaunchArg("objects", "", "Comma-separated tracked objects (/objects/<name>/pose). Empty: the task's objects."),
-    LaunchArg("hardware", "true", "Start franka_bridge (and camera_bridge when cameras is set). false: "
-                                  "/joint_states etc. come from elsewhere (another driver, a bag replay).", bool),
-    LaunchArg("joint_states_topic", TOPIC_JOINT_STATES, "Topic of the real robot's joint states (remapped on "
-                                                        "every node that uses /joint_states)."),
+    LaunchArg(
+        "hardware",
+        "true",
+        "Start franka_bridge (and camera_bridge when cameras is set). false: "
+        "/joint_states etc. come from elsewhere (another driver, a bag replay).",
+        bool,
+    ),
+    LaunchArg(
+        "joint_states_topic",
+        TOPIC_JOINT_STATES,
+        "Topic of the real robot's joint states (remapped on every node that uses /joint_states).",
+    ),
     LaunchArg("joint_state_rate_hz", "1000.0", "franka_bridge /joint_states rate.", float),
-    LaunchArg("command_timeout_s", "0.1", "franka_bridge watchdog: stop the arm when twin joint commands are "
-                                          "older than this.", float),
+    LaunchArg(
+        "command_timeout_s",
+        "0.1",
+        "franka_bridge watchdog: stop the arm when twin joint commands are older than this.",
+        float,
+    ),
     LaunchArg("sync_rate_hz", "100.0", "twin_sync update rate.", float),
     LaunchArg("object_gain", "0.2", "twin_sync: fraction of the object pose error corrected per update.", float),
     LaunchArg("render_rate_hz", "2.0", "twin_sync camera render rate (0: no renders).", float),
     LaunchArg("render_size", "160x120", "twin_sync render size WIDTHxHEIGHT."),
-    LaunchArg("autostart_policy", "false", "policy_runner starts an episode as soon as it is up (otherwise call "
-                                           "/policy_runner/start).", bool),
+    LaunchArg(
+        "autostart_policy",
+        "false",
+        "policy_runner starts an episode as soon as it is up (otherwise call /policy_runner/start).",
+        bool,
+    ),
     LaunchArg("policy_device", "cpu", "Torch device of the policy (cpu, cuda, cuda:0...)."),
     LaunchArg("record", "true", "Start the recorder (episodes via /recorder/start_episode).", bool),
     LaunchArg("bag_dir", "recordings", "Folder for the recorder's rosbag2 MCAP bags."),
     LaunchArg("record_images", "false", "Also record camera images, depth and point clouds.", bool),
-    LaunchArg("reuse_simulator", "false", "With use_fake_hardware:=true: use a franka-sim already listening on "
-                                          "127.0.0.1:1337 (e.g. left from another run). false: franka_bridge refuses "
-                                          "to start and names the process holding the port.", bool),
+    LaunchArg(
+        "reuse_simulator",
+        "false",
+        "With use_fake_hardware:=true: use a franka-sim already listening on "
+        "127.0.0.1:1337 (e.g. left from another run). false: franka_bridge refuses "
+        "to start and names the process holding the port.",
+        bool,
+    ),
 )
 
 LAUNCH_DEFAULTS: dict[str, Any] = {a.name: a.typed_default for a in LAUNCH_ARGUMENTS}
@@ -143,16 +180,19 @@ def parse_launch_arguments(values: dict[str, Any]) -> dict[str, Any]:
 
 
 # ---- validation -----------------------------------------------------------------------------
-_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}"
-                       r"[A-Za-z0-9])?)*$")
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}"
+    r"[A-Za-z0-9])?)*$"
+)
 _SERIAL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{2,63}$")  # RealSense: 12 digits (D4xx); software devices: names
 _DEVICE = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
 _TOPIC = re.compile(r"^(/[A-Za-z_][A-Za-z0-9_]*)+$")
 _ROS_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
 
-def check_range(what: str, value: float, lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False,
-                why: str = "") -> None:
+def check_range(
+    what: str, value: float, lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False, why: str = ""
+) -> None:
     """Raise :class:`GraphError` unless ``value`` is a finite number in the interval."""
     ok = math.isfinite(value) and (value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi)
     if not ok:
@@ -173,11 +213,14 @@ def check_checkpoint(what: str, path: str, task: str | None = None) -> None:
     ``task``, it was trained for that task."""
     p = Path(path).expanduser()
     if not p.exists():
-        raise GraphError(f"{what}:={path!r} does not exist; pass a checkpoint folder (with manifest.json and "
-                         f"model.safetensors)")
+        raise GraphError(
+            f"{what}:={path!r} does not exist; pass a checkpoint folder (with manifest.json and model.safetensors)"
+        )
     if p.is_dir() and not (p / "manifest.json").is_file():
-        raise GraphError(f"{what}:={path!r} has no manifest.json; pass a checkpoint folder written by twinrank "
-                         f"(e.g. outputs/train/<run>/checkpoints/step_<n>)")
+        raise GraphError(
+            f"{what}:={path!r} has no manifest.json; pass a checkpoint folder written by twinrank "
+            f"(e.g. outputs/train/<run>/checkpoints/step_<n>)"
+        )
     from policies.checkpoint import read_manifest
 
     try:
@@ -202,8 +245,10 @@ def check_objects(what: str, objects: str, task: str) -> None:
     bodies = [b.name for b in _scene(task).iter_bodies()]
     unknown = [n for n in names if n not in bodies]
     if unknown:
-        raise GraphError(f"{what}: {unknown} are not bodies of task {task!r}'s scene; use some of "
-                         f"{', '.join(bodies)} (or leave it empty for the task's objects)")
+        raise GraphError(
+            f"{what}: {unknown} are not bodies of task {task!r}'s scene; use some of "
+            f"{', '.join(bodies)} (or leave it empty for the task's objects)"
+        )
 
 
 def check_cameras(what: str, text: str, fake: bool = False, task: str = "") -> list[tuple[str, str]]:
@@ -220,14 +265,18 @@ def check_cameras(what: str, text: str, fake: bool = False, task: str = "") -> l
             raise GraphError(f"{what}: duplicate camera {kind} {dup}; give each camera once")
     bad = [sn for _, sn in cams if sn and not _SERIAL.match(sn)]
     if bad:
-        raise GraphError(f"{what}: serials {bad} are not device serial numbers (3-64 letters, digits, '-', '_'; a "
-                         f"RealSense D4xx serial is 12 digits, see `rs-enumerate-devices`)")
+        raise GraphError(
+            f"{what}: serials {bad} are not device serial numbers (3-64 letters, digits, '-', '_'; a "
+            f"RealSense D4xx serial is 12 digits, see `rs-enumerate-devices`)"
+        )
     if fake and task and names:
         scene_cams = [c.name for c in _scene(task).cameras]
         unknown = [n for n in names if n not in scene_cams]
         if unknown:
-            raise GraphError(f"{what}: with use_fake_hardware:=true the cameras render the twin's cameras of the "
-                             f"same name, and task {task!r} has no {unknown}; use {', '.join(scene_cams)}")
+            raise GraphError(
+                f"{what}: with use_fake_hardware:=true the cameras render the twin's cameras of the "
+                f"same name, and task {task!r} has no {unknown}; use {', '.join(scene_cams)}"
+            )
     return cams
 
 
@@ -250,8 +299,10 @@ def check_topic(what: str, text: str) -> None:
     if not text.startswith("/"):
         raise GraphError(f"{what} {text!r} must be absolute (start with '/')")
     if not _TOPIC.match(text):
-        raise GraphError(f"{what} {text!r} is not a valid ROS topic name (/segments of letters, digits, '_', each "
-                         f"starting with a letter or '_')")
+        raise GraphError(
+            f"{what} {text!r} is not a valid ROS topic name (/segments of letters, digits, '_', each "
+            f"starting with a letter or '_')"
+        )
 
 
 #: (node executable, parameter) -> (low, high, low open, high open, why); checked by NodeDesc.validate
@@ -306,8 +357,12 @@ def _check_node_values(name: str, executable: str, params: dict[str, Any]) -> No
         fake_task = params.get("fake_task", "")
         if fake_task:
             check_task(f"node {name}: parameter fake_task", fake_task)
-        check_cameras(f"node {name}: parameter cameras", params.get("cameras", ""),
-                      bool(params.get("use_fake_hardware")), fake_task)
+        check_cameras(
+            f"node {name}: parameter cameras",
+            params.get("cameras", ""),
+            bool(params.get("use_fake_hardware")),
+            fake_task,
+        )
     if executable == NODE_FRANKA_BRIDGE and "robot_ip" in params:
         check_host(f"node {name}: parameter robot_ip", params["robot_ip"])
     if executable == NODE_POLICY_RUNNER:
@@ -330,10 +385,17 @@ def validate_launch_arguments(a: dict[str, Any]) -> None:
         check_checkpoint("checkpoint", a["checkpoint"], a["task"])
     check_objects("objects", a["objects"], a["task"])
     check_topic("joint_states_topic", a["joint_states_topic"] or TOPIC_JOINT_STATES)
-    check_range("joint_state_rate_hz", a["joint_state_rate_hz"], 0.0, 1000.0, lo_open=True,
-                why="the FCI sends 1000 states/s")
-    check_range("command_timeout_s", a["command_timeout_s"], 0.0, 2.0, lo_open=True,
-                why="the arm follows stale targets this long")
+    check_range(
+        "joint_state_rate_hz", a["joint_state_rate_hz"], 0.0, 1000.0, lo_open=True, why="the FCI sends 1000 states/s"
+    )
+    check_range(
+        "command_timeout_s",
+        a["command_timeout_s"],
+        0.0,
+        2.0,
+        lo_open=True,
+        why="the arm follows stale targets this long",
+    )
     check_range("sync_rate_hz", a["sync_rate_hz"], 0.0, 1000.0, lo_open=True)
     check_range("object_gain", a["object_gain"], 0.0, 1.0, why="the fraction corrected per update")
     check_range("render_rate_hz", a["render_rate_hz"], 0.0, 60.0, why="0 turns renders off")
@@ -342,8 +404,10 @@ def validate_launch_arguments(a: dict[str, Any]) -> None:
     if a["record"] and bag.exists() and not bag.is_dir():
         raise GraphError(f"bag_dir:={a['bag_dir']!r} is a file; pass a folder for the recorder's bags")
     if a["record"] and a["record_images"] and not a["cameras"]:
-        raise GraphError("record_images:=true but cameras is empty: there are no images to record; set cameras:=... "
-                         "or record_images:=false")
+        raise GraphError(
+            "record_images:=true but cameras is empty: there are no images to record; set cameras:=... "
+            "or record_images:=false"
+        )
 
 
 # ---- nodes ----------------------------------------------------------------------------------
@@ -382,16 +446,18 @@ class NodeDesc:
         """Parameter names, types and values (ranges, tasks, checkpoint, cameras...); raises
         :class:`GraphError` naming the node, the parameter and the fix."""
         if self.executable not in NODE_PARAMETERS:
-            raise GraphError(f"node {self.name}: unknown executable {self.executable!r}; use one of "
-                             f"{', '.join(NODE_PARAMETERS)}")
+            raise GraphError(
+                f"node {self.name}: unknown executable {self.executable!r}; use one of {', '.join(NODE_PARAMETERS)}"
+            )
         if not _ROS_NAME.match(self.name):
             raise GraphError(f"node name {self.name!r} is not a valid ROS name (a letter, then letters, digits, '_')")
         specs = {p.name: p for p in self.param_specs}
         if specs:
             unknown = sorted(set(self.parameters) - set(specs))
             if unknown:
-                raise GraphError(f"node {self.name}: unknown parameters {unknown}; {self.executable} declares "
-                                 f"{sorted(specs)}")
+                raise GraphError(
+                    f"node {self.name}: unknown parameters {unknown}; {self.executable} declares {sorted(specs)}"
+                )
             for k, v in self.parameters.items():
                 want = specs[k].type
                 if not (type(v) is want or (want is float and type(v) is int)):
@@ -416,9 +482,14 @@ class NodeDesc:
         return [python, "-m", self.module, *self.ros_args()]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "executable": self.executable, "package": self.package,
-                "parameters": self.parameters, "remaps": [list(r) for r in self.remaps],
-                "description": self.description}
+        return {
+            "name": self.name,
+            "executable": self.executable,
+            "package": self.package,
+            "parameters": self.parameters,
+            "remaps": [list(r) for r in self.remaps],
+            "description": self.description,
+        }
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -434,9 +505,14 @@ def _size(text: str) -> tuple[int, int]:
     return width, height
 
 
-def live_graph(robot_ip: str = LAUNCH_DEFAULTS["robot_ip"], cameras: str | Sequence[str] = "",
-               use_fake_hardware: bool = False, checkpoint: str = "", task: str = LAUNCH_DEFAULTS["task"],
-               **options: Any) -> list[NodeDesc]:
+def live_graph(
+    robot_ip: str = LAUNCH_DEFAULTS["robot_ip"],
+    cameras: str | Sequence[str] = "",
+    use_fake_hardware: bool = False,
+    checkpoint: str = "",
+    task: str = LAUNCH_DEFAULTS["task"],
+    **options: Any,
+) -> list[NodeDesc]:
     """The nodes to start. Keyword ``options`` are the other :data:`LAUNCH_ARGUMENTS` (typed
     values or their strings); unknown names raise :class:`GraphError`.
 
@@ -446,8 +522,14 @@ def live_graph(robot_ip: str = LAUNCH_DEFAULTS["robot_ip"], cameras: str | Seque
     """
     if not isinstance(cameras, str):
         cameras = ",".join(cameras)
-    given = {"robot_ip": robot_ip, "cameras": cameras, "use_fake_hardware": use_fake_hardware,
-             "checkpoint": str(checkpoint or ""), "task": task, **options}
+    given = {
+        "robot_ip": robot_ip,
+        "cameras": cameras,
+        "use_fake_hardware": use_fake_hardware,
+        "checkpoint": str(checkpoint or ""),
+        "task": task,
+        **options,
+    }
     a = {**LAUNCH_DEFAULTS, **parse_launch_arguments(given)}
     if not a["task"]:
         raise GraphError("task is empty; pass task:=<name> (e.g. reach, mug_to_sink)")
@@ -460,35 +542,81 @@ def live_graph(robot_ip: str = LAUNCH_DEFAULTS["robot_ip"], cameras: str | Seque
     remap_js = ((TOPIC_JOINT_STATES, js),) if js != TOPIC_JOINT_STATES else ()
     nodes: list[NodeDesc] = []
     if a["hardware"]:
-        nodes.append(NodeDesc(
-            NODE_FRANKA_BRIDGE, NODE_FRANKA_BRIDGE,
-            {"robot_ip": "127.0.0.1" if fake else a["robot_ip"], "use_fake_hardware": fake,
-             "publish_rate_hz": a["joint_state_rate_hz"], "command_timeout_s": a["command_timeout_s"],
-             "reuse_simulator": a["reuse_simulator"]},
-            remap_js, "Franka arm + gripper through franky: /joint_states, follows /twin/joint_commands when armed."))
+        nodes.append(
+            NodeDesc(
+                NODE_FRANKA_BRIDGE,
+                NODE_FRANKA_BRIDGE,
+                {
+                    "robot_ip": "127.0.0.1" if fake else a["robot_ip"],
+                    "use_fake_hardware": fake,
+                    "publish_rate_hz": a["joint_state_rate_hz"],
+                    "command_timeout_s": a["command_timeout_s"],
+                    "reuse_simulator": a["reuse_simulator"],
+                },
+                remap_js,
+                "Franka arm + gripper through franky: /joint_states, follows /twin/joint_commands when armed.",
+            )
+        )
         if cams:
-            nodes.append(NodeDesc(
-                NODE_CAMERA_BRIDGE, NODE_CAMERA_BRIDGE,
-                {"cameras": a["cameras"], "use_fake_hardware": fake, **({"fake_task": a["task"]} if fake else {})},
-                (), "RealSense cameras through pyrealsense2: colour, depth, camera_info, points per camera."))
-    nodes.append(NodeDesc(
-        NODE_TWIN_SYNC, NODE_TWIN_SYNC,
-        {"task": a["task"], "objects": a["objects"], "sync_rate_hz": a["sync_rate_hz"],
-         "object_gain": a["object_gain"], "render_rate_hz": a["render_rate_hz"],
-         "render_width": width, "render_height": height},
-        remap_js, "Keeps the twin in step with the real cell; publishes twin state, renders, desync."))
+            nodes.append(
+                NodeDesc(
+                    NODE_CAMERA_BRIDGE,
+                    NODE_CAMERA_BRIDGE,
+                    {"cameras": a["cameras"], "use_fake_hardware": fake, **({"fake_task": a["task"]} if fake else {})},
+                    (),
+                    "RealSense cameras through pyrealsense2: colour, depth, camera_info, points per camera.",
+                )
+            )
+    nodes.append(
+        NodeDesc(
+            NODE_TWIN_SYNC,
+            NODE_TWIN_SYNC,
+            {
+                "task": a["task"],
+                "objects": a["objects"],
+                "sync_rate_hz": a["sync_rate_hz"],
+                "object_gain": a["object_gain"],
+                "render_rate_hz": a["render_rate_hz"],
+                "render_width": width,
+                "render_height": height,
+            },
+            remap_js,
+            "Keeps the twin in step with the real cell; publishes twin state, renders, desync.",
+        )
+    )
     if a["checkpoint"]:
-        nodes.append(NodeDesc(
-            NODE_POLICY_RUNNER, NODE_POLICY_RUNNER,
-            {"task": a["task"], "checkpoint": a["checkpoint"], "device": a["policy_device"],
-             "autostart": a["autostart_policy"], "objects": a["objects"]},
-            remap_js, "Runs the checkpoint inside the twin; publishes /twin/joint_commands for the real arm."))
+        nodes.append(
+            NodeDesc(
+                NODE_POLICY_RUNNER,
+                NODE_POLICY_RUNNER,
+                {
+                    "task": a["task"],
+                    "checkpoint": a["checkpoint"],
+                    "device": a["policy_device"],
+                    "autostart": a["autostart_policy"],
+                    "objects": a["objects"],
+                },
+                remap_js,
+                "Runs the checkpoint inside the twin; publishes /twin/joint_commands for the real arm.",
+            )
+        )
     if a["record"]:
-        nodes.append(NodeDesc(
-            NODE_RECORDER, NODE_RECORDER,
-            {"bag_dir": a["bag_dir"], "task": a["task"], "domain": "proxy-real" if fake else "real",
-             "objects": a["objects"], "cameras": ",".join(cam_names), "record_images": a["record_images"]},
-            remap_js, "Writes episodes (operator-marked outcomes) to rosbag2 MCAP in the real-data schema."))
+        nodes.append(
+            NodeDesc(
+                NODE_RECORDER,
+                NODE_RECORDER,
+                {
+                    "bag_dir": a["bag_dir"],
+                    "task": a["task"],
+                    "domain": "proxy-real" if fake else "real",
+                    "objects": a["objects"],
+                    "cameras": ",".join(cam_names),
+                    "record_images": a["record_images"],
+                },
+                remap_js,
+                "Writes episodes (operator-marked outcomes) to rosbag2 MCAP in the real-data schema.",
+            )
+        )
     validate_nodes(nodes)
     return nodes
 
@@ -524,7 +652,11 @@ def node_parameters_markdown() -> str:
     for node, params in NODE_PARAMETERS.items():
         out += [f"**{node}**", "", "| parameter | default | description |", "|---|---|---|"]
         for p in params:
-            d = json.dumps(p.default) if not isinstance(p.default, str) else (f"`{p.default}`" if p.default else "(empty)")
+            d = (
+                json.dumps(p.default)
+                if not isinstance(p.default, str)
+                else (f"`{p.default}`" if p.default else "(empty)")
+            )
             out.append(f"| `{p.name}` | {d} | {_md(p.description)} |")
         out.append("")
     return "\n".join(out).rstrip() + "\n"
@@ -548,6 +680,18 @@ def render_generated_blocks(text: str) -> str:
     return text
 
 
-__all__ = ["GraphError", "LaunchArg", "LAUNCH_ARGUMENTS", "LAUNCH_DEFAULTS", "NodeDesc", "live_graph",
-           "launch_argument", "parse_launch_arguments", "launch_arguments_markdown", "node_parameters_markdown",
-           "render_generated_blocks", "validate_launch_arguments", "validate_nodes"]
+__all__ = [
+    "GraphError",
+    "LaunchArg",
+    "LAUNCH_ARGUMENTS",
+    "LAUNCH_DEFAULTS",
+    "NodeDesc",
+    "live_graph",
+    "launch_argument",
+    "parse_launch_arguments",
+    "launch_arguments_markdown",
+    "node_parameters_markdown",
+    "render_generated_blocks",
+    "validate_launch_arguments",
+    "validate_nodes",
+]

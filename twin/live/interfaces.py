@@ -12,7 +12,7 @@ Real cell (hardware bridges)
     Names ``fr3_joint1..fr3_joint7`` + ``fr3_finger_joint1`` / ``fr3_finger_joint2`` (each
     finger's opening in m, the gripper width is their sum); position, velocity, effort;
     header stamp = the robot state's time. Same layout as the real-data schema
-    (:mod:`selection.realdata`). Use :func:`pack_joints` / :func:`unpack_joints`.
+    (:mod:`twin.live.realdata`). Use :func:`pack_joints` / :func:`unpack_joints`.
 ``/twin/joint_commands`` (sensor_msgs/JointState), to ``franka_bridge``
     Joint position targets of the twin's (simulated) robot, same names and layout as
     ``/joint_states`` (7 arm joints + two fingers of width/2). The real arm follows them
@@ -52,7 +52,7 @@ Recorder (``recorder``)
 ``/recorder/start_episode``, ``/recorder/end_episode_success``,
 ``/recorder/end_episode_failure``, ``/recorder/close_bag`` (std_srvs/Trigger);
 ``/recorder/status`` (std_msgs/String JSON ``{recording, episode, bag, messages}``).
-Bags: rosbag2 MCAP written through :class:`selection.realdata.BagWriter`.
+Bags: rosbag2 MCAP written through :class:`twin.live.realdata.BagWriter`.
 
 QoS
 ---
@@ -91,8 +91,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 # ---- package / nodes ---------------------------------------------------------------------------
 ROS_PACKAGE = "twin"
@@ -168,8 +169,12 @@ def points_topic(cam: str) -> str:
 
 def camera_topics(cam: str) -> dict[str, str]:
     """The real-data schema's topics of one camera: color, depth, camera_info, points."""
-    return {"color": color_topic(cam), "depth": depth_topic(cam), "camera_info": camera_info_topic(cam),
-            "points": points_topic(cam)}
+    return {
+        "color": color_topic(cam),
+        "depth": depth_topic(cam),
+        "camera_info": camera_info_topic(cam),
+        "points": points_topic(cam),
+    }
 
 
 def object_pose_topic(name: str) -> str:
@@ -205,8 +210,9 @@ def pack_joints(q: Sequence[float], width: float) -> tuple[list[str], list[float
     return list(JOINT_NAMES), [*q, float(width) / 2.0, float(width) / 2.0]
 
 
-def unpack_joints(names: Sequence[str], positions: Sequence[float], *, require_gripper: bool = False
-                  ) -> tuple[list[float], float | None]:
+def unpack_joints(
+    names: Sequence[str], positions: Sequence[float], *, require_gripper: bool = False
+) -> tuple[list[float], float | None]:
     """(7 arm joint positions in ``fr3_joint1..7`` order, gripper width or None) from a
     JointState's ``name`` / ``position``. Raises :class:`JointStateError` naming what is wrong
     (missing or duplicate names, length mismatch, NaN/inf)."""
@@ -248,7 +254,7 @@ class BridgeStatus:
         return json.dumps(asdict(self))
 
     @classmethod
-    def from_json(cls, text: str) -> "BridgeStatus":
+    def from_json(cls, text: str) -> BridgeStatus:
         d = json.loads(text)
         known = {k: d[k] for k in ("connected", "armed", "error", "reason", "mode") if k in d}
         return cls(**known)
@@ -292,13 +298,16 @@ class Desync:
         return json.dumps({k: enc(v) for k, v in asdict(self).items()})
 
     @classmethod
-    def from_json(cls, text: str) -> "Desync":
+    def from_json(cls, text: str) -> Desync:
         d = json.loads(text)
         out = cls()
         for k in ("joint_residual_rad", "message_age_s", "apply_latency_s"):
             if k in d:
-                setattr(out, k, math.inf if d[k] is None and k == "message_age_s" else
-                        (math.nan if d[k] is None else float(d[k])))
+                setattr(
+                    out,
+                    k,
+                    math.inf if d[k] is None and k == "message_age_s" else (math.nan if d[k] is None else float(d[k])),
+                )
         for k in ("object_residual_m", "object_age_s"):
             out.__dict__[k] = {n: (math.inf if v is None else float(v)) for n, v in (d.get(k) or {}).items()}
         out.lost = bool(d.get("lost", True))
@@ -332,8 +341,12 @@ FRANKA_BRIDGE_PARAMS = (
     Param("connect_timeout_s", 5.0, "Give up connecting to the robot after this long (franky has no timeout)."),
     Param("max_joint_velocity_scale", 0.3, "Fraction of the Franka joint velocity limits used when following."),
     Param("auto_recover", True, "Recover automatically from reflex errors (logged with their reason)."),
-    Param("reuse_simulator", False, "With use_fake_hardware: use a simulator already listening on port 1337 "
-                                    "(e.g. one left from another run) instead of refusing to start."),
+    Param(
+        "reuse_simulator",
+        False,
+        "With use_fake_hardware: use a simulator already listening on port 1337 "
+        "(e.g. one left from another run) instead of refusing to start.",
+    ),
 )
 
 CAMERA_BRIDGE_PARAMS = (
@@ -361,8 +374,12 @@ TWIN_SYNC_PARAMS = (
     Param("render_width", 160, "Render width in pixels."),
     Param("render_height", 120, "Render height in pixels."),
     Param("desync_rate_hz", 10.0, "/twin/desync and /twin/lost publish rate."),
-    Param("poll_joint_states", True, "Take /joint_states in the sync tick (newest 5 queued) instead of one "
-                                     "executor callback per message: far less CPU at 1 kHz."),
+    Param(
+        "poll_joint_states",
+        True,
+        "Take /joint_states in the sync tick (newest 5 queued) instead of one "
+        "executor callback per message: far less CPU at 1 kHz.",
+    ),
 )
 
 POLICY_RUNNER_PARAMS = (
@@ -378,11 +395,19 @@ POLICY_RUNNER_PARAMS = (
     Param("object_gain", 0.1, "Per control step correction of twin objects toward observations (start snaps)."),
     Param("sync_robot_at_start", True, "Start the twin robot at the latest /joint_states (no jump on arming)."),
     Param("max_steps", 0, "Stop after this many control steps; 0 = the task's max_steps."),
-    Param("max_joint_velocity_scale", 0.25, "The twin robot's joints move at most this fraction of the FR3 "
-                                            "velocity limits (its actuator targets are slewed), so the real arm "
-                                            "can follow; keep it below franka_bridge's scale. 0 = no limit."),
-    Param("max_lag_rad", 0.2, "Pause the twin while the real arm lags its commands by more than this "
-                              "(keep it below franka_bridge's max_target_jump_rad); 0 = never pause."),
+    Param(
+        "max_joint_velocity_scale",
+        0.25,
+        "The twin robot's joints move at most this fraction of the FR3 "
+        "velocity limits (its actuator targets are slewed), so the real arm "
+        "can follow; keep it below franka_bridge's scale. 0 = no limit.",
+    ),
+    Param(
+        "max_lag_rad",
+        0.2,
+        "Pause the twin while the real arm lags its commands by more than this "
+        "(keep it below franka_bridge's max_target_jump_rad); 0 = never pause.",
+    ),
     Param("lag_timeout_s", 10.0, "Stop the episode when the twin has been paused this long (arm not following)."),
 )
 
@@ -399,8 +424,12 @@ RECORDER_PARAMS = (
     Param("record_images", False, "Record camera images, depth and point clouds."),
     Param("discover_period_s", 1.0, "How often new /twinrank/obs/* and /objects/*/pose topics are looked for."),
     Param("compress", False, "zstd-compress MCAP chunks."),
-    Param("poll_joint_states", True, "Take /joint_states in batches (every 20 ms, with DDS receive times) "
-                                     "instead of one executor callback per message: far less CPU at 1 kHz."),
+    Param(
+        "poll_joint_states",
+        True,
+        "Take /joint_states in batches (every 20 ms, with DDS receive times) "
+        "instead of one executor callback per message: far less CPU at 1 kHz.",
+    ),
 )
 
 NODE_PARAMETERS: dict[str, tuple[Param, ...]] = {
@@ -426,5 +455,9 @@ def parse_cameras(text: str) -> list[tuple[str, str]]:
     return out
 
 
-__all__ = [n for n in dir() if not n.startswith("_") and n not in ("annotations", "json", "math", "asdict",
-                                                                    "dataclass", "field", "Any", "Sequence")]
+__all__ = [
+    n
+    for n in dir()
+    if not n.startswith("_")
+    and n not in ("annotations", "json", "math", "asdict", "dataclass", "field", "Any", "Sequence")
+]

@@ -88,9 +88,14 @@ def _env_for_policy(task: str, policy: Any) -> Any:
     base = make_task(task).cfg.observations
     cams = tuple(sorted({k.split("/", 1)[1] for k in keys if k.startswith(("rgb/", "depth/"))}))
     ocfg = dataclasses.replace(
-        base, state=True, proprio=True, rgb=any(k.startswith("rgb/") for k in keys),
-        depth=any(k.startswith("depth/") for k in keys), point_cloud="point_cloud" in keys,
-        cameras=cams or base.cameras)
+        base,
+        state=True,
+        proprio=True,
+        rgb=any(k.startswith("rgb/") for k in keys),
+        depth=any(k.startswith("depth/") for k in keys),
+        point_cloud="point_cloud" in keys,
+        cameras=cams or base.cameras,
+    )
     if ocfg.image_size is None and (ocfg.rgb or ocfg.depth):
         for o in policy.spec.observations:
             if o.key.startswith("rgb/"):
@@ -132,17 +137,20 @@ class PolicyRunner(Node):
         # the real robot's joints are only needed at a tick (lag) and at the start: take the
         # newest from the queue then, instead of an executor callback per message (up to 1 kHz;
         # busy subscriptions also delay the executor's timers)
-        self._poll: PolledSubscription | None = PolledSubscription(self, JointState, TOPIC_JOINT_STATES,
-                                                                   latest_qos(), "joint_sampler")
+        self._poll: PolledSubscription | None = PolledSubscription(
+            self, JointState, TOPIC_JOINT_STATES, latest_qos(), "joint_sampler"
+        )
         if not self._poll.available:
             self._poll = None
-            self.create_subscription(JointState, TOPIC_JOINT_STATES, self._on_joint_state, latest_qos(),
-                                     callback_group=rx)
+            self.create_subscription(
+                JointState, TOPIC_JOINT_STATES, self._on_joint_state, latest_qos(), callback_group=rx
+            )
         names = split_list(p["objects"]) or (list(self.env.task.object_names) if self.env is not None else [])
         self.object_names = names
         for n in names:
-            self.create_subscription(PoseStamped, object_pose_topic(n), lambda m, n=n: self._on_pose(n, m),
-                                     status_qos(), callback_group=rx)
+            self.create_subscription(
+                PoseStamped, object_pose_topic(n), lambda m, n=n: self._on_pose(n, m), status_qos(), callback_group=rx
+            )
         self.pub_cmd = self.create_publisher(JointState, TOPIC_JOINT_COMMANDS, joint_qos())
         self.pub_action = self.create_publisher(Float32MultiArray, TOPIC_ACTION, joint_qos())
         self.pub_obs: dict[str, Any] = {}
@@ -166,7 +174,8 @@ class PolicyRunner(Node):
         if self.env is not None:
             self.get_logger().info(
                 f"policy_runner up: {p['checkpoint']} ({type(self.policy).__name__}, task {p['task']}), control "
-                f"{1.0 / self.control_dt:g} Hz, commands {len(self.chunk_sizes) / self.control_dt:g} Hz")
+                f"{1.0 / self.control_dt:g} Hz, commands {len(self.chunk_sizes) / self.control_dt:g} Hz"
+            )
         if p["autostart"] and self.env is not None:
             self.create_timer(0.2, self._autostart_once, callback_group=ctl)
         self._autostarted = False
@@ -355,8 +364,9 @@ class PolicyRunner(Node):
                 self.paused = False
                 self.done_reason = finished
         if finished:
-            self.get_logger().info(f"episode {self.episode} done: {finished} after {self.step} steps "
-                                   f"(success={self.success})")
+            self.get_logger().info(
+                f"episode {self.episode} done: {finished} after {self.step} steps (success={self.success})"
+            )
             self._publish_status()
 
     def _advance(self) -> str:
@@ -368,8 +378,10 @@ class PolicyRunner(Node):
         if lagging != self.paused:
             self.paused, self.paused_since = lagging, now
             if lagging and self._throttle("lag"):
-                self.get_logger().warning(f"the real arm lags the twin by {self.lag:.3f} rad > max_lag_rad="
-                                          f"{self.p['max_lag_rad']}: twin paused until it catches up")
+                self.get_logger().warning(
+                    f"the real arm lags the twin by {self.lag:.3f} rad > max_lag_rad="
+                    f"{self.p['max_lag_rad']}: twin paused until it catches up"
+                )
         if lagging:
             self.paused_ticks += 1
             self._publish_command()  # the same target: keeps the bridge's watchdog fed
@@ -413,11 +425,19 @@ class PolicyRunner(Node):
         self.commands_sent += 1
 
     def status(self) -> dict[str, Any]:
-        return {"running": self.running, "episode": self.episode, "step": self.step, "success": self.success,
-                "done": (not self.running) and self.episode >= 0, "reason": self.done_reason or self.load_error,
-                "paused": self.paused, "paused_ticks": self.paused_ticks,
-                "lag_rad": None if self.lag != self.lag else round(self.lag, 5),
-                "checkpoint": self.p["checkpoint"], "task": self.p["task"]}
+        return {
+            "running": self.running,
+            "episode": self.episode,
+            "step": self.step,
+            "success": self.success,
+            "done": (not self.running) and self.episode >= 0,
+            "reason": self.done_reason or self.load_error,
+            "paused": self.paused,
+            "paused_ticks": self.paused_ticks,
+            "lag_rad": None if self.lag != self.lag else round(self.lag, 5),
+            "checkpoint": self.p["checkpoint"],
+            "task": self.p["task"],
+        }
 
     def _publish_status(self) -> None:
         self.pub_status.publish(String(data=json.dumps(self.status())))

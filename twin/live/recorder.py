@@ -1,7 +1,7 @@
-"""recorder: writes real episodes to rosbag2 MCAP in the real-data schema (:mod:`selection.realdata`).
+"""recorder: writes real episodes to rosbag2 MCAP in the real-data schema (:mod:`twin.live.realdata`).
 
-Bags are written through :class:`selection.realdata.BagWriter`, so they are exactly what
-``selection.realdata.read_bag`` reads: ``/twinrank/meta``, ``/twinrank/episode`` events,
+Bags are written through :class:`twin.live.realdata.BagWriter`, so they are exactly what
+``twin.live.realdata.read_bag`` reads: ``/twinrank/meta``, ``/twinrank/episode`` events,
 ``/joint_states``, ``/twinrank/obs/<key>``, ``/twinrank/action``, ``/objects/<name>/pose``
 and, with ``record_images``, ``/<cam>/color/image_raw``, ``/<cam>/depth/image_rect_raw``,
 ``/<cam>/color/camera_info`` and ``/<cam>/points``.
@@ -86,7 +86,7 @@ def image_to_rgb(msg: Image) -> np.ndarray:
     buf = np.frombuffer(bytes(msg.data), dtype=np.uint8)
     if len(buf) < h * step or step < w * ch:
         raise ValueError(f"image data too short for {h}x{w} {msg.encoding}")
-    img = buf[:h * step].reshape(h, step)[:, :w * ch].reshape(h, w, ch)
+    img = buf[: h * step].reshape(h, step)[:, : w * ch].reshape(h, w, ch)
     if ch == 1:
         return np.repeat(img, 3, axis=2)
     if msg.encoding.startswith("bgr"):
@@ -107,7 +107,7 @@ def depth_to_array(msg: Image) -> np.ndarray:
     buf = np.frombuffer(bytes(msg.data), dtype=np.uint8)
     if len(buf) < h * step or step < w * size:
         raise ValueError(f"depth data too short for {h}x{w} {msg.encoding}")
-    rows = np.ascontiguousarray(buf[:h * step].reshape(h, step)[:, :w * size])
+    rows = np.ascontiguousarray(buf[: h * step].reshape(h, step)[:, : w * size])
     arr = rows.view(dt).reshape(h, w)
     return arr.astype(np.uint16) if size == 2 else arr.astype(np.float32)
 
@@ -137,7 +137,7 @@ def points_to_array(msg: PointCloud2) -> np.ndarray:
     buf = np.frombuffer(bytes(msg.data), dtype=np.uint8)
     if len(buf) < h * row:
         raise ValueError("point cloud data shorter than height * row_step")
-    rows = np.ascontiguousarray(buf[:h * row].reshape(h, row)[:, :w * int(msg.point_step)])
+    rows = np.ascontiguousarray(buf[: h * row].reshape(h, row)[:, : w * int(msg.point_step)])
     rec = rows.reshape(-1).view(dt)
     out = np.zeros((len(rec), 6), np.float32)
     out[:, 0], out[:, 1], out[:, 2] = rec["x"], rec["y"], rec["z"]
@@ -191,8 +191,9 @@ class Recorder(Node):
         if self.p["discover_period_s"] > 0:
             self.create_timer(self.p["discover_period_s"], self._discover, callback_group=ctl)
         self.create_timer(1.0, self._publish_status, callback_group=ctl)
-        self.get_logger().info(f"recorder up: bags in {self.p['bag_dir']}, task {self.p['task']}, "
-                               f"domain {self.p['domain']}")
+        self.get_logger().info(
+            f"recorder up: bags in {self.p['bag_dir']}, task {self.p['task']}, domain {self.p['domain']}"
+        )
 
     # ---- subscriptions ------------------------------------------------------------------------
     def _subscribe(self, topic: str, kind: Any, cb: Any, qos: Any) -> None:
@@ -258,8 +259,13 @@ class Recorder(Node):
             self._drain_locked(keep=self.writer is not None and self.episode is not None)
 
     def _write_joints(self, m: JointState, t: float | None = None) -> None:
-        self._write("joint_states", lambda tt: self.writer.write_joint_state(
-            tt, list(m.name), list(m.position), list(m.velocity) or None, list(m.effort) or None), t)
+        self._write(
+            "joint_states",
+            lambda tt: self.writer.write_joint_state(
+                tt, list(m.name), list(m.position), list(m.velocity) or None, list(m.effort) or None
+            ),
+            t,
+        )
 
     def _on_joints(self, m: JointState) -> None:
         self._write_joints(m)
@@ -272,29 +278,46 @@ class Recorder(Node):
 
     def _on_pose(self, name: str, m: PoseStamped) -> None:
         a = pose_to_array(m.pose)
-        self._write(f"objects/{name}", lambda t: self.writer.write_object_pose(
-            t, name, a[:3], a[3:], frame_id=m.header.frame_id or "world"))
+        self._write(
+            f"objects/{name}",
+            lambda t: self.writer.write_object_pose(t, name, a[:3], a[3:], frame_id=m.header.frame_id or "world"),
+        )
 
     def _on_info(self, cam: str, m: CameraInfo) -> None:
-        self._write(f"{cam}/camera_info", lambda t: self.writer.write_camera_info(
-            t, cam, list(m.k), int(m.width), int(m.height), list(m.d) or None, m.distortion_model or "plumb_bob",
-            m.header.frame_id or None))
+        self._write(
+            f"{cam}/camera_info",
+            lambda t: self.writer.write_camera_info(
+                t,
+                cam,
+                list(m.k),
+                int(m.width),
+                int(m.height),
+                list(m.d) or None,
+                m.distortion_model or "plumb_bob",
+                m.header.frame_id or None,
+            ),
+        )
 
     def _on_color(self, cam: str, m: Image) -> None:
-        self._write(f"{cam}/color", lambda t: self.writer.write_image(t, cam, image_to_rgb(m),
-                                                                       m.header.frame_id or None))
+        self._write(
+            f"{cam}/color", lambda t: self.writer.write_image(t, cam, image_to_rgb(m), m.header.frame_id or None)
+        )
 
     def _on_depth(self, cam: str, m: Image) -> None:
-        self._write(f"{cam}/depth", lambda t: self.writer.write_depth(t, cam, depth_to_array(m),
-                                                                       frame_id=m.header.frame_id or None))
+        self._write(
+            f"{cam}/depth",
+            lambda t: self.writer.write_depth(t, cam, depth_to_array(m), frame_id=m.header.frame_id or None),
+        )
 
     def _on_points(self, cam: str, m: PointCloud2) -> None:
-        self._write(f"{cam}/points", lambda t: self.writer.write_points(t, cam, points_to_array(m),
-                                                                         frame_id=m.header.frame_id or None))
+        self._write(
+            f"{cam}/points",
+            lambda t: self.writer.write_points(t, cam, points_to_array(m), frame_id=m.header.frame_id or None),
+        )
 
     # ---- episodes -----------------------------------------------------------------------------
     def _open(self) -> None:
-        from selection.realdata import BagWriter
+        from twin.live.realdata import BagWriter
 
         root = Path(self.p["bag_dir"]).expanduser()
         root.mkdir(parents=True, exist_ok=True)
@@ -303,8 +326,14 @@ class Recorder(Node):
         while path.exists():
             k += 1
             path = root / f"{stem}-{k}"
-        self.writer = BagWriter(path, task=self.p["task"], domain=self.p["domain"], robot=self.p["robot"],
-                                compress=self.p["compress"], meta={"recorder": "twin.live.recorder"}).open()
+        self.writer = BagWriter(
+            path,
+            task=self.p["task"],
+            domain=self.p["domain"],
+            robot=self.p["robot"],
+            compress=self.p["compress"],
+            meta={"recorder": "twin.live.recorder"},
+        ).open()
         self.bag_path = path
         self.bags.append(path)
         self.get_logger().info(f"recording to {path}")
@@ -373,10 +402,16 @@ class Recorder(Node):
         return rs
 
     def status(self) -> dict[str, Any]:
-        return {"recording": self.episode is not None, "episode": self.episode,
-                "bag": str(self.bag_path) if self.writer is not None else None,
-                "bags": [str(b) for b in self.bags], "episodes": self.episodes_done, "messages": self.messages,
-                "dropped": dict(self.dropped), "topics": sorted(self._subscribed)}
+        return {
+            "recording": self.episode is not None,
+            "episode": self.episode,
+            "bag": str(self.bag_path) if self.writer is not None else None,
+            "bags": [str(b) for b in self.bags],
+            "episodes": self.episodes_done,
+            "messages": self.messages,
+            "dropped": dict(self.dropped),
+            "topics": sorted(self._subscribed),
+        }
 
     def _publish_status(self) -> None:
         self.pub_status.publish(String(data=json.dumps(self.status())))

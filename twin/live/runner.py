@@ -32,15 +32,17 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-from twin.live.graph import LAUNCH_ARGUMENTS, NodeDesc, live_graph, parse_launch_arguments, validate_nodes
 from twin.lifeline import spawn
+from twin.live.graph import LAUNCH_ARGUMENTS, NodeDesc, live_graph, parse_launch_arguments, validate_nodes
 
 
-def ros_env(base: dict[str, str] | None = None, domain_id: int | None = None, ros_home: str | Path | None = None
-            ) -> dict[str, str]:
+def ros_env(
+    base: dict[str, str] | None = None, domain_id: int | None = None, ros_home: str | Path | None = None
+) -> dict[str, str]:
     """Environment for ROS processes: loopback discovery, this prefix in AMENT_PREFIX_PATH."""
     env = dict(os.environ if base is None else base)
     env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
@@ -65,8 +67,10 @@ def installed_executables_dir(env: dict[str, str] | None = None) -> Path:
     for prefix in paths:
         if prefix and (Path(prefix) / "share" / "ament_index" / "resource_index" / "packages" / ROS_PACKAGE).is_file():
             return Path(prefix) / "lib" / ROS_PACKAGE
-    raise FileNotFoundError(f"ROS 2 package {ROS_PACKAGE!r} is not registered under AMENT_PREFIX_PATH={paths}; "
-                            f"run `twinrank live install-ament` (or colcon build ros_ws and source it)")
+    raise FileNotFoundError(
+        f"ROS 2 package {ROS_PACKAGE!r} is not registered under AMENT_PREFIX_PATH={paths}; "
+        f"run `twinrank live install-ament` (or colcon build ros_ws and source it)"
+    )
 
 
 class GraphRunner:
@@ -76,9 +80,18 @@ class GraphRunner:
     initialised here when it is not); :meth:`node` returns the live node objects.
     """
 
-    def __init__(self, nodes: Sequence[NodeDesc], mode: str = "thread", *, context: Any = None,
-                 env: dict[str, str] | None = None, python: str = sys.executable,
-                 log_dir: str | Path | None = None, num_threads: int = 6, installed: bool = False) -> None:
+    def __init__(
+        self,
+        nodes: Sequence[NodeDesc],
+        mode: str = "thread",
+        *,
+        context: Any = None,
+        env: dict[str, str] | None = None,
+        python: str = sys.executable,
+        log_dir: str | Path | None = None,
+        num_threads: int = 6,
+        installed: bool = False,
+    ) -> None:
         if mode not in ("thread", "process"):
             raise ValueError(f"mode {mode!r}: use 'thread' or 'process'")
         self.descs = list(nodes)
@@ -98,7 +111,7 @@ class GraphRunner:
         self._logs: list[Any] = []
 
     # ---- lifecycle ----------------------------------------------------------------------------
-    def start(self) -> "GraphRunner":
+    def start(self) -> GraphRunner:
         """Validate every node (:func:`~twin.live.graph.validate_nodes`: a bad parameter raises
         :class:`~twin.live.graph.GraphError` and nothing starts), then start them."""
         validate_nodes(self.descs)
@@ -152,8 +165,9 @@ class GraphRunner:
                 out = open(self.log_dir / f"{d.name}.log", "wb")
                 self._logs.append(out)
             # tied to this process: each node ends when it dies, by any signal (twin.lifeline)
-            self.procs[d.name] = spawn(cmd, env=env, stdout=out, stderr=subprocess.STDOUT if out is not None else None,
-                                       start_new_session=True)
+            self.procs[d.name] = spawn(
+                cmd, env=env, stdout=out, stderr=subprocess.STDOUT if out is not None else None, start_new_session=True
+            )
 
     def stop(self, timeout: float = 10.0) -> None:
         if self._executor is not None:
@@ -190,7 +204,7 @@ class GraphRunner:
             f.close()
         self._logs.clear()
 
-    def __enter__(self) -> "GraphRunner":
+    def __enter__(self) -> GraphRunner:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:
@@ -229,9 +243,11 @@ def parse_assignments(items: Sequence[str]) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m twin.live.runner",
-                                 description="Run the live twin graph with plain rclpy (no ros2 launch). "
-                                             "Launch arguments: " + ", ".join(a.name for a in LAUNCH_ARGUMENTS))
+    ap = argparse.ArgumentParser(
+        prog="python -m twin.live.runner",
+        description="Run the live twin graph with plain rclpy (no ros2 launch). "
+        "Launch arguments: " + ", ".join(a.name for a in LAUNCH_ARGUMENTS),
+    )
     ap.add_argument("assignments", nargs="*", help="launch arguments as name:=value")
     ap.add_argument("--mode", choices=("thread", "process"), default="process")
     ap.add_argument("--dry-run", action="store_true", help="print the node commands and exit")
@@ -272,8 +288,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         runner.wait()
         failed = {n: c for n, c in runner.exited().items() if c != 0}
         if failed:
-            print(f"error: node(s) exited: {', '.join(f'{n} (code {c})' for n, c in failed.items())}; stopping the "
-                  f"others (see the node's output above)", file=sys.stderr)
+            print(
+                f"error: node(s) exited: {', '.join(f'{n} (code {c})' for n, c in failed.items())}; stopping the "
+                f"others (see the node's output above)",
+                file=sys.stderr,
+            )
             code = 1
     except KeyboardInterrupt:
         pass

@@ -125,8 +125,10 @@ def classify_joint_state(msg: JointState) -> tuple[str, str, tuple[np.ndarray, f
     unknown = [n for n in names if n not in JOINT_NAMES]
     if unknown:
         # another robot's (or a mislabelled) message: the twin would take a partly foreign state
-        detail = (f"unknown joints {unknown} (expected {list(ARM_JOINTS)}, optionally with {list(FINGER_JOINTS)}); "
-                  f"remap another driver's topic or fix its joint names")
+        detail = (
+            f"unknown joints {unknown} (expected {list(ARM_JOINTS)}, optionally with {list(FINGER_JOINTS)}); "
+            f"remap another driver's topic or fix its joint names"
+        )
         return "names", detail, ()  # type: ignore[return-value]
     q = np.array([pos[index[n]] for n in ARM_JOINTS], dtype=float)
     fingers = [float(pos[index[n]]) for n in FINGER_JOINTS if n in index]
@@ -167,11 +169,14 @@ class TwinSync(Node):
             try:
                 self.model.body(n)
             except KeyError:
-                raise ValueError(f"twin_sync: object {n!r} is not a body of task {p['task']!r}'s scene "
-                                 f"(free bodies: {sorted(free)})") from None
+                raise ValueError(
+                    f"twin_sync: object {n!r} is not a body of task {p['task']!r}'s scene (free bodies: {sorted(free)})"
+                ) from None
             if n not in free:
-                self.get_logger().warning(f"object {n!r} has no free joint in the twin: residuals are reported "
-                                          f"but the twin cannot be corrected")
+                self.get_logger().warning(
+                    f"object {n!r} has no free joint in the twin: residuals are reported "
+                    f"but the twin cannot be corrected"
+                )
             self.objects[n] = ObjectTrack(n, n in free)
 
         self._latest: JointSample | None = None
@@ -201,11 +206,17 @@ class TwinSync(Node):
                 self.get_logger().warning("this rclpy cannot take messages directly; using callbacks")
                 self._poll = None
         if self._poll is None:
-            self.create_subscription(JointState, TOPIC_JOINT_STATES, self._on_joint_state, latest_qos(),
-                                     callback_group=rx)
+            self.create_subscription(
+                JointState, TOPIC_JOINT_STATES, self._on_joint_state, latest_qos(), callback_group=rx
+            )
         for name, track in self.objects.items():
-            self.create_subscription(PoseStamped, object_pose_topic(name),
-                                     lambda m, n=name: self._on_pose(n, m), status_qos(), callback_group=rx)
+            self.create_subscription(
+                PoseStamped,
+                object_pose_topic(name),
+                lambda m, n=name: self._on_pose(n, m),
+                status_qos(),
+                callback_group=rx,
+            )
             track.publisher = self.create_publisher(PoseStamped, twin_object_pose_topic(name), status_qos())
         self.pub_joints = self.create_publisher(JointState, TOPIC_TWIN_JOINT_STATES, joint_qos())
         self.pub_desync = self.create_publisher(String, TOPIC_DESYNC, status_qos())
@@ -226,7 +237,8 @@ class TwinSync(Node):
             self._render_thread.start()
         self.get_logger().info(
             f"twin_sync up: task {p['task']}, objects {list(self.objects)}, {p['sync_rate_hz']:g} Hz "
-            f"({self.nsub} physics steps/tick), renders {self.render_cameras or 'off'}")
+            f"({self.nsub} physics steps/tick), renders {self.render_cameras or 'off'}"
+        )
 
     # ---- input --------------------------------------------------------------------------------
     def _reject(self, reason: str, detail: str) -> None:
@@ -250,8 +262,10 @@ class TwinSync(Node):
             self._reject("stale", f"/joint_states is {recv - stamp:.3f} s old (stale_timeout_s={stale})")
             return
         if stamp < self._last_stamp:
-            self._reject("out_of_order", f"/joint_states stamp {stamp:.6f} is older than the last accepted "
-                                         f"{self._last_stamp:.6f}")
+            self._reject(
+                "out_of_order",
+                f"/joint_states stamp {stamp:.6f} is older than the last accepted {self._last_stamp:.6f}",
+            )
             return
         if stamp - recv > stale:
             self._reject("future", f"/joint_states stamp is {stamp - recv:.3f} s in the future (clock offset?)")
@@ -384,9 +398,18 @@ class TwinSync(Node):
         lost = bool(reasons) or now < self._lost_until
         if lost and not reasons:
             reasons.append("recovering (lost_hold_s)")
-        out = Desync(joint_residual_rad=jres, object_residual_m=ores, message_age_s=age, object_age_s=ages,
-                     apply_latency_s=self.apply_latency, lost=lost, reasons=reasons, rejected=rejected,
-                     ticks=self.ticks, applied=self.applied)
+        out = Desync(
+            joint_residual_rad=jres,
+            object_residual_m=ores,
+            message_age_s=age,
+            object_age_s=ages,
+            apply_latency_s=self.apply_latency,
+            lost=lost,
+            reasons=reasons,
+            rejected=rejected,
+            ticks=self.ticks,
+            applied=self.applied,
+        )
         # windowed maxima restart after each report
         self.joint_residual_max = self.joint_residual
         for t in self.objects.values():
@@ -413,8 +436,9 @@ class TwinSync(Node):
         try:
             renderer = Renderer(self.model, w, h)
         except Exception as exc:  # no GL: keep syncing, say why there are no renders
-            self.get_logger().error(f"twin renders disabled: cannot create a {w}x{h} renderer ({exc}); "
-                                    f"set MUJOCO_GL=egl or osmesa")
+            self.get_logger().error(
+                f"twin renders disabled: cannot create a {w}x{h} renderer ({exc}); set MUJOCO_GL=egl or osmesa"
+            )
             return
         rdata = mujoco.MjData(self.model)
         nxt = time.monotonic()

@@ -18,9 +18,23 @@ from twin.splats.raster_cpu import RenderOutput, render_reference
 from twin.splats.raster_cpu import render as render_cpu
 
 __all__ = [
-    "BACKGROUND", "ActivatedSplats", "Camera", "GaussianSplats", "RenderOutput", "SplatBinding",
-    "align_colors", "camera_from_env", "label_by_proximity", "camera_from_mujoco", "fit_color_transform", "photometric_error",
-    "read_ply", "render", "render_cpu", "render_reference", "write_ply",
+    "BACKGROUND",
+    "ActivatedSplats",
+    "Camera",
+    "GaussianSplats",
+    "RenderOutput",
+    "SplatBinding",
+    "align_colors",
+    "camera_from_env",
+    "label_by_proximity",
+    "camera_from_mujoco",
+    "fit_color_transform",
+    "photometric_error",
+    "read_ply",
+    "render",
+    "render_cpu",
+    "render_reference",
+    "write_ply",
 ]
 
 

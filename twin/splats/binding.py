@@ -22,12 +22,15 @@ def quat_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Hamilton product of wxyz quaternions (broadcasting)."""
     aw, ax, ay, az = np.moveaxis(a, -1, 0)
     bw, bx, by, bz = np.moveaxis(b, -1, 0)
-    return np.stack([
-        aw * bw - ax * bx - ay * by - az * bz,
-        aw * bx + ax * bw + ay * bz - az * by,
-        aw * by - ax * bz + ay * bw + az * bx,
-        aw * bz + ax * by - ay * bx + az * bw,
-    ], axis=-1)
+    return np.stack(
+        [
+            aw * bw - ax * bx - ay * by - az * bz,
+            aw * bx + ax * bw + ay * bz - az * by,
+            aw * by - ax * bz + ay * bw + az * bx,
+            aw * bz + ax * by - ay * bx + az * bw,
+        ],
+        axis=-1,
+    )
 
 
 def quat_conj(q: np.ndarray) -> np.ndarray:
@@ -37,11 +40,20 @@ def quat_conj(q: np.ndarray) -> np.ndarray:
 def quat_to_mat(q: np.ndarray) -> np.ndarray:
     q = q / np.linalg.norm(q, axis=-1, keepdims=True)
     w, x, y, z = np.moveaxis(q, -1, 0)
-    return np.stack([
-        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-    ], axis=-1).reshape(q.shape[:-1] + (3, 3))
+    return np.stack(
+        [
+            1 - 2 * (y * y + z * z),
+            2 * (x * y - w * z),
+            2 * (x * z + w * y),
+            2 * (x * y + w * z),
+            1 - 2 * (x * x + z * z),
+            2 * (y * z - w * x),
+            2 * (x * z - w * y),
+            2 * (y * z + w * x),
+            1 - 2 * (x * x + y * y),
+        ],
+        axis=-1,
+    ).reshape(q.shape[:-1] + (3, 3))
 
 
 class SplatBinding:
@@ -96,8 +108,9 @@ class SplatBinding:
         return replace(self.splats, means=means, quats=quats, normals=normals)
 
 
-def label_by_proximity(splats: GaussianSplats, model, data, *, max_dist: float = 0.01,
-                       samples: int = 40_000, seed: int = 0) -> GaussianSplats:
+def label_by_proximity(
+    splats: GaussianSplats, model, data, *, max_dist: float = 0.01, samples: int = 40_000, seed: int = 0
+) -> GaussianSplats:
     """Assign body labels to unlabelled splats (e.g. a scan) from the twin's geometry.
 
     Each Gaussian takes the body of the nearest surface sample of the posed model (``data``)

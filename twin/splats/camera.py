@@ -40,14 +40,22 @@ class Camera:
         return -r.T @ t
 
     @staticmethod
-    def from_K(K: np.ndarray, width: int, height: int, viewmat: np.ndarray) -> "Camera":
+    def from_K(K: np.ndarray, width: int, height: int, viewmat: np.ndarray) -> Camera:
         K = np.asarray(K, float)
-        return Camera(float(K[0, 0]), float(K[1, 1]), float(K[0, 2]), float(K[1, 2]), int(width), int(height),
-                      np.asarray(viewmat, float))
+        return Camera(
+            float(K[0, 0]),
+            float(K[1, 1]),
+            float(K[0, 2]),
+            float(K[1, 2]),
+            int(width),
+            int(height),
+            np.asarray(viewmat, float),
+        )
 
     @staticmethod
-    def look_at(eye, target, up=(0.0, 0.0, 1.0), *, fovy_deg: float = 60.0, width: int = 64,
-                height: int = 48) -> "Camera":
+    def look_at(
+        eye, target, up=(0.0, 0.0, 1.0), *, fovy_deg: float = 60.0, width: int = 64, height: int = 48
+    ) -> Camera:
         """OpenCV camera at ``eye`` looking at ``target`` (image up ~ world ``up``)."""
         eye, target, up = (np.asarray(v, float) for v in (eye, target, up))
         z = target - eye

@@ -28,9 +28,9 @@ def _features(x: np.ndarray, kind: str) -> list[np.ndarray]:
     """Per-output-channel design matrices for (P, 3) colours."""
     one = np.ones((len(x), 1))
     if kind == "affine":
-        return [np.concatenate([x[:, c:c + 1], one], 1) for c in range(3)]
+        return [np.concatenate([x[:, c : c + 1], one], 1) for c in range(3)]
     if kind == "quadratic":
-        return [np.concatenate([x[:, c:c + 1] ** 2, x[:, c:c + 1], one], 1) for c in range(3)]
+        return [np.concatenate([x[:, c : c + 1] ** 2, x[:, c : c + 1], one], 1) for c in range(3)]
     if kind == "affine3":
         return [np.concatenate([x, one], 1)] * 3
     raise ValueError(f"unknown colour transform {kind!r}; expected one of {KINDS}")
@@ -51,8 +51,9 @@ class ColorTransform:
         return (out * 255 + 0.5).astype(np.uint8) if is_u8 else out.astype(np.float32)
 
 
-def fit_color_transform(twin: np.ndarray, real: np.ndarray, kind: str = "affine",
-                        mask: np.ndarray | None = None, ridge: float = 1e-6) -> ColorTransform:
+def fit_color_transform(
+    twin: np.ndarray, real: np.ndarray, kind: str = "affine", mask: np.ndarray | None = None, ridge: float = 1e-6
+) -> ColorTransform:
     """Least-squares transform taking ``twin`` colours to ``real`` ones (H, W, 3 each)."""
     x, y = _as_float(twin).reshape(-1, 3), _as_float(real).reshape(-1, 3)
     if x.shape != y.shape:
@@ -74,9 +75,8 @@ def photometric_error(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = No
     d = _as_float(a) - _as_float(b)
     if mask is not None:
         d = d[np.asarray(mask, bool)]
-    mse = float(np.mean(d ** 2))
-    return {"rmse": mse ** 0.5, "mae": float(np.mean(np.abs(d))),
-            "psnr": float(10 * np.log10(1.0 / max(mse, 1e-12)))}
+    mse = float(np.mean(d**2))
+    return {"rmse": mse**0.5, "mae": float(np.mean(np.abs(d))), "psnr": float(10 * np.log10(1.0 / max(mse, 1e-12)))}
 
 
 def align_colors(twin: np.ndarray, real: np.ndarray, kind: str = "affine", mask: np.ndarray | None = None):

@@ -49,11 +49,22 @@ def _texture_lookup(tex: np.ndarray, uv: np.ndarray) -> np.ndarray:
     return tex[row, col, :3].astype(np.float32) / 255.0
 
 
-def sample_surface(vertices: np.ndarray, faces: np.ndarray, count: int, rng: np.random.Generator, *,
-                   rgba=None, vertex_colors: np.ndarray | None = None, uv: np.ndarray | None = None,
-                   texture: np.ndarray | None = None, face_uv: np.ndarray | None = None,
-                   thickness: float = 0.05, size_factor: float = 0.7, opacity: float = 0.98,
-                   min_scale: float = 1e-4) -> GaussianSplats:
+def sample_surface(
+    vertices: np.ndarray,
+    faces: np.ndarray,
+    count: int,
+    rng: np.random.Generator,
+    *,
+    rgba=None,
+    vertex_colors: np.ndarray | None = None,
+    uv: np.ndarray | None = None,
+    texture: np.ndarray | None = None,
+    face_uv: np.ndarray | None = None,
+    thickness: float = 0.05,
+    size_factor: float = 0.7,
+    opacity: float = 0.98,
+    min_scale: float = 1e-4,
+) -> GaussianSplats:
     """Area-weighted disc Gaussians on a triangle mesh (in the mesh's own frame).
 
     ``uv`` per vertex (or ``face_uv`` (F, 3, 2) per face corner) with ``texture`` (H, W, 3|4 uint8)
@@ -90,14 +101,18 @@ def sample_surface(vertices: np.ndarray, faces: np.ndarray, count: int, rng: np.
     sig = max(size_factor * spacing, min_scale)
     log_s = np.log(np.array([sig, sig, max(thickness * sig, min_scale * 0.1)], np.float32))
     return GaussianSplats(
-        means=pts, quats=_frames_from_normals(nrm), log_scales=np.tile(log_s, (count, 1)),
-        opacity_logits=np.full(count, logit(np.array(opacity))), sh=rgb_to_sh_dc(np.clip(col, 0, 1))[:, None, :],
+        means=pts,
+        quats=_frames_from_normals(nrm),
+        log_scales=np.tile(log_s, (count, 1)),
+        opacity_logits=np.full(count, logit(np.array(opacity))),
+        sh=rgb_to_sh_dc(np.clip(col, 0, 1))[:, None, :],
         normals=nrm,
     )
 
 
-def splats_from_trimesh(mesh: trimesh.Trimesh, count: int, rng: np.random.Generator | None = None,
-                        rgba=None, **kw) -> GaussianSplats:
+def splats_from_trimesh(
+    mesh: trimesh.Trimesh, count: int, rng: np.random.Generator | None = None, rgba=None, **kw
+) -> GaussianSplats:
     """Splats from a trimesh, using its texture (TextureVisuals) or vertex colours when present."""
     rng = rng or np.random.default_rng(0)
     vis = getattr(mesh, "visual", None)
@@ -108,8 +123,7 @@ def splats_from_trimesh(mesh: trimesh.Trimesh, count: int, rng: np.random.Genera
             uv, tex = np.asarray(vis.uv), np.asarray(img.convert("RGB"))
     elif vis is not None and getattr(vis, "kind", None) == "vertex":
         vc = np.asarray(vis.vertex_colors, np.float32) / 255.0
-    return sample_surface(mesh.vertices, mesh.faces, count, rng, rgba=rgba, uv=uv, texture=tex,
-                          vertex_colors=vc, **kw)
+    return sample_surface(mesh.vertices, mesh.faces, count, rng, rgba=rgba, uv=uv, texture=tex, vertex_colors=vc, **kw)
 
 
 # ---- MuJoCo models ------------------------------------------------------------------------------
@@ -124,13 +138,13 @@ def _geom_mesh(model, g: int, plane_half_extent: float):
         mid = int(model.geom_dataid[g])
         va, vn = model.mesh_vertadr[mid], model.mesh_vertnum[mid]
         fa, fn = model.mesh_faceadr[mid], model.mesh_facenum[mid]
-        verts = model.mesh_vert[va:va + vn]
-        faces = model.mesh_face[fa:fa + fn]
+        verts = model.mesh_vert[va : va + vn]
+        faces = model.mesh_face[fa : fa + fn]
         face_uv = None
         if model.mesh_texcoordnum[mid] > 0:
             ta = model.mesh_texcoordadr[mid]
-            tc = model.mesh_texcoord[ta:ta + model.mesh_texcoordnum[mid]]
-            face_uv = tc[model.mesh_facetexcoord[fa:fa + fn]]
+            tc = model.mesh_texcoord[ta : ta + model.mesh_texcoordnum[mid]]
+            face_uv = tc[model.mesh_facetexcoord[fa : fa + fn]]
         return verts, faces, face_uv
     if gt == T.mjGEOM_BOX:
         m = trimesh.creation.box(extents=2 * size)
@@ -167,14 +181,25 @@ def _geom_color(model, g: int) -> tuple[np.ndarray, np.ndarray | None]:
         if tid >= 0 and model.tex_type[tid] == 0:  # 2-D texture
             h, w, c = model.tex_height[tid], model.tex_width[tid], model.tex_nchannel[tid]
             adr = model.tex_adr[tid]
-            tex = model.tex_data[adr:adr + h * w * c].reshape(h, w, c)
+            tex = model.tex_data[adr : adr + h * w * c].reshape(h, w, c)
     return rgba, tex
 
 
-def splats_from_model(model, data, *, count: int = 50_000, min_per_geom: int = 64,
-                      groups: tuple[int, ...] = (0, 1, 2), plane_half_extent: float = 3.0,
-                      movable_weight: float = 4.0, plane_weight: float = 0.05, shade: float = 0.35,
-                      light_dir=(0.3, -0.4, 1.0), seed: int = 0, **kw) -> GaussianSplats:
+def splats_from_model(
+    model,
+    data,
+    *,
+    count: int = 50_000,
+    min_per_geom: int = 64,
+    groups: tuple[int, ...] = (0, 1, 2),
+    plane_half_extent: float = 3.0,
+    movable_weight: float = 4.0,
+    plane_weight: float = 0.05,
+    shade: float = 0.35,
+    light_dir=(0.3, -0.4, 1.0),
+    seed: int = 0,
+    **kw,
+) -> GaussianSplats:
     """Splats for every visible geom of a compiled model, posed with ``data`` (run mj_forward first).
 
     ``count`` Gaussians in total, split by surface area (at least ``min_per_geom`` per geom);

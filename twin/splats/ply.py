@@ -79,17 +79,20 @@ class GaussianSplats:
             sh=self.sh,
         )
 
-    def subset(self, idx: np.ndarray) -> "GaussianSplats":
+    def subset(self, idx: np.ndarray) -> GaussianSplats:
         return replace(
             self,
-            means=self.means[idx], quats=self.quats[idx], log_scales=self.log_scales[idx],
-            opacity_logits=self.opacity_logits[idx], sh=self.sh[idx],
+            means=self.means[idx],
+            quats=self.quats[idx],
+            log_scales=self.log_scales[idx],
+            opacity_logits=self.opacity_logits[idx],
+            sh=self.sh[idx],
             normals=None if self.normals is None else self.normals[idx],
             labels=None if self.labels is None else self.labels[idx],
             body_names=list(self.body_names),
         )
 
-    def with_sh_degree(self, degree: int) -> "GaussianSplats":
+    def with_sh_degree(self, degree: int) -> GaussianSplats:
         """Truncate or zero-pad the SH coefficients to ``degree``."""
         k = (degree + 1) ** 2
         sh = np.zeros((len(self), k, 3), np.float32)
@@ -98,7 +101,7 @@ class GaussianSplats:
         return replace(self, sh=sh)
 
     @staticmethod
-    def concatenate(parts: list["GaussianSplats"]) -> "GaussianSplats":
+    def concatenate(parts: list[GaussianSplats]) -> GaussianSplats:
         names: list[str] = []
         labels = []
         deg = max(p.sh_degree for p in parts)
@@ -200,14 +203,28 @@ def read_ply(path: str | Path) -> GaussianSplats:
         rest = np.stack([col(f"f_rest_{i}") for i in range(n_rest)], axis=1)
         sh[:, 1:] = rest.reshape(n, 3, k - 1).transpose(0, 2, 1)
     opacity = col("opacity") if "opacity" in names else np.full(n, 4.0, np.float32)
-    scales = (np.stack([col(f"scale_{i}") for i in range(3)], axis=1) if "scale_0" in names
-              else np.full((n, 3), np.log(0.005), np.float32))
-    quats = (np.stack([col(f"rot_{i}") for i in range(4)], axis=1) if "rot_0" in names
-             else np.tile(np.array([1, 0, 0, 0], np.float32), (n, 1)))
+    scales = (
+        np.stack([col(f"scale_{i}") for i in range(3)], axis=1)
+        if "scale_0" in names
+        else np.full((n, 3), np.log(0.005), np.float32)
+    )
+    quats = (
+        np.stack([col(f"rot_{i}") for i in range(4)], axis=1)
+        if "rot_0" in names
+        else np.tile(np.array([1, 0, 0, 0], np.float32), (n, 1))
+    )
     labels = np.asarray(v["body"], np.int32) if "body" in names else None
     body_names: list[str] = []
     for c in ply.comments:
         if c.startswith("twin_bodies"):
             body_names = c.split()[1:]
-    return GaussianSplats(means=means, quats=quats, log_scales=scales, opacity_logits=opacity, sh=sh,
-                          normals=normals, labels=labels, body_names=body_names)
+    return GaussianSplats(
+        means=means,
+        quats=quats,
+        log_scales=scales,
+        opacity_logits=opacity,
+        sh=sh,
+        normals=normals,
+        labels=labels,
+        body_names=body_names,
+    )

@@ -46,8 +46,15 @@ _ONE = torch.tensor(1.0)
 
 _C1 = 0.4886025119029199
 _C2 = (1.0925484305920792, -1.0925484305920792, 0.31539156525252005, -1.0925484305920792, 0.5462742152960396)
-_C3 = (-0.5900435899266435, 2.890611442640554, -0.4570457994644658, 0.3731763325901154,
-       -0.4570457994644658, 1.445305721320277, -0.5900435899266435)
+_C3 = (
+    -0.5900435899266435,
+    2.890611442640554,
+    -0.4570457994644658,
+    0.3731763325901154,
+    -0.4570457994644658,
+    1.445305721320277,
+    -0.5900435899266435,
+)
 
 
 @dataclass
@@ -67,11 +74,20 @@ def _as_activated(splats: GaussianSplats | ActivatedSplats) -> ActivatedSplats:
 def quat_to_rotmat(q: torch.Tensor) -> torch.Tensor:
     """(N, 4) unit wxyz -> (N, 3, 3)."""
     w, x, y, z = q.unbind(-1)
-    return torch.stack([
-        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-    ], dim=-1).reshape(q.shape[:-1] + (3, 3))
+    return torch.stack(
+        [
+            1 - 2 * (y * y + z * z),
+            2 * (x * y - w * z),
+            2 * (x * z + w * y),
+            2 * (x * y + w * z),
+            1 - 2 * (x * x + z * z),
+            2 * (y * z - w * x),
+            2 * (x * z - w * y),
+            2 * (y * z + w * x),
+            1 - 2 * (x * x + y * y),
+        ],
+        dim=-1,
+    ).reshape(q.shape[:-1] + (3, 3))
 
 
 def eval_sh(degree: int, sh: torch.Tensor, dirs: torch.Tensor) -> torch.Tensor:
@@ -79,19 +95,29 @@ def eval_sh(degree: int, sh: torch.Tensor, dirs: torch.Tensor) -> torch.Tensor:
     dirs = dirs / dirs.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     res = SH_C0 * sh[:, 0]
     if degree > 0:
-        x, y, z = (dirs[:, i:i + 1] for i in range(3))
+        x, y, z = (dirs[:, i : i + 1] for i in range(3))
         res = res - _C1 * y * sh[:, 1] + _C1 * z * sh[:, 2] - _C1 * x * sh[:, 3]
         if degree > 1:
             xx, yy, zz, xy, yz, xz = x * x, y * y, z * z, x * y, y * z, x * z
-            res = (res + _C2[0] * xy * sh[:, 4] + _C2[1] * yz * sh[:, 5]
-                   + _C2[2] * (2 * zz - xx - yy) * sh[:, 6] + _C2[3] * xz * sh[:, 7]
-                   + _C2[4] * (xx - yy) * sh[:, 8])
+            res = (
+                res
+                + _C2[0] * xy * sh[:, 4]
+                + _C2[1] * yz * sh[:, 5]
+                + _C2[2] * (2 * zz - xx - yy) * sh[:, 6]
+                + _C2[3] * xz * sh[:, 7]
+                + _C2[4] * (xx - yy) * sh[:, 8]
+            )
             if degree > 2:
-                res = (res + _C3[0] * y * (3 * xx - yy) * sh[:, 9] + _C3[1] * xy * z * sh[:, 10]
-                       + _C3[2] * y * (4 * zz - xx - yy) * sh[:, 11]
-                       + _C3[3] * z * (2 * zz - 3 * xx - 3 * yy) * sh[:, 12]
-                       + _C3[4] * x * (4 * zz - xx - yy) * sh[:, 13]
-                       + _C3[5] * z * (xx - yy) * sh[:, 14] + _C3[6] * x * (xx - 3 * yy) * sh[:, 15])
+                res = (
+                    res
+                    + _C3[0] * y * (3 * xx - yy) * sh[:, 9]
+                    + _C3[1] * xy * z * sh[:, 10]
+                    + _C3[2] * y * (4 * zz - xx - yy) * sh[:, 11]
+                    + _C3[3] * z * (2 * zz - 3 * xx - 3 * yy) * sh[:, 12]
+                    + _C3[4] * x * (4 * zz - xx - yy) * sh[:, 13]
+                    + _C3[5] * z * (xx - yy) * sh[:, 14]
+                    + _C3[6] * x * (xx - 3 * yy) * sh[:, 15]
+                )
     return res
 
 
@@ -105,9 +131,16 @@ class Projected:
     opacities: torch.Tensor  # (N,)
 
 
-def project(splats: GaussianSplats | ActivatedSplats, cam: Camera, *, sh_degree: int | None = None,
-            near: float = 0.01, far: float = 1e10, eps2d: float = EPS2D,
-            dtype: torch.dtype = torch.float32) -> Projected:
+def project(
+    splats: GaussianSplats | ActivatedSplats,
+    cam: Camera,
+    *,
+    sh_degree: int | None = None,
+    near: float = 0.01,
+    far: float = 1e10,
+    eps2d: float = EPS2D,
+    dtype: torch.dtype = torch.float32,
+) -> Projected:
     a = _as_activated(splats)
     means = torch.as_tensor(a.means, dtype=dtype)
     quats = torch.as_tensor(a.quats, dtype=dtype)
@@ -139,20 +172,24 @@ def project(splats: GaussianSplats | ActivatedSplats, cam: Camera, *, sh_degree:
     rx = torch.ceil(RADIUS_SIGMAS * c00.clamp_min(0).sqrt())
     ry = torch.ceil(RADIUS_SIGMAS * c11.clamp_min(0).sqrt())
     valid = (det > 0) & (z > near) & (z < far)
-    valid &= ((means2d[:, 0] + rx > 0) & (means2d[:, 0] - rx < cam.width)
-              & (means2d[:, 1] + ry > 0) & (means2d[:, 1] - ry < cam.height))
+    valid &= (
+        (means2d[:, 0] + rx > 0)
+        & (means2d[:, 0] - rx < cam.width)
+        & (means2d[:, 1] + ry > 0)
+        & (means2d[:, 1] - ry < cam.height)
+    )
     radii = torch.stack([rx, ry], -1) * valid[:, None]
     deg = a.sh.shape[1] and (int(math.isqrt(a.sh.shape[1])) - 1)
     deg = deg if sh_degree is None else min(sh_degree, deg)
     sh = torch.as_tensor(a.sh, dtype=dtype)
     campos = torch.as_tensor(cam.position, dtype=dtype)
     colors = (eval_sh(deg, sh, means - campos) + 0.5).clamp_min(0.0)
-    return Projected(means2d, conics, z, radii.to(torch.int32), colors,
-                     torch.as_tensor(a.opacities, dtype=dtype))
+    return Projected(means2d, conics, z, radii.to(torch.int32), colors, torch.as_tensor(a.opacities, dtype=dtype))
 
 
-def _tile_reachable(m2: torch.Tensor, con: torch.Tensor, opac: torch.Tensor, ptx: torch.Tensor,
-                    pty: torch.Tensor, ts: int) -> torch.Tensor:
+def _tile_reachable(
+    m2: torch.Tensor, con: torch.Tensor, opac: torch.Tensor, ptx: torch.Tensor, pty: torch.Tensor, ts: int
+) -> torch.Tensor:
     """True where min over the tile's pixel centres of q = d^T conic d is <= 2 log(255 o)."""
     dt = m2.dtype
     x0 = ptx.to(dt) * ts + 0.5 - m2[:, 0]
@@ -174,9 +211,17 @@ def _tile_reachable(m2: torch.Tensor, con: torch.Tensor, opac: torch.Tensor, ptx
     return inside | (q <= limit)
 
 
-def rasterize(p: Projected, width: int, height: int, *, tile_size: int = 16, chunk: int = 32,
-              background: np.ndarray | None = None, max_elems: int = 1 << 20,
-              growth_quantile: float = 0.1) -> RenderOutput:
+def rasterize(
+    p: Projected,
+    width: int,
+    height: int,
+    *,
+    tile_size: int = 16,
+    chunk: int = 32,
+    background: np.ndarray | None = None,
+    max_elems: int = 1 << 20,
+    growth_quantile: float = 0.1,
+) -> RenderOutput:
     """Tile-binned front-to-back compositing of projected Gaussians (see module docstring)."""
     dtype = p.means2d.dtype
     ts = tile_size
@@ -244,7 +289,7 @@ def rasterize(p: Projected, width: int, height: int, *, tile_size: int = 16, chu
             ar = torch.arange(C)
             step = max(1, max_elems // (C * npx))
             for s0 in range(0, len(active), step):
-                tiles = active[s0:s0 + step]
+                tiles = active[s0 : s0 + step]
                 A = len(tiles)
                 n = A * npx * C
                 base = tstart[tiles, None] + done_n[tiles, None]
@@ -266,7 +311,7 @@ def rasterize(p: Projected, width: int, height: int, *, tile_size: int = 16, chu
                 torch.nn.functional.threshold_(S, ALPHA_MIN, 0.0)  # alpha < 1/255 -> skipped
                 S.clamp_(max=ALPHA_MAX)
                 # P = [T, T(1-a1), T(1-a1)(1-a2), ...]: transmittance before / after each Gaussian
-                P = ws_p[:A * npx * (C + 1)].view(A, npx, C + 1)
+                P = ws_p[: A * npx * (C + 1)].view(A, npx, C + 1)
                 P[:, :, 0] = T[tiles]
                 torch.add(_ONE, S, alpha=-1.0, out=P[:, :, 1:])
                 P.cumprod_(dim=2)
@@ -290,16 +335,31 @@ def rasterize(p: Projected, width: int, height: int, *, tile_size: int = 16, chu
     return RenderOutput(color.float().numpy(), depth.float().numpy(), alpha.float().numpy())
 
 
-def render(splats: GaussianSplats | ActivatedSplats, camera: Camera, *, sh_degree: int | None = None,
-           background=None, near: float = 0.01, far: float = 1e10, tile_size: int = 16,
-           chunk: int = 32) -> RenderOutput:
+def render(
+    splats: GaussianSplats | ActivatedSplats,
+    camera: Camera,
+    *,
+    sh_degree: int | None = None,
+    background=None,
+    near: float = 0.01,
+    far: float = 1e10,
+    tile_size: int = 16,
+    chunk: int = 32,
+) -> RenderOutput:
     """Render colour, expected depth and alpha of ``splats`` seen by ``camera`` on the CPU."""
     p = project(splats, camera, sh_degree=sh_degree, near=near, far=far)
     return rasterize(p, camera.width, camera.height, tile_size=tile_size, chunk=chunk, background=background)
 
 
-def render_reference(splats: GaussianSplats | ActivatedSplats, cam: Camera, *, sh_degree: int | None = None,
-                     background=None, near: float = 0.01, far: float = 1e10) -> RenderOutput:
+def render_reference(
+    splats: GaussianSplats | ActivatedSplats,
+    cam: Camera,
+    *,
+    sh_degree: int | None = None,
+    background=None,
+    near: float = 0.01,
+    far: float = 1e10,
+) -> RenderOutput:
     """Brute-force per-pixel reference (float64 numpy, no tiles, no radius culling): slow, tiny images.
 
     Independent implementation of the same model: for each pixel, all Gaussians in front of the
@@ -311,17 +371,31 @@ def render_reference(splats: GaussianSplats | ActivatedSplats, cam: Camera, *, s
     K = cam.K
     tan_x, tan_y = 0.5 * cam.width / cam.fx, 0.5 * cam.height / cam.fy
     deg = int(math.isqrt(a.sh.shape[1])) - 1 if sh_degree is None else sh_degree
-    cols = (eval_sh(deg, torch.as_tensor(a.sh, dtype=torch.float64),
-                    torch.as_tensor(a.means - cam.position, dtype=torch.float64)) + 0.5).clamp_min(0).numpy()
+    cols = (
+        (
+            eval_sh(
+                deg,
+                torch.as_tensor(a.sh, dtype=torch.float64),
+                torch.as_tensor(a.means - cam.position, dtype=torch.float64),
+            )
+            + 0.5
+        )
+        .clamp_min(0)
+        .numpy()
+    )
     gs = []
     for i in range(n):
         pc = Rw @ a.means[i].astype(np.float64) + t
         if not (near < pc[2] < far):
             continue
         w, x, y, z = a.quats[i].astype(np.float64)
-        Rq = np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-                       [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-                       [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)]])
+        Rq = np.array(
+            [
+                [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+                [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+                [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
+            ]
+        )
         S = np.diag(a.scales[i].astype(np.float64))
         cov = Rw @ Rq @ S @ S @ Rq.T @ Rw.T
         u, v = pc[0] / pc[2], pc[1] / pc[2]
@@ -331,8 +405,15 @@ def render_reference(splats: GaussianSplats | ActivatedSplats, cam: Camera, *, s
         c2 = J @ cov @ J.T + EPS2D * np.eye(2)
         if np.linalg.det(c2) <= 0:
             continue
-        gs.append((pc[2], np.array([K[0, 0] * u + K[0, 2], K[1, 1] * v + K[1, 2]]), np.linalg.inv(c2),
-                   float(a.opacities[i]), cols[i]))
+        gs.append(
+            (
+                pc[2],
+                np.array([K[0, 0] * u + K[0, 2], K[1, 1] * v + K[1, 2]]),
+                np.linalg.inv(c2),
+                float(a.opacities[i]),
+                cols[i],
+            )
+        )
     gs.sort(key=lambda g: g[0])
     H, W = cam.height, cam.width
     rgb = np.zeros((H, W, 3))

@@ -40,21 +40,40 @@ class GsplatRenderer:
         self.opacities, self.sh = t(a.opacities), t(a.sh)
         self.degree = int(math.isqrt(a.sh.shape[1])) - 1
 
-    def render_torch(self, camera: Camera, *, sh_degree: int | None = None, background=None,
-                     near: float = 0.01, far: float = 1e10):
+    def render_torch(
+        self, camera: Camera, *, sh_degree: int | None = None, background=None, near: float = 0.01, far: float = 1e10
+    ):
         """(rgb (H, W, 3), depth (H, W), alpha (H, W)) as CUDA tensors."""
         from gsplat import rasterization
 
         dev = self.device
         vm = torch.as_tensor(camera.viewmat, dtype=torch.float32, device=dev)[None]
         K = torch.as_tensor(camera.K, dtype=torch.float32, device=dev)[None]
-        bg = None if background is None else torch.as_tensor(np.asarray(background), dtype=torch.float32,
-                                                             device=dev).reshape(1, 3)
+        bg = (
+            None
+            if background is None
+            else torch.as_tensor(np.asarray(background), dtype=torch.float32, device=dev).reshape(1, 3)
+        )
         deg = self.degree if sh_degree is None else min(sh_degree, self.degree)
         out, alphas, _ = rasterization(
-            self.means, self.quats, self.scales, self.opacities, self.sh, vm, K, camera.width, camera.height,
-            near_plane=near, far_plane=far, sh_degree=deg, eps2d=0.3, tile_size=16, packed=False,
-            rasterize_mode="classic", render_mode="RGB+ED", backgrounds=bg,
+            self.means,
+            self.quats,
+            self.scales,
+            self.opacities,
+            self.sh,
+            vm,
+            K,
+            camera.width,
+            camera.height,
+            near_plane=near,
+            far_plane=far,
+            sh_degree=deg,
+            eps2d=0.3,
+            tile_size=16,
+            packed=False,
+            rasterize_mode="classic",
+            render_mode="RGB+ED",
+            backgrounds=bg,
         )
         alpha = alphas[0, ..., 0]
         depth = torch.where(alpha > 1e-6, out[0, ..., 3], torch.zeros_like(alpha))
@@ -65,7 +84,14 @@ class GsplatRenderer:
         return RenderOutput(rgb.float().cpu().numpy(), depth.float().cpu().numpy(), alpha.float().cpu().numpy())
 
 
-def render(splats: GaussianSplats | ActivatedSplats, camera: Camera, *, sh_degree: int | None = None,
-           background=None, near: float = 0.01, far: float = 1e10, device: str = "cuda") -> RenderOutput:
-    return GsplatRenderer(splats, device).render(camera, sh_degree=sh_degree, background=background,
-                                                 near=near, far=far)
+def render(
+    splats: GaussianSplats | ActivatedSplats,
+    camera: Camera,
+    *,
+    sh_degree: int | None = None,
+    background=None,
+    near: float = 0.01,
+    far: float = 1e10,
+    device: str = "cuda",
+) -> RenderOutput:
+    return GsplatRenderer(splats, device).render(camera, sh_degree=sh_degree, background=background, near=near, far=far)

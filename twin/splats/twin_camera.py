@@ -2,9 +2,10 @@
 
 ``render_twin_camera_splats(env, camera, binding)`` renders one camera of a ``TwinEnv`` at the
 current sim state, returning a :class:`twin.render.Frame` (so ``frame.point_cloud()`` works) plus
-alpha. :class:`SplatCameraWrapper` is the per-camera configuration: a gymnasium wrapper whose
-observations take ``rgb/<cam>`` / ``depth/<cam>`` (and the fused ``point_cloud``) from splats for
-the listed cameras and from MuJoCo for the others.
+alpha. ``TwinEnv`` renders its splat cameras with it (``ObservationCfg.splat_cameras``, or
+``TwinEnv.use_splats`` for your own splats, e.g. a scan); :class:`SplatCameraWrapper` is a
+gymnasium wrapper that only configures that: ``rgb/<cam>`` / ``depth/<cam>`` (and the fused
+``point_cloud``) come from splats for the listed cameras and from MuJoCo for the others.
 
 Backend: "auto" uses gsplat when CUDA is available, else our CPU rasterizer; "cpu" / "gsplat" force.
 """
@@ -39,9 +40,16 @@ class SplatFrame:
     alpha: np.ndarray  # (H, W) float32
 
 
-def render_twin_camera_splats(env, camera: str, splats: GaussianSplats | SplatBinding, *,
-                              width: int | None = None, height: int | None = None, background=(0.0, 0.0, 0.0),
-                              backend: str = "auto") -> SplatFrame:
+def render_twin_camera_splats(
+    env,
+    camera: str,
+    splats: GaussianSplats | SplatBinding,
+    *,
+    width: int | None = None,
+    height: int | None = None,
+    background=(0.0, 0.0, 0.0),
+    backend: str = "auto",
+) -> SplatFrame:
     """Render ``camera`` of ``env`` (a TwinEnv) from splats posed at the env's current state.
 
     ``splats`` may be a :class:`SplatBinding` (bodies follow the sim) or fixed world-frame splats.
@@ -56,8 +64,11 @@ def render_twin_camera_splats(env, camera: str, splats: GaussianSplats | SplatBi
     out = render_splats(posed, cam, backend=backend, background=background)
     cam_id = model.camera(camera).id
     frame = Frame(
-        camera=camera, rgb=out.rgb_uint8(), depth=out.depth.astype(np.float32),
-        intrinsics=intrinsics_for(model, cam_id, w, h), cam_pos=data.cam_xpos[cam_id].copy(),
+        camera=camera,
+        rgb=out.rgb_uint8(),
+        depth=out.depth.astype(np.float32),
+        intrinsics=intrinsics_for(model, cam_id, w, h),
+        cam_pos=data.cam_xpos[cam_id].copy(),
         cam_rot=data.cam_xmat[cam_id].reshape(3, 3).copy(),
         far=float(model.vis.map.zfar * model.stat.extent),
     )
@@ -68,11 +79,21 @@ class SplatCameraWrapper(gym.Wrapper):
     """Per-camera switch: the listed cameras' RGB/depth (and their share of the point cloud) come
     from splats bound to the env's bodies; other cameras keep MuJoCo rendering.
 
-    ``splats`` defaults to mesh-sampled splats of the env's scene (:func:`splats_from_env`).
+    Configuration of the env's own splat cameras (:meth:`twin.env.TwinEnv.use_splats`): each
+    camera is rendered once per step, by the env. ``splats`` defaults to mesh-sampled splats of
+    the env's scene (:func:`splats_from_env`); give your own (e.g. a scan) to use them.
     """
 
-    def __init__(self, env, cameras: list[str] | tuple[str, ...], splats: GaussianSplats | None = None, *,
-                 backend: str = "auto", background=(0.0, 0.0, 0.0), **splat_kw) -> None:
+    def __init__(
+        self,
+        env,
+        cameras: list[str] | tuple[str, ...],
+        splats: GaussianSplats | None = None,
+        *,
+        backend: str = "auto",
+        background=(0.0, 0.0, 0.0),
+        **splat_kw,
+    ) -> None:
         super().__init__(env)
         base = env.unwrapped
         unknown = [c for c in cameras if c not in base.camera_names()]
@@ -84,38 +105,5 @@ class SplatCameraWrapper(gym.Wrapper):
             from twin.splats.from_mesh import splats_from_env
 
             splats = splats_from_env(base, **splat_kw)
-        base.sim.forward()
-        self.binding = SplatBinding(splats, base.sim.model, base.sim.data)
-
-    def _patch(self, obs: dict) -> dict:
-        base = self.env.unwrapped
-        ocfg = base.cfg.observations
-        if not (ocfg.rgb or ocfg.depth or ocfg.point_cloud):
-            return obs
-        clouds = []
-        for cam in base.camera_names():
-            w, h = base._image_size(cam)
-            if cam in self.cameras:
-                frame = render_twin_camera_splats(base, cam, self.binding, width=w, height=h,
-                                                  background=self.background, backend=self.backend).frame
-                if ocfg.rgb:
-                    obs[f"rgb/{cam}"] = frame.rgb
-                if ocfg.depth:
-                    obs[f"depth/{cam}"] = frame.depth
-            elif ocfg.point_cloud:
-                frame = base._renderer(w, h).render(base.sim.data, cam, rgb=True, depth=True)
-            if ocfg.point_cloud:
-                clouds.append(frame.point_cloud())
-        if ocfg.point_cloud:
-            from twin.render import fuse_point_clouds
-
-            obs["point_cloud"] = fuse_point_clouds(clouds, base.scene.workspace, ocfg.num_points, base._noise_rng)
-        return obs
-
-    def reset(self, **kw):
-        obs, info = self.env.reset(**kw)
-        return self._patch(obs), info
-
-    def step(self, action):
-        obs, r, term, trunc, info = self.env.step(action)
-        return self._patch(obs), r, term, trunc, info
+        base.use_splats(self.cameras, splats, backend=backend, background=tuple(background))
+        self.binding = base._splat_binding()

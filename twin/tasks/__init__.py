@@ -1,5 +1,12 @@
 """Built-in tasks, registered by name on import."""
 
+from twin.tasks import (  # noqa: F401
+    box_to_shelf,
+    mug_to_sink,  # noqa: F401  (registration)
+    open_cabinet,
+    push_t,  # noqa: F401
+    reach,
+)
 from twin.tasks.base import (
     ActionCfg,
     ObservationCfg,
@@ -12,9 +19,6 @@ from twin.tasks.base import (
     make_task,
     register_task,
 )
-from twin.tasks import mug_to_sink  # noqa: F401  (registration)
-from twin.tasks import push_t  # noqa: F401
-from twin.tasks import box_to_shelf, open_cabinet, reach  # noqa: F401
 
 __all__ = [
     "ActionCfg",

@@ -4,8 +4,9 @@ place) and the task registry (ManiSkill style: ``@register_task("name")``)."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -88,7 +89,7 @@ class TaskCfg:
     object_yaw_range: float = 0.3
     perturbation_suite: str = "default"
 
-    def replace(self, **changes: object) -> "TaskCfg":
+    def replace(self, **changes: object) -> TaskCfg:
         return dataclasses.replace(self, **changes)
 
 
@@ -123,11 +124,11 @@ class Task:
         raise NotImplementedError
 
     # -- episode -------------------------------------------------------------------------
-    def reset(self, sim: "TwinSim", rng: np.random.Generator) -> None:
+    def reset(self, sim: TwinSim, rng: np.random.Generator) -> None:
         """Place the robot and objects for a new episode (nominal randomization)."""
         raise NotImplementedError
 
-    def place_object(self, sim: "TwinSim", rng: np.random.Generator, name: str, home_xy: tuple[float, float]) -> None:
+    def place_object(self, sim: TwinSim, rng: np.random.Generator, name: str, home_xy: tuple[float, float]) -> None:
         """Put free body ``name`` at ``home_xy`` + uniform(+/- ``object_xy_range``) with yaw
         uniform(+/- ``object_yaw_range``), at its resting height from the scene."""
         r = self.cfg.object_xy_range
@@ -136,14 +137,14 @@ class Task:
         z = sim.scene.body(name).pose.pos[2]
         sim.set_free_body_pose(name, np.array([xy[0], xy[1], z]), np.array(yaw_quat(yaw)))
 
-    def success(self, sim: "TwinSim") -> bool:
+    def success(self, sim: TwinSim) -> bool:
         raise NotImplementedError
 
-    def reward(self, sim: "TwinSim") -> float:
+    def reward(self, sim: TwinSim) -> float:
         """Dense shaped reward in [0, 1] (1 at success)."""
         raise NotImplementedError
 
-    def task_state(self, sim: "TwinSim") -> np.ndarray:
+    def task_state(self, sim: TwinSim) -> np.ndarray:
         """Task part of the privileged state (default: poses of ``object_names``)."""
         if not self.object_names:
             return np.zeros(0)
@@ -156,11 +157,11 @@ class Task:
     #: control mode the expert's actions are in
     expert_mode: str = "ee_pose"
 
-    def info(self, sim: "TwinSim") -> dict[str, float]:
+    def info(self, sim: TwinSim) -> dict[str, float]:
         """Extra per-step diagnostics (distances, coverage...) put into ``info``."""
         return {}
 
-    def outcome(self, sim: "TwinSim") -> tuple[bool, float, dict[str, float]]:
+    def outcome(self, sim: TwinSim) -> tuple[bool, float, dict[str, float]]:
         """``(success, reward, info)`` of the current state: what the env asks after every
         step. Tasks whose three share work (object poses, distances) override this to
         compute it once; it must equal ``(success(sim), reward(sim), info(sim))``."""
@@ -184,8 +185,8 @@ def register_task(name: str) -> Callable[[type[Task]], type[Task]]:
 
 
 def get_task_class(name: str) -> type[Task]:
-    import twin.tasks  # noqa: F401  (registers the built-in tasks)
-
+    """A registered task class. The built-in tasks register when the ``twin.tasks`` package is
+    imported, which any import of this module does."""
     if name not in _REGISTRY:
         raise TaskError(f"unknown task {name!r}; registered tasks: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]
@@ -196,8 +197,6 @@ def make_task(name: str, cfg: TaskCfg | None = None) -> Task:
 
 
 def list_tasks() -> list[str]:
-    import twin.tasks  # noqa: F401
-
     return sorted(_REGISTRY)
 
 

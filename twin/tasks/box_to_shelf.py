@@ -52,8 +52,13 @@ class BoxToShelf(Task):
         body, site = shelf(pos=SHELF_POS, height=SHELF_HEIGHT, half=SHELF_HALF)
         scene.bodies += [body, box_object(pos=BOX_HOME, half=BOX_HALF)]
         scene.sites.append(site)
-        return TaskCfg(scene=scene, actions=ActionCfg(mode="ee_delta"),
-                       terminations=TerminationCfg(max_steps=150), object_xy_range=0.05, object_yaw_range=0.3)
+        return TaskCfg(
+            scene=scene,
+            actions=ActionCfg(mode="ee_delta"),
+            terminations=TerminationCfg(max_steps=150),
+            object_xy_range=0.05,
+            object_yaw_range=0.3,
+        )
 
     def reset(self, sim: TwinSim, rng: np.random.Generator) -> None:
         sim.reset_robot()
@@ -87,7 +92,7 @@ class BoxToShelf(Task):
         d = float(np.linalg.norm((box_pos - sim.site_pos("shelf"))[:2]))
         return {"box_shelf_distance": d, "box_height": float(box_pos[2])}
 
-    def expert(self, noise: float = 0.0, rng: np.random.Generator | None = None) -> "BoxToShelfExpert":
+    def expert(self, noise: float = 0.0, rng: np.random.Generator | None = None) -> BoxToShelfExpert:
         return BoxToShelfExpert(noise=noise, rng=rng)
 
 

@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from twin.cell import franka_cell, mug, sink
-from twin.scripted import WaypointController, Waypoint, yaw_rot
+from twin.scripted import Waypoint, WaypointController, yaw_rot
 from twin.sim import TwinSim
 from twin.tasks.base import ActionCfg, Task, TaskCfg, TerminationCfg, inside, register_task, upright
 
@@ -43,8 +43,13 @@ class MugToSink(Task):
         body, site = sink(pos=SINK_POS)
         scene.bodies += [body, mug(pos=MUG_HOME)]
         scene.sites.append(site)
-        return TaskCfg(scene=scene, actions=ActionCfg(mode="ee_delta"),
-                       terminations=TerminationCfg(max_steps=135), object_xy_range=0.05, object_yaw_range=0.3)
+        return TaskCfg(
+            scene=scene,
+            actions=ActionCfg(mode="ee_delta"),
+            terminations=TerminationCfg(max_steps=135),
+            object_xy_range=0.05,
+            object_yaw_range=0.3,
+        )
 
     def reset(self, sim: TwinSim, rng: np.random.Generator) -> None:
         sim.reset_robot()
@@ -83,7 +88,7 @@ class MugToSink(Task):
         transport = (1.0 - math.tanh(4.0 * d_sink)) * lifted
         return False, 0.25 * reach + 0.25 * lifted + 0.5 * transport * 0.99, info
 
-    def expert(self, noise: float = 0.0, rng: np.random.Generator | None = None) -> "MugToSinkExpert":
+    def expert(self, noise: float = 0.0, rng: np.random.Generator | None = None) -> MugToSinkExpert:
         return MugToSinkExpert(noise=noise, rng=rng)
 
 

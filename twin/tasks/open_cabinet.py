@@ -68,11 +68,21 @@ class OpenCabinet(Task):
         # randomization: kept clear of distractors.
         hx, hy = CABINET_HALF
         reach = 2 * hy + 0.05
-        scene.sites.append(SiteCfg(name="cabinet_swing", body="cabinet",
-                                   pos=(-hx - reach / 2, hy - reach / 2 + 0.02, CABINET_HEIGHT / 2),
-                                   half_extents=(reach / 2, reach / 2 + 0.02, CABINET_HEIGHT / 2)))
-        return TaskCfg(scene=scene, actions=ActionCfg(mode="ee_delta"),
-                       terminations=TerminationCfg(max_steps=150), object_xy_range=0.0, object_yaw_range=0.0)
+        scene.sites.append(
+            SiteCfg(
+                name="cabinet_swing",
+                body="cabinet",
+                pos=(-hx - reach / 2, hy - reach / 2 + 0.02, CABINET_HEIGHT / 2),
+                half_extents=(reach / 2, reach / 2 + 0.02, CABINET_HEIGHT / 2),
+            )
+        )
+        return TaskCfg(
+            scene=scene,
+            actions=ActionCfg(mode="ee_delta"),
+            terminations=TerminationCfg(max_steps=150),
+            object_xy_range=0.0,
+            object_yaw_range=0.0,
+        )
 
     # -- episode -------------------------------------------------------------------------
     def reset(self, sim: TwinSim, rng: np.random.Generator) -> None:
@@ -83,8 +93,9 @@ class OpenCabinet(Task):
         bid = sim.model.body("cabinet").id
         sim.model.body_pos[bid] = np.array(nominal.pos) + np.array([d_xy[0], d_xy[1], 0.0])
         q = np.zeros(4)
-        mujoco.mju_mulQuat(q, np.array([math.cos(d_yaw / 2), 0.0, 0.0, math.sin(d_yaw / 2)]),
-                           np.array(nominal.quat, dtype=float))
+        mujoco.mju_mulQuat(
+            q, np.array([math.cos(d_yaw / 2), 0.0, 0.0, math.sin(d_yaw / 2)]), np.array(nominal.quat, dtype=float)
+        )
         sim.model.body_quat[bid] = q
         mujoco.mj_forward(sim.model, sim.data)
 
@@ -113,7 +124,7 @@ class OpenCabinet(Task):
         d = float(np.linalg.norm(sim.tcp_pose()[:3] - sim.site_pos(HANDLE)))
         return {"door_angle": self.door_angle(sim), "tcp_handle_distance": d}
 
-    def expert(self, noise: float = 0.0, rng: np.random.Generator | None = None) -> "OpenCabinetExpert":
+    def expert(self, noise: float = 0.0, rng: np.random.Generator | None = None) -> OpenCabinetExpert:
         ex = OpenCabinetExpert(noise=noise, rng=rng)
         ex.target_angle = max(ex.target_angle, self.open_threshold + 0.3)
         return ex

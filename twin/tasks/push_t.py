@@ -98,6 +98,7 @@ GOAL_RGBA = (144 / 255, 238 / 255, 144 / 255, 1.0)  # pygame LightGreen
 
 # ---- mapping ---------------------------------------------------------------------------------
 
+
 def workspace_to_world(xy, z: float = PUSHER_Z) -> np.ndarray:
     """Workspace point(s) ``[..., 2]`` (units) -> world point(s) ``[..., 3]`` (m) at height z."""
     xy = np.asarray(xy, dtype=float)
@@ -129,12 +130,20 @@ def quat_yaw(quat) -> float:
 
 # ---- T geometry (workspace units) ------------------------------------------------------------
 
+
 def tee_local_vertices(scale: float = T_SCALE, length: float = T_LENGTH) -> list[np.ndarray]:
     """The two rectangles of gym-pusht's ``add_tee`` (bar, stem) in body coordinates."""
-    bar = np.array([(-length * scale / 2, scale), (length * scale / 2, scale),
-                    (length * scale / 2, 0.0), (-length * scale / 2, 0.0)])
-    stem = np.array([(-scale / 2, scale), (-scale / 2, length * scale),
-                     (scale / 2, length * scale), (scale / 2, scale)])
+    bar = np.array(
+        [
+            (-length * scale / 2, scale),
+            (length * scale / 2, scale),
+            (length * scale / 2, 0.0),
+            (-length * scale / 2, 0.0),
+        ]
+    )
+    stem = np.array(
+        [(-scale / 2, scale), (-scale / 2, length * scale), (scale / 2, length * scale), (scale / 2, scale)]
+    )
     return [bar, stem]
 
 
@@ -158,8 +167,18 @@ def tee_keypoints(pose) -> np.ndarray:
 def tee_outline(scale: float = T_SCALE, length: float = T_LENGTH) -> np.ndarray:
     """The T's outline (8 vertices, counter-clockwise) in body coordinates: bar ∪ stem."""
     a, b = length * scale / 2, scale / 2
-    return np.array([(-a, 0.0), (a, 0.0), (a, scale), (b, scale), (b, length * scale),
-                     (-b, length * scale), (-b, scale), (-a, scale)])
+    return np.array(
+        [
+            (-a, 0.0),
+            (a, 0.0),
+            (a, scale),
+            (b, scale),
+            (b, length * scale),
+            (-b, length * scale),
+            (-b, scale),
+            (-a, scale),
+        ]
+    )
 
 
 def tee_polygon(pose) -> Polygon:
@@ -220,12 +239,18 @@ def sample_initial_state(rng: np.random.Generator) -> np.ndarray:
 def gym_pusht_initial_state(seed: int) -> np.ndarray:
     """Exactly the initial state gym-pusht's ``reset(seed=seed)`` produces (legacy RNG)."""
     rs = np.random.RandomState(seed=seed)
-    s = [rs.randint(50, 450), rs.randint(50, 450), rs.randint(100, 400), rs.randint(100, 400),
-         rs.randn() * 2 * np.pi - np.pi]
+    s = [
+        rs.randint(50, 450),
+        rs.randint(50, 450),
+        rs.randint(100, 400),
+        rs.randint(100, 400),
+        rs.randn() * 2 * np.pi - np.pi,
+    ]
     return np.concatenate([np.array(s[:2], dtype=float), legacy_set_state_pose(s[2], s[3], s[4])])
 
 
 # ---- scene -----------------------------------------------------------------------------------
+
 
 def tee_body(name: str = BLOCK, pose=(256.0, 300.0, 0.0)) -> BodyCfg:
     """The T block: a free body of two boxes, body frame = gym-pusht's (mirrored in x)."""
@@ -240,8 +265,13 @@ def tee_body(name: str = BLOCK, pose=(256.0, 300.0, 0.0)) -> BodyCfg:
         mass=T_MASS,
         geoms=[
             box(f"{name}_bar", (T_LENGTH * s / 2, s / 2, hz), (0.0, s / 2, 0.0), rgba=T_RGBA, friction=T_FRICTION),
-            box(f"{name}_stem", (s / 2, (T_LENGTH - 1) * s / 2, hz), (0.0, s + (T_LENGTH - 1) * s / 2, 0.0),
-                rgba=T_RGBA, friction=T_FRICTION),
+            box(
+                f"{name}_stem",
+                (s / 2, (T_LENGTH - 1) * s / 2, hz),
+                (0.0, s + (T_LENGTH - 1) * s / 2, 0.0),
+                rgba=T_RGBA,
+                friction=T_FRICTION,
+            ),
         ],
     )
 
@@ -257,8 +287,13 @@ def goal_marker(name: str = GOAL, pose=GOAL_POSE) -> BodyCfg:
         pose=Pose(pos=tuple(pos), quat=yaw_quat(workspace_angle_to_yaw(float(pose[2])))),
         geoms=[
             box(f"{name}_bar", (T_LENGTH * s / 2, s / 2, t), (0.0, s / 2, 0.0012), rgba=GOAL_RGBA, collide=False),
-            box(f"{name}_stem", (s / 2, (T_LENGTH - 1) * s / 2, t), (0.0, s + (T_LENGTH - 1) * s / 2, 0.0012),
-                rgba=GOAL_RGBA, collide=False),
+            box(
+                f"{name}_stem",
+                (s / 2, (T_LENGTH - 1) * s / 2, t),
+                (0.0, s + (T_LENGTH - 1) * s / 2, 0.0012),
+                rgba=GOAL_RGBA,
+                collide=False,
+            ),
         ],
     )
 
@@ -268,16 +303,25 @@ def workspace_mat(name: str = "pusht_mat") -> BodyCfg:
     half = WORKSPACE_SIZE * UNIT / 2
     centre = workspace_to_world(np.array([256.0, 256.0]), z=0.0)
     edge = 0.003
-    geoms = [box(f"{name}_sheet", (half, half, 0.0003), (0.0, 0.0, 0.0003), rgba=(0.96, 0.96, 0.96, 1.0),
-                 collide=False)]
-    for i, (cx, cy, hx, hy) in enumerate([(half, 0, edge, half + edge), (-half, 0, edge, half + edge),
-                                          (0, half, half + edge, edge), (0, -half, half + edge, edge)]):
-        geoms.append(box(f"{name}_edge{i}", (hx, hy, 0.0004), (cx, cy, 0.0004), rgba=(0.25, 0.25, 0.28, 1.0),
-                         collide=False))
+    geoms = [
+        box(f"{name}_sheet", (half, half, 0.0003), (0.0, 0.0, 0.0003), rgba=(0.96, 0.96, 0.96, 1.0), collide=False)
+    ]
+    for i, (cx, cy, hx, hy) in enumerate(
+        [
+            (half, 0, edge, half + edge),
+            (-half, 0, edge, half + edge),
+            (0, half, half + edge, edge),
+            (0, -half, half + edge, edge),
+        ]
+    ):
+        geoms.append(
+            box(f"{name}_edge{i}", (hx, hy, 0.0004), (cx, cy, 0.0004), rgba=(0.25, 0.25, 0.28, 1.0), collide=False)
+        )
     return BodyCfg(name=name, kind="fixture", pose=Pose(pos=tuple(centre)), geoms=geoms)
 
 
 # ---- the task --------------------------------------------------------------------------------
+
 
 @dataclass
 class AgentState:
@@ -301,9 +345,11 @@ def agent_pd_step(pos: np.ndarray, vel: np.ndarray, target: np.ndarray) -> tuple
 
 def _pd_coefficients() -> tuple[float, float, float, float, float, float]:
     """Per-axis linear map of one PD control step: p1 = a_p p + a_v v + a_t T (same for v1)."""
-    (p1, v1), (p2, v2), (p3, v3) = (agent_pd_step(np.array([1.0]), np.array([0.0]), np.array([0.0])),
-                                    agent_pd_step(np.array([0.0]), np.array([1.0]), np.array([0.0])),
-                                    agent_pd_step(np.array([0.0]), np.array([0.0]), np.array([1.0])))
+    (p1, v1), (p2, v2), (p3, v3) = (
+        agent_pd_step(np.array([1.0]), np.array([0.0]), np.array([0.0])),
+        agent_pd_step(np.array([0.0]), np.array([1.0]), np.array([0.0])),
+        agent_pd_step(np.array([0.0]), np.array([0.0]), np.array([1.0])),
+    )
     return float(p1[0]), float(p2[0]), float(p3[0]), float(v1[0]), float(v2[0]), float(v3[0])
 
 
@@ -359,17 +405,23 @@ class PushT(Task):
         half = WORKSPACE_SIZE * UNIT / 2
         centre = workspace_to_world(np.array([256.0, 256.0]), z=0.03)
         scene.sites.append(SiteCfg(name=WORKSPACE_SITE, pos=tuple(centre), half_extents=(half, half, 0.03)))
-        return TaskCfg(scene=scene, actions=ActionCfg(mode="pusht_xy"),
-                       terminations=TerminationCfg(max_steps=300), control_dt=0.1,
-                       object_xy_range=0.0, object_yaw_range=0.0)
+        return TaskCfg(
+            scene=scene,
+            actions=ActionCfg(mode="pusht_xy"),
+            terminations=TerminationCfg(max_steps=300),
+            control_dt=0.1,
+            object_xy_range=0.0,
+            object_yaw_range=0.0,
+        )
 
     # ---- robot placement ---------------------------------------------------------------------
     def _ik(self, sim: TwinSim, xy: np.ndarray, iters: int = 60) -> np.ndarray:
         key = id(sim.model)
         seed = self._q_seed.get(key)
         if seed is None:
-            seed = sim.ik.solve(workspace_to_world(np.array([256.0, 256.0])), DOWN,
-                                np.array(sim.scene.robot.home_qpos), iters=300)
+            seed = sim.ik.solve(
+                workspace_to_world(np.array([256.0, 256.0])), DOWN, np.array(sim.scene.robot.home_qpos), iters=300
+            )
             self._q_seed[key] = seed
         q = sim.ik.solve(workspace_to_world(xy), DOWN, seed, iters=iters)
         return sim.ik.solve(workspace_to_world(xy), DOWN, q, iters=iters)
@@ -465,7 +517,7 @@ class PushT(Task):
     def info(self, sim: TwinSim) -> dict[str, float]:
         return {"coverage": self.coverage(sim)}
 
-    def expert(self, noise: float = 0.0, rng: np.random.Generator | None = None) -> "PushTExpert":
+    def expert(self, noise: float = 0.0, rng: np.random.Generator | None = None) -> PushTExpert:
         return PushTExpert(self, noise=noise, rng=rng)
 
 
@@ -484,8 +536,12 @@ def pusher_box(xy, margin: float = 0.0, half=PUSHER_HALF) -> Polygon:
 
 # ---- the scripted expert ---------------------------------------------------------------------
 
-_PRIMITIVES = {int(mujoco.mjtGeom.mjGEOM_BOX), int(mujoco.mjtGeom.mjGEOM_SPHERE),
-               int(mujoco.mjtGeom.mjGEOM_CAPSULE), int(mujoco.mjtGeom.mjGEOM_CYLINDER)}
+_PRIMITIVES = {
+    int(mujoco.mjtGeom.mjGEOM_BOX),
+    int(mujoco.mjtGeom.mjGEOM_SPHERE),
+    int(mujoco.mjtGeom.mjGEOM_CAPSULE),
+    int(mujoco.mjtGeom.mjGEOM_CYLINDER),
+}
 
 
 def _half_extents(m: mujoco.MjModel, g: int) -> np.ndarray:
@@ -535,8 +591,9 @@ class PushModel:
         spec.option.gravity = list(m.opt.gravity)
         table = m.geom("table_top").id
         table_z = float(d.geom_xpos[table][2] + m.geom_size[table][2])
-        plane = spec.worldbody.add_geom(type=mujoco.mjtGeom.mjGEOM_PLANE, size=[3.0, 3.0, 0.05],
-                                        pos=[0.5, 0.0, table_z])
+        plane = spec.worldbody.add_geom(
+            type=mujoco.mjtGeom.mjGEOM_PLANE, size=[3.0, 3.0, 0.05], pos=[0.5, 0.0, table_z]
+        )
         self._copy_contact(plane, m, table)
         bid = m.body(BLOCK).id
         blk = spec.worldbody.add_body(name="block")
@@ -553,8 +610,9 @@ class PushModel:
             if m.geom_bodyid[g] != bid or (m.geom_contype[g] == 0 and m.geom_conaffinity[g] == 0):
                 continue
             self.parts.append(_footprint(m, g))
-            geom = blk.add_geom(type=int(m.geom_type[g]), size=list(m.geom_size[g]), pos=list(m.geom_pos[g]),
-                                quat=list(m.geom_quat[g]))
+            geom = blk.add_geom(
+                type=int(m.geom_type[g]), size=list(m.geom_size[g]), pos=list(m.geom_pos[g]), quat=list(m.geom_quat[g])
+            )
             geom.mass = 0.0
             self._copy_contact(geom, m, g)
         # Pusher: the hand subtree's primitive collision geoms around the TCP, on two slide
@@ -565,7 +623,7 @@ class PushModel:
         pusher.mass = self.PUSHER_MASS
         pusher.inertia = [0.01, 0.01, 0.01]
         for axis, name in (([1.0, 0.0, 0.0], "px"), ([0.0, 1.0, 0.0], "py")):
-            j = pusher.add_joint(name=name, type=mujoco.mjtJoint.mjJNT_SLIDE, axis=axis)
+            pusher.add_joint(name=name, type=mujoco.mjtJoint.mjJNT_SLIDE, axis=axis)
             a = spec.add_actuator(name=name, target=name, trntype=mujoco.mjtTrn.mjTRN_JOINT)
             a.gaintype = mujoco.mjtGain.mjGAIN_FIXED
             a.biastype = mujoco.mjtBias.mjBIAS_AFFINE
@@ -588,13 +646,15 @@ class PushModel:
             ext = np.abs(d.geom_xmat[g].reshape(3, 3)) @ _half_extents(m, g)
             lo_xy = np.minimum(lo_xy, rel[:2] - ext[:2])
             hi_xy = np.maximum(hi_xy, rel[:2] + ext[:2])
-            geom = pusher.add_geom(type=int(m.geom_type[g]), size=list(m.geom_size[g]),
-                                   pos=[rel[0], rel[1], rel[2]], quat=list(q))
+            geom = pusher.add_geom(
+                type=int(m.geom_type[g]), size=list(m.geom_size[g]), pos=[rel[0], rel[1], rel[2]], quat=list(q)
+            )
             geom.mass = 0.0
             self._copy_contact(geom, m, g)
         #: half extents of the pusher's footprint in workspace units (x, y), around the TCP
-        self.pusher_half = (np.maximum(np.abs(lo_xy), np.abs(hi_xy))[::-1] / UNIT
-                            if np.isfinite(lo_xy).all() else PUSHER_HALF.copy())
+        self.pusher_half = (
+            np.maximum(np.abs(lo_xy), np.abs(hi_xy))[::-1] / UNIT if np.isfinite(lo_xy).all() else PUSHER_HALF.copy()
+        )
         self.model = spec.compile()
         self.datas = [mujoco.MjData(self.model) for _ in range(2)]
         self.block_qadr = int(self.model.jnt_qposadr[self.model.joint(0).id])
@@ -620,19 +680,25 @@ class PushModel:
 
         d = self.datas[0]
         mujoco.mj_resetData(self.model, d)
-        d.qpos[self.block_qadr:self.block_qadr + 7] = block_qpos
+        d.qpos[self.block_qadr : self.block_qadr + 7] = block_qpos
         state0 = np.zeros(self.nstate)
         mujoco.mj_getState(self.model, d, state0, mujoco.mjtState.mjSTATE_FULLPHYSICS)
         init = np.tile(state0, (paths.shape[0], 1))
-        init[:, 1 + self.pusher_qadr:1 + self.pusher_qadr + 2] = paths[:, 0]
+        init[:, 1 + self.pusher_qadr : 1 + self.pusher_qadr + 2] = paths[:, 0]
         # servo targets lead the path by the servo's velocity lag kv / kp
         vel = np.diff(paths, axis=1, prepend=paths[:, :1]) / self.dt
         ctrl = paths + vel * (self.PUSHER_KV / self.PUSHER_KP)
         # zero solver warm-start for every rollout: results do not depend on thread scheduling
-        state, _ = mjr.rollout(self.model, self.datas, init, ctrl, control_spec=mujoco.mjtState.mjSTATE_CTRL,
-                               initial_warmstart=np.zeros((paths.shape[0], self.model.nv)))
+        state, _ = mjr.rollout(
+            self.model,
+            self.datas,
+            init,
+            ctrl,
+            control_spec=mujoco.mjtState.mjSTATE_CTRL,
+            initial_warmstart=np.zeros((paths.shape[0], self.model.nv)),
+        )
         q0 = 1 + self.block_qadr
-        return state[:, :, q0:q0 + 7]
+        return state[:, :, q0 : q0 + 7]
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
@@ -678,8 +744,9 @@ def _outline(parts: list[np.ndarray], pose) -> Polygon:
     return shapely.geometry.polygon.orient(shapely.Polygon(poly.exterior), 1.0)
 
 
-def _c_obstacle(pose, clearance: float, parts: list[np.ndarray] | None = None,
-                half: np.ndarray = PUSHER_HALF) -> Polygon:
+def _c_obstacle(
+    pose, clearance: float, parts: list[np.ndarray] | None = None, half: np.ndarray = PUSHER_HALF
+) -> Polygon:
     """Pusher-centre positions where the pusher box would touch the block (+ clearance)."""
     hx, hy = np.asarray(half) + clearance
     box_pts = np.array([(-hx, -hy), (hx, -hy), (hx, hy), (-hx, hy)])
@@ -690,8 +757,9 @@ def _c_obstacle(pose, clearance: float, parts: list[np.ndarray] | None = None,
     return unary_union(hulls)
 
 
-def plan_transit(start: np.ndarray, goal: np.ndarray, obstacle: Polygon,
-                 lo: float = 0.0, hi: float = WORKSPACE_SIZE) -> list[np.ndarray] | None:
+def plan_transit(
+    start: np.ndarray, goal: np.ndarray, obstacle: Polygon, lo: float = 0.0, hi: float = WORKSPACE_SIZE
+) -> list[np.ndarray] | None:
     """Shortest polyline from start to goal around ``obstacle`` (visibility graph over its
     outward-offset vertices), staying inside [lo, hi]^2; None if there is none."""
     from shapely.prepared import prep
@@ -869,8 +937,9 @@ class PushTExpert:
         half = self.model.pusher_half if self.model is not None else PUSHER_HALF
         return _c_obstacle(pose, clearance, self.parts, half)
 
-    def candidates(self, pose: np.ndarray, directions=None, spacing: float | None = None
-                   ) -> list[tuple[np.ndarray, np.ndarray]]:
+    def candidates(
+        self, pose: np.ndarray, directions=None, spacing: float | None = None
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
         """(start, direction) of candidate pushes for a block pose: the pusher comes from far
         along ``direction`` towards a point of the T's outline; ``start`` is ``GAP`` units
         before its first contact with the T."""
@@ -888,7 +957,7 @@ class PushTExpert:
             n_pts = max(1, int(round(length / (spacing or self.point_spacing))))
             for i in range(n_pts):
                 c = a + edge * ((i + 0.5) / n_pts)
-                for ang in (directions or self.directions_deg):
+                for ang in directions or self.directions_deg:
                     d = _rot2(math.radians(ang)) @ (-normal)
                     far = c - d * 400.0
                     hit = LineString([far, c]).intersection(cobs)
@@ -899,8 +968,11 @@ class PushTExpert:
                         for q in np.asarray(g.coords):
                             dist = min(dist, float(np.dot(q - far, d)))
                     start = far + d * (dist - self.GAP)
-                    key = (int(round(start[0] / 3)), int(round(start[1] / 3)), int(round(math.degrees(
-                        math.atan2(d[1], d[0])) / 10)))
+                    key = (
+                        int(round(start[0] / 3)),
+                        int(round(start[1] / 3)),
+                        int(round(math.degrees(math.atan2(d[1], d[0])) / 10)),
+                    )
                     if key in seen:
                         continue
                     seen.add(key)
@@ -914,7 +986,7 @@ class PushTExpert:
         st = self.task.agent_state(sim)
         pos = st.pos.copy()
         adr = sim._free_adr[BLOCK]
-        qpos = sim.data.qpos[adr:adr + 7].copy()
+        qpos = sim.data.qpos[adr : adr + 7].copy()
         pose = block_pose_from_qpos(qpos)
         best = self._search(qpos, pose, pos, self.directions_deg, self.point_spacing)
         if best is None:  # nothing helps: look harder (more directions, denser contacts)

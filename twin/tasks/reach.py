@@ -32,8 +32,13 @@ class Reach(Task):
     @classmethod
     def default_cfg(cls) -> TaskCfg:
         base = MugToSink.default_cfg()
-        return TaskCfg(scene=base.scene, actions=ActionCfg(mode="discrete"),
-                       terminations=TerminationCfg(max_steps=25), object_xy_range=0.10, object_yaw_range=0.3)
+        return TaskCfg(
+            scene=base.scene,
+            actions=ActionCfg(mode="discrete"),
+            terminations=TerminationCfg(max_steps=25),
+            object_xy_range=0.10,
+            object_yaw_range=0.3,
+        )
 
     def reset(self, sim: TwinSim, rng: np.random.Generator) -> None:
         sim.reset_robot()
@@ -60,7 +65,7 @@ class Reach(Task):
         success = d < RADIUS
         return success, 1.0 if success else 1.0 - math.tanh(5.0 * d), {"hover_distance": d}
 
-    def expert(self, noise: float = 0.0, rng: np.random.Generator | None = None) -> "ReachExpert":
+    def expert(self, noise: float = 0.0, rng: np.random.Generator | None = None) -> ReachExpert:
         return ReachExpert(noise=noise, rng=rng)
 
 

@@ -19,8 +19,11 @@ import typer
 
 from twinrank.output import console, fail, print_table, styled
 
-live_app = typer.Typer(help="Live twin over ROS 2: node graph, launch arguments, run, ament registration.",
-                       no_args_is_help=True, rich_markup_mode=None)
+live_app = typer.Typer(
+    help="Live twin over ROS 2: node graph, launch arguments, run, ament registration.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
 
 
 def _nodes(assignments: list[str]):
@@ -34,8 +37,10 @@ def _nodes(assignments: list[str]):
 
 
 @live_app.command("graph")
-def graph(assignments: list[str] = typer.Argument(None, help="Launch arguments as name:=value."),
-          as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+def graph(
+    assignments: list[str] = typer.Argument(None, help="Launch arguments as name:=value."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
     """The nodes the launch arguments start (same as ros2 launch twin live.launch.py)."""
     nodes = _nodes(assignments)
     if as_json:
@@ -54,15 +59,20 @@ README_FILES = ("ros_ws/README.md", "launch/README.md")
 
 
 @live_app.command("args")
-def args(markdown: bool = typer.Option(False, "--markdown", help="Markdown tables (launch arguments and "
-                                                                  "node parameters)."),
-         write_readmes: bool = typer.Option(False, "--write-readmes", help="Regenerate the tables in "
-                                                                          + " and ".join(README_FILES) + ".")
-         ) -> None:
+def args(
+    markdown: bool = typer.Option(False, "--markdown", help="Markdown tables (launch arguments and node parameters)."),
+    write_readmes: bool = typer.Option(
+        False, "--write-readmes", help="Regenerate the tables in " + " and ".join(README_FILES) + "."
+    ),
+) -> None:
     """Every launch argument of live.launch.py with its default and description."""
     from twin.live.ament import REPO
-    from twin.live.graph import LAUNCH_ARGUMENTS, launch_arguments_markdown, node_parameters_markdown
-    from twin.live.graph import render_generated_blocks
+    from twin.live.graph import (
+        LAUNCH_ARGUMENTS,
+        launch_arguments_markdown,
+        node_parameters_markdown,
+        render_generated_blocks,
+    )
 
     if write_readmes:
         for rel in README_FILES:
@@ -78,14 +88,19 @@ def args(markdown: bool = typer.Option(False, "--markdown", help="Markdown table
         print()
         print(node_parameters_markdown())
         return
-    print_table("ros2 launch twin live.launch.py <name>:=<value>", ("argument", "default", "description"),
-                [(a.name, a.default or "(empty)", a.description) for a in LAUNCH_ARGUMENTS])
+    print_table(
+        "ros2 launch twin live.launch.py <name>:=<value>",
+        ("argument", "default", "description"),
+        [(a.name, a.default or "(empty)", a.description) for a in LAUNCH_ARGUMENTS],
+    )
 
 
 @live_app.command("run")
-def run(assignments: list[str] = typer.Argument(None, help="Launch arguments as name:=value."),
-        mode: str = typer.Option("process", help="process: one process per node; thread: all in this one."),
-        dry_run: bool = typer.Option(False, "--dry-run", help="Print the node commands and exit.")) -> None:
+def run(
+    assignments: list[str] = typer.Argument(None, help="Launch arguments as name:=value."),
+    mode: str = typer.Option("process", help="process: one process per node; thread: all in this one."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the node commands and exit."),
+) -> None:
     """Run the live graph with plain rclpy (needs the ros extra: pip install -e '.[ros]')."""
     from twin.live.runner import main as run_main
 
@@ -94,11 +109,13 @@ def run(assignments: list[str] = typer.Argument(None, help="Launch arguments as 
 
 
 @live_app.command("bench")
-def bench(rate: float = typer.Option(1000.0, help="/joint_states publish rate (Hz)."),
-          seconds: float = typer.Option(60.0, help="Duration."),
-          sync_rate: float = typer.Option(100.0, help="twin_sync sync_rate_hz."),
-          record: bool = typer.Option(True, "--record/--no-record", help="Also run the recorder."),
-          json_out: Path = typer.Option(None, "--json", help="Also write the result here.")) -> None:
+def bench(
+    rate: float = typer.Option(1000.0, help="/joint_states publish rate (Hz)."),
+    seconds: float = typer.Option(60.0, help="Duration."),
+    sync_rate: float = typer.Option(100.0, help="twin_sync sync_rate_hz."),
+    record: bool = typer.Option(True, "--record/--no-record", help="Also run the recorder."),
+    json_out: Path = typer.Option(None, "--json", help="Also write the result here."),
+) -> None:
     """twin_sync benchmark: publish -> twin latency p50/p99, update rate, CPU per node (not a test)."""
     from twin.live.bench import main as bench_main
 
@@ -109,9 +126,11 @@ def bench(rate: float = typer.Option(1000.0, help="/joint_states publish rate (H
 
 
 @live_app.command("install-ament")
-def install_ament(prefix: Path = typer.Option(None, help="Install prefix (default: this Python's, sys.prefix)."),
-                  symlink: bool = typer.Option(False, "--symlink", help="Link to the repository's files."),
-                  check: bool = typer.Option(False, "--check", help="Only check the registration.")) -> None:
+def install_ament(
+    prefix: Path = typer.Option(None, help="Install prefix (default: this Python's, sys.prefix)."),
+    symlink: bool = typer.Option(False, "--symlink", help="Link to the repository's files."),
+    check: bool = typer.Option(False, "--check", help="Only check the registration."),
+) -> None:
     """Register the ROS 2 package 'twin' (ament index marker, package.xml, launch file, lib/twin/ executables)."""
     from twin.live.ament import check_ament
     from twin.live.ament import install_ament as do_install

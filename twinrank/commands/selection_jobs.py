@@ -18,8 +18,11 @@ import typer
 from twinrank import output
 from twinrank.output import ExitCode, console, fail, styled
 
-proxy_app = typer.Typer(help="The proxy-real domain: a shifted twin standing in for the real cell (never real "
-                             "robot data).", no_args_is_help=True, rich_markup_mode=None)
+proxy_app = typer.Typer(
+    help="The proxy-real domain: a shifted twin standing in for the real cell (never real robot data).",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
 
 EXIT_BAD_INPUT = int(ExitCode.BAD_INPUT)
 EXIT_LOCKED = int(ExitCode.LOCKED)
@@ -41,8 +44,10 @@ def _resolve_checkpoints(refs: list[str], cache_dir: Path, tracking_uri: str | N
                 fail(str(exc))
             found.append(found_checkpoint(path, r, f"{info['registered_model']}/{info['model_version']}"))
         elif not Path(r).exists():
-            fail(f"checkpoint {r} does not exist; give checkpoint folders (with manifest.json), folders of them, "
-                  f"or models:/NAME/VERSION")
+            fail(
+                f"checkpoint {r} does not exist; give checkpoint folders (with manifest.json), folders of them, "
+                f"or models:/NAME/VERSION"
+            )
         else:
             found.append(found_checkpoint(r, "path"))
     by_id: dict[str, Any] = {}
@@ -64,8 +69,9 @@ def _fmt(v: Any, spec: str = ".3f") -> str:
 def _print_ranking(ranking: Any, title: str, top: int | None = None) -> None:
     from selection.report import TABLE_COLUMNS, table_rows
 
-    output.print_table(title, TABLE_COLUMNS, table_rows(ranking, top),
-                       right=("rank", "score", "sim nominal", "sim perturbed", "OOD"))
+    output.print_table(
+        title, TABLE_COLUMNS, table_rows(ranking, top), right=("rank", "score", "sim nominal", "sim perturbed", "OOD")
+    )
 
 
 def _print_promotion(status: str, promotion: Any, header: bool = True) -> None:
@@ -93,29 +99,38 @@ def _ranking_exit_code(res: Any) -> ExitCode:
 
 
 # ---- twinrank rank --------------------------------------------------------------------------------------------
-def rank(checkpoints: list[str] = typer.Argument(..., help="Checkpoint dirs, folders of them, or models:/name/version "
-                                                            "or models:/name@alias URIs."),
-         spec: str = typer.Option("default", help="Evaluation spec: a YAML path or a built-in name."),
-         real_logs: list[Path] = typer.Option(..., "--real-logs", help="Real-data logs: rosbag2 bags or folders of "
-                                                                       "bags (repeat the option)."),
-         rule: str = typer.Option(None, help="Ranking rule (default: chosen from --validations, else vsdr)."),
-         validations: Path = typer.Option(None, help="Folder of past validations (JSON) to choose the rule from."),
-         out: Path = typer.Option(None, help="Output folder (default outputs/rank/<spec>-<digest>); re-running with "
-                                             "the same folder reuses finished episodes."),
-         tracking_uri: str = typer.Option(None, help="MLflow tracking URI (default: ./mlflow.db)."),
-         promote: bool = typer.Option(True, "--promote/--no-promote", help="Set the champion/challenger aliases."),
-         workers: int = typer.Option(None, min=1, help="Worker processes (default: one per core)."),
-         executor: str = typer.Option("local", help="local | inline | ray"),
-         ood_episodes: int = typer.Option(10, min=1, help="Sim episodes per condition of each OOD reference."),
-         top: int = typer.Option(20, min=1, help="Rows of the printed table and the report.")) -> None:
+def rank(
+    checkpoints: list[str] = typer.Argument(
+        ..., help="Checkpoint dirs, folders of them, or models:/name/version or models:/name@alias URIs."
+    ),
+    spec: str = typer.Option("default", help="Evaluation spec: a YAML path or a built-in name."),
+    real_logs: list[Path] = typer.Option(
+        ..., "--real-logs", help="Real-data logs: rosbag2 bags or folders of bags (repeat the option)."
+    ),
+    rule: str = typer.Option(None, help="Ranking rule (default: chosen from --validations, else vsdr)."),
+    validations: Path = typer.Option(None, help="Folder of past validations (JSON) to choose the rule from."),
+    out: Path = typer.Option(
+        None,
+        help="Output folder (default outputs/rank/<spec>-<digest>); re-running with "
+        "the same folder reuses finished episodes.",
+    ),
+    tracking_uri: str = typer.Option(None, help="MLflow tracking URI (default: ./mlflow.db)."),
+    promote: bool = typer.Option(True, "--promote/--no-promote", help="Set the champion/challenger aliases."),
+    workers: int = typer.Option(None, min=1, help="Worker processes (default: one per core)."),
+    executor: str = typer.Option("local", help="local | inline | ray"),
+    ood_episodes: int = typer.Option(
+        10, min=1, help="Episodes per condition (nominal, combined) of the campaign recorded as each OOD reference."
+    ),
+    top: int = typer.Option(20, min=1, help="Rows of the printed table and the report."),
+) -> None:
     """Rank checkpoints by twin success and OOD on real logs; promote champion/challenger; write a report."""
     from evaluator.results import ResultStoreError
     from evaluator.spec import EvalSpecError, load_spec
+    from policies import tracking
     from selection.job import OODSettings, rank_checkpoints
     from selection.nightly import NightlyConfigError, resolve_real_logs
     from selection.ranking import RULES, RankingError
     from selection.report import log_report, report_from_rank, write_report
-    from policies import tracking
 
     try:
         espec = load_spec(spec)
@@ -136,23 +151,44 @@ def rank(checkpoints: list[str] = typer.Argument(..., help="Checkpoint dirs, fol
     console.print(f"ranking {len(found)} checkpoint(s) on spec {espec.name!r} with {len(bags)} real-data log(s)")
     try:
         with output.eval_progress() as (on_event, on_log):
-            res = rank_checkpoints([f.ref() for f in found], espec, bags, out, rule=rule, validations_dir=validations,
-                                   tracking_uri=tracking_uri, promote=promote, executor=executor, workers=workers,
-                                   ood=OODSettings(reference_episodes=ood_episodes), progress=on_event, log=on_log,
-                                   extra_columns=extra)
+            res = rank_checkpoints(
+                [f.ref() for f in found],
+                espec,
+                bags,
+                out,
+                rule=rule,
+                validations_dir=validations,
+                tracking_uri=tracking_uri,
+                promote=promote,
+                executor=executor,
+                workers=workers,
+                ood=OODSettings(reference_episodes=ood_episodes),
+                progress=on_event,
+                log=on_log,
+                extra_columns=extra,
+            )
     except KeyboardInterrupt:
         console.print(f"interrupted; finished episodes are kept in {out} — rerun the same command to resume")
         raise typer.Exit(code=ExitCode.INTERRUPTED)
     except (ResultStoreError, RankingError, ValueError) as exc:
         fail(str(exc))
     _print_ranking(res.ranking, f"Ranking by rule {res.rule!r} ({res.rule_reason})", top)
-    status = ("promoted" if res.promotion is not None else "not promoted (see warnings)") if promote else \
-        "promotion off (--no-promote)"
+    status = (
+        ("promoted" if res.promotion is not None else "not promoted (see warnings)")
+        if promote
+        else "promotion off (--no-promote)"
+    )
     _print_promotion(status, res.promotion)
     _print_warnings(res.warnings)
-    rep = report_from_rank(res, title=f"Ranking of {len(found)} checkpoint(s) on spec {espec.name}",
-                           promotion_status=status, top_n=top, spec=espec.name, real_logs=[str(b) for b in bags],
-                           ui_command=tracking.ui_command(tracking_uri))
+    rep = report_from_rank(
+        res,
+        title=f"Ranking of {len(found)} checkpoint(s) on spec {espec.name}",
+        promotion_status=status,
+        top_n=top,
+        spec=espec.name,
+        real_logs=[str(b) for b in bags],
+        ui_command=tracking.ui_command(tracking_uri),
+    )
     files = write_report(rep, out)
     if res.run_id:
         log_report(files, res.run_id, tracking_uri)
@@ -169,8 +205,10 @@ def _config(config: Path | None, **overrides: Any) -> Any:
 
     try:
         cfg = NightlyConfig.from_yaml(config) if config is not None else NightlyConfig()
-        over = {k: ([str(p) for p in v] if isinstance(v, list) else str(v) if isinstance(v, Path) else v)
-                for k, v in overrides.items()}
+        over = {
+            k: ([str(p) for p in v] if isinstance(v, list) else str(v) if isinstance(v, Path) else v)
+            for k, v in overrides.items()
+        }
         cfg = cfg.with_overrides(**over)
         cfg.validate()
     except NightlyConfigError as exc:
@@ -181,27 +219,41 @@ def _config(config: Path | None, **overrides: Any) -> Any:
 _CONFIG_HELP = "Nightly config YAML (fields: see selection/README.md); options override it."
 
 
-def nightly(config: Path = typer.Argument(None, help=_CONFIG_HELP),
-            task: str = typer.Option(None, help="Task whose checkpoints are ranked."),
-            spec: str = typer.Option(None, help="Evaluation spec: a YAML path or a built-in name."),
-            registered_model: list[str] = typer.Option(None, help="Registered model: all its versions (repeatable)."),
-            experiment: list[str] = typer.Option(None, help="MLflow experiment: its runs' checkpoints (repeatable)."),
-            directory: list[Path] = typer.Option(None, help="Folder searched for checkpoints (repeatable)."),
-            real_logs: list[Path] = typer.Option(None, "--real-logs", help="Bag or folder of bags (repeatable)."),
-            state_dir: Path = typer.Option(None, help="Persistent state folder (campaign, caches, reports)."),
-            tracking_uri: str = typer.Option(None, help="MLflow tracking URI (default: ./mlflow.db)."),
-            rule: str = typer.Option(None, help="Ranking rule (default: chosen from validations, else vsdr)."),
-            validations: Path = typer.Option(None, help="Folder of past validations (JSON)."),
-            workers: int = typer.Option(None, min=1, help="Worker processes (default: one per core)."),
-            executor: str = typer.Option(None, help="local | inline | ray"),
-            promote: bool = typer.Option(None, "--promote/--no-promote", help="Set champion/challenger aliases.")
-            ) -> None:
+def nightly(
+    config: Path = typer.Argument(None, help=_CONFIG_HELP),
+    task: str = typer.Option(None, help="Task whose checkpoints are ranked."),
+    spec: str = typer.Option(None, help="Evaluation spec: a YAML path or a built-in name."),
+    registered_model: list[str] = typer.Option(None, help="Registered model: all its versions (repeatable)."),
+    experiment: list[str] = typer.Option(None, help="MLflow experiment: its runs' checkpoints (repeatable)."),
+    directory: list[Path] = typer.Option(None, help="Folder searched for checkpoints (repeatable)."),
+    real_logs: list[Path] = typer.Option(None, "--real-logs", help="Bag or folder of bags (repeatable)."),
+    state_dir: Path = typer.Option(None, help="Persistent state folder (campaign, caches, reports)."),
+    tracking_uri: str = typer.Option(None, help="MLflow tracking URI (default: ./mlflow.db)."),
+    rule: str = typer.Option(None, help="Ranking rule (default: chosen from validations, else vsdr)."),
+    validations: Path = typer.Option(None, help="Folder of past validations (JSON)."),
+    workers: int = typer.Option(None, min=1, help="Worker processes (default: one per core)."),
+    executor: str = typer.Option(None, help="local | inline | ray"),
+    promote: bool = typer.Option(None, "--promote/--no-promote", help="Set champion/challenger aliases."),
+) -> None:
     """One nightly run: discover checkpoints, evaluate the new ones, rank all, promote, report (cron calls this)."""
     from selection.nightly import NightlyConfigError, NightlyError, NightlyLockedError, run_nightly
 
-    cfg = _config(config, task=task, spec=spec, registered_model=registered_model, experiment=experiment,
-                  directory=directory, real_logs=real_logs, state_dir=state_dir, tracking_uri=tracking_uri, rule=rule,
-                  validations_dir=validations, workers=workers, executor=executor, promote=promote)
+    cfg = _config(
+        config,
+        task=task,
+        spec=spec,
+        registered_model=registered_model,
+        experiment=experiment,
+        directory=directory,
+        real_logs=real_logs,
+        state_dir=state_dir,
+        tracking_uri=tracking_uri,
+        rule=rule,
+        validations_dir=validations,
+        workers=workers,
+        executor=executor,
+        promote=promote,
+    )
     try:
         with output.eval_progress() as (on_event, on_log):
             res = run_nightly(cfg, progress=on_event, log=on_log)
@@ -215,8 +267,10 @@ def nightly(config: Path = typer.Argument(None, help=_CONFIG_HELP),
         console.print(f"interrupted; finished episodes are kept in {cfg.state_dir} — the next run resumes")
         raise typer.Exit(code=ExitCode.INTERRUPTED)
     _print_ranking(res.rank.ranking, f"Night {res.date}: rule {res.rank.rule!r} ({res.rank.rule_reason})", cfg.top_n)
-    console.print(f"{len(res.checkpoints)} checkpoint(s), {len(res.new)} new ({', '.join(res.new) or 'none'}); "
-                  f"{res.executed} episode(s) run, {res.skipped} reused")
+    console.print(
+        f"{len(res.checkpoints)} checkpoint(s), {len(res.new)} new ({', '.join(res.new) or 'none'}); "
+        f"{res.executed} episode(s) run, {res.skipped} reused"
+    )
     for what, why in res.failed:
         console.print(styled("failed", "red", f"{what}: {why}"))
     _print_promotion(res.promotion_status, res.promotion, header=False)  # the run's log said "promotion: ..."
@@ -230,25 +284,37 @@ def nightly(config: Path = typer.Argument(None, help=_CONFIG_HELP),
     output.exit_with(ExitCode.PARTIAL if res.failed else _ranking_exit_code(res.rank))
 
 
-def serve(config: Path = typer.Argument(None, help=_CONFIG_HELP),
-          cron: str = typer.Option("0 2 * * *", help="When to run: 5-field crontab 'minute hour day month weekday' "
-                                                     "(local time)."),
-          run_now: bool = typer.Option(False, "--run-now", help="Also run once right away."),
-          task: str = typer.Option(None, help="Task whose checkpoints are ranked."),
-          spec: str = typer.Option(None, help="Evaluation spec: a YAML path or a built-in name."),
-          registered_model: list[str] = typer.Option(None, help="Registered model (repeatable)."),
-          experiment: list[str] = typer.Option(None, help="MLflow experiment (repeatable)."),
-          directory: list[Path] = typer.Option(None, help="Folder searched for checkpoints (repeatable)."),
-          real_logs: list[Path] = typer.Option(None, "--real-logs", help="Bag or folder of bags (repeatable)."),
-          state_dir: Path = typer.Option(None, help="Persistent state folder."),
-          tracking_uri: str = typer.Option(None, help="MLflow tracking URI (default: ./mlflow.db).")) -> None:
+def serve(
+    config: Path = typer.Argument(None, help=_CONFIG_HELP),
+    cron: str = typer.Option(
+        "0 2 * * *", help="When to run: 5-field crontab 'minute hour day month weekday' (local time)."
+    ),
+    run_now: bool = typer.Option(False, "--run-now", help="Also run once right away."),
+    task: str = typer.Option(None, help="Task whose checkpoints are ranked."),
+    spec: str = typer.Option(None, help="Evaluation spec: a YAML path or a built-in name."),
+    registered_model: list[str] = typer.Option(None, help="Registered model (repeatable)."),
+    experiment: list[str] = typer.Option(None, help="MLflow experiment (repeatable)."),
+    directory: list[Path] = typer.Option(None, help="Folder searched for checkpoints (repeatable)."),
+    real_logs: list[Path] = typer.Option(None, "--real-logs", help="Bag or folder of bags (repeatable)."),
+    state_dir: Path = typer.Option(None, help="Persistent state folder."),
+    tracking_uri: str = typer.Option(None, help="MLflow tracking URI (default: ./mlflow.db)."),
+) -> None:
     """Run the nightly job in this process on a cron schedule (APScheduler); Ctrl-C stops."""
     from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED, EVENT_JOB_MISSED, EVENT_JOB_SUBMITTED
 
     from selection.nightly import NIGHTLY_JOB_ID, NightlyConfigError, make_scheduler
 
-    cfg = _config(config, task=task, spec=spec, registered_model=registered_model, experiment=experiment,
-                  directory=directory, real_logs=real_logs, state_dir=state_dir, tracking_uri=tracking_uri)
+    cfg = _config(
+        config,
+        task=task,
+        spec=spec,
+        registered_model=registered_model,
+        experiment=experiment,
+        directory=directory,
+        real_logs=real_logs,
+        state_dir=state_dir,
+        tracking_uri=tracking_uri,
+    )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("mlflow", "alembic", "apscheduler.executors.default"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -282,22 +348,29 @@ def serve(config: Path = typer.Argument(None, help=_CONFIG_HELP),
 
     def on_event(ev: Any) -> None:
         busy["running"] = False
-        what = {EVENT_JOB_EXECUTED: "finished", EVENT_JOB_ERROR: "failed (see the log above)",
-                EVENT_JOB_MISSED: "missed (the process was busy or asleep)"}.get(ev.code, "done")
+        what = {
+            EVENT_JOB_EXECUTED: "finished",
+            EVENT_JOB_ERROR: "failed (see the log above)",
+            EVENT_JOB_MISSED: "missed (the process was busy or asleep)",
+        }.get(ev.code, "done")
         console.print(f"nightly run {what}; next run at {next_run()}")
 
     sched.add_listener(on_submit, EVENT_JOB_SUBMITTED)
     sched.add_listener(on_event, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR | EVENT_JOB_MISSED)
     try:
         sched.start()
-        console.print(f"serving the nightly job (state {cfg.state_dir}) on cron {cron!r}, timezone {sched.timezone}; "
-                      f"{'running now, then ' if run_now else ''}next run at {next_run()}. Ctrl-C stops.")
+        console.print(
+            f"serving the nightly job (state {cfg.state_dir}) on cron {cron!r}, timezone {sched.timezone}; "
+            f"{'running now, then ' if run_now else ''}next run at {next_run()}. Ctrl-C stops."
+        )
         while sched.running:
             time.sleep(0.5)
     except (KeyboardInterrupt, SystemExit):
         if busy["running"]:
-            console.print("stopping: the nightly run in progress finishes first (Ctrl-C again aborts it; the next "
-                          "run resumes its finished episodes)")
+            console.print(
+                "stopping: the nightly run in progress finishes first (Ctrl-C again aborts it; the next "
+                "run resumes its finished episodes)"
+            )
         else:
             console.print("stopping")
         if sched.running:
@@ -307,11 +380,13 @@ def serve(config: Path = typer.Argument(None, help=_CONFIG_HELP),
 
 # ---- twinrank proxy-real --------------------------------------------------------------------------------------
 @proxy_app.command("record")
-def proxy_record(task: str = typer.Argument(..., help="Task name."),
-                 out_bag: Path = typer.Argument(..., help="Output rosbag2 bag folder (must not exist)."),
-                 episodes: int = typer.Option(None, min=1, help="Episodes (default: the domain's)."),
-                 operator: str = typer.Option("expert", help="'expert' (scripted demonstrator) or a checkpoint dir."),
-                 domain: Path = typer.Option(None, help="Proxy-real domain YAML (default: the built-in one).")) -> None:
+def proxy_record(
+    task: str = typer.Argument(..., help="Task name."),
+    out_bag: Path = typer.Argument(..., help="Output rosbag2 bag folder (must not exist)."),
+    episodes: int = typer.Option(None, min=1, help="Episodes (default: the domain's)."),
+    operator: str = typer.Option("expert", help="'expert' (scripted demonstrator) or a checkpoint dir."),
+    domain: Path = typer.Option(None, help="Proxy-real domain YAML (default: the built-in one)."),
+) -> None:
     """Write proxy-real logs of TASK (the twin under shifted conditions) in the real-data bag schema."""
     from selection.proxy_real import DOMAIN, ProxyRealDomain, ProxyRealError, record_logs
     from selection.realdata import RealDataError
@@ -324,19 +399,23 @@ def proxy_record(task: str = typer.Argument(..., help="Task name."),
     except (ProxyRealError, RealDataError, ValueError, KeyError, OSError) as exc:
         fail(str(exc))
     n = episodes or dom.episodes
-    console.print(f"{DOMAIN} logs (the shifted twin, not real robot data): {n} episode(s) of {task} by "
-                  f"{operator} -> {path} (domain {dom.source})")
+    console.print(
+        f"{DOMAIN} logs (the shifted twin, not real robot data): {n} episode(s) of {task} by "
+        f"{operator} -> {path} (domain {dom.source})"
+    )
 
 
 @proxy_app.command("truth")
-def proxy_truth(checkpoints: list[str] = typer.Argument(..., help="Checkpoint dirs, folders of them, models:/ URIs."),
-                task: str = typer.Option(..., help="Task name."),
-                out: Path = typer.Option(..., help="Output folder (proxy_real_outcomes.csv, campaign/)."),
-                episodes: int = typer.Option(None, min=1, help="Episodes per checkpoint (default: the domain's)."),
-                workers: int = typer.Option(None, min=1, help="Worker processes."),
-                executor: str = typer.Option("local", help="local | inline | ray"),
-                tracking_uri: str = typer.Option(None, help="MLflow tracking URI (for models:/ URIs)."),
-                domain: Path = typer.Option(None, help="Proxy-real domain YAML (default: the built-in one).")) -> None:
+def proxy_truth(
+    checkpoints: list[str] = typer.Argument(..., help="Checkpoint dirs, folders of them, models:/ URIs."),
+    task: str = typer.Option(..., help="Task name."),
+    out: Path = typer.Option(..., help="Output folder (proxy_real_outcomes.csv, campaign/)."),
+    episodes: int = typer.Option(None, min=1, help="Episodes per checkpoint (default: the domain's)."),
+    workers: int = typer.Option(None, min=1, help="Worker processes."),
+    executor: str = typer.Option("local", help="local | inline | ray"),
+    tracking_uri: str = typer.Option(None, help="MLflow tracking URI (for models:/ URIs)."),
+    domain: Path = typer.Option(None, help="Proxy-real domain YAML (default: the built-in one)."),
+) -> None:
     """Proxy-real success of checkpoints (the stand-in for a real-robot evaluation; validation only)."""
     from selection.proxy_real import DOMAIN, ProxyRealDomain, ProxyRealError, ground_truth
 
@@ -347,14 +426,23 @@ def proxy_truth(checkpoints: list[str] = typer.Argument(..., help="Checkpoint di
     found = _resolve_checkpoints(checkpoints, out / ".models", tracking_uri)
     try:
         with output.eval_progress() as (on_event, _log):
-            df = ground_truth([f.ref() for f in found], task, out, domain=dom, episodes=episodes, executor=executor,
-                              workers=workers, progress=on_event)
+            df = ground_truth(
+                [f.ref() for f in found],
+                task,
+                out,
+                domain=dom,
+                episodes=episodes,
+                executor=executor,
+                workers=workers,
+                progress=on_event,
+            )
     except (ProxyRealError, ValueError) as exc:
         fail(str(exc))
-    output.print_table(f"{DOMAIN} success of {task} checkpoints (shifted twin, not real robot data)",
-                       ("checkpoint", f"{DOMAIN} success", "episodes"),
-                       [(str(r["checkpoint"]), _fmt(r["real_success"], ".2f"), str(r["episodes"]))
-                        for _, r in df.iterrows()])
+    output.print_table(
+        f"{DOMAIN} success of {task} checkpoints (shifted twin, not real robot data)",
+        ("checkpoint", f"{DOMAIN} success", "episodes"),
+        [(str(r["checkpoint"]), _fmt(r["real_success"], ".2f"), str(r["episodes"])) for _, r in df.iterrows()],
+    )
     missing = [f.label for f in found if f.label not in set(df["checkpoint"])]
     if missing:
         output.warn(f"no {DOMAIN} outcome for {', '.join(missing)} (evaluation failed; see above)")

@@ -17,8 +17,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # the launch file lives at the repository root (launch/); setuptools wants paths relative to here
 LAUNCH = os.path.relpath(os.path.join(HERE, "..", "..", "..", "launch", "live.launch.py"), HERE)
 if not os.path.isfile(os.path.join(HERE, LAUNCH)):
-    raise SystemExit(f"twin: launch file {os.path.normpath(os.path.join(HERE, LAUNCH))} not found; build ros_ws "
-                     f"inside the twinrank repository checkout")
+    raise SystemExit(
+        f"twin: launch file {os.path.normpath(os.path.join(HERE, LAUNCH))} not found; build ros_ws "
+        f"inside the twinrank repository checkout"
+    )
 
 setup(
     name=PACKAGE,
