@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 import yaml
 
 from policies.bc import episodes_to_samples, train_bc
@@ -109,6 +110,7 @@ def run_training(
     from policies import tracking
 
     set_torch_threads("training")
+    torch.manual_seed(cfg.seed)  # the policy's initial weights: a config trains the same checkpoints every time
     out = Path(out_dir)
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
     cache = Path(cache_dir) if cache_dir else out.parent / ".cache"

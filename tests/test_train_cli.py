@@ -87,3 +87,29 @@ def test_registered_versions_are_mlflow_models_with_a_signature(trained):
     assert model.metadata.flavors["twinrank"]["checkpoint_format"] == "safetensors+manifest"
     actions = model.predict({"state": np.zeros((3, *shape[1:]), np.float32)})
     assert actions.shape == (3,) and actions.dtype.kind == "i"
+
+
+def test_a_config_trains_the_same_checkpoints_every_time(tmp_path):
+    """The policy's initial weights come from the config's seed (they came from torch's global
+    generator: the demo's checkpoints differed from run to run)."""
+    from safetensors.numpy import load_file
+
+    from policies.bc import BCConfig
+    from policies.train import DemoCfg, TrainConfig, run_training
+
+    cfg = TrainConfig(
+        algo="bc",
+        task="reach",
+        demos=DemoCfg(episodes=2, seed=1000),
+        bc=BCConfig(epochs=2),
+        checkpoint_every=2,
+        eval_episodes=0,
+        experiment="t",
+        model_name="reach-repro",
+    )
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    runs = [run_training(cfg, tmp_path / f"run{i}", tracking_uri=uri, cache_dir=tmp_path / "cache") for i in (0, 1)]
+    a, b = (load_file(str(r.checkpoints[-1].path / "model.safetensors")) for r in runs)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k
