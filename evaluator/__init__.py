@@ -22,6 +22,7 @@ from evaluator.executors import (
     default_workers,
     make_executor,
 )
+from evaluator.racing import RaceResult, RacingCfg, RacingError
 from evaluator.results import (
     CheckpointSummary,
     EpisodeResult,
@@ -44,6 +45,9 @@ from evaluator.spec import COMBINED, NOMINAL, EpisodeSpec, EvalSpec, EvalSpecErr
 from evaluator.worker import CheckpointRef, WorkUnit
 
 __all__ = [
+    "RaceResult",
+    "RacingCfg",
+    "RacingError",
     "COMBINED",
     "NOMINAL",
     "CampaignResult",

@@ -341,6 +341,9 @@ class CheckpointSummary:
     #: wall-clock span (epoch seconds) of the work units that evaluated this checkpoint
     started_at: float | None = None
     finished_at: float | None = None
+    #: how sure the ranking is (evaluator.decision.decide_campaign): p_best, rank (ties share
+    #: one), leader, indistinguishable (interval overlaps the leader's), n, method
+    decision: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -350,7 +353,7 @@ class CheckpointSummary:
         groups charts (sections in ASCII order, so the capitalised groups come first):
         ``Overall/success`` (the headline: success over all conditions) with ``Overall/ci_low``,
         ``Overall/ci_high`` (Wilson 95 %), ``Overall/episodes``, ``Overall/return``,
-        ``Overall/length``; ``Success/<condition>`` per condition with ``ci_low/<condition>``,
+        ``Overall/length``, ``Overall/p_best`` (evaluator.decision); ``Success/<condition>`` per condition with ``ci_low/<condition>``,
         ``ci_high/<condition>`` and ``return/<condition>``; per factor
         ``paired_drop/<condition>`` with ``paired_drop_ci_low/…`` and ``paired_drop_ci_high/…``."""
         out: dict[str, float] = {}
@@ -365,6 +368,8 @@ class CheckpointSummary:
         ):
             if o.get("n") and o.get(k) is not None:
                 out[f"Overall/{name}"] = float(o[k])
+        if self.decision.get("p_best") is not None:
+            out["Overall/p_best"] = float(self.decision["p_best"])
         for c, s in self.per_condition.items():
             if not s.get("n"):
                 continue
@@ -477,6 +482,9 @@ def write_eval_info(
                     "ci_low": s.overall["ci_low"],
                     "ci_high": s.overall["ci_high"],
                     "nominal_success_rate": s.per_condition.get(NOMINAL, {}).get("success_rate"),
+                    "rank": s.decision.get("rank"),
+                    "p_best": s.decision.get("p_best"),
+                    "indistinguishable_from_leader": s.decision.get("indistinguishable"),
                 }
                 for s in ranked
             ],

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from evaluator.executors import Executor, make_executor
+from evaluator.racing import Race, RaceResult, RacingCfg
 from evaluator.results import (
     EVAL_INFO_FILE,
     CheckpointSummary,
@@ -212,7 +213,8 @@ class ProgressEvent:
     """Passed to ``evaluate(progress=...)``. ``kind``: ``start`` (``total`` episodes to run,
     ``skipped`` already done), ``episode`` (``episode`` set), ``checkpoint_failed``,
     ``worker_lost``, ``videos`` (``total`` videos to record), ``video`` (one written),
-    ``finished``."""
+    ``eliminated`` and ``race_done`` (adaptive mode: ``message`` says why), ``round``
+    (adaptive mode: the new ``total`` after a round), ``finished``."""
 
     kind: str
     done: int = 0
@@ -262,10 +264,17 @@ class CampaignResult:
     finished_at: float | None = None
     #: task -> the (condition, seed) episodes whose observations were recorded (``record=``)
     record_episodes: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
+    #: task -> its race, when the campaign ran in adaptive mode
+    races: dict[str, RaceResult] = field(default_factory=dict)
 
     @property
     def physics_share(self) -> float | None:
         return _physics_share(self.physics_s, self.worker_unit_s)
+
+    @property
+    def racing(self) -> dict[str, dict[str, Any]]:
+        """task -> its race as written to ``eval_info.json`` (empty for a fixed campaign)."""
+        return {t: r.to_dict() for t, r in self.races.items()}
 
     def summary(self, key: str) -> CheckpointSummary:
         """A checkpoint's summary by id, label or path."""
@@ -328,6 +337,8 @@ def evaluate(
     plots: bool = True,
     device: str = "cpu",
     record: RecordRequest | None = None,
+    adaptive: RacingCfg | None = None,
+    round_episodes: int | None = None,
 ) -> CampaignResult:
     """Evaluate ``checkpoints`` (directories, :class:`CheckpointRef` or in-memory policies)
     on ``spec`` (an :class:`EvalSpec`, a spec YAML path or a built-in spec name); results in
@@ -336,8 +347,15 @@ def evaluate(
     open for reuse. ``videos``: override ``spec.video.enabled``. ``device``: where workers
     run policy inference (``"cpu"``, ``"cuda:0"``...; results are reproducible per device).
 
+    ``adaptive``: race the checkpoints of each task (:mod:`evaluator.racing`) instead of running
+    every episode: rounds of ``round_episodes`` episodes per surviving checkpoint (default: two
+    work units) over the spec's episode list in a shuffled order that every checkpoint shares,
+    eliminating the ones confidently worse than another and stopping once the best is identified
+    within ``adaptive.epsilon``; ``result.races`` says who left when and why.
+
     Interrupting (Ctrl-C, an exception from ``progress``, a killed process) loses nothing
-    that finished: a later call with the same spec and ``out_dir`` runs only the rest.
+    that finished: a later call with the same spec and ``out_dir`` runs only the rest (an
+    adaptive campaign replays its rounds from the stored episodes and goes on).
     """
     from evaluator.spec import load_spec
 
@@ -345,6 +363,11 @@ def evaluate(
     if not isinstance(spec, EvalSpec):
         spec = load_spec(spec)
     spec.validate()
+    if adaptive is not None:
+        adaptive.validate()
+        round_episodes = int(round_episodes or 2 * spec.batch_size)
+        if round_episodes < 1:
+            raise ValueError(f"round_episodes = {round_episodes}: need at least one episode per round")
     out = Path(out_dir)
     emit = progress or (lambda ev: None)
     refs: list[CheckpointRef] = []
@@ -366,6 +389,7 @@ def evaluate(
         store.open()
         # ---- checkpoints --------------------------------------------------------------------
         units: list[WorkUnit] = []
+        racers: dict[str, list[CheckpointRef]] = {}  # adaptive: task -> its checkpoints
         episode_lists: dict[str, list[EpisodeSpec]] = {}
         record_lists: dict[str, list[tuple[str, int]]] = {}  # task -> recorded (condition, seed)
         skipped = 0
@@ -403,27 +427,24 @@ def evaluate(
                 except EvalSpecError as exc:
                     _fail(s, str(exc), emit)
                     continue
+                if adaptive is not None:
+                    episode_lists[task] = race_order(episode_lists[task], spec, task)
             eps = episode_lists[task]
             s.episodes_expected = len(eps)
             if record is not None:
-                record_lists[task] = record.episodes_for(eps)
-            wanted = set(record_lists.get(task, ()))
-            for k, chunk in enumerate(_chunks(eps, spec.batch_size)):
-                rec = [
-                    (e.condition, int(e.seed)) in wanted
-                    and not record_path(out, ref.checkpoint_id, e.condition, e.seed).is_file()
-                    for e in chunk
-                ]
-                run = [not store.has((ref.checkpoint_id, task, e.condition, e.seed)) or r for e, r in zip(chunk, rec)]
-                skipped += sum(1 for r in run if not r)
-                if any(run):
-                    unit = _unit(ref, task, k, chunk, run, spec, device=device)
-                    unit.record = tuple(i for i, r in enumerate(rec) if r)
-                    units.append(unit)
+                record_lists[task] = record.episodes_for(spec.episodes(task))
+            if adaptive is not None:
+                racers.setdefault(task, []).append(ref)
+                continue
+            new, n_skipped = _units_for(ref, task, eps, 0, spec, store, out, set(record_lists.get(task, ())), device)
+            units += new
+            skipped += n_skipped
 
         # ---- episodes -----------------------------------------------------------------------
         total = sum(len(u.pending_slots()) for u in units)
-        state: dict[str, Any] = {"done": 0, "restarts": 0, "unit_s": 0.0, "physics_s": 0.0}
+        if adaptive is not None:
+            total = sum(len(episode_lists[t]) * len(rs) for t, rs in racers.items())
+        state: dict[str, Any] = {"done": 0, "restarts": 0, "unit_s": 0.0, "physics_s": 0.0, "total": total}
         emit(ProgressEvent("start", total=total, skipped=skipped))
 
         def skip(unit: WorkUnit) -> bool:
@@ -439,7 +460,7 @@ def evaluate(
                     ProgressEvent(
                         "episode",
                         done=state["done"],
-                        total=total,
+                        total=state["total"],
                         checkpoint_id=s.checkpoint_id,
                         label=s.label,
                         episode=r,
@@ -465,7 +486,7 @@ def evaluate(
                     ProgressEvent(
                         "worker_lost",
                         done=state["done"],
-                        total=total,
+                        total=state["total"],
                         checkpoint_id=s.checkpoint_id,
                         label=s.label,
                         worker_pid=payload.get("pid"),
@@ -479,6 +500,25 @@ def evaluate(
 
         if units:
             ex.run(units, handle, skip)
+        races: dict[str, RaceResult] = {}
+        if adaptive is not None and racers:
+            races, skipped = _run_races(
+                racers,
+                episode_lists,
+                adaptive,
+                int(round_episodes or 1),
+                summaries,
+                spec,
+                store,
+                out,
+                record_lists,
+                device,
+                ex,
+                handle,
+                skip,
+                state,
+                emit,
+            )
 
         # ---- summaries ----------------------------------------------------------------------
         all_results: list[EpisodeResult] = []
@@ -488,6 +528,10 @@ def evaluate(
             if s.task:
                 summarize_checkpoint(s, mine, spec)
             all_results.extend(mine)
+
+        from evaluator.decision import decide_campaign
+
+        decide_campaign([summaries[r.checkpoint_id] for r in refs], all_results, races=races)
 
         # ---- videos -------------------------------------------------------------------------
         video_paths: list[Path] = []
@@ -516,6 +560,8 @@ def evaluate(
                 "physics_share": _physics_share(state["physics_s"], state["unit_s"]),
             }
         }
+        if races:
+            extra["racing"] = {t: r.to_dict() for t, r in races.items()}
         info_path = write_eval_info(out / EVAL_INFO_FILE, spec, summary_list, all_results, extra)
         p_eps, p_conds = write_parquet(out, summary_list, all_results)
         plot_path = None
@@ -523,7 +569,7 @@ def evaluate(
             from evaluator.plots import plot_campaign
 
             plot_path = plot_campaign(summary_list, out / PLOT_FILE, title=f"{spec.name} ({spec.digest()[:8]})")
-        emit(ProgressEvent("finished", done=state["done"], total=total, skipped=skipped))
+        emit(ProgressEvent("finished", done=state["done"], total=state["total"], skipped=skipped))
         return CampaignResult(
             out_dir=out,
             spec=spec,
@@ -545,11 +591,140 @@ def evaluate(
             started_at=started_at,
             finished_at=finished_at,
             record_episodes=record_lists,
+            races=races,
         )
     finally:
         store.close()
         if own_executor:
             ex.close()
+
+
+def race_order(eps: list[EpisodeSpec], spec: EvalSpec, task: str) -> list[EpisodeSpec]:
+    """The adaptive campaign's episode order for ``task``: the spec's list shuffled with a seed
+    from the spec's digest and the task (so a resumed race replays the same rounds); every
+    checkpoint of the task runs it in this order. The shuffle is what the racing guarantee
+    rests on (:mod:`evaluator.racing`)."""
+    import numpy as np
+
+    key = hashlib.sha256(f"{spec.digest()}/{task}/race-order".encode()).digest()
+    perm = np.random.default_rng(int.from_bytes(key[:8], "little")).permutation(len(eps))
+    return [eps[int(i)] for i in perm]
+
+
+def _units_for(
+    ref: CheckpointRef,
+    task: str,
+    eps: list[EpisodeSpec],
+    offset: int,
+    spec: EvalSpec,
+    store: ResultStore,
+    out: Path,
+    wanted: set[tuple[str, int]],
+    device: str,
+) -> tuple[list[WorkUnit], int]:
+    """Work units for the episodes of ``eps`` (starting at position ``offset`` of the task's
+    list) that ``ref`` has not run yet, or whose observations are to be recorded and are not
+    (``wanted``); and how many were skipped as already done."""
+    units: list[WorkUnit] = []
+    skipped = 0
+    b = int(spec.batch_size)
+    for j, chunk in enumerate(_chunks(eps, b)):
+        rec = [
+            (e.condition, int(e.seed)) in wanted
+            and not record_path(out, ref.checkpoint_id, e.condition, e.seed).is_file()
+            for e in chunk
+        ]
+        run = [not store.has((ref.checkpoint_id, task, e.condition, e.seed)) or r for e, r in zip(chunk, rec)]
+        skipped += sum(1 for r in run if not r)
+        if any(run):
+            unit = _unit(ref, task, offset // b + j, chunk, run, spec, device=device)
+            unit.record = tuple(i for i, r in enumerate(rec) if r)
+            units.append(unit)
+    return units, skipped
+
+
+def _run_races(
+    racers: dict[str, list[CheckpointRef]],
+    episode_lists: dict[str, list[EpisodeSpec]],
+    cfg: RacingCfg,
+    round_episodes: int,
+    summaries: dict[str, CheckpointSummary],
+    spec: EvalSpec,
+    store: ResultStore,
+    out: Path,
+    record_lists: dict[str, list[tuple[str, int]]],
+    device: str,
+    ex: Executor,
+    handle: Callable[[str, WorkUnit, dict[str, Any]], None],
+    skip: Callable[[WorkUnit], bool],
+    state: dict[str, Any],
+    emit: ProgressFn,
+) -> tuple[dict[str, RaceResult], int]:
+    """Adaptive mode: race each task's checkpoints in rounds (all tasks' rounds run together
+    on the executor). Every round's outcomes come from the results store, so a resumed
+    campaign replays its earlier rounds without running them and takes the same decisions."""
+    races = {t: Race([r.checkpoint_id for r in refs], cfg, len(episode_lists[t])) for t, refs in racers.items()}
+    pos = {t: 0 for t in racers}
+    skipped = 0
+    while True:
+        units: list[WorkUnit] = []
+        slices: dict[str, list[EpisodeSpec]] = {}
+        for t, race in races.items():
+            if race.done:
+                continue
+            sl = episode_lists[t][pos[t] : pos[t] + race.next_episodes(round_episodes)]
+            slices[t] = sl
+            for i, ref in enumerate(racers[t]):
+                if race.alive[i] and summaries[ref.checkpoint_id].status != "failed":
+                    new, n = _units_for(ref, t, sl, pos[t], spec, store, out, set(record_lists.get(t, ())), device)
+                    units += new
+                    skipped += n
+        if not slices:
+            break
+        if units:
+            ex.run(units, handle, skip)
+        for t, sl in slices.items():
+            race = races[t]
+            for i, ref in enumerate(racers[t]):
+                s = summaries[ref.checkpoint_id]
+                if not race.alive[i]:
+                    continue
+                missing = [e for e in sl if not store.has((ref.checkpoint_id, t, e.condition, e.seed))]
+                if missing and s.status != "failed":
+                    _fail(s, f"{len(missing)} episode(s) of racing round {race.round + 1} did not run", emit)
+                if s.status == "failed":
+                    race.withdraw(i, s.error or "failed")
+            for e in sl:
+                race.observe(
+                    [
+                        float(store.results[(ref.checkpoint_id, t, e.condition, e.seed)].success)
+                        if race.alive[i]
+                        else float("nan")
+                        for i, ref in enumerate(racers[t])
+                    ]
+                )
+            pos[t] += len(sl)
+            before = len(race.eliminations)
+            race.settle()
+            for el in race.eliminations[before:]:
+                s = summaries[el.checkpoint_id]
+                labels = {r.checkpoint_id: r.label for r in racers[t]}
+                emit(
+                    ProgressEvent(
+                        "eliminated", checkpoint_id=s.checkpoint_id, label=s.label, message=el.describe(labels)
+                    )
+                )
+            if race.done:
+                res = race.result()
+                winner = summaries[res.winner].label if res.winner else "none (tie)"
+                emit(ProgressEvent("race_done", message=f"{t}: {res.describe_stop()}; winner {winner}"))
+        left = sum(int(races[t].alive.sum()) * (len(episode_lists[t]) - pos[t]) for t in races if not races[t].done)
+        state["total"] = state["done"] + left
+        emit(ProgressEvent("round", done=state["done"], total=state["total"]))
+    for t, race in races.items():
+        for i, ref in enumerate(racers[t]):
+            summaries[ref.checkpoint_id].episodes_expected = int(race.n[i])
+    return {t: r.result() for t, r in races.items()}, skipped
 
 
 def _carry_times(eval_info: Path, summaries: dict[str, CheckpointSummary]) -> None:
@@ -716,6 +891,7 @@ def _record_videos(
 
 
 __all__ = [
+    "race_order",
     "RecordRequest",
     "load_records",
     "record_path",

@@ -139,20 +139,69 @@ def _success_text(s: Any) -> str:
 
 def _parent_note(result: Any, runs: dict[str, str]) -> str:
     """The parent run's description (Markdown, shown on its Overview page)."""
+    from evaluator.decision import METHOD, decision_mark
+
     spec = result.spec
     lines = [
         f"**Evaluation campaign** `{spec.name}` (spec {result.spec_digest[:8]}): "
-        f"{len(result.checkpoints)} checkpoint(s), paired (condition, seed) list, Wilson 95 % intervals.",
+        f"{len(result.checkpoints)} checkpoint(s), paired (condition, seed) list, Wilson 95 % intervals; "
+        f"P(best): {METHOD}.",
         "",
-        "| checkpoint | success [95 % CI] (n) | status |",
-        "|---|---|---|",
+        "| rank | checkpoint | success [95 % CI] (n) | P(best) | status |",
+        "|---|---|---|---|---|",
     ]
-    ranked = sorted(result.checkpoints, key=lambda s: (-(s.overall.get("success_rate") or -1.0), s.label))
+    ranked = sorted(result.checkpoints, key=table_order)
     for s in ranked:
+        d = s.decision
         status = s.status if not s.error else f"{s.status}: {s.error[:120]}"
-        lines.append(f"| {s.label} | {_success_text(s)} | {status.replace('|', '/')} |")
+        if decision_mark(d):
+            status = f"{status}; {decision_mark(d)}"
+        p_best = f"{d['p_best']:.2f}" if d.get("p_best") is not None else "-"
+        lines.append(
+            f"| {d.get('rank', '-')} | {s.label} | {_success_text(s)} | {p_best} | {status.replace('|', '/')} |"
+        )
+    lines += racing_lines(getattr(result, "racing", {}), {s.checkpoint_id: s.label for s in result.checkpoints})
     lines += ["", "Nested runs hold each checkpoint's metrics, `eval_info.json`, chart, videos and episode table."]
     return "\n".join(lines)
+
+
+def table_order(s: Any) -> tuple[Any, ...]:
+    """Ranked-table order: per task, the decision's order (success, then P(best); an adaptive
+    campaign ranks its survivors before the eliminated checkpoints); then checkpoints rated
+    without a decision, by success; unrated ones last."""
+    d = s.decision or {}
+    rate = s.overall.get("success_rate") if s.overall.get("n") else None
+    if d.get("order") is not None:
+        return (0, str(s.task), float(d["order"]), s.label)
+    return (2 if rate is None else 1, -(rate if rate is not None else -1.0), -(d.get("p_best") or 0.0), s.label)
+
+
+def racing_lines(racing: dict[str, Any], labels: dict[str, str]) -> list[str]:
+    """Markdown/plain lines describing adaptive races (empty for a fixed campaign)."""
+    from evaluator.racing import METHOD
+
+    if not racing:
+        return []
+    lines = ["", f"Adaptive racing ({METHOD}):"]
+    for task, r in racing.items():
+        cfg = r.get("cfg", {})
+        budget = int(r.get("budget_per_checkpoint") or 0) * len(r.get("episodes_run", {}))
+        used = int(r.get("episodes") or 0)
+        saved = f", {budget / used:.1f}x fewer than the fixed design's {budget}" if used else ""
+        winner = labels.get(r.get("winner") or "", "none (the survivors tie)")
+        lines.append(
+            f"- `{task}`: stop `{r.get('stop')}` after round {r.get('rounds')} (epsilon {cfg.get('epsilon')}, "
+            f"delta {cfg.get('delta')}); winner {winner}; {used} episodes{saved}"
+        )
+        for e in r.get("eliminations", []):
+            lines.append(
+                f"  - {labels.get(e['checkpoint_id'], e['checkpoint_id'])}: round {e['round']}, n = {e['episodes']}, "
+                f"success {e['success']:.2f} vs {e['by_success']:.2f} of {labels.get(e['by'], e['by'])}, "
+                f"evidence {e['wealth']:.3g} (threshold {e['threshold']:.3g})"
+            )
+        for cid, why in r.get("withdrawn", {}).items():
+            lines.append(f"  - {labels.get(cid, cid)}: withdrawn ({why[:200]})")
+    return lines
 
 
 def _checkpoint_note(s: Any, model: str) -> str:
@@ -192,6 +241,15 @@ def _parent_metrics(result: Any) -> dict[str, float]:
     share = getattr(result, "physics_share", None)
     if share is not None:
         out["physics_share"] = float(share)
+    racing = getattr(result, "racing", {}) or {}
+    if racing:
+        used = sum(int(r.get("episodes") or 0) for r in racing.values())
+        budget = sum(int(r.get("budget_per_checkpoint") or 0) * len(r.get("episodes_run", {})) for r in racing.values())
+        out["racing_episodes"] = used
+        out["racing_fixed_design_episodes"] = budget
+        out["racing_eliminated"] = sum(len(r.get("eliminations", [])) for r in racing.values())
+        if used:
+            out["racing_episode_ratio"] = budget / used
     return out
 
 
@@ -303,6 +361,7 @@ def log_campaign(
             **src,
             "twinrank.tasks": tasks,
             "twinrank.executor": str(getattr(result, "executor", "")),
+            "twinrank.design": "adaptive" if getattr(result, "racing", {}) else "fixed",
             "mlflow.note.content": _parent_note(result, runs),
             "twinrank.last_logged": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         },
@@ -452,6 +511,7 @@ def load_campaign(folder: str | Path) -> Any:
         started_at=campaign.get("started_at"),
         finished_at=campaign.get("finished_at"),
         physics_share=campaign.get("physics_share"),
+        racing=info.get("racing", {}),
         episodes=None,
     )
 

@@ -54,6 +54,9 @@ class RankResult:
     run_id: str = ""
     promotion: Any = None
     campaign: Any = None
+    #: (draws, rows) posterior draws of the ranking's scores (selection.ranking.score_draws)
+    score_draws: Any = None
+    n_episodes: int | None = None  # paired episodes per checkpoint behind the probabilities
 
 
 # ---- ingredients ---------------------------------------------------------------------------
@@ -185,10 +188,13 @@ def rank_checkpoints(
     campaign_dir: str | os.PathLike[str] | None = None,
     log: Callable[[str], None] | None = None,
     extra_columns: dict[str, dict[str, Any]] | None = None,
+    threshold: float | None = None,
+    force: bool = False,
 ) -> RankResult:
     """Evaluate (or resume), score OOD, rank, log to MLflow and promote. See the module docstring.
 
     ``extra_columns``: more ingredient columns per checkpoint label (e.g. ``train_loss``).
+    ``threshold`` / ``force``: of the promotion rule (selection/promotion.py).
     """
     from evaluator.run import evaluate
     from evaluator.spec import EvalSpec, load_spec
@@ -238,13 +244,21 @@ def rank_checkpoints(
         if extra_columns and s.label in extra_columns:
             row.update(extra_columns[s.label])
         rows.append(row)
-    ingredients = ingredients_frame(rows)
+    ingredients = _with_model_versions(ingredients_frame(rows), tracking_uri)
     choice = _choose(rule, validations_dir, ingredients)
     used_rule = choice.rule
     if used_rule not in ("sim_nominal", "sim_perturbed") and ingredients["ood"].isna().all():
         warn(f"no OOD score for any checkpoint: rule {used_rule!r} falls back to 'sim_perturbed'")
         used_rule = "sim_perturbed"
     ranking = rank(ingredients, used_rule)
+    rated = [s for s in campaign.checkpoints if s.status == "ok" and s.overall.get("n")]
+    if rated and all(not s.overall.get("successes") for s in rated):
+        warn(
+            f"no checkpoint succeeded in any of its {rated[0].overall['n']} episodes: the sim ranking carries no "
+            f"information (every P(best) is a tie); train further or check the task before promoting"
+        )
+    draws, n_episodes = _score_draws(ranking, used_rule, campaign)
+    ranking = _with_probabilities(ranking, draws, n_episodes)
     result = RankResult(
         ranking=ranking,
         rule=used_rule,
@@ -254,6 +268,8 @@ def rank_checkpoints(
         json_path=out / "ranking.json",
         warnings=notes,
         campaign=campaign,
+        score_draws=draws,
+        n_episodes=n_episodes,
     )
     ranking.to_csv(result.csv_path, index=False)
     _plots(result)
@@ -265,7 +281,13 @@ def rank_checkpoints(
             f"logged, and nothing is promoted"
         )
     if promote and result.run_id:
-        _promote(result, tracking_uri, warn)
+        _promote(result, tracking_uri, warn, threshold=threshold, force=force)
+        if result.promotion is not None:
+            tracking_client(tracking_uri).set_tag(
+                result.run_id, "twinrank.promotion_decision", result.promotion.decision[:5000]
+            )
+            result.ranking = _with_champion_comparison(result.ranking, result.score_draws, result.promotion)
+            result.ranking.to_csv(result.csv_path, index=False)
     result.json_path.write_text(
         json.dumps(
             {
@@ -329,6 +351,8 @@ def _log_mlflow(
             key = "".join(ch if ch.isalnum() or ch in "_-./ " else "_" for ch in str(row["checkpoint"]))
             client.log_metric(rid, f"score/{key}", float(row["score"]))
             client.log_metric(rid, f"rank/{key}", float(row["rank"]))
+            if pd.notna(row.get("p_best")):
+                client.log_metric(rid, f"p_best/{key}", float(row["p_best"]))
     client.log_artifact(rid, str(result.csv_path))
     for p in result.plots.values():
         client.log_artifact(rid, str(p), artifact_path="plots")
@@ -340,16 +364,120 @@ def _log_mlflow(
     return rid
 
 
-def _promote(result: RankResult, tracking_uri: str | None, warn: Callable[[str], None]) -> None:
-    import mlflow
+def _with_model_versions(ingredients: pd.DataFrame, tracking_uri: str | None) -> pd.DataFrame:
+    """Fill ``model_version`` of checkpoints given as folders from the registry (by their
+    ``checkpoint_dir`` tag), so the table, the report and the promotion name the same versions."""
+    from selection.promotion import find_model_version
 
+    df = ingredients.copy()
+    if "model_version" not in df.columns:
+        df["model_version"] = ""
+    missing = [
+        i for i, r in df.iterrows() if not str(r.get("model_version") or "").strip() or r["model_version"] == "nan"
+    ]
+    if not missing:
+        return df
+    try:
+        client = tracking_client(tracking_uri)
+        for i in missing:
+            if df.loc[i, "path"]:
+                df.loc[i, "model_version"] = find_model_version(client, df.loc[i, "path"]) or ""
+    except Exception:  # noqa: BLE001 - an unreachable store: the promotion says so later
+        pass
+    return df
+
+
+def tracking_client(tracking_uri: str | None) -> Any:
+    from policies import tracking
+
+    return tracking.setup(tracking_uri)
+
+
+def _score_draws(ranking: pd.DataFrame, rule: str, campaign: Any) -> tuple[Any, int | None]:
+    """Posterior draws of every ranked row's score (paired episodes of the fully evaluated
+    checkpoints), or (None, None) when no checkpoint was evaluated."""
+    from evaluator.decision import paired_posterior
+    from selection.ranking import score_draws
+
+    ok = [s for s in campaign.checkpoints if s.status == "ok" and s.overall.get("n")]
+    if not ok:
+        return None, None
+    post = paired_posterior(campaign.episodes, [s.checkpoint_id for s in ok])
+    return score_draws(ranking, rule, post), post.n
+
+
+def _with_probabilities(ranking: pd.DataFrame, draws: Any, n: int | None) -> pd.DataFrame:
+    """``p_best`` (under the rule), the score's 95 % posterior interval (``score_lo``,
+    ``score_hi``) and ``mark``: "leader" / "indistinguishable at n = ..." (interval overlaps
+    the leader's)."""
+    from evaluator.decision import overlaps, p_best
+
+    df = ranking.copy()
+    df["p_best"] = df["score_lo"] = df["score_hi"] = np.nan
+    df["mark"] = ""
+    if draws is None:
+        return df
+    finite = np.where(np.isfinite(draws), draws, -np.inf)
+    pb = p_best(finite)
+    rated = df["score"].notna().to_numpy() & np.isfinite(draws).all(axis=0)
+    df.loc[rated, "p_best"] = pb[rated]
+    with np.errstate(all="ignore"):
+        df.loc[rated, "score_lo"] = np.nanpercentile(draws[:, rated], 2.5, axis=0)
+        df.loc[rated, "score_hi"] = np.nanpercentile(draws[:, rated], 97.5, axis=0)
+    if rated.any():
+        lead = int(np.nanargmax(np.where(rated, pb, np.nan)))
+        for i in np.flatnonzero(rated):
+            if i == lead:
+                df.loc[i, "mark"] = "leader"
+            elif overlaps(
+                df.loc[i, "score_lo"], df.loc[i, "score_hi"], df.loc[lead, "score_lo"], df.loc[lead, "score_hi"]
+            ):
+                df.loc[i, "mark"] = f"indistinguishable at n = {n}"
+    return df
+
+
+def _with_champion_comparison(ranking: pd.DataFrame, draws: Any, promotion: Any) -> pd.DataFrame:
+    """``p_beats_champion``: P(row beats the champion the ranking started from), when it is ranked."""
+    from evaluator.decision import p_greater
+
+    df = ranking.copy()
+    df["p_beats_champion"] = np.nan
+    champion = promotion.previous.get("champion") if promotion is not None else None
+    if draws is None or not champion or "model_version" not in df.columns:
+        return df
+    rows = np.flatnonzero((df["model_version"] == champion).to_numpy())
+    if not len(rows):
+        return df
+    j = int(rows[0])
+    finite = np.where(np.isfinite(draws), draws, -np.inf)
+    for i in range(len(df)):
+        if i != j and np.isfinite(draws[:, i]).all():
+            df.loc[i, "p_beats_champion"] = p_greater(finite, i, j)
+    return df
+
+
+def _promote(
+    result: RankResult,
+    tracking_uri: str | None,
+    warn: Callable[[str], None],
+    threshold: float | None = None,
+    force: bool = False,
+) -> None:
     from policies import tracking
     from selection.promotion import PromotionError, promote
 
-    client = mlflow.MlflowClient(tracking_uri=tracking.resolve_tracking_uri(tracking_uri))
+    client = tracking.setup(tracking_uri)
     try:
         result.promotion = promote(
-            result.ranking, client, rule=result.rule, rule_reason=result.rule_reason, run_id=result.run_id
+            result.ranking,
+            client,
+            rule=result.rule,
+            rule_reason=result.rule_reason,
+            run_id=result.run_id,
+            score_draws=result.score_draws,
+            n_episodes=result.n_episodes,
+            threshold=threshold,
+            force=force,
         )
     except PromotionError as exc:
         warn(str(exc))

@@ -664,19 +664,26 @@ class NightlyResult:
 
 
 def _decide_promotion(rank: RankResult, cfg: NightlyConfig, warn: Callable[[str], None]) -> tuple[str, Any]:
-    """Promote only when the aliases would move; returns (status, PromotionResult or None)."""
-    import mlflow
-
+    """Promote only when the rule moves an alias (selection/promotion.py); returns (status, PromotionResult
+    or None): "promoted" (the champion moved), "challenger moved", "no change", "not promoted: <why>" or
+    "promotion off"; the PromotionResult's ``decision`` says why, with the probabilities."""
     from policies import tracking
     from selection.promotion import PromotionError, promote
 
     if not cfg.promote:
         return "promotion off", None
-    client = mlflow.MlflowClient(tracking_uri=tracking.resolve_tracking_uri(cfg.tracking_uri))
+    if not rank.run_id:
+        return "not promoted: the ranking could not be logged to MLflow", None
+    client = tracking.setup(cfg.tracking_uri)
+    kwargs = dict(
+        rule=rank.rule,
+        rule_reason=rank.rule_reason,
+        run_id=rank.run_id,
+        score_draws=rank.score_draws,
+        n_episodes=rank.n_episodes,
+    )
     try:
-        plan = promote(
-            rank.ranking, client, rule=rank.rule, rule_reason=rank.rule_reason, run_id=rank.run_id, dry_run=True
-        )
+        plan = promote(rank.ranking, client, dry_run=True, **kwargs)
     except PromotionError as exc:
         warn(str(exc))
         return f"not promoted: {exc}", None
@@ -684,8 +691,11 @@ def _decide_promotion(rank: RankResult, cfg: NightlyConfig, warn: Callable[[str]
         warn(w)
     if all(plan.previous.get(p.alias) == f"{p.name}/{p.version}" for p in plan.promotions):
         return "no change", plan
-    done = promote(rank.ranking, client, rule=rank.rule, rule_reason=rank.rule_reason, run_id=rank.run_id)
-    return "promoted", done
+    done = promote(rank.ranking, client, **kwargs)
+    moved = done.previous.get("champion") != next(
+        (f"{p.name}/{p.version}" for p in done.promotions if p.alias == "champion"), done.previous.get("champion")
+    )
+    return ("promoted" if moved else "challenger moved"), done
 
 
 def _log(msg: str) -> None:
@@ -903,6 +913,8 @@ def _tag_run(rank: RankResult, cfg: NightlyConfig, status: str, night: str) -> N
 
     client = mlflow.MlflowClient(tracking_uri=tracking.resolve_tracking_uri(cfg.tracking_uri))
     tags = {"twinrank.nightly_date": night, "twinrank.promotion": status[:5000], "twinrank.task": cfg.task}
+    if rank.promotion is not None and rank.promotion.decision:
+        tags["twinrank.promotion_decision"] = rank.promotion.decision[:5000]
     if rank.promotion:
         for p in rank.promotion.promotions:
             tags[f"twinrank.{p.alias}"] = f"{p.name}/{p.version}"

@@ -33,8 +33,10 @@ Rules (higher score = better; :data:`RULES`):
   as a veto; the gate only reorders across it).
 * ``sim_minus_ood_<l>``: ``sim_perturbed - l * ood`` for l in 0.25, 0.5, 1.
 
-Ties in score are broken by ``sim_perturbed``, then ``sim_nominal``, then the checkpoint label,
-so a ranking is a pure function of its ingredients.
+Equal scores share a rank (the rows are listed by ``sim_perturbed``, then ``sim_nominal``, then
+the checkpoint label, so a ranking is a pure function of its ingredients, but a tie is never
+a better rank). How sure a ranking is: :func:`score_draws` scores posterior draws of the sim
+ingredients (evaluator/decision.py), which gives each checkpoint's P(best) under the rule.
 
 Choosing the rule (:func:`choose_rule`): when real (or proxy-real) outcomes of earlier
 checkpoints exist (:class:`Validation`), each rule is scored by MMRV against them (lower is
@@ -128,9 +130,34 @@ def rank(ingredients: pd.DataFrame, rule: str = DEFAULT_RULE) -> pd.DataFrame:
     ranked = df[ok].sort_values(
         ["score", "sim_perturbed", "sim_nominal", "checkpoint"], ascending=[False, False, False, True], kind="mergesort"
     )
-    ranked = ranked.assign(rank=np.arange(1, len(ranked) + 1, dtype=float))
+    # equal scores share a rank (competition ranking): a tie never ranks the first in input order higher
+    ranked = ranked.assign(rank=ranked["score"].rank(method="min", ascending=False).astype(float))
     rest = df[~ok].assign(rank=np.nan)
     return pd.concat([ranked, rest]).reset_index(drop=True)
+
+
+# ---- how sure a ranking is ----------------------------------------------------------------------
+def score_draws(ranking: pd.DataFrame, rule: str, posterior: Any, draws: int = 1000) -> np.ndarray:
+    """(draws, rows) scores of the ranking's rows under ``rule`` with the sim ingredients
+    replaced by posterior draws (:class:`evaluator.decision.SuccessPosterior` over the rows'
+    ``checkpoint_id``; OOD and the other ingredients as measured). Rows without draws (not
+    fully evaluated) score NaN."""
+    ids = list(ranking["checkpoint_id"]) if "checkpoint_id" in ranking.columns else []
+    cols = [posterior.checkpoint_ids.index(c) if c in posterior.checkpoint_ids else -1 for c in ids]
+    d = min(int(draws), posterior.draws.shape[0])
+    nominal = posterior.condition("nominal")[:d] if "nominal" in posterior.conditions else posterior.overall()[:d]
+    perturbed = posterior.perturbed()[:d]
+    out = np.full((d, len(ranking)), np.nan)
+    have = [j for j, c in enumerate(cols) if c >= 0]
+    if not have:
+        return out
+    frame = ranking.iloc[have].reset_index(drop=True).copy()
+    idx = [cols[j] for j in have]
+    for i in range(d):
+        frame["sim_nominal"] = nominal[i, idx]
+        frame["sim_perturbed"] = perturbed[i, idx]
+        out[i, have] = rule_scores(frame, rule).to_numpy(dtype=float)
+    return out
 
 
 # ---- validations and the choice of rule --------------------------------------------------------

@@ -69,6 +69,8 @@ class Report:
     real_logs: list[str] = field(default_factory=list)
     #: "promoted", "no change", "not promoted: <why>", "promotion off", "dry run"
     promotion_status: str = ""
+    #: why (selection/promotion.py): the rule, P(best) / P(beats the champion), n, the runs
+    promotion_decision: str = ""
     holders: list[Holder] = field(default_factory=list)
     new_checkpoints: list[str] = field(default_factory=list)
     #: (checkpoint or source, reason): evaluation failures, discovery failures
@@ -153,6 +155,7 @@ def report_from_rank(
         spec=spec,
         real_logs=list(real_logs),
         promotion_status=promotion_status,
+        promotion_decision=getattr(result.promotion, "decision", "") if result.promotion is not None else "",
         holders=holders_from_promotion(result.promotion),
         new_checkpoints=list(new_checkpoints),
         failed=[*failed, *failed_rows(ranking)],
@@ -164,7 +167,18 @@ def report_from_rank(
 
 
 # ---- table ---------------------------------------------------------------------------------------
-TABLE_COLUMNS = ["rank", "checkpoint", "score", "sim nominal", "sim perturbed", "OOD", "model version", "note"]
+TABLE_COLUMNS = [
+    "rank",
+    "checkpoint",
+    "score",
+    "P(best)",
+    "P(beats champion)",
+    "sim nominal",
+    "sim perturbed",
+    "OOD",
+    "model version",
+    "note",
+]
 
 
 def _num(v: Any, spec: str = ".3f") -> str:
@@ -182,17 +196,21 @@ def table_rows(ranking: pd.DataFrame, top_n: int | None = None) -> list[list[str
     if top_n is not None:
         ranked = ranked.head(top_n)
     rows = []
+    tied = set(ranking["rank"][ranking["rank"].notna() & ranking["rank"].duplicated(keep=False)])
     for _, r in pd.concat([ranked, ranking[ranking["rank"].isna()]]).iterrows():
+        note = "; ".join(x for x in (str(r.get("mark") or ""), str(r.get("note") or "")) if x and x != "nan")
         rows.append(
             [
-                _num(r["rank"], ".0f") if pd.notna(r["rank"]) else "-",
+                (_num(r["rank"], ".0f") + ("=" if r["rank"] in tied else "")) if pd.notna(r["rank"]) else "-",
                 str(r["checkpoint"]),
                 _num(r.get("score")),
+                _num(r.get("p_best"), ".2f"),
+                _num(r.get("p_beats_champion"), ".2f"),
                 _num(r.get("sim_nominal"), ".2f"),
                 _num(r.get("sim_perturbed"), ".2f"),
                 _num(r.get("ood"), ".2f"),
                 str(r.get("model_version") or "") or "-",
-                str(r.get("note") or ""),
+                note,
             ]
         )
     return rows
@@ -216,6 +234,8 @@ def render_markdown(rep: Report, plot_dir: Path | None = None) -> str:
         meta.append(f"- MLflow UI: `{rep.ui_command}`")
     out += meta + ["", "## Rule", "", f"**{rep.rule}** — {rep.rule_reason}", ""]
     out += ["## Champion and challenger", "", f"Promotion: **{rep.promotion_status}**", ""]
+    if rep.promotion_decision:
+        out += [f"Decision: {_md_cell(rep.promotion_decision)}", ""]
     if rep.holders:
         out += [
             "| alias | model version | checkpoint | score | previous holder | reason |",
@@ -295,6 +315,8 @@ def render_html(rep: Report) -> str:
     parts.append(_ul(meta))
     parts.append(f"<h2>Rule</h2><p><b>{e(rep.rule)}</b> — {e(rep.rule_reason)}</p>")
     parts.append(f"<h2>Champion and challenger</h2><p>Promotion: <b>{e(rep.promotion_status)}</b></p>")
+    if rep.promotion_decision:
+        parts.append(f"<p>Decision: {e(rep.promotion_decision)}</p>")
     if rep.holders:
         parts.append(
             "<table><tr><th>alias</th><th>model version</th><th>checkpoint</th><th>score</th>"
@@ -314,7 +336,8 @@ def render_html(rep: Report) -> str:
     )
     for row in table_rows(rep.ranking, rep.top_n):
         cells = [
-            f"<td class='num'>{e(c)}</td>" if i in (0, 2, 3, 4, 5) else f"<td>{e(c)}</td>" for i, c in enumerate(row)
+            f"<td class='num'>{e(c)}</td>" if i in (0, 2, 3, 4, 5, 6, 7) else f"<td>{e(c)}</td>"
+            for i, c in enumerate(row)
         ]
         parts.append("<tr>" + "".join(cells) + "</tr>")
     parts.append("</table><h2>Plots</h2>")

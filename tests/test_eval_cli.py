@@ -374,3 +374,28 @@ def test_empty_spec_file_is_refused(registered, tmp_path):
     )
     assert r.exit_code == 2, r.output
     assert "is empty" in r.output and not (tmp_path / "c").exists()
+
+
+def test_identical_checkpoints_tie_in_the_table_with_p_best_one_in_k(registered, tmp_path):
+    """The same weights saved under three names: one shared rank, P(best) about 1/3 each, marked
+    indistinguishable from the leader; never ordered by input."""
+    import torch
+
+    root, uri, _ = registered
+    env = TwinEnv("reach")
+    spec = PolicySpec.from_env(env, obs_keys=["state"])
+    env.close()
+    torch.manual_seed(5)
+    policy = make_policy("mlp", {}, spec)
+    family = tmp_path / "same"
+    for k in range(3):
+        save_checkpoint(policy, family / f"copy{k}", training_step=k)
+    r = _eval(root, str(family), "--out", str(tmp_path / "c"), "--no-mlflow")
+    assert r.exit_code == 0, r.output
+    info = json.loads((tmp_path / "c" / "eval_info.json").read_text())
+    ranking = info["aggregated"]["ranking"]
+    assert len(ranking) == 3 and {row["rank"] for row in ranking} == {"1="}
+    assert all(abs(row["p_best"] - 1 / 3) < 0.05 for row in ranking), ranking
+    assert sum(row["indistinguishable_from_leader"] for row in ranking) == 2
+    assert len([line for line in r.output.splitlines() if line.strip().startswith("1=")]) == 3, r.output
+    assert "indistinguishable at n = 4" in r.output and "P(best)" in r.output

@@ -694,8 +694,10 @@ def test_connect_timeout_reports_unresponsive_robot(ros, tmp_path):
 def test_stall_stops_the_arm_and_following_resumes(bridge, sim):
     """A real stall: the bridge process frozen (SIGSTOP) for 0.4 s mid-motion. franka-sim,
     enforcing the FCI's communication constraints like an FR3, aborts the motion with a
-    ``communication_constraints_violation`` reflex: the arm stops where it was. The bridge logs
-    the reason, recovers by itself, and follows again."""
+    ``communication_constraints_violation`` reflex, or (on a heavily loaded machine, seen with
+    two busy loops beside the suite) the connection drops: either way the arm stops where it
+    was. The bridge logs the reason, recovers by itself (reflex recovery or reconnection), and
+    follows again."""
     b, probe = bridge
     probe.wait_for(lambda s: s.get("connected") and not s.get("error"), 60, "a usable connection")
     assert probe.call(probe.arm_cli).success
@@ -710,12 +712,16 @@ def test_stall_stops_the_arm_and_following_resumes(bridge, sim):
         keep_following(probe, following, 60, events)
         time.sleep(0.5)
         keep_following(probe, following, 60, events)
-        c0 = probe.status.get("recoveries", 0)
+        c0, k0 = probe.status.get("recoveries", 0), probe.status.get("connects", 0)
         s_stop = probe.now()
         os.kill(b.proc.pid, signal.SIGSTOP)
         time.sleep(0.4)
         os.kill(b.proc.pid, signal.SIGCONT)
-        st = probe.wait_for(lambda s: s.get("recoveries", 0) > c0, 60, "an automatic recovery")
+        st = probe.wait_for(
+            lambda s: s.get("recoveries", 0) > c0 or s.get("connects", 0) > k0,
+            60,
+            "an automatic recovery (reflex recovered, or reconnected)",
+        )
         keep_following(probe, following, 60, events)
         assert following(), probe.status
     finally:
@@ -729,12 +735,13 @@ def test_stall_stops_the_arm_and_following_resumes(bridge, sim):
     jumps = [float(np.abs(qs[i + 1] - qs[i]).max()) for i in gaps]
     print(
         f"\nstall: gaps of {[round(float(ts[i + 1] - ts[i]), 2) for i in gaps]} s between robot states, the arm "
-        f"moved {[round(j * 1000, 2) for j in jumps]} mrad across them; {st['last_reflex'].splitlines()[0]}; "
-        f"following again"
+        f"moved {[round(j * 1000, 2) for j in jumps]} mrad across them; "
+        f"{(st['last_reflex'] or 'connection dropped and re-made').splitlines()[0]}; following again"
     )
     assert len(gaps) and max(ts[i + 1] - ts[i] for i in gaps) >= 0.3, np.diff(ts).max()
     assert max(jumps) < STALL_MOVE_TOL_RAD, f"the arm moved {max(jumps):.4f} rad across the stall"
-    assert "communication_constraints_violation" in st["last_reflex"], st
+    if st.get("recoveries", 0) > c0:  # the reflex path: it names the violated constraint
+        assert "communication_constraints_violation" in st["last_reflex"], st
     st = probe.status
     assert st["connected"] and not st["error"], st
     assert probe.call(probe.disarm_cli).success

@@ -81,6 +81,10 @@ def family(tmp_path_factory):
         model_name=MODEL,
     )
     result = run_training(cfg, root / "run", tracking_uri=uri, cache_dir=root / "cache")
+    # 8 paired episodes per checkpoint cannot reach the default 0.95; this model's own threshold
+    # (the documented per-model setting) lets the tests see a promotion: P(best) of the leader is
+    # far above the others' here, not a tie
+    mlflow.MlflowClient(tracking_uri=uri).set_registered_model_tag(MODEL, "twinrank.promotion_threshold", "0.51")
     record_logs("reach", root / "bags" / "proxy_real_bag", episodes=4)
     (root / "spec.yaml").write_text(yaml.safe_dump(SPEC))
     return {
@@ -131,13 +135,15 @@ def test_first_night_evaluates_promotes_and_reports(dir_night, family):
     assert sorted(res.new) == ["run/step_0000020", "run/step_0000040"]
     assert res.promotion_status == "promoted"
     df = res.rank.ranking
-    top = df.loc[df["rank"] == 1].iloc[0]
+    top = df.loc[df["p_best"].idxmax()]  # the champion is the most probable best
     version = family["versions"][str(Path(top["path"]).resolve())]
     assert res.champion == f"{MODEL}/{version}" and top["model_version"] == f"{MODEL}/{version}"
     assert _aliases(family["uri"], MODEL)["champion"] == (version, res.rank.run_id)
     md = res.report_md.read_text()
     assert "| champion | " + f"{MODEL}/{version} | {top['checkpoint']}" in md
     assert "Promotion: **promoted**" in md and f"**{res.rank.rule}**" in md and "run/step_0000040" in md
+    assert f"Decision: first champion {top['checkpoint']}" in md and ">= threshold 0.51" in md
+    assert f"P(best) {top['p_best']:.3f}" in md and f"n = {EPISODES} paired episodes" in md
     assert "sim_vs_ood.png" in md and (res.report_md.parent / "sim_vs_ood.png").is_file()
     html = res.report_html.read_text()
     assert html.count("data:image/png;base64,") == 3 and "champion" in html
@@ -206,7 +212,8 @@ def test_new_checkpoint_is_the_only_one_evaluated_and_a_corrupt_one_fails_alone(
         failed = dict(res.failed)
         assert list(failed) == ["run/step_9999999"] and "evaluation failed" in failed["run/step_9999999"]
         df = res.rank.ranking
-        assert sorted(df["rank"].dropna()) == [1, 2, 3]
+        ranked = df[df["rank"].notna()]
+        assert len(ranked) == 3 and list(ranked["rank"]) == list(ranked["score"].rank(method="min", ascending=False))
         md = res.report_md.read_text()
         failed_section = md.split("## Failed checkpoints")[1].split("##")[0]
         assert "run/step_9999999" in failed_section
@@ -240,11 +247,14 @@ def test_registered_model_source_uses_local_folders_and_downloads_the_rest(famil
     assert set(paths) == {f"{name}/1", f"{name}/2"}
     assert paths[f"{name}/1"].is_relative_to(tmp_path / "state" / "downloads")
     assert paths[f"{name}/2"] == local
-    assert res.executed == 2 * EPISODES and res.promotion_status == "promoted"
+    assert res.executed == 2 * EPISODES
     assert any("no real-data logs" in w for w in res.warnings)
-    champ = client.get_model_version_by_alias(name, "champion")
-    assert res.champion == f"{name}/{champ.version}" and str(champ.version) in ("1", "2")
-    assert {p.alias for p in res.promotion.promotions} == {"champion", "challenger"}
+    # neither checkpoint succeeded once (the issue's push_t family): nothing is promoted on the tie
+    assert any("no checkpoint succeeded" in w for w in res.warnings)
+    assert res.promotion_status == "challenger moved" and res.champion == ""
+    assert "no champion yet" in res.promotion.decision and "< threshold 0.95" in res.promotion.decision
+    with pytest.raises(mlflow.exceptions.MlflowException):
+        client.get_model_version_by_alias(name, "champion")
 
 
 def test_interrupted_night_resumes_and_marks_nothing_evaluated_early(family, tmp_path):

@@ -172,6 +172,42 @@ def _expand_checkpoints(refs: list[str]) -> list[str]:
     return out
 
 
+def _compare_with_champion(result: Any, tracking_uri: str | None) -> None:
+    """P(beats the champion) of every checkpoint when the registered model's ``champion`` is in
+    the campaign (checkpoints given as models:/ URIs or found in the registry by folder)."""
+    from evaluator.decision import p_beats_reference
+    from policies import tracking
+
+    try:
+        tracking.wait_for_server(tracking.resolve_tracking_uri(tracking_uri))
+        client = tracking.setup(tracking_uri)
+        for s in result.checkpoints:
+            if not s.info.get("registered_model") and s.path and s.status == "ok":
+                mv = tracking.find_model_version(client, s.path, s.checkpoint_id)
+                if mv is not None:
+                    s.info.update(registered_model=mv.name, model_version=str(mv.version))
+        for name in sorted({s.info["registered_model"] for s in result.checkpoints if s.info.get("registered_model")}):
+            try:
+                champ = client.get_model_version_by_alias(name, "champion")
+            except Exception:  # noqa: BLE001 - no champion yet
+                continue
+            ref = next(
+                (
+                    s
+                    for s in result.checkpoints
+                    if s.info.get("registered_model") == name and str(s.info.get("model_version")) == str(champ.version)
+                ),
+                None,
+            )
+            if ref is None:
+                continue
+            for cid, p in p_beats_reference(result.checkpoints, result.episodes, ref.checkpoint_id).items():
+                result.summary(cid).decision["p_beats_champion"] = p
+            ref.decision["champion"] = f"{name}/{champ.version}"
+    except Exception:  # noqa: BLE001 - the registry is optional here: the table simply has no champion column
+        return
+
+
 @app.command("eval")
 def eval_cmd(
     checkpoints: list[str] = typer.Argument(
@@ -186,12 +222,24 @@ def eval_cmd(
     tracking_uri: str = typer.Option(None, help="MLflow tracking URI (default: ./mlflow.db)."),
     tracking_timeout: float = typer.Option(None, help=TRACKING_TIMEOUT_HELP),
     mlflow_log: bool = typer.Option(True, "--mlflow/--no-mlflow", help="Log the campaign to MLflow."),
+    adaptive: bool = typer.Option(
+        False,
+        "--adaptive",
+        help="Race the checkpoints: rounds over a shared shuffled episode list, drop the ones confidently "
+        "worse, stop when the best is known within --epsilon at 1 - --delta (the spec's list is the budget).",
+    ),
+    epsilon: float = typer.Option(0.05, min=0.0, max=0.99, help="Adaptive: success margin of 'best'."),
+    delta: float = typer.Option(0.05, min=1e-6, max=0.5, help="Adaptive: error probability of the pick."),
+    round_episodes: int = typer.Option(
+        None, min=1, help="Adaptive: episodes per checkpoint per round (default: two work units)."
+    ),
 ) -> None:
     """Evaluate checkpoints under the spec's perturbation conditions (paired design), log to MLflow.
 
     Exit code 2 when a checkpoint path or registered model does not exist, 4 when a checkpoint
     failed (the others are evaluated and logged either way), 5 when MLflow was unreachable."""
     from evaluator import EvalSpecError, evaluate, load_spec
+    from evaluator.racing import RacingCfg
     from evaluator.run import CheckpointResolveError, unresolved_ref
     from evaluator.tracking import log_or_defer, resolve_model_uri, sync_pending
     from policies import tracking
@@ -238,7 +286,17 @@ def eval_cmd(
     )
     try:
         with output.eval_progress() as (on_event, _log):
-            result = evaluate(refs, espec, out, executor=executor, workers=workers, address=address, progress=on_event)
+            result = evaluate(
+                refs,
+                espec,
+                out,
+                executor=executor,
+                workers=workers,
+                address=address,
+                progress=on_event,
+                adaptive=RacingCfg(epsilon=epsilon, delta=delta) if adaptive else None,
+                round_episodes=round_episodes,
+            )
     except KeyboardInterrupt:
         console.print(f"interrupted; finished episodes are kept in {out}; rerun the same command to resume")
         raise typer.Exit(code=ExitCode.INTERRUPTED)
@@ -247,10 +305,13 @@ def eval_cmd(
     for s in result.checkpoints:
         if s.path and str(Path(s.path).resolve()) in registry:
             s.info.update(registry[str(Path(s.path).resolve())])
+    if mlflow_log:
+        _compare_with_champion(result, tracking_uri)
+    design = "adaptive racing over" if adaptive else ""
     output.print_campaign(
         result,
-        f"Ranking by overall sim success (spec {espec.name!r}, {espec.episodes_per_condition} "
-        f"paired seeds per condition, Wilson 95% CI)",
+        f"Ranking by overall sim success (spec {espec.name!r}, {design} {espec.episodes_per_condition} "
+        f"paired seeds per condition, Wilson 95% CI)".replace(",  ", ", "),
     )
     if result.executed and result.elapsed_s > 0:
         share = result.physics_share

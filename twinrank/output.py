@@ -148,38 +148,60 @@ def _fmt_rate(d: dict[str, Any], key: str = "success_rate") -> str:
 
 
 def print_campaign(result: Any, title: str) -> None:
-    """The campaign's checkpoints ranked by overall sim success; failed ones last, with their reason."""
-
-    def order(c: Any) -> tuple[int, float, str]:
-        rate = c.overall.get("success_rate") if c.overall.get("n") else None
-        return (1 if rate is None else 0, -(rate or 0.0), c.label)
+    """The campaign's checkpoints ranked by overall sim success with P(best) (paired episodes;
+    ties share a rank, e.g. "2="), the leader and the checkpoints indistinguishable from it
+    marked; failed ones last, with their reason."""
+    from evaluator.decision import METHOD, decision_mark
+    from evaluator.tracking import racing_lines, table_order
 
     rows = []
-    rank = 0
-    for c in sorted(result.checkpoints, key=order):
+    for c in sorted(result.checkpoints, key=table_order):
         o = c.overall
         rated = bool(o.get("n")) and o.get("success_rate") is not None
-        rank += rated
         drops = [(k, v.get("mean")) for k, v in c.paired_drop.items() if v.get("mean") is not None]
         worst = max(drops, key=lambda kv: kv[1]) if drops else None
+        d = c.decision
+        note = c.status if not c.error else f"{c.status}: {c.error}"
+        if decision_mark(d):
+            note = f"{note}; {decision_mark(d)}" if note != "ok" else decision_mark(d)
+        if d.get("champion"):
+            note = f"{note}; champion {d['champion']}"
         rows.append(
             (
-                str(rank) if rated else "-",
+                d.get("rank", "-") if rated else "-",
                 c.label,
                 _fmt_rate(o),
                 f"{o.get('n', 0)}" if rated else "0",
                 f"[{o['ci_low']:.2f}, {o['ci_high']:.2f}]" if rated else "-",
+                f"{d['p_best']:.2f}" if d.get("p_best") is not None else ("out" if d.get("eliminated") else "-"),
+                f"{d['p_beats_champion']:.2f}" if d.get("p_beats_champion") is not None else "-",
                 _fmt_rate(c.per_condition.get("nominal", {})),
                 f"{worst[0]} ({worst[1]:+.2f})" if worst else "-",
-                c.status if not c.error else f"{c.status}: {c.error}",
+                note,
             )
         )
     print_table(
         title,
-        ("rank", "checkpoint", "success", "n", "95% CI", "nominal", "worst factor (paired drop)", "status"),
+        (
+            "rank",
+            "checkpoint",
+            "success",
+            "n",
+            "95% CI",
+            "P(best)",
+            "P(beats champion)",
+            "nominal",
+            "worst factor (paired drop)",
+            "status",
+        ),
         rows,
-        right=("rank", "success", "n"),
+        right=("rank", "success", "n", "P(best)", "P(beats champion)"),
     )
+    console.print(Text(f"P(best): {METHOD}; ranks shared by equal success are marked '='"), soft_wrap=True)
+    racing = getattr(result, "racing", {}) or {}
+    if racing:
+        text = racing_lines(racing, {c.checkpoint_id: c.label for c in result.checkpoints})
+        console.print(Text("\n".join(line.replace("`", "") for line in text[1:])), soft_wrap=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -248,6 +270,13 @@ class ProgressDisplay:
     def print(self, msg: Text | str) -> None:
         """A message above the bar (or a plain line)."""
         console.print(msg if isinstance(msg, Text) else Text(msg))
+
+    def set_total(self, total: float) -> None:
+        """A new total for the same piece of work (e.g. an adaptive campaign that needs fewer
+        episodes than planned): the rate and ETA go on."""
+        self._total = total
+        if self._bar is not None:
+            self._bar.update(self._task, total=total)
 
     def update(
         self, desc: str | None = None, done: float | None = None, total: float | None = None, unit: str | None = None
@@ -325,6 +354,12 @@ def eval_progress(first: str = "starting workers") -> Iterator[tuple[Callable[[A
                 bar.print(
                     styled("warning:", "yellow", ev.message or f"worker {ev.worker_pid} lost; re-running its episodes")
                 )
+            elif ev.kind == "eliminated":
+                bar.print(f"{ev.label}: {ev.message}")
+            elif ev.kind == "race_done":
+                bar.print(f"race over: {ev.message}")
+            elif ev.kind == "round" and ev.total:
+                bar.set_total(ev.total)
             elif ev.kind == "videos":
                 bar.update(desc="recording videos", done=0, total=max(ev.total, 1), unit="videos")
             elif ev.kind == "video":

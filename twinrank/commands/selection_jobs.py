@@ -70,7 +70,10 @@ def _print_ranking(ranking: Any, title: str, top: int | None = None) -> None:
     from selection.report import TABLE_COLUMNS, table_rows
 
     output.print_table(
-        title, TABLE_COLUMNS, table_rows(ranking, top), right=("rank", "score", "sim nominal", "sim perturbed", "OOD")
+        title,
+        TABLE_COLUMNS,
+        table_rows(ranking, top),
+        right=("rank", "score", "P(best)", "P(beats champion)", "sim nominal", "sim perturbed", "OOD"),
     )
 
 
@@ -79,6 +82,8 @@ def _print_promotion(status: str, promotion: Any, header: bool = True) -> None:
         console.print(styled("promotion:", "bold", status))
     if promotion is None:
         return
+    if promotion.decision and promotion.decision != status:
+        console.print(styled("  decision:", "bold", promotion.decision))
     for p in promotion.promotions:
         prev = promotion.previous.get(p.alias, "")
         change = "unchanged" if prev == f"{p.name}/{p.version}" else f"previously {prev or 'nobody'}"
@@ -116,6 +121,14 @@ def rank(
     ),
     tracking_uri: str = typer.Option(None, help="MLflow tracking URI (default: ./mlflow.db)."),
     promote: bool = typer.Option(True, "--promote/--no-promote", help="Set the champion/challenger aliases."),
+    threshold: float = typer.Option(
+        None,
+        help="P(challenger beats champion) a promotion needs (default: the registered model's tag "
+        "twinrank.promotion_threshold, else 0.95).",
+    ),
+    force: bool = typer.Option(
+        False, "--force", help="Without a champion, promote the most probable best even below the threshold (recorded)."
+    ),
     workers: int = typer.Option(None, min=1, help="Worker processes (default: one per core)."),
     executor: str = typer.Option("local", help="local | inline | ray"),
     ood_episodes: int = typer.Option(
@@ -166,6 +179,8 @@ def rank(
                 progress=on_event,
                 log=on_log,
                 extra_columns=extra,
+                threshold=threshold,
+                force=force,
             )
     except KeyboardInterrupt:
         console.print(f"interrupted; finished episodes are kept in {out} — rerun the same command to resume")
@@ -174,7 +189,7 @@ def rank(
         fail(str(exc))
     _print_ranking(res.ranking, f"Ranking by rule {res.rule!r} ({res.rule_reason})", top)
     status = (
-        ("promoted" if res.promotion is not None else "not promoted (see warnings)")
+        (res.promotion.decision if res.promotion is not None else "not promoted (see warnings)")
         if promote
         else "promotion off (--no-promote)"
     )
