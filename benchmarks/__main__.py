@@ -14,6 +14,7 @@ BENCHMARKS = [
     "bench_evaluator",
     "bench_selection",
     "bench_rank",
+    "bench_racing",
     "bench_splats",
     "bench_live",
     "bench_threads",

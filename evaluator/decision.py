@@ -53,7 +53,7 @@ DEFAULT_DRAWS = 4000
 PRIOR_EPISODES = 2.0
 METHOD = (
     "paired Bayesian bootstrap over (condition, seed) episodes with a Dirichlet-process prior worth "
-    f"{PRIOR_EPISODES:g} episode (evaluator/decision.py)"
+    f"{PRIOR_EPISODES:g} episodes (evaluator/decision.py)"
 )
 
 

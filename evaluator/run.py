@@ -348,8 +348,8 @@ def evaluate(
     run policy inference (``"cpu"``, ``"cuda:0"``...; results are reproducible per device).
 
     ``adaptive``: race the checkpoints of each task (:mod:`evaluator.racing`) instead of running
-    every episode: rounds of ``round_episodes`` episodes per surviving checkpoint (default: two
-    work units) over the spec's episode list in a shuffled order that every checkpoint shares,
+    every episode: rounds of ``round_episodes`` episodes per surviving checkpoint (default: one
+    work unit) over the spec's episode list in a shuffled order that every checkpoint shares,
     eliminating the ones confidently worse than another and stopping once the best is identified
     within ``adaptive.epsilon``; ``result.races`` says who left when and why.
 
@@ -365,7 +365,7 @@ def evaluate(
     spec.validate()
     if adaptive is not None:
         adaptive.validate()
-        round_episodes = int(round_episodes or 2 * spec.batch_size)
+        round_episodes = int(round_episodes or spec.batch_size)
         if round_episodes < 1:
             raise ValueError(f"round_episodes = {round_episodes}: need at least one episode per round")
     out = Path(out_dir)

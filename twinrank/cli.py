@@ -231,7 +231,7 @@ def eval_cmd(
     epsilon: float = typer.Option(0.05, min=0.0, max=0.99, help="Adaptive: success margin of 'best'."),
     delta: float = typer.Option(0.05, min=1e-6, max=0.5, help="Adaptive: error probability of the pick."),
     round_episodes: int = typer.Option(
-        None, min=1, help="Adaptive: episodes per checkpoint per round (default: two work units)."
+        None, min=1, help="Adaptive: episodes per checkpoint per round (default: one work unit, the spec's batch_size)."
     ),
 ) -> None:
     """Evaluate checkpoints under the spec's perturbation conditions (paired design), log to MLflow.

@@ -271,6 +271,12 @@ class ProgressDisplay:
         """A message above the bar (or a plain line)."""
         console.print(msg if isinstance(msg, Text) else Text(msg))
 
+    def set_desc(self, desc: str) -> None:
+        """A new description, shown by the bar (or in the next plain line) without a line of its own."""
+        self._desc = desc
+        if self._bar is not None:
+            self._bar.update(self._task, description=desc)
+
     def set_total(self, total: float) -> None:
         """A new total for the same piece of work (e.g. an adaptive campaign that needs fewer
         episodes than planned): the rate and ETA go on."""
@@ -370,7 +376,7 @@ def eval_progress(first: str = "starting workers") -> Iterator[tuple[Callable[[A
                 bar.print(styled("warning:", "yellow", msg[len("warning: ") :]))
             else:
                 bar.print(msg)
-                bar.update(desc=msg[:80])
+                bar.set_desc(msg[:80])  # the message is printed once, also in a log file
 
         yield on_event, on_log
 
