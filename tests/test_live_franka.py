@@ -79,6 +79,8 @@ LIVE_RTF = 0.7  # the follow loop's gain makes up for a slower robot (at 0.7x: <
 SETTLE_S = 0.5  # tracking is judged from this long after the stream became live
 FOLLOW_LIVE_S = 3.0  # live following wanted for the tracking verdict
 MIN_JUDGED_S = 1.0  # ... and needed: with less (an overloaded machine) tracking is not judged
+CMD_GAP_S = 0.05  # a pause in the commands (this test's thread starved, or their delivery) ...
+CMD_SETTLE_S = 0.7  # ... and the catch-up after it are not judged: no command, nothing to track
 BUDGET_S = 180.0  # streaming time allowed to collect it on a loaded machine
 
 pytestmark = pytest.mark.timeout(900)
@@ -395,6 +397,7 @@ def bridge(sim, ros, tmp_path_factory):
     try:
         probe.wait_for(lambda s: s.get("connected"), 60, "the bridge to connect to franka-sim")
         probe.wait_matched()
+        probe.wait_states(1, 30.0)  # every test starts from a known joint state
         yield b, probe
     finally:
         probe.close()
@@ -540,9 +543,36 @@ def test_armed_follow_tracks_commands(bridge):
 
     # timing from the message stamps (command publish -> robot state read by the bridge), so
     # delivery delays of this test process do not count as lag
+    # pauses in the commands: in this test's stream (its thread starved), or in their delivery
+    # as the bridge saw it (the command's age in its status, on the same ROS clock)
+    gaps = [(g0, g1) for g0, g1 in zip(cmd_t, cmd_t[1:]) if g1 - g0 > CMD_GAP_S]
+    gaps += [
+        (d["time"] - d["command_age_s"], d["time"])
+        for d in statuses
+        if d.get("command_age_s") is not None and d.get("time") is not None and d["command_age_s"] > CMD_GAP_S
+    ]
+
+    def judged_at(lag: float) -> np.ndarray:
+        """Samples judged at this lag: live and moving, their reference not in a pause of the
+        command stream (or the catch-up after it)."""
+        t_ref = ts - lag
+        ok = moving.copy()
+        for g0, g1 in gaps:
+            ok &= ~((t_ref >= g0) & (t_ref <= g1 + CMD_SETTLE_S))
+        return ok
+
     def err_at(lag: float) -> np.ndarray:
-        ref = np.stack([np.interp(ts[moving] - lag, cmd_t, cmd_q[:, j]) for j in range(7)], axis=1)
-        return np.abs(qs[moving] - ref).max(axis=1)
+        m = judged_at(lag)
+        ref = np.stack([np.interp(ts[m] - lag, cmd_t, cmd_q[:, j]) for j in range(7)], axis=1)
+        return np.abs(qs[m] - ref).max(axis=1)
+
+    paused = total([(g0, g1 + CMD_SETTLE_S) for g0, g1 in gaps])
+    judged_s = total(judged) * judged_at(0.0).sum() / max(1, int(moving.sum()))
+    if judged_s < MIN_JUDGED_S:
+        pytest.skip(
+            f"tracking not judged: this test's command stream paused {len(gaps)} times ({paused:.1f} s with "
+            f"catch-up) on this loaded machine ({summary})"
+        )
 
     lags = np.arange(0.0, 0.5, 0.005)
     errs = [float(np.percentile(err_at(lag), 95)) for lag in lags]
@@ -552,9 +582,10 @@ def test_armed_follow_tracks_commands(bridge):
     raw = float(err_at(0.0).max())
     hold_err = float(np.abs(qs[held] - phase["hold"]).max())
     vmax = float((np.abs(dqs[inside(ts, judged)]) / FR3_DQ_MAX).max())
-    ref = np.stack([np.interp(ts[moving] - lag, cmd_t, cmd_q[:, j]) for j in range(7)], axis=1)
+    m = judged_at(lag)
+    ref = np.stack([np.interp(ts[m] - lag, cmd_t, cmd_q[:, j]) for j in range(7)], axis=1)
     print(
-        f"\nfollow: {summary}\n  lag {lag * 1000:.0f} ms, error after lag p95 {p95 * 1000:.1f} mrad, p99 "
+        f"\nfollow: {summary}; command stream paused {len(gaps)} times over {CMD_GAP_S * 1000:.0f} ms\n  lag {lag * 1000:.0f} ms, error after lag p95 {p95 * 1000:.1f} mrad, p99 "
         f"{p99 * 1000:.1f} mrad (raw max {raw * 1000:.1f} mrad), hold error {hold_err * 1000:.2f} mrad, "
         f"peak speed {vmax:.3f} of FR3 limits (scale {SCALE})"
     )
@@ -565,7 +596,7 @@ def test_armed_follow_tracks_commands(bridge):
     assert hold_err < HOLD_TOL_RAD, (hold_err, summary)
     assert vmax <= SCALE * 1.1, (vmax, summary)
     # the arm really moved along the sine where it was judged
-    assert np.ptp(qs[moving][:, 0]) > 0.8 * np.ptp(ref[:, 0]) and np.ptp(ref[:, 0]) > 0.05
+    assert np.ptp(qs[m][:, 0]) > 0.8 * np.ptp(ref[:, 0]) and np.ptp(ref[:, 0]) > 0.05
 
 
 def test_watchdog_stops_motion_when_commands_stop(bridge):
