@@ -69,7 +69,7 @@ class PolicyRegistryError(KeyError):
 
 #: units of the TwinEnv observation groups (see twin/env.py and twin/tasks/base.py)
 OBS_UNITS: dict[str, str] = {
-    "state": "privileged task state (positions m, quaternions wxyz, task-specific) + robot state",
+    "state": "privileged task state (task-specific: see the task's state_description) + robot state",
     "proprio": "joints rad (7), gripper width m (1), TCP position m (3), TCP quaternion wxyz (4)",
     "point_cloud": "x, y, z in m (world frame) + r, g, b in [0, 1]",
     "rgb": "RGB uint8 0-255, (height, width, 3)",
@@ -348,14 +348,17 @@ class PolicySpec:
             raise SpecMismatchError(
                 f"observation keys {missing} are not in the env's observation space (it has {sorted(obs_spaces)})"
             )
-        obs = [
-            ObsSpec(k, tuple(obs_spaces[k].shape), str(np.dtype(obs_spaces[k].dtype)), _units_for_key(k)) for k in keys
-        ]
+        base = getattr(env, "envs", [env])[0] if hasattr(env, "envs") else env
+        described = getattr(getattr(base, "unwrapped", base), "observation_description", None)
+
+        def units(k: str) -> str:  # the env's own words (task-specific), else the generic ones
+            return (described(k) if callable(described) else "") or _units_for_key(k)
+
+        obs = [ObsSpec(k, tuple(obs_spaces[k].shape), str(np.dtype(obs_spaces[k].dtype)), units(k)) for k in keys]
         if mode is None:
             from gymnasium import spaces
 
             mode = "discrete" if isinstance(act_space, spaces.Discrete) else "continuous"
-        base = getattr(env, "envs", [env])[0] if hasattr(env, "envs") else env
         describe = getattr(getattr(base, "unwrapped", base), "action_description", None)
         units = describe() if callable(describe) else ""
         return cls(

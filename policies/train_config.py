@@ -136,8 +136,22 @@ class TrainResult:
 ProgressFn = Callable[[str, float, float], None]  # (description, completed, total)
 
 
+def default_control_mode(task: str) -> str:
+    """The control mode a default config trains ``task`` in: CASHER's discrete actions where the
+    task's demonstrator can drive them (waypoint experts in ``ee_pose``), else the
+    demonstrator's own mode (``push_t``: ``pusht_xy``)."""
+    from twin.tasks import TaskError, get_task_class
+
+    try:
+        mode = get_task_class(task).expert_mode
+    except TaskError as exc:
+        raise TrainConfigError(str(exc)) from exc
+    return "discrete" if mode == "ee_pose" else mode
+
+
 def default_config(algo: str, task: str) -> TrainConfig:
-    """Sensible starting configs per algorithm (small enough for a laptop CPU)."""
+    """Sensible starting configs per algorithm (small enough for a laptop CPU), in the task's
+    default control mode (:func:`default_control_mode`)."""
     if algo == "diffusion_bc":
         # push_t: condition on gym-pusht's 5-d state (agent xy, block xy, block angle), as the
         # field's Diffusion Policy does.
@@ -153,11 +167,21 @@ def default_config(algo: str, task: str) -> TrainConfig:
             checkpoint_every=10,
             eval_episodes=10,
         )
+    mode = default_control_mode(task)
     if algo == "bc":
-        return TrainConfig(algo="bc", task=task, demos=DemoCfg(episodes=20), bc=BCConfig(epochs=40), checkpoint_every=5)
+        return TrainConfig(
+            algo="bc",
+            task=task,
+            control_mode=mode,
+            demos=DemoCfg(episodes=20),
+            bc=BCConfig(epochs=40),
+            checkpoint_every=5,
+        )
     if algo == "distill":
-        return TrainConfig(algo="distill", task=task, policy="pointcloud", obs_keys=["point_cloud", "proprio"])
-    return TrainConfig(algo=algo, task=task)  # type: ignore[arg-type]
+        return TrainConfig(
+            algo="distill", task=task, control_mode=mode, policy="pointcloud", obs_keys=["point_cloud", "proprio"]
+        )
+    return TrainConfig(algo=algo, task=task, control_mode=mode)  # type: ignore[arg-type]
 
 
 def with_overrides(cfg: TrainConfig, **overrides: Any) -> TrainConfig:

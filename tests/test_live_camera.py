@@ -97,26 +97,38 @@ class Graph:
         self.ex = MultiThreadedExecutor(num_threads=2)
         self.nodes = []
         self._stop = False
+        # nodes are added and destroyed only between two spin_once calls: destroying a node
+        # whose entities sit in the wait set of a running spin_once kills the spin thread
+        # (rclpy InvalidHandle), and every later test of the module then waits in vain
+        self._lock = threading.Lock()
+        self.spin_errors: list[str] = []
         self.thread = threading.Thread(target=self._spin, daemon=True)
         self.thread.start()
 
     def add(self, obj):
         node = getattr(obj, "node", obj)  # a Sink carries its node
-        self.nodes.append(node)
-        self.ex.add_node(node)
+        with self._lock:
+            self.nodes.append(node)
+            self.ex.add_node(node)
         return obj
 
     def _spin(self) -> None:
         while not self._stop and rclpy.ok():
-            self.ex.spin_once(timeout_sec=0.05)
+            with self._lock:
+                try:
+                    self.ex.spin_once(timeout_sec=0.05)
+                except Exception as exc:  # noqa: BLE001 - keep the graph alive, but remember
+                    self.spin_errors.append(f"{type(exc).__name__}: {exc}")
+            time.sleep(0.001)  # let add/remove take the lock
 
     def remove(self, obj) -> None:
         node = obj.node if isinstance(obj, Sink) else obj
-        self.ex.remove_node(node)
-        if hasattr(node, "close"):
-            node.close()
-        node.destroy_node()
-        self.nodes.remove(node)
+        with self._lock:
+            self.ex.remove_node(node)
+            if hasattr(node, "close"):
+                node.close()
+            node.destroy_node()
+            self.nodes.remove(node)
 
     def close(self) -> None:
         for n in list(self.nodes):

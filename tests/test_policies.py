@@ -534,3 +534,24 @@ def test_running_norm_divisor_follows_updates_loads_and_moves():
     assert torch.allclose(other(x), x)
     rn.var = torch.full((2,), 4.0)  # replaced buffer
     assert torch.allclose(rn(rn.mean[None] + 2.0), torch.ones(1, 2), atol=1e-5)
+
+
+@pytest.mark.parametrize("task", ["reach", "mug_to_sink", "box_to_shelf", "open_cabinet", "push_t"])
+def test_state_units_are_the_tasks_own_and_count_every_value(task):
+    """The spec's units for ``state`` are the task's (push_t: gym-pusht's workspace units and
+    radians, not "positions m, quaternions wxyz"), and the counts they state add up to the
+    observation's size."""
+    import re
+
+    from twin.env import TwinEnv
+
+    env = TwinEnv(task)
+    obs, _ = env.reset(seed=0)
+    units = PolicySpec.from_env(env, obs_keys=["state"]).observations[0].units
+    env.close()
+    assert sum(int(n) for n in re.findall(r"\((\d+)\)", units)) == obs["state"].shape[0], units
+    task_part = units.split("; then robot state")[0]
+    if task == "push_t":
+        assert "workspace units" in task_part and "quaternion" not in task_part and " m (" not in task_part
+    else:
+        assert " m (3)" in task_part

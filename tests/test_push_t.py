@@ -54,6 +54,22 @@ def test_tee_geometry_matches_gym_pusht():
     assert s.shape == (5,) and 50 <= s[0] < 450 and 50 <= s[1] < 450
 
 
+# gym-pusht 0.1.8 itself (pip install gym-pusht==0.1.8 in a separate venv; SDL_VIDEODRIVER=dummy):
+#   env = gymnasium.make("gym_pusht/PushT-v0", obs_type="state"); env.reset(seed=s)[0]
+GYM_PUSHT_0_1_8_RESETS = {
+    0: [390.0, 304.0, 241.542556, 268.516974, 3.399037],
+    1: [239.0, 254.0, 290.589155, 457.768184, 4.047374],
+    2: [385.0, 154.0, 173.385411, 251.670533, 1.974339],
+    3: [374.0, 84.0, 195.684819, 230.248025, 1.892963],
+    4: [340.0, 427.0, 370.692019, 342.499628, 2.992327],
+}
+
+
+def test_gym_pusht_initial_state_is_gym_pushts_own_reset():
+    for seed, expected in GYM_PUSHT_0_1_8_RESETS.items():
+        np.testing.assert_allclose(gym_pusht_initial_state(seed), expected, atol=2e-6)
+
+
 def test_mapping_roundtrip_and_flip():
     xy = np.array([[0.0, 0.0], [512.0, 512.0], [100.0, 300.0]])
     w = workspace_to_world(xy)

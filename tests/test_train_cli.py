@@ -113,3 +113,35 @@ def test_a_config_trains_the_same_checkpoints_every_time(tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         assert np.array_equal(a[k], b[k]), k
+
+
+def test_default_configs_train_each_task_in_a_mode_its_demonstrator_drives(tmp_path):
+    """`twinrank train --algo bc --task push_t` used to fail at once (the default config asked
+    for discrete actions; push_t's demonstrator acts in pusht_xy). Each task's default control
+    mode is one its demonstrator drives, and the documented command trains and registers."""
+    from policies.demos import demonstrator
+    from policies.train import TrainConfigError, default_config
+    from twin.env import TwinEnv
+
+    for task in ("reach", "mug_to_sink", "box_to_shelf", "open_cabinet", "push_t"):
+        for algo in ("bc", "ppo_bc", "distill"):
+            cfg = default_config(algo, task)
+            assert cfg.control_mode == ("pusht_xy" if task == "push_t" else "discrete"), (task, algo)
+        env = TwinEnv(task, control_mode=default_config("bc", task).control_mode)
+        env.reset(seed=0)
+        assert demonstrator(env) is not None  # raises for a mode the demonstrator cannot drive
+        env.close()
+    with pytest.raises(TrainConfigError, match="unknown task"):
+        default_config("bc", "no_such_task")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    p = subprocess.run(
+        [TWINRANK, "train", "--algo", "bc", "--task", "push_t", "--epochs", "1", "--set", "eval_episodes=0"]
+        + ["--set", "demos.episodes=1", "--set", "checkpoint_every=1", "--tracking-uri", uri, "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=dict(os.environ),
+    )
+    assert p.returncode == 0, p.stdout + p.stderr
+    versions = mlflow.MlflowClient(tracking_uri=uri).search_model_versions("name='push_t-bc'")
+    assert len(versions) == 1

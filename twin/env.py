@@ -53,6 +53,10 @@ def _discrete_table(pos_step: float, rot_step: float) -> list[tuple[np.ndarray, 
     return [(dpos, euler_to_mat(*drot), grip) for dpos, drot, grip in out]
 
 
+#: units of the robot part of the observations (TwinSim.robot_state)
+ROBOT_STATE_UNITS = "joints rad (7), gripper width m (1), TCP position m (3), TCP quaternion wxyz (4)"
+
+
 class TwinEnv(gym.Env):
     metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
 
@@ -407,6 +411,14 @@ class TwinEnv(gym.Env):
         }[self.cfg.actions.mode]
 
     # ---- observations ------------------------------------------------------------------------
+    def observation_description(self, key: str) -> str:
+        """Units of an observation entry ("" when this env has nothing specific to say)."""
+        if key == "state":
+            return f"task state: {self.task.state_description()}; then robot state: {ROBOT_STATE_UNITS}"
+        if key == "proprio":
+            return ROBOT_STATE_UNITS
+        return ""
+
     def robot_state(self) -> np.ndarray:
         """Arm joints, gripper width, TCP position and quaternion wxyz (15, float64)."""
         return self.sim.robot_state()

@@ -157,6 +157,12 @@ class Task:
     #: control mode the expert's actions are in
     expert_mode: str = "ee_pose"
 
+    def state_description(self) -> str:
+        """Units of :meth:`task_state` (the task part of the ``state`` observation)."""
+        if not self.object_names:
+            return "none"
+        return ", ".join(f"{n} position m (3), {n} quaternion wxyz (4)" for n in self.object_names)
+
     def info(self, sim: TwinSim) -> dict[str, float]:
         """Extra per-step diagnostics (distances, coverage...) put into ``info``."""
         return {}

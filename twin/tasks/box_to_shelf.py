@@ -68,6 +68,9 @@ class BoxToShelf(Task):
         """Box pose (position 3 + quaternion wxyz 4) and the shelf region centre (3)."""
         return np.concatenate([sim.body_pose("box"), sim.site_pos("shelf")])
 
+    def state_description(self) -> str:
+        return "box position m (3), box quaternion wxyz (4), shelf region centre m (3)"
+
     def on_shelf(self, sim: TwinSim) -> bool:
         site = sim.scene.site("shelf")
         return inside(sim.body_pose("box")[:3], sim.site_pos("shelf"), np.array(site.half_extents))

@@ -58,6 +58,9 @@ class MugToSink(Task):
     def task_state(self, sim: TwinSim) -> np.ndarray:
         return np.concatenate([sim.body_pose("mug"), sim.site_pos("sink")])
 
+    def state_description(self) -> str:
+        return "mug position m (3), mug quaternion wxyz (4), sink region centre m (3)"
+
     def in_sink(self, sim: TwinSim) -> bool:
         site = sim.scene.site("sink")
         return inside(sim.body_pose("mug")[:3], sim.site_pos("sink"), site.half_extents, margin=0.0)

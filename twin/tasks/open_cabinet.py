@@ -120,6 +120,12 @@ class OpenCabinet(Task):
         vel = float(sim.data.qvel[sim.model.jnt_dofadr[jid]])
         return np.concatenate([[self.door_angle(sim), vel], sim.site_pos(HANDLE), sim.body_pose("cabinet")])
 
+    def state_description(self) -> str:
+        return (
+            "door angle rad (1), door angular velocity rad/s (1), handle position m (3), "
+            "cabinet position m (3), cabinet quaternion wxyz (4)"
+        )
+
     def info(self, sim: TwinSim) -> dict[str, float]:
         d = float(np.linalg.norm(sim.tcp_pose()[:3] - sim.site_pos(HANDLE)))
         return {"door_angle": self.door_angle(sim), "tcp_handle_distance": d}

@@ -222,31 +222,25 @@ def legacy_set_state_pose(x: float, y: float, angle: float) -> np.ndarray:
 
 
 def sample_initial_state(rng: np.random.Generator) -> np.ndarray:
-    """gym-pusht's reset distribution, drawn from a numpy Generator.
-
-    ``[randint(50, 450), randint(50, 450), randint(100, 400), randint(100, 400),
-    randn() * 2 pi - pi]`` (agent x, y, block x, y, block angle), as gym-pusht draws it
-    with ``np.random.RandomState(seed)``; the block pose then gets gym-pusht's legacy
-    rotation about its centre of gravity (:func:`legacy_set_state_pose`). Returns the
-    resulting state ``[agent_x, agent_y, block_x, block_y, block_angle]``.
+    """gym-pusht's reset distribution (gym-pusht 0.1.8, ``PushTEnv.reset``), drawn from a numpy
+    Generator in the same order: ``[integers(50, 450), integers(50, 450), integers(100, 400),
+    integers(100, 400), uniform(-pi, pi)]`` (agent x, y, block x, y, block angle); the block
+    pose then gets gym-pusht's legacy rotation about its centre of gravity
+    (:func:`legacy_set_state_pose`). Returns ``[agent_x, agent_y, block_x, block_y, block_angle]``.
     """
-    agent = rng.integers(50, 450, size=2).astype(float)
-    block = rng.integers(100, 400, size=2).astype(float)
-    angle = float(rng.standard_normal()) * 2 * math.pi - math.pi
+    agent = [float(rng.integers(50, 450)), float(rng.integers(50, 450))]
+    block = [float(rng.integers(100, 400)), float(rng.integers(100, 400))]
+    angle = float(rng.uniform(-math.pi, math.pi))
     return np.concatenate([agent, legacy_set_state_pose(block[0], block[1], angle)])
 
 
 def gym_pusht_initial_state(seed: int) -> np.ndarray:
-    """Exactly the initial state gym-pusht's ``reset(seed=seed)`` produces (legacy RNG)."""
-    rs = np.random.RandomState(seed=seed)
-    s = [
-        rs.randint(50, 450),
-        rs.randint(50, 450),
-        rs.randint(100, 400),
-        rs.randint(100, 400),
-        rs.randn() * 2 * np.pi - np.pi,
-    ]
-    return np.concatenate([np.array(s[:2], dtype=float), legacy_set_state_pose(s[2], s[3], s[4])])
+    """The initial state gym-pusht 0.1.8's ``reset(seed=seed)`` produces: its draws come from
+    gymnasium's ``np_random(seed)`` (checked against gym-pusht itself, tests/test_push_t.py)."""
+    from gymnasium.utils.seeding import np_random
+
+    rng, _ = np_random(int(seed))
+    return sample_initial_state(rng)
 
 
 # ---- scene -----------------------------------------------------------------------------------
@@ -369,7 +363,7 @@ class PushT(Task):
     Randomizations (nominal, per episode; gym-pusht's reset distribution drawn from the
     episode's numpy Generator, see :func:`sample_initial_state`): agent (TCP) position
     uniform on the integers 50..449 in x and y; block position uniform on 100..399, block
-    angle ``N(0, 1) * 2 pi - pi``, then shifted by gym-pusht's legacy rotation about the
+    angle uniform in [-pi, pi), then shifted by gym-pusht's legacy rotation about the
     centre of gravity. Draws whose block would overlap the pusher (finger box + 5 mm) are
     redrawn. The robot starts above the agent position, TCP at ``PUSHER_Z``, top-down,
     gripper closed.
@@ -504,6 +498,12 @@ class PushT(Task):
 
     def task_state(self, sim: TwinSim) -> np.ndarray:
         return self.pusht_obs(sim)
+
+    def state_description(self) -> str:
+        return (
+            "gym-pusht's agent x, y and block x, y in workspace units 0..512, 1 unit = 1 mm (4), "
+            "block angle rad in [0, 2 pi) (1)"
+        )
 
     def coverage(self, sim: TwinSim) -> float:
         return coverage(self.block_pose(sim))
