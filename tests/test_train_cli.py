@@ -143,5 +143,6 @@ def test_default_configs_train_each_task_in_a_mode_its_demonstrator_drives(tmp_p
         env=dict(os.environ),
     )
     assert p.returncode == 0, p.stdout + p.stderr
-    versions = mlflow.MlflowClient(tracking_uri=uri).search_model_versions("name='push_t-bc'")
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)  # an earlier test set a global one
+    versions = client.search_model_versions("name='push_t-bc'")
     assert len(versions) == 1
