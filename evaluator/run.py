@@ -427,12 +427,12 @@ def evaluate(
                 except EvalSpecError as exc:
                     _fail(s, str(exc), emit)
                     continue
+                if record is not None:  # the spec's order: the first seeds of each condition
+                    record_lists[task] = record.episodes_for(episode_lists[task])
                 if adaptive is not None:
                     episode_lists[task] = race_order(episode_lists[task], spec, task)
             eps = episode_lists[task]
             s.episodes_expected = len(eps)
-            if record is not None:
-                record_lists[task] = record.episodes_for(spec.episodes(task))
             if adaptive is not None:
                 racers.setdefault(task, []).append(ref)
                 continue
