@@ -97,8 +97,21 @@ def sim(tmp_path_factory):
     s.stop()
 
 
-def _bridge_cmd(name: str = "franka_bridge", **params: Any) -> list[str]:
+BRIDGE_NAMES = (
+    "/joint_states",
+    "/twin/joint_commands",
+    "/franka_bridge/status",
+    "/franka_bridge/arm",
+    "/franka_bridge/disarm",
+)
+
+
+def _bridge_cmd(name: str = "franka_bridge", prefix: str = "", **params: Any) -> list[str]:
+    """``prefix``: the bridge's topics and services under it (a second bridge beside the
+    module's; the probe takes the same prefix)."""
     args = [sys.executable, "-m", "twin.live.franka_bridge", "--ros-args", "-r", f"__node:={name}"]
+    for topic in BRIDGE_NAMES if prefix else ():
+        args += ["-r", f"{topic}:={prefix}{topic}"]
     for k, v in params.items():
         v = ("true" if v else "false") if isinstance(v, bool) else v
         args += ["-p", f"{k}:={v}"]
@@ -113,14 +126,14 @@ def _renice() -> None:
 
 
 class BridgeProc:
-    def __init__(self, log_path: Path, name: str = "franka_bridge", **params: Any) -> None:
+    def __init__(self, log_path: Path, name: str = "franka_bridge", prefix: str = "", **params: Any) -> None:
         self.log_path = log_path
         self._log = open(log_path, "wb")
         # Like libfranka with RealtimeConfig.Enforce on a realtime kernel, give the 1 kHz client a
         # higher priority than the rest of a busy test machine (best effort: root/CAP_SYS_NICE);
         # its own session, so that the priority also holds against other sessions (autogroups)
         self.proc = spawn(
-            _bridge_cmd(name, **params),
+            _bridge_cmd(name, prefix, **params),
             nice=-5,
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -147,7 +160,7 @@ class Probe:
     """The test's own rclpy node: records /joint_states (taken in batches from a polling thread:
     cheap at 1 kHz) and the bridge status, calls services, publishes commands."""
 
-    def __init__(self) -> None:
+    def __init__(self, prefix: str = "") -> None:
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import JointState
@@ -158,20 +171,20 @@ class Probe:
 
         self.JointState = JointState
         self.Trigger = Trigger
-        self.node = rclpy.create_node("franka_probe")
+        self.node = rclpy.create_node("franka_probe" + prefix.replace("/", "_"))
         self.lock = threading.Lock()
         self.states: list[tuple[float, np.ndarray, np.ndarray]] = []  # (arrival, q, dq)
         self.stamped: list[tuple[float, np.ndarray, np.ndarray]] = []  # (bridge stamp, q, dq): robot-side timing
         self.status: dict = {}
         self.status_log: list[dict] = []
         self.names: list[str] = []
-        self.js = PolledSubscription(self.node, JointState, "/joint_states", joint_qos(), "js_sampler")
+        self.js = PolledSubscription(self.node, JointState, f"{prefix}/joint_states", joint_qos(), "js_sampler")
         assert self.js.available
         qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
-        self.node.create_subscription(String, "/franka_bridge/status", self._on_status, qos)
-        self.cmd_pub = self.node.create_publisher(JointState, "/twin/joint_commands", joint_qos())
-        self.arm_cli = self.node.create_client(Trigger, "/franka_bridge/arm")
-        self.disarm_cli = self.node.create_client(Trigger, "/franka_bridge/disarm")
+        self.node.create_subscription(String, f"{prefix}/franka_bridge/status", self._on_status, qos)
+        self.cmd_pub = self.node.create_publisher(JointState, f"{prefix}/twin/joint_commands", joint_qos())
+        self.arm_cli = self.node.create_client(Trigger, f"{prefix}/franka_bridge/arm")
+        self.disarm_cli = self.node.create_client(Trigger, f"{prefix}/franka_bridge/disarm")
         self.ex = SingleThreadedExecutor()
         self.ex.add_node(self.node)
         self._stop = False
@@ -659,13 +672,16 @@ def test_killed_simulator_is_reported_and_bridge_recovers(bridge, sim):
     b, probe = bridge
     t_kill = time.monotonic()
     sim.kill()
-    st = probe.wait_for(lambda s: not s.get("connected"), 30, "the lost connection to be reported")
-    t_seen = time.monotonic() - t_kill
-    assert st["error"] and "connection lost" in st["reason"], st
-    assert not st["armed"]
-    resp = probe.call(probe.arm_cli)
-    assert not resp.success and "not connected" in resp.message, resp.message
-    sim.start()
+    try:
+        # libfranka notices in 1-2 s; the bridge's own state timeout (3 s) bounds it otherwise
+        st = probe.wait_for(lambda s: not s.get("connected"), 30, "the lost connection to be reported")
+        t_seen = time.monotonic() - t_kill
+        assert st["error"] and "connection lost" in st["reason"], st
+        assert not st["armed"]
+        resp = probe.call(probe.arm_cli)
+        assert not resp.success and "not connected" in resp.message, resp.message
+    finally:
+        sim.start()  # the module's later tests need the simulator, whatever happened here
     t_up = time.monotonic()
     st = probe.wait_for(lambda s: s.get("connected"), 60, "the bridge to reconnect")
     t_back = time.monotonic() - t_up
@@ -674,6 +690,74 @@ def test_killed_simulator_is_reported_and_bridge_recovers(bridge, sim):
     print(f"\nkill: reported {t_seen:.2f} s after SIGKILL; reconnected {t_back:.2f} s after franka-sim was up")
     assert probe.call(probe.arm_cli).success  # usable again
     assert probe.call(probe.disarm_cli).success
+
+
+def test_robot_state_stopping_mid_motion_is_a_lost_connection(ros, tmp_path):
+    """The controller stops sending states while a motion runs (franka-sim frozen with SIGSTOP
+    mid-follow). franky answers ``state`` from its cache while a motion runs, so nothing raises
+    before libfranka's 1 s UDP timeout (and, seen once in CI after franka-sim was killed, not in
+    30 s). The bridge's own state timeout (0.3 s here) reports the loss first and disarms; when
+    the controller answers again the bridge reconnects and can be armed. A second simulator and
+    bridge of its own (127.0.0.3, topics under /frozen) beside the module's."""
+    host = "127.0.0.3"
+    why = fh.franka_sim_unavailable(host)
+    if why:
+        pytest.skip(why)
+    sim = fh.FrankaSim(host, log_path=tmp_path / "sim.log")
+    sim.start()
+    b = BridgeProc(
+        tmp_path / "bridge.log",
+        name="franka_bridge_frozen",
+        prefix="/frozen",
+        robot_ip=host,
+        state_timeout_s=0.3,
+        command_timeout_s=CMD_TIMEOUT,
+        max_joint_velocity_scale=SCALE,
+        connect_timeout_s=5.0,
+        reconnect_period_s=0.5,
+    )
+    probe = Probe("/frozen")
+    stream = None
+    frozen = False
+    try:
+        probe.wait_for(lambda s: s.get("connected") and not s.get("error"), 60, "the bridge to connect")
+        probe.wait_matched()
+        probe.wait_states(1, 30.0)
+        assert probe.call(probe.arm_cli).success
+        q0 = probe.latest_q()
+        stream = CommandStream(probe, lambda t: q0 + np.array([0.1, 0, 0, 0.1, 0, 0, 0]) * np.sin(2 * np.pi * 0.25 * t))
+        events: list[str] = []
+        keep_following(probe, lambda: probe.status.get("mode") == "follow", 60, events)
+        assert probe.status.get("mode") == "follow", (probe.status, events)
+        os.kill(sim.pid, signal.SIGSTOP)
+        frozen = True
+        t_stop = time.monotonic()
+        st = probe.wait_for(lambda s: not s.get("connected"), 20, "the frozen robot to be reported")
+        t_seen = time.monotonic() - t_stop
+        assert st["error"] and not st["armed"], st
+        assert "connection lost" in st["reason"] and "no new robot state" in st["reason"], st["reason"]
+        time.sleep(max(0.0, 1.5 - (time.monotonic() - t_stop)))  # past libfranka's own timeout
+        os.kill(sim.pid, signal.SIGCONT)
+        frozen = False
+        t_up = time.monotonic()
+        st = probe.wait_for(lambda s: s.get("connected"), 60, "the bridge to reconnect")
+        assert "reconnected" in st["reason"] and not st["error"], st
+        print(
+            f"\nfrozen robot: reported {t_seen:.2f} s after its states stopped ({st['reason']}); "
+            f"reconnected {time.monotonic() - t_up:.2f} s after it answered again"
+        )
+        stream.stop()
+        stream = None
+        assert probe.call(probe.arm_cli).success, probe.status
+        assert probe.call(probe.disarm_cli).success
+    finally:
+        if frozen:
+            os.kill(sim.pid, signal.SIGCONT)
+        if stream is not None:
+            stream.stop()
+        probe.close()
+        b.stop()
+        sim.stop()
 
 
 def test_connect_timeout_reports_unresponsive_robot(ros, tmp_path):

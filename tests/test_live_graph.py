@@ -410,6 +410,12 @@ def checkpoint(tmp_path_factory):
     return path
 
 
+def _runner_sees_arm(probe) -> bool:
+    """policy_runner's status says it has a usable /joint_states (an episode can start)."""
+    m = probe.last("/policy_runner/status")
+    return m is not None and bool(json.loads(m.data)["arm_state"])
+
+
 def test_policy_runner_drives_the_twin_and_publishes_joint_commands(ros, checkpoint):
     steps = 8
     # max_lag_rad 0: the twin runs regardless of the (static) fake arm; see the next test
@@ -429,10 +435,18 @@ def test_policy_runner_drives_the_twin_and_publishes_joint_commands(ros, checkpo
             probe.sub(topic, kind)
         probe.wait_matched(pub)
         probe.wait_publisher("/twin/joint_commands")
+        # no arm state yet: the twin would start away from the arm; the start is refused
+        r = probe.call("/policy_runner/start")
+        assert not r.success and "no usable /joint_states" in r.message, r.message
+        assert json.loads(probe.wait(lambda: probe.last("/policy_runner/status"), WAIT_S).data)["arm_state"] is False
         q_real = HOME + np.array([0.05, -0.05, 0.05, 0.05, 0.0, -0.05, 0.1])
         stream = Streamer(probe, pub, q_real, rate_hz=100.0, width=0.06)
         try:
-            time.sleep(0.3)
+            probe.wait(
+                lambda: _runner_sees_arm(probe),
+                WAIT_S,
+                "the policy runner to see the arm",
+            )
             r = probe.call("/policy_runner/start")
             assert r.success, r.message
             again = probe.call("/policy_runner/start")
@@ -495,7 +509,11 @@ def test_policy_runner_pauses_the_twin_while_the_arm_lags(ros, checkpoint):
         probe.wait_publisher("/twin/joint_commands")
         stream = Streamer(probe, pub, HOME, rate_hz=100.0)
         try:
-            time.sleep(0.3)
+            probe.wait(
+                lambda: _runner_sees_arm(probe),
+                WAIT_S,
+                "the policy runner to see the arm",
+            )
             assert probe.call("/policy_runner/start").success
             paused = probe.wait(
                 lambda: (
@@ -715,6 +733,13 @@ def test_whole_graph_policy_in_twin_real_arm_follows_and_recorder_logs(ros, chec
                 r = probe.call("/franka_bridge/arm")
                 assert r.success, r.message
             q_before = np.asarray(probe.last("/joint_states").position[:7])
+            # the twin starts where the arm is: wait (as an operator would) until the policy
+            # runner sees the arm (DDS discovery takes seconds on a loaded host)
+            probe.wait(
+                lambda: _runner_sees_arm(probe),
+                3 * WAIT_S,
+                "the policy runner to see the arm's /joint_states",
+            )
             assert probe.call("/recorder/start_episode").success
             r = probe.call("/policy_runner/start")
             assert r.success, r.message

@@ -84,16 +84,16 @@ def franka_sim_missing() -> str:
     return ""
 
 
-def franka_sim_unavailable() -> str:
-    """'' when franka-sim can be started and listen here, else why not: not installed, or the
-    arm port already taken (libfranka always dials 1337; tests run in a private network
-    namespace, ``scripts/isolated``, as ``make test`` does)."""
+def franka_sim_unavailable(host: str = "127.0.0.1") -> str:
+    """'' when franka-sim can be started and listen on ``host`` here, else why not: not
+    installed, or the arm port already taken (libfranka always dials 1337; tests run in a
+    private network namespace, ``scripts/isolated``, as ``make test`` does)."""
     why = franka_sim_missing()
     if why:
         return why
-    if tcp_listening("127.0.0.1", ARM_PORT):
+    if tcp_listening(host, ARM_PORT):
         return (
-            f"127.0.0.1:{ARM_PORT} is taken by another process (libfranka always dials port {ARM_PORT}; run "
+            f"{host}:{ARM_PORT} is taken by another process (libfranka always dials port {ARM_PORT}; run "
             f"under scripts/isolated, as make test does)"
         )
     return ""

@@ -29,7 +29,13 @@ Safety behaviour (see ``twin/live/HARDWARE.md``):
   put in the status, and, with ``auto_recover``, cleared with ``recover_from_errors()``.
 - **Lost connection** (network timeout, killed simulator): reported in the status
   (``connected: false``, ``error: true``, reason), the bridge disarms and reconnects when
-  the robot answers again.
+  the robot answers again. The bridge does not rely on libfranka alone to notice: no new
+  robot state for ``state_timeout_s`` while connected is a lost connection too (franky
+  answers ``state`` from its cache while it believes a motion runs; a control thread that
+  never returns would otherwise leave a dead robot reported as connected). Such a robot
+  object is set aside and destroyed only once franky reports its motion ended (its
+  destructor joins the control thread: destroyed earlier, a stuck thread would stall the
+  bridge).
 
 - **Stalls**: gaps between new robot states are measured (status ``state_gap_max_s`` since the
   previous status, ``state_stalls`` over 50 ms) with the robot clock's rate (``robot_rtf``,
@@ -90,6 +96,11 @@ STATE_STALL_S = 0.05
 # defaults unless the contract already lists them.
 EXTRA_PARAMS = (
     Param("reconnect_period_s", 1.0, "Seconds between connection attempts while disconnected."),
+    Param(
+        "state_timeout_s",
+        3.0,
+        "No new robot state for this long while connected is a lost connection (the FCI sends one per ms).",
+    ),
     Param("follow_rate_hz", 200.0, "Velocity updates per second sent to the robot while following."),
     Param("position_gain", 20.0, "Follow loop: commanded velocity per rad of position error [1/s]."),
     Param("velocity_hold_s", 0.1, "Each velocity command lasts this long: a stalled bridge stops the arm."),
@@ -177,6 +188,8 @@ class FrankaBridge:
         self.rate = max(1.0, float(params["publish_rate_hz"]))
         self.cmd_timeout = float(params["command_timeout_s"])
         self.connect_timeout = float(params["connect_timeout_s"])
+        self.state_timeout = float(params["state_timeout_s"])
+        self._set_aside: list[tuple[Any, Any]] = []  # (robot, gripper) whose state stopped: see _reap
         scale = float(params["max_joint_velocity_scale"])
         if not 0.0 < scale <= 1.0:
             raise ValueError(f"max_joint_velocity_scale={scale}: must be in (0, 1]")
@@ -601,6 +614,7 @@ class FrankaBridge:
             now = time.monotonic()
             self._take_commands()
             if self.robot is None:
+                self._reap_set_aside()
                 self._try_connect(now)
                 self.state_rate_hz = 0.0
                 last_time = None
@@ -635,6 +649,15 @@ class FrankaBridge:
                     self.js_pub.publish(msg)
                     self.published += 1
                     win_count += 1
+                elif last_time is not None and t_read - last_new > self.state_timeout:
+                    self._set_aside.append((robot, self.gripper))
+                    robot = None  # no reference left in this thread: see _reap_set_aside
+                    self._on_lost(
+                        TimeoutError(
+                            f"no new robot state for {t_read - last_new:.1f} s (state_timeout_s={self.state_timeout:g})"
+                        )
+                    )
+                    continue
                 now = time.monotonic()
                 if now - win_start >= 1.0:
                     self.state_rate_hz = win_count / (now - win_start)
@@ -660,6 +683,21 @@ class FrankaBridge:
                 time.sleep(delay)
             elif delay < -0.05:
                 next_t = time.monotonic()
+
+    def _reap_set_aside(self) -> None:
+        """Destroy the robot objects set aside by the state timeout once their motion has ended
+        (``poll_motion``: non-blocking; it raises the motion's error, e.g. libfranka's timeout).
+        Until then they hold their connection; a control thread that never ends keeps its
+        object for the life of the process rather than stall this thread in a destructor."""
+        keep = []
+        for robot, gripper in self._set_aside:
+            try:
+                running = bool(robot.poll_motion())
+            except Exception:
+                running = False
+            if running:
+                keep.append((robot, gripper))
+        self._set_aside = keep
 
     def _supervise(self) -> None:
         """Surface motion errors (reflexes) from franky's control thread."""

@@ -9,7 +9,8 @@ What the policy was fed and what it returned go to ``/twinrank/obs/<key>`` and
 
 Episodes: ``/policy_runner/start`` resets the twin (seed ``seed`` + episode index), puts the
 twin robot at the real robot's latest ``/joint_states`` (``sync_robot_at_start``: arming does
-not make the arm jump) and snaps the tracked objects to their latest ``/objects/<name>/pose``;
+not make the arm jump; without a usable one the episode does not start, and ``autostart``
+waits for one) and snaps the tracked objects to their latest ``/objects/<name>/pose``;
 during the episode objects are pulled toward fresh observations by ``object_gain`` once per
 control step. The episode stops on ``/policy_runner/stop``, on task success (when the task
 terminates on success), after ``max_steps`` or the task's step limit, when the twin's
@@ -107,6 +108,14 @@ def _env_for_policy(task: str, policy: Any) -> Any:
     return TwinEnv(task, observations=ocfg, render_mode=None)
 
 
+NO_ARM_STATE = (
+    f"not started: no usable {TOPIC_JOINT_STATES} from the arm yet (franka_bridge not up, or not yet "
+    "discovered); the twin would start away from the real arm and franka_bridge would refuse its "
+    "commands. Retry when they arrive (status arm_state: true), or set sync_robot_at_start:=false "
+    "to run the twin without an arm"
+)
+
+
 class PolicyRunner(Node):
     def __init__(self, cli_args: list[str] | None = None, **kwargs: Any) -> None:
         super().__init__(NODE_POLICY_RUNNER, cli_args=cli_args, **kwargs)
@@ -179,6 +188,7 @@ class PolicyRunner(Node):
         if p["autostart"] and self.env is not None:
             self.create_timer(0.2, self._autostart_once, callback_group=ctl)
         self._autostarted = False
+        self._autostart_waiting = False
 
     # ---- setup --------------------------------------------------------------------------------
     def _load(self) -> None:
@@ -201,10 +211,21 @@ class PolicyRunner(Node):
         self.env.reset(seed=int(p["seed"]))
 
     def _autostart_once(self) -> None:
-        if not self._autostarted:
+        """Start the first episode as soon as it can start (retried while the arm's state is
+        missing: said once)."""
+        if self._autostarted:
+            return
+        ok, msg = self.start_episode()
+        if ok:
             self._autostarted = True
-            ok, msg = self.start_episode()
-            (self.get_logger().info if ok else self.get_logger().error)(msg)
+            self.get_logger().info(msg)
+        elif msg == NO_ARM_STATE:
+            if not self._autostart_waiting:
+                self._autostart_waiting = True
+                self.get_logger().warning(f"autostart waits: {msg}")
+        else:
+            self._autostarted = True
+            self.get_logger().error(msg)
 
     # ---- input --------------------------------------------------------------------------------
     def _on_joint_state(self, msg: JointState) -> None:
@@ -245,17 +266,15 @@ class PolicyRunner(Node):
         with self._lock:
             if self.running:
                 return False, f"episode {self.episode} is running; call {SRV_POLICY_STOP} first"
+            real = self.latest_joints() if self.p["sync_robot_at_start"] else None
+            if self.p["sync_robot_at_start"] and real is None:
+                return False, NO_ARM_STATE
             self.episode += 1
             seed = int(self.p["seed"]) + self.episode
             env.reset(seed=seed)
             sim.ik.rest = np.array(sim.scene.robot.home_qpos, dtype=float)
-            note = ""
-            if self.p["sync_robot_at_start"]:
-                real = self.latest_joints()
-                if real is None:
-                    note = "; no usable /joint_states: the twin robot starts at the task's home"
-                else:
-                    self._set_robot(np.asarray(real[0]), real[1])
+            if real is not None:
+                self._set_robot(np.asarray(real[0]), real[1])
             for name in self.object_names:
                 if name in self._objects_obs and name in sim._free_adr:
                     arr, _ = self._objects_obs[name]
@@ -271,7 +290,7 @@ class PolicyRunner(Node):
             self.done_reason = ""
             self.running = True
         self._publish_status()
-        return True, f"episode {self.episode} started (seed {seed}){note}"
+        return True, f"episode {self.episode} started (seed {seed})"
 
     def _set_robot(self, q: np.ndarray, width: float | None) -> None:
         sim = self.env.sim
@@ -435,6 +454,7 @@ class PolicyRunner(Node):
             "paused": self.paused,
             "paused_ticks": self.paused_ticks,
             "lag_rad": None if self.lag != self.lag else round(self.lag, 5),
+            "arm_state": self.latest_joints() is not None,
             "checkpoint": self.p["checkpoint"],
             "task": self.p["task"],
         }
