@@ -773,6 +773,7 @@ def _unit(
         deterministic=spec.deterministic,
         video=video,
         device=device,
+        engine=spec.engine,
     )
 
 

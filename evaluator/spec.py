@@ -130,6 +130,9 @@ class EvalSpec:
     batch_size: int = 8
     deterministic: bool = True
     video: VideoCfg = field(default_factory=VideoCfg)
+    #: physics engine the episodes run on: "mujoco" (the twin) or "pybullet" (the second
+    #: engine that plays the real cell, twin.bullet; proxy-real validation only)
+    engine: str = "mujoco"
 
     def __post_init__(self) -> None:
         if isinstance(self.tasks, str):
@@ -265,6 +268,14 @@ class EvalSpec:
             raise EvalSpecError(f"max_steps = {self.max_steps!r}: give a positive integer or null (task default)")
         if not isinstance(self.deterministic, bool):
             raise EvalSpecError(f"deterministic = {self.deterministic!r}: give true or false")
+        from twin.env import ENGINES
+
+        if self.engine not in ENGINES:
+            raise EvalSpecError(f"engine = {self.engine!r}: give one of {', '.join(ENGINES)}")
+        for t in self.tasks:
+            engines = get_task_class(t).engines
+            if self.engine not in engines:
+                raise EvalSpecError(f"engine = {self.engine!r}: task {t!r} runs on {', '.join(engines)} only")
         self.video.validate()
         return self
 
@@ -303,6 +314,7 @@ class EvalSpec:
             "batch_size": int(self.batch_size),
             "deterministic": bool(self.deterministic),
             "video": dataclasses.asdict(self.video),
+            "engine": self.engine,
         }
 
     @classmethod
@@ -390,6 +402,8 @@ class EvalSpec:
         d.pop("episodes_per_condition")
         d["conditions"] = {t: self.condition_names(t) for t in (self.tasks or [""])}
         d["eval_format_version"] = EVAL_FORMAT_VERSION
+        if d["engine"] == "mujoco":
+            d.pop("engine")  # digests of twin campaigns stay what they were
         blob = json.dumps(d, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 

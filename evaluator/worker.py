@@ -114,6 +114,7 @@ class WorkUnit:
     #: slots whose observations (what the policy acted on, every step) are sent back in a
     #: ``record`` message before their ``episode`` message (for OOD references)
     record: tuple[int, ...] = ()
+    engine: str = "mujoco"
 
     def pending_slots(self) -> list[int]:
         return [i for i, r in enumerate(self.run) if r]
@@ -191,10 +192,12 @@ class WorkerState:
         self.loads = 0
 
     # ---- envs and policies -----------------------------------------------------------------
-    def envs_for(self, task: str, control_mode: str, obs_cfg: Any, max_steps: int | None, n: int) -> list[Any]:
+    def envs_for(
+        self, task: str, control_mode: str, obs_cfg: Any, max_steps: int | None, n: int, engine: str = "mujoco"
+    ) -> list[Any]:
         from twin.env import TwinEnv
 
-        key = (task, control_mode, repr(obs_cfg))  # not max_steps: set per unit below
+        key = (task, control_mode, repr(obs_cfg), engine)  # not max_steps: set per unit below
         envs = self._envs.get(key)
         if envs is None:
             envs = []
@@ -206,7 +209,7 @@ class WorkerState:
         else:
             self._envs.move_to_end(key)
         while len(envs) < n:
-            envs.append(TwinEnv(task, control_mode=control_mode, observations=obs_cfg))
+            envs.append(TwinEnv(task, control_mode=control_mode, observations=obs_cfg, engine=engine))
         for e in envs:
             e.set_max_steps(max_steps)
         return envs
@@ -222,7 +225,9 @@ class WorkerState:
         # checkpoint. In-memory policies come with the unit and are never cached.
         if ref.path is not None and self._policy is not None and self._policy_id == (ref.checkpoint_id, unit.device):
             spec = self._policy_spec
-            envs = self.envs_for(unit.task, spec.action.control_mode, observation_cfg(spec), unit.max_steps, n)
+            envs = self.envs_for(
+                unit.task, spec.action.control_mode, observation_cfg(spec), unit.max_steps, n, unit.engine
+            )
             return self._policy, envs
         self._policy = self._policy_id = self._policy_spec = None
         try:
@@ -235,7 +240,9 @@ class WorkerState:
         if spec.task and spec.task != unit.task:
             raise CheckpointLoadError(f"the policy is for task {spec.task!r}, the unit runs {unit.task!r}")
         try:
-            envs = self.envs_for(unit.task, spec.action.control_mode, observation_cfg(spec), unit.max_steps, n)
+            envs = self.envs_for(
+                unit.task, spec.action.control_mode, observation_cfg(spec), unit.max_steps, n, unit.engine
+            )
         except Exception as exc:  # noqa: BLE001 - a spec the env cannot be built for
             raise CheckpointLoadError(
                 f"cannot build a {unit.task!r} env for the policy's spec: {type(exc).__name__}: {exc}"

@@ -136,13 +136,15 @@ def collect_demos(
     seed: int = 0,
     only_success: bool = False,
     progress: Callable[[int, Episode], None] | None = None,
+    engine: str = "mujoco",
 ) -> Path:
     """Run the task's demonstrator for ``episodes`` seeds and append them to ``path``.
 
     ``epsilon``: probability of replacing an action by a uniformly random one (quality knob).
     ``only_success``: keep only successful episodes (still tries exactly ``episodes`` seeds).
+    ``engine``: the physics engine (twin.env.ENGINES; "pybullet" for proxy-real logs).
     """
-    env = TwinEnv(task, control_mode=control_mode, observations=observations, suite=suite)
+    env = TwinEnv(task, control_mode=control_mode, observations=observations, suite=suite, engine=engine)
     writer = EpisodeWriter(path, task, env.cfg.actions.mode)
     for i in range(episodes):
         s = seed + i

@@ -18,7 +18,14 @@ It does two things, kept apart on purpose:
   analogue of a real-robot evaluation. Only validation (``twinrank validate``, the selection
   benchmark) reads them; the ranking never does.
 
-Outputs always say ``proxy-real``; nothing here is called real.
+Two engines can play the cell (``engine`` in the domain file, ``--engine`` on the command
+line): ``mujoco``, the twin's own engine under the shifted conditions, and ``pybullet``
+(:mod:`twin.bullet`): a second engine built from the same scene description, with its own
+robot model, joint motors, IK, contact model and renderer, under the same shifted conditions
+(the real cell differs from the twin in ways the twin does not model; shifts inside the
+perturbation suite's ranges alone flatter it).
+
+Outputs always say ``proxy-real`` (``proxy-real (pybullet)``); nothing here is called real.
 """
 
 from __future__ import annotations
@@ -50,6 +57,27 @@ class ProxyRealDomain:
     episodes: int = 20
     suite: dict[str, Any] = field(default_factory=dict)
     source: str = ""
+    #: the physics engine that plays the cell: "mujoco" (the twin's own engine, shifted) or
+    #: "pybullet" (a second engine: its own robot model, motors, IK, contacts and renderer;
+    #: twin.bullet), under the same shifted conditions
+    engine: str = "mujoco"
+
+    @property
+    def label(self) -> str:
+        """What outputs call this domain: ``proxy-real`` or ``proxy-real (pybullet)``."""
+        return DOMAIN if self.engine == "mujoco" else f"{DOMAIN} ({self.engine})"
+
+    def with_engine(self, engine: str | None) -> ProxyRealDomain:
+        """This domain played by ``engine`` (None: unchanged)."""
+        from dataclasses import replace
+
+        from twin.env import ENGINES
+
+        if engine is None:
+            return self
+        if engine not in ENGINES:
+            raise ProxyRealError(f"engine {engine!r}: use one of {', '.join(ENGINES)}")
+        return replace(self, engine=engine)
 
     @staticmethod
     def load(path: str | os.PathLike[str] | None = None) -> ProxyRealDomain:
@@ -57,9 +85,11 @@ class ProxyRealDomain:
         if not p.is_file():
             raise ProxyRealError(f"proxy-real domain file {p} not found; omit it to use the built-in {DEFAULT_PATH}")
         data = yaml.safe_load(p.read_text()) or {}
-        unknown = set(data) - {"name", "seed_start", "episodes", "suite"}
+        unknown = set(data) - {"name", "seed_start", "episodes", "suite", "engine"}
         if unknown:
-            raise ProxyRealError(f"{p}: unknown field(s) {sorted(unknown)}; fields: name, seed_start, episodes, suite")
+            raise ProxyRealError(
+                f"{p}: unknown field(s) {sorted(unknown)}; fields: name, seed_start, episodes, suite, engine"
+            )
         if not isinstance(data.get("suite"), dict):
             raise ProxyRealError(f"{p}: 'suite' must be a perturbation suite mapping (see twin/suites/default.yaml)")
         dom = ProxyRealDomain(
@@ -71,6 +101,10 @@ class ProxyRealDomain:
         )
         if dom.episodes < 1:
             raise ProxyRealError(f"{p}: episodes = {dom.episodes}; give at least 1")
+        try:
+            dom = dom.with_engine(str(data.get("engine", "mujoco")))
+        except ProxyRealError as exc:
+            raise ProxyRealError(f"{p}: {exc}") from exc
         dom.load_suite()  # validate the factors now
         return dom
 
@@ -98,6 +132,7 @@ class ProxyRealDomain:
             conditions=["combined"],
             seeds=self.seeds(episodes),
             video=VideoCfg(enabled=False),
+            engine=self.engine,
         )
 
 
@@ -115,8 +150,8 @@ def record_logs(
     """Write proxy-real logs of ``task`` to the rosbag2 bag ``out`` (the real-data schema).
 
     ``operator``: ``"expert"`` (the task's scripted demonstrator, like teleoperated real
-    demonstrations; ``noise`` perturbs its waypoints) or a checkpoint directory whose policy
-    is run. Episodes keep their outcome (an operator would mark it), but selection's OOD
+    demonstrations, in ``control_mode`` or else its own mode; ``noise`` perturbs its
+    waypoints) or a checkpoint directory whose policy is run. Episodes keep their outcome (an operator would mark it), but selection's OOD
     scores use only the observations.
     """
     from policies.data import iter_episodes
@@ -129,15 +164,29 @@ def record_logs(
         h5 = Path(tmp) / "episodes.h5"
         if operator == "expert":
             from policies.demos import collect_demos
+            from twin.tasks import get_task_class
 
-            collect_demos(task, h5, n, control_mode=control_mode, suite=suite, noise=noise, seed=dom.seed_start)
+            # an operator drives the cell the way the demonstrator does (ee_pose: teleoperation)
+            control_mode = control_mode or get_task_class(task).expert_mode
+
+            collect_demos(
+                task,
+                h5,
+                n,
+                control_mode=control_mode,
+                suite=suite,
+                noise=noise,
+                seed=dom.seed_start,
+                engine=dom.engine,
+            )
         else:
-            _run_checkpoint(operator, task, h5, dom.seeds(n), suite)
+            _run_checkpoint(operator, task, h5, dom.seeds(n), suite, dom.engine)
         eps = list(iter_episodes(h5))
-    return Path(write_episodes_to_bag(eps, out, task=task, domain=DOMAIN, fmt=fmt))
+    meta = {"engine": dom.engine, "domain_label": dom.label}
+    return Path(write_episodes_to_bag(eps, out, task=task, domain=DOMAIN, fmt=fmt, meta=meta))
 
 
-def _run_checkpoint(path: str, task: str, h5: Path, seeds: Sequence[int], suite: Any) -> None:
+def _run_checkpoint(path: str, task: str, h5: Path, seeds: Sequence[int], suite: Any, engine: str = "mujoco") -> None:
     from policies.checkpoint import load_checkpoint
     from policies.data import EpisodeWriter
     from policies.demos import record_episode
@@ -145,7 +194,7 @@ def _run_checkpoint(path: str, task: str, h5: Path, seeds: Sequence[int], suite:
 
     policy = load_checkpoint(path)
     policy.eval()
-    env = TwinEnv(task, control_mode=policy.spec.action.control_mode, suite=suite)
+    env = TwinEnv(task, control_mode=policy.spec.action.control_mode, suite=suite, engine=engine)
     writer = EpisodeWriter(h5, task, env.cfg.actions.mode)
     keys = policy.spec.obs_keys
     try:
@@ -174,7 +223,8 @@ def ground_truth(
     progress: Any = None,
 ) -> pd.DataFrame:
     """Proxy-real success of each checkpoint (for validation only); writes
-    ``out_dir/proxy_real_outcomes.csv`` with ``checkpoint,real_success,checkpoint_id,episodes,domain``."""
+    ``out_dir/proxy_real_outcomes.csv`` with
+    ``checkpoint,real_success,checkpoint_id,episodes,domain,engine``."""
     from evaluator.run import evaluate
 
     dom = domain or ProxyRealDomain.load()
@@ -199,10 +249,11 @@ def ground_truth(
                 "real_success": float(s.overall.get("success_rate", float("nan"))),
                 "checkpoint_id": s.checkpoint_id,
                 "episodes": int(s.episodes_done),
-                "domain": DOMAIN,
+                "domain": dom.label,
+                "engine": dom.engine,
             }
         )
-    df = pd.DataFrame(rows, columns=["checkpoint", "real_success", "checkpoint_id", "episodes", "domain"])
+    df = pd.DataFrame(rows, columns=["checkpoint", "real_success", "checkpoint_id", "episodes", "domain", "engine"])
     out.mkdir(parents=True, exist_ok=True)
     df.to_csv(out / "proxy_real_outcomes.csv", index=False)
     return df

@@ -27,6 +27,7 @@ from twin.tasks.base import ObservationCfg, Task, TaskCfg, TaskError, make_task
 PROPRIO_DIM = 7 + 1 + 3 + 4
 ROBOT_STATE_DIM = 7 + 1 + 3 + 4  # same content as proprio, noise-free
 _SIM_CACHE_SIZE = 6
+ENGINES = ("mujoco", "pybullet")
 #: Compiled models of this process by scene digest, shared by every env whose task leaves the
 #: model alone (``Task.writes_model`` False): envs of one scene step their own MjData on one
 #: MjModel, as MuJoCo intends. Eight envs of a worker then hold one copy of the meshes and
@@ -71,8 +72,18 @@ class TwinEnv(gym.Env):
         max_steps: int | None = None,
         render_mode: str | None = "rgb_array",
         render_size: tuple[int, int] = (320, 240),
+        engine: str = "mujoco",
     ) -> None:
+        if engine not in ENGINES:
+            raise ValueError(f"engine {engine!r}: use one of {', '.join(ENGINES)}")
+        #: physics engine: "mujoco" (the twin) or "pybullet" (twin.bullet: the second engine that
+        #: plays the real cell; same tasks, observations and control modes)
+        self.engine = engine
         self.task: Task = make_task(task, cfg) if isinstance(task, str) else task
+        if engine not in self.task.engines:
+            raise ValueError(
+                f"task {self.task.name!r} does not run on engine {engine!r} yet (engines: {', '.join(self.task.engines)})"
+            )
         tcfg = self.task.cfg
         if control_mode is not None:
             tcfg = tcfg.replace(actions=_replace(tcfg.actions, mode=control_mode))
@@ -222,7 +233,12 @@ class TwinEnv(gym.Env):
         key = self._scene_key = key or scene.digest()
         sim = self._sims.get(key)
         if sim is None:
-            sim = TwinSim(self._compiled(scene, key))
+            if self.engine == "pybullet":
+                from twin.bullet import BulletSim
+
+                sim = BulletSim(scene)
+            else:
+                sim = TwinSim(self._compiled(scene, key))
             self._sims[key] = sim
             while len(self._sims) > _SIM_CACHE_SIZE:
                 old_key, _ = self._sims.popitem(last=False)
@@ -465,6 +481,8 @@ class TwinEnv(gym.Env):
                     background=self._splat_background,
                     backend=ocfg.splat_backend,
                 ).frame
+            elif self.engine == "pybullet":
+                frame = self.sim.render(cam, w, h)[0]
             else:
                 frame = self._renderer(w, h).render(
                     self.sim.data, cam, rgb=ocfg.rgb or ocfg.point_cloud, depth=ocfg.depth or ocfg.point_cloud
@@ -507,7 +525,10 @@ class TwinEnv(gym.Env):
     def render_camera(self, camera: str, width: int | None = None, height: int | None = None, depth: bool = False):
         cam = self.scene.camera(camera)
         w, h = width or cam.width, height or cam.height
-        frame = self._renderer(w, h).render(self.sim.data, camera, rgb=not depth, depth=depth)
+        if self.engine == "pybullet":
+            frame = self.sim.render(camera, w, h)[0]
+        else:
+            frame = self._renderer(w, h).render(self.sim.data, camera, rgb=not depth, depth=depth)
         return frame.depth if depth else frame.rgb
 
     def _safe_obs(self) -> dict[str, np.ndarray]:

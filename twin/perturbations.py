@@ -756,13 +756,9 @@ class Condition:
         value = self.values.get("object_pose")
         if value is None or task is None:
             return
-        import mujoco
-
         sim.forward()  # the task set qpos; body poses must reflect it
         for i, name in enumerate(task.object_names):
-            bid = sim.model.body(name).id
-            jadr = sim.model.body_jntadr[bid]
-            if jadr < 0 or sim.model.jnt_type[jadr] != mujoco.mjtJoint.mjJNT_FREE:
+            if not sim.is_free(name):
                 continue  # only free objects can be moved
             dx, dy, dyaw = (float(v) for v in value[i % len(value)])
             pose = sim.body_pose(name)

@@ -133,6 +133,10 @@ class TwinSim:
         dof = self.model.jnt_dofadr[self.model.body_jntadr[b]]
         self.data.qvel[dof : dof + 6] = 0.0
 
+    def is_free(self, name: str) -> bool:
+        """True for a body with a free joint (an object that can be placed)."""
+        return name in self._free_adr
+
     def joint_qpos(self, name: str) -> float:
         return float(self.data.qpos[self.model.jnt_qposadr[self.model.joint(name).id]])
 

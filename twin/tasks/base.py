@@ -104,6 +104,9 @@ class Task:
     object_names: tuple[str, ...] = ()
     #: sites kept clear of distractor objects
     keepout_sites: tuple[str, ...] = ()
+    #: Physics engines the task runs on (twin.env.ENGINES): its reset, success, reward and
+    #: expert use only the engine-neutral sim interface (body/site poses, TCP, commands)
+    engines: tuple[str, ...] = ("mujoco", "pybullet")
     #: True when ``reset`` (or anything else) writes into ``sim.model``: such a task's envs each
     #: keep a model of their own; the others share one compiled model per scene in a process
     writes_model: bool = False

@@ -76,16 +76,15 @@ class MugToSink(Task):
 
     def outcome(self, sim: TwinSim) -> tuple[bool, float, dict[str, float]]:
         """Success, reward and info from one read of the mug, sink and TCP poses."""
-        data = sim.data
-        b = sim.body_id("mug")
-        mug_pos, mug_quat = data.xpos[b], data.xquat[b]
-        sink_c = data.site_xpos[sim.site_id("sink")]
+        mug = sim.body_pose("mug")
+        mug_pos, mug_quat = mug[:3], mug[3:]
+        sink_c = sim.site_pos("sink")
         in_sink = inside(mug_pos, sink_c, sim.scene.site("sink").half_extents, margin=0.0)
         d_sink = math.hypot(float(mug_pos[0] - sink_c[0]), float(mug_pos[1] - sink_c[1]))
         info = {"mug_sink_distance": d_sink}
         if in_sink and upright(mug_quat) and sim.gripper_open():
             return True, 1.0, info
-        tcp = data.site_xpos[sim.h.tcp_site]
+        tcp = sim.tcp_pose_mat()[0]
         reach = 1.0 - math.tanh(5.0 * math.dist(tcp, mug_pos))
         lifted = float(mug_pos[2] > sim.scene.body("mug").pose.pos[2] + 0.03 or in_sink)
         transport = (1.0 - math.tanh(4.0 * d_sink)) * lifted

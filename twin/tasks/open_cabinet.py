@@ -50,6 +50,7 @@ class OpenCabinet(Task):
     """
 
     object_names = ()
+    engines = ("mujoco",)  # uses MuJoCo model/data directly
     keepout_sites = ("cabinet_swing",)
     writes_model = True  # reset moves the cabinet in sim.model
     #: door angle (rad) that counts as open

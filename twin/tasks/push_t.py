@@ -379,6 +379,7 @@ class PushT(Task):
     """
 
     object_names = (BLOCK,)
+    engines = ("mujoco",)  # uses MuJoCo model/data directly
     keepout_sites = (WORKSPACE_SITE,)
     expert_mode = "pusht_xy"
     #: follow gym-pusht's PD agent law (True) or command the target directly (False)

@@ -19,7 +19,7 @@ from twinrank import output
 from twinrank.output import ExitCode, console, fail, styled
 
 proxy_app = typer.Typer(
-    help="The proxy-real domain: a shifted twin standing in for the real cell (never real robot data).",
+    help="The proxy-real domain: a shifted twin, or a second engine (--engine pybullet), standing in for the real cell (never real robot data).",
     no_args_is_help=True,
     rich_markup_mode=None,
 )
@@ -394,6 +394,12 @@ def serve(
 
 
 # ---- twinrank proxy-real --------------------------------------------------------------------------------------
+ENGINE_HELP = (
+    "Engine that plays the cell: mujoco (the twin's own, shifted) or pybullet (a second engine: its own "
+    "robot model, motors, IK, contacts, renderer). Default: the domain file's (mujoco)."
+)
+
+
 @proxy_app.command("record")
 def proxy_record(
     task: str = typer.Argument(..., help="Task name."),
@@ -401,21 +407,22 @@ def proxy_record(
     episodes: int = typer.Option(None, min=1, help="Episodes (default: the domain's)."),
     operator: str = typer.Option("expert", help="'expert' (scripted demonstrator) or a checkpoint dir."),
     domain: Path = typer.Option(None, help="Proxy-real domain YAML (default: the built-in one)."),
+    engine: str = typer.Option(None, help=ENGINE_HELP),
 ) -> None:
-    """Write proxy-real logs of TASK (the twin under shifted conditions) in the real-data bag schema."""
-    from selection.proxy_real import DOMAIN, ProxyRealDomain, ProxyRealError, record_logs
+    """Write proxy-real logs of TASK (shifted conditions, twin engine or a second one) in the real-data bag schema."""
+    from selection.proxy_real import ProxyRealDomain, ProxyRealError, record_logs
     from selection.realdata import RealDataError
 
     if out_bag.exists():
         fail(f"{out_bag} already exists; give a new bag folder")
     try:
-        dom = ProxyRealDomain.load(domain)
+        dom = ProxyRealDomain.load(domain).with_engine(engine)
         path = record_logs(task, out_bag, domain=dom, episodes=episodes, operator=operator)
     except (ProxyRealError, RealDataError, ValueError, KeyError, OSError) as exc:
         fail(str(exc))
     n = episodes or dom.episodes
     console.print(
-        f"{DOMAIN} logs (the shifted twin, not real robot data): {n} episode(s) of {task} by "
+        f"{dom.label} logs ({_what(dom)}, not real robot data): {n} episode(s) of {task} by "
         f"{operator} -> {path} (domain {dom.source})"
     )
 
@@ -430,12 +437,13 @@ def proxy_truth(
     executor: str = typer.Option("local", help="local | inline | ray"),
     tracking_uri: str = typer.Option(None, help="MLflow tracking URI (for models:/ URIs)."),
     domain: Path = typer.Option(None, help="Proxy-real domain YAML (default: the built-in one)."),
+    engine: str = typer.Option(None, help=ENGINE_HELP),
 ) -> None:
     """Proxy-real success of checkpoints (the stand-in for a real-robot evaluation; validation only)."""
-    from selection.proxy_real import DOMAIN, ProxyRealDomain, ProxyRealError, ground_truth
+    from selection.proxy_real import ProxyRealDomain, ProxyRealError, ground_truth
 
     try:
-        dom = ProxyRealDomain.load(domain)
+        dom = ProxyRealDomain.load(domain).with_engine(engine)
     except ProxyRealError as exc:
         fail(str(exc))
     found = _resolve_checkpoints(checkpoints, out / ".models", tracking_uri)
@@ -454,14 +462,18 @@ def proxy_truth(
     except (ProxyRealError, ValueError) as exc:
         fail(str(exc))
     output.print_table(
-        f"{DOMAIN} success of {task} checkpoints (shifted twin, not real robot data)",
-        ("checkpoint", f"{DOMAIN} success", "episodes"),
+        f"{dom.label} success of {task} checkpoints ({_what(dom)}, not real robot data)",
+        ("checkpoint", f"{dom.label} success", "episodes"),
         [(str(r["checkpoint"]), _fmt(r["real_success"], ".2f"), str(r["episodes"])) for _, r in df.iterrows()],
     )
     missing = [f.label for f in found if f.label not in set(df["checkpoint"])]
     if missing:
-        output.warn(f"no {DOMAIN} outcome for {', '.join(missing)} (evaluation failed; see above)")
-    console.print(f"wrote {out / 'proxy_real_outcomes.csv'} ({DOMAIN})")
+        output.warn(f"no {dom.label} outcome for {', '.join(missing)} (evaluation failed; see above)")
+    console.print(f"wrote {out / 'proxy_real_outcomes.csv'} ({dom.label})")
+
+
+def _what(dom: Any) -> str:
+    return "the shifted twin" if dom.engine == "mujoco" else f"a second engine, {dom.engine}, under shifted conditions"
 
 
 def register(app: typer.Typer) -> None:
