@@ -1,30 +1,40 @@
-"""Selection: ranking quality against proxy-real success of (a) training loss, (b) nominal sim
-success, (c) perturbed sim success, (d) OOD score alone, (e) the combined scores.
+"""Selection fidelity: does the twin rank checkpoints as a reality it does not share would?
+Rankings by (a) training loss, (b) nominal sim success, (c) perturbed sim success, (d) OOD score
+alone, (e) the combined scores, against two realities.
 
-Setup (issue 5's benchmark), all on ``reach`` so it runs on a laptop CPU:
+Setup, on ``reach`` (the mission tasks have no family that trains fast enough yet, issue 18):
 
 * a checkpoint family with a real spread of quality: a BC run (12 checkpoints, epochs 3..36
-  on 8 demos: from barely trained to converged) and a PPO+BC run (8 checkpoints, 1k..8k env steps), each registered in a local
-  MLflow store;
-* proxy-real logs: 20 demonstrator episodes in the proxy-real domain, written through the
-  rosbag2 schema (what selection reads);
-* proxy-real ground truth: every checkpoint on 80 proxy-real episodes (read only here, to
-  score the rankings);
+  on 8 demos: from barely trained to converged) and a PPO+BC run (8 checkpoints, 1k..8k env
+  steps), each registered in a local MLflow store;
+* two realities, each with its own logs (20 demonstrator episodes written through the rosbag2
+  schema: what selection reads) and its own ground truth (every checkpoint on 80 episodes, read
+  only here, to score the rankings):
+  (i) ``proxy-real``: the twin's own engine under the domain's shifted conditions;
+  (ii) ``proxy-real (pybullet)``: a second engine (twin/bullet.py: its own robot model, motors,
+  IK, contacts and renderer) under the same conditions;
 * the ranking job (``rank_checkpoints``): sim success under nominal + 6 single factors +
-  combined, 16 episodes each, OOD of the logs in each checkpoint's feature space.
+  combined, 16 episodes each (one campaign for both realities), OOD of each reality's logs in
+  each checkpoint's feature space.
 
 (a) is each checkpoint's BC loss on 10 held-out demonstrations. For (e) every combined rule is
-listed, plus the rule that leave-one-checkpoint-out picks from the proxy-real outcomes of the
-other checkpoints (an honest estimate of what ``choose_rule`` would do with past validations).
-Targets: (e) beats (a)-(d), MMRV <= 0.05, Pearson >= 0.9.
+listed, plus the rule that leave-one-checkpoint-out picks from the outcomes of the other
+checkpoints. Per reality: MMRV (SimplerEnv's convention), Pearson, Spearman and regret@1, each
+with a 95 % percentile-bootstrap interval over checkpoints; each checkpoint's sim and reality
+success side by side; a scatter per reality logged to MLflow (experiment ``bench-selection``).
+Targets: (e) beats (a)-(d), MMRV <= 0.05, Pearson >= 0.9. Anchors printed beside ours:
+SimplerEnv visual matching and validation-loss ranking (from its paper).
 
-Everything is cached in ``TWINRANK_BENCH_CACHE`` (default ``.bench_cache/selection``):
-delete it to retrain.
+Everything is cached in ``TWINRANK_BENCH_CACHE`` (default ``.bench_cache/selection``, or
+``.bench_cache/selection_quick``): delete it to retrain. ``TWINRANK_BENCH_QUICK=1`` (or
+``python -m benchmarks.bench_selection --quick``): 20 ground-truth episodes per checkpoint and
+6 per ranking condition, for a check that the pipeline runs, not for its figures.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -33,10 +43,24 @@ import pandas as pd
 import torch
 
 TASK = "reach"
+ENGINES = ("mujoco", "pybullet")
+#: SimplerEnv (Li et al. 2024), visual matching vs real Google Robot evaluations, and its
+#: validation-loss baseline: (MMRV, Pearson)
+ANCHORS = (
+    ("SimplerEnv visual matching, pick coke can", "0.031", "0.975"),
+    ("SimplerEnv visual matching, move near", "0.111", "0.856"),
+    ("SimplerEnv visual matching, open/close drawer", "0.000-0.123", "0.771-0.983"),
+    ("validation-loss ranking (SimplerEnv)", "0.412", "0.464"),
+)
+
+
+def _quick() -> bool:
+    return os.environ.get("TWINRANK_BENCH_QUICK", "") not in ("", "0")
 
 
 def _cache() -> Path:
-    p = Path(os.environ.get("TWINRANK_BENCH_CACHE", ".bench_cache/selection"))
+    default = ".bench_cache/selection_quick" if _quick() else ".bench_cache/selection"
+    p = Path(os.environ.get("TWINRANK_BENCH_CACHE", default))
     p.mkdir(parents=True, exist_ok=True)
     return p
 
@@ -96,25 +120,61 @@ def train_losses(paths: list[str], root: Path) -> dict[str, float]:
     return out
 
 
+def _metrics(s: np.ndarray, y: np.ndarray) -> dict[str, str]:
+    """MMRV, Pearson, Spearman, regret@1, each 'value [lo, hi]' (95 % bootstrap over checkpoints)."""
+    from selection.metrics import bootstrap_interval, mmrv, pearson, regret_at_1, spearman
+
+    out: dict[str, str] = {}
+    for name, fn in (("MMRV", mmrv), ("Pearson", pearson), ("Spearman", spearman), ("regret@1", regret_at_1)):
+        v = fn(s, y)
+        lo, hi = bootstrap_interval(fn, s, y, resamples=1000)
+        out[name] = f"{v:.3f} [{lo:.3f}, {hi:.3f}]"
+        out[f"_{name}"] = v  # type: ignore[assignment]
+    return out
+
+
+def _scatter(df: pd.DataFrame, reals: dict[str, dict[str, float]], score: str, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(reals), figsize=(5.2 * len(reals), 4.4), squeeze=False)
+    for ax, (label, real) in zip(axes[0], reals.items(), strict=True):
+        x = df["sim_perturbed"].to_numpy(dtype=float)
+        y = np.array([real[c] for c in df["checkpoint"]])
+        ax.scatter(x, y, s=36, c="tab:blue", edgecolor="k", linewidth=0.4, label="checkpoint")
+        top = int(np.argmax(df[score].to_numpy(dtype=float)))
+        ax.scatter([x[top]], [y[top]], marker="*", s=220, c="gold", edgecolor="k", label=f"ranked first ({score})")
+        ax.legend(loc="upper left", fontsize=8)
+        ax.plot([0, 1], [0, 1], ls=":", c="grey", lw=1)
+        ax.set_xlabel("sim success, perturbed (twin)")
+        ax.set_ylabel(f"{label} success")
+        ax.set_title(f"{TASK}: twin vs {label} ({len(df)} checkpoints)")
+        ax.set_xlim(-0.03, 1.03)
+        ax.set_ylim(-0.03, 1.03)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def main() -> None:
     from evaluator.run import _label
     from evaluator.spec import EvalSpec, VideoCfg
     from selection.job import OODSettings, rank_checkpoints
-    from selection.metrics import mmrv, pearson, regret_at_1
-    from selection.proxy_real import ground_truth, record_logs
+    from selection.proxy_real import ProxyRealDomain, ground_truth, record_logs
     from selection.ranking import BASELINES, COMBINED_RULES, Validation, choose_rule, rule_scores
 
+    if "--quick" in sys.argv[1:]:
+        os.environ["TWINRANK_BENCH_QUICK"] = "1"
+    quick = _quick()
+    truth_eps, cond_eps = (20, 6) if quick else (80, 16)
     t0 = time.perf_counter()
     root = _cache()
     uri = f"sqlite:///{root.resolve()}/mlflow.db"
     paths = train_family(root, uri)
     t_train = time.perf_counter() - t0
-    bag = root / "proxy_real_logs"
-    if not bag.exists():
-        record_logs(TASK, bag, episodes=20)
-    truth_csv = root / "truth" / "proxy_real_outcomes.csv"
-    truth = pd.read_csv(truth_csv) if truth_csv.is_file() else ground_truth(paths, TASK, root / "truth", episodes=80)
-    real = dict(zip(truth["checkpoint"], truth["real_success"]))
     losses = train_losses(paths, root)
     spec = EvalSpec(
         name="bench-selection",
@@ -129,70 +189,119 @@ def main() -> None:
             "observation_noise",
             "combined",
         ],
-        episodes_per_condition=16,
+        episodes_per_condition=cond_eps,
         video=VideoCfg(enabled=False),
     )
-    res = rank_checkpoints(
-        paths,
-        spec,
-        [bag],
-        root / "rank",
-        tracking_uri=uri,
-        rule="vsdr",
-        promote=False,
-        ood=OODSettings(reference_episodes=10),
-        extra_columns={_label(Path(p)): {"train_loss": losses[p]} for p in paths},
-    )
-    df = res.ranking[res.ranking["checkpoint"].isin(real)].reset_index(drop=True)
-    y = np.array([real[c] for c in df["checkpoint"]])
-    print(
-        f"{len(df)} checkpoints on {TASK}; proxy-real success {y.min():.2f}..{y.max():.2f} "
-        f"(mean {y.mean():.2f}); training+data {t_train:.0f} s, total {time.perf_counter() - t0:.0f} s"
-    )
-    rows = []
     names = {
         "train_loss": "(a) training loss",
         "sim_nominal": "(b) sim nominal",
         "sim_perturbed": "(c) sim perturbed",
         "ood_only": "(d) OOD alone",
     }
-    for r in BASELINES + COMBINED_RULES:
-        s = rule_scores(df, r).to_numpy(dtype=float)
+    reals: dict[str, dict[str, float]] = {}
+    frames: dict[str, pd.DataFrame] = {}
+    summary: list[str] = []
+    for engine in ENGINES:
+        dom = ProxyRealDomain.load().with_engine(engine)
+        sub = "" if engine == "mujoco" else f"_{engine}"
+        bag = root / f"proxy_real_logs{sub}"
+        if not bag.exists():
+            record_logs(TASK, bag, domain=dom, episodes=20)
+        truth_csv = root / f"truth{sub}" / "proxy_real_outcomes.csv"
+        t1 = time.perf_counter()
+        if truth_csv.is_file():
+            truth = pd.read_csv(truth_csv)
+        else:
+            truth = ground_truth(paths, TASK, root / f"truth{sub}", domain=dom, episodes=truth_eps)
+        t_truth = time.perf_counter() - t1
+        real = dict(zip(truth["checkpoint"], truth["real_success"], strict=True))
+        res = rank_checkpoints(
+            paths,
+            spec,
+            [bag],
+            root / f"rank{sub}",
+            tracking_uri=uri,
+            rule="vsdr",
+            promote=False,
+            ood=OODSettings(reference_episodes=10),
+            campaign_dir=root / "campaign",
+            extra_columns={_label(Path(p)): {"train_loss": losses[p]} for p in paths},
+        )
+        df = res.ranking[res.ranking["checkpoint"].isin(real)].reset_index(drop=True)
+        y = np.array([real[c] for c in df["checkpoint"]])
+        reals[dom.label], frames[dom.label] = real, df
+        print(
+            f"\n--- against {dom.label}: {len(df)} checkpoints on {TASK}; success {y.min():.2f}..{y.max():.2f} "
+            f"(mean {y.mean():.2f}, {truth_eps} episodes each, ground truth {t_truth:.0f} s"
+            f"{' (cached)' if t_truth < 1 else ''})"
+        )
+        rows = []
+        for r in BASELINES + COMBINED_RULES:
+            rows.append({"ranking": names.get(r, f"(e) {r}"), **_metrics(rule_scores(df, r).to_numpy(dtype=float), y)})
+        picks = []
+        for i in range(len(df)):
+            keep = np.arange(len(df)) != i
+            part = df[keep].reset_index(drop=True)
+            val = Validation(part, {c: real[c] for c in part["checkpoint"]}, domain=dom.label)
+            picks.append(choose_rule([val]).rule)
+        chosen = max(set(picks), key=picks.count)
         rows.append(
             {
-                "ranking": names.get(r, f"(e) {r}"),
-                "MMRV": mmrv(s, y),
-                "Pearson": pearson(s, y),
-                "regret@1": regret_at_1(s, y),
+                "ranking": f"(e) LOO-chosen: {chosen} ({picks.count(chosen)}/{len(picks)} folds)",
+                **_metrics(rule_scores(df, chosen).to_numpy(dtype=float), y),
             }
         )
-    # leave-one-checkpoint-out choice of the combined rule
-    picks = []
-    for i in range(len(df)):
-        keep = np.arange(len(df)) != i
-        sub = df[keep].reset_index(drop=True)
-        picks.append(choose_rule([Validation(sub, {c: real[c] for c in sub["checkpoint"]}, domain="proxy-real")]).rule)
-    chosen = max(set(picks), key=picks.count)
-    s = rule_scores(df, chosen).to_numpy(dtype=float)
-    rows.append(
+        table = pd.DataFrame(rows)
+        shown = table[[c for c in table.columns if not c.startswith("_")]]
+        with pd.option_context("display.width", 160, "display.max_colwidth", 60):
+            print(shown.to_string(index=False))
+        e = table.iloc[-1]
+        base = table.iloc[:4]
+        mm, pe = float(e["_MMRV"]), float(e["_Pearson"])
+        line = (
+            f"{dom.label}: combined (LOO-chosen) MMRV {mm:.3f} (<= 0.05: "
+            f"{'met' if mm <= 0.05 else f'NOT met, by {mm - 0.05:.3f}'}), Pearson {pe:.3f} (>= 0.9: "
+            f"{'met' if pe >= 0.9 else f'NOT met, by {0.9 - pe:.3f}'}), beats (a)-(d) on MMRV: "
+            f"{'yes' if mm < base['_MMRV'].min() else 'no'}"
+        )
+        summary.append(line)
+        print("targets: " + line)
+        shown.to_csv(root / f"bench_selection{sub}.csv", index=False)
+    # each checkpoint's sim and reality success side by side
+    df = frames[next(iter(frames))]
+    side = pd.DataFrame(
         {
-            "ranking": f"(e) LOO-chosen: {chosen} ({picks.count(chosen)}/{len(picks)} folds)",
-            "MMRV": mmrv(s, y),
-            "Pearson": pearson(s, y),
-            "regret@1": regret_at_1(s, y),
+            "checkpoint": df["checkpoint"].map(lambda c: str(c)[-28:]),
+            "sim nominal": df["sim_nominal"].map("{:.2f}".format),
+            "sim perturbed": df["sim_perturbed"].map("{:.2f}".format),
+            **{label: df["checkpoint"].map(lambda c, r=r: f"{r[c]:.2f}") for label, r in reals.items()},
         }
     )
-    table = pd.DataFrame(rows)
-    with pd.option_context("display.width", 140, "display.max_colwidth", 60):
-        print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    best_base = table.iloc[:4]
-    e = table.iloc[-1]
-    print(
-        f"targets: combined MMRV {e['MMRV']:.3f} (<= 0.05: {'met' if e['MMRV'] <= 0.05 else 'NOT met'}), "
-        f"Pearson {e['Pearson']:.3f} (>= 0.9: {'met' if e['Pearson'] >= 0.9 else 'NOT met'}), beats (a)-(d) on MMRV: "
-        f"{'yes' if e['MMRV'] < best_base['MMRV'].min() else 'no'}"
-    )
-    table.to_csv(root / "bench_selection.csv", index=False)
+    print(f"\n--- each checkpoint, twin vs realities ({cond_eps} sim episodes per condition, {truth_eps} per reality)")
+    print(side.to_string(index=False))
+    print("\nanchors (published, not ours): ranking vs real robot, MMRV / Pearson")
+    for name, m, r in ANCHORS:
+        print(f"  {name}: {m} / {r}")
+    plot = _scatter(df, reals, "score", root / f"fidelity_{TASK}.png")
+    _log_mlflow(uri, plot, root, summary, quick)
+    print(f"\nscatter: {plot}; total {time.perf_counter() - t0:.0f} s (training+data {t_train:.0f} s)")
+    for line in summary:
+        print("targets: " + line)
+
+
+def _log_mlflow(uri: str, plot: Path, root: Path, summary: list[str], quick: bool) -> None:
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("bench-selection")
+    exp_id = exp.experiment_id if exp else client.create_experiment("bench-selection")
+    run = client.create_run(exp_id, run_name=f"fidelity-{TASK}{'-quick' if quick else ''}")
+    rid = run.info.run_id
+    client.log_artifact(rid, str(plot))
+    for csv in sorted(root.glob("bench_selection*.csv")):
+        client.log_artifact(rid, str(csv))
+    client.set_tag(rid, "twinrank.fidelity", " | ".join(summary)[:4900])
+    client.set_terminated(rid)
 
 
 if __name__ == "__main__":

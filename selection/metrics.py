@@ -192,6 +192,40 @@ def ranking_quality(sim: Sequence[float], real: Sequence[float], k: int = 3) -> 
     }
 
 
+def bootstrap_interval(
+    metric: Any,
+    sim: Sequence[float],
+    real: Sequence[float],
+    *,
+    level: float = 0.95,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``metric(sim, real)`` over checkpoints: checkpoints are
+    resampled with replacement, in pairs (a checkpoint keeps its score and its real success).
+
+    Resamples on which the metric is undefined (a constant vector: a correlation is NaN) are
+    left out of the percentiles, which is why this is not ``scipy.stats.bootstrap`` (it takes
+    the percentiles of all resamples and answers NaN when one is NaN). Returns ``(nan, nan)``
+    when fewer than half the resamples give a value."""
+    s, r = _vectors(sim, real)
+    if not 0.0 < level < 1.0:
+        raise SelectionMetricsError(f"level = {level}: give a confidence level in (0, 1), e.g. 0.95")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, s.size, size=(int(resamples), s.size))
+    values = np.full(len(idx), np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MetricWarning)
+        for b, i in enumerate(idx):
+            values[b] = metric(s[i], r[i])
+    ok = values[np.isfinite(values)]
+    if ok.size < len(values) / 2:
+        return float("nan"), float("nan")
+    alpha = (1.0 - level) / 2.0
+    lo, hi = np.quantile(ok, [alpha, 1.0 - alpha])
+    return float(lo), float(hi)
+
+
 # ---------------------------------------------------------------------------------------------
 # Loading and aligning results by checkpoint name
 
