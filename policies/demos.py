@@ -18,7 +18,7 @@ import numpy as np
 from policies.data import Episode, EpisodeWriter
 from twin.env import TwinEnv
 from twin.perturbations import Condition, PerturbationSuite
-from twin.robot import rotation_error
+from twin.robot import quat_to_mat, rotation_error
 from twin.scripted import WaypointController
 from twin.sim import TwinSim
 from twin.tasks.base import ObservationCfg
@@ -70,17 +70,45 @@ class DiscreteTracker:
         return grip  # re-commanding the current gripper state is a no-op
 
 
+class DeltaTracker:
+    """A WaypointController's absolute TCP commands as ``ee_delta`` actions: the step from the
+    env's commanded TCP pose to the expert's next command (translation and extrinsic x-y-z
+    rotation, scaled to [-1, 1] by the action limits), gripper +1 open / -1 closed. The env then
+    commands exactly what the expert would have (its steps are within the limits)."""
+
+    def __init__(self, ctrl: WaypointController, max_delta_pos: float, max_delta_rot: float) -> None:
+        self.ctrl = ctrl
+        self.max_delta_pos = max_delta_pos
+        self.max_delta_rot = max_delta_rot
+
+    def reset(self, sim: TwinSim) -> None:
+        self.ctrl.reset(sim)
+
+    def act(self, sim: TwinSim) -> np.ndarray:
+        from scipy.spatial.transform import Rotation
+
+        a = self.ctrl.act(sim)
+        dpos = (a[:3] - sim.target_pos) / self.max_delta_pos
+        drot = Rotation.from_matrix(quat_to_mat(a[3:7]) @ sim.target_rot.T).as_euler("xyz") / self.max_delta_rot
+        grip = 1.0 if a[7] > 0.5 else -1.0
+        return np.concatenate([np.clip(dpos, -1, 1), np.clip(drot, -1, 1), [grip]]).astype(np.float32)
+
+
 def demonstrator(env: TwinEnv, noise: float = 0.0, rng: np.random.Generator | None = None) -> Any:
-    """The task's expert in the env's control mode (ee_pose/pusht_xy natively, or discrete)."""
+    """The task's expert in the env's control mode (ee_pose/pusht_xy natively; waypoint experts
+    also in discrete and ee_delta)."""
     expert = env.task.expert(noise=noise, rng=rng)
     mode = env.cfg.actions.mode
+    acfg = env.cfg.actions
     if mode == env.task.expert_mode:
         return expert
     if mode == "discrete" and isinstance(expert, WaypointController):
-        return DiscreteTracker(expert, env.cfg.actions.pos_step, env.cfg.actions.rot_step)
+        return DiscreteTracker(expert, acfg.pos_step, acfg.rot_step)
+    if mode == "ee_delta" and isinstance(expert, WaypointController):
+        return DeltaTracker(expert, acfg.max_delta_pos, acfg.max_delta_rot)
     raise ValueError(
         f"task {env.task.name!r} has a demonstrator for control modes {env.task.expert_mode!r}"
-        f"{' and discrete' if isinstance(expert, WaypointController) else ''}, not {mode!r}"
+        f"{', discrete and ee_delta' if isinstance(expert, WaypointController) else ''}, not {mode!r}"
     )
 
 

@@ -260,3 +260,34 @@ def test_open_cabinet_expert_grasps_the_handle():
             break
     assert info["success"] and info["door_angle"] >= 0.65
     assert widths and max(widths) < 0.03 and min(widths) > 0.01
+
+
+@pytest.mark.parametrize("task", ["mug_to_sink", "box_to_shelf"])
+def test_waypoint_expert_drives_ee_delta_actions(task):
+    """The demonstrator in ee_delta (continuous steps of the commanded TCP pose) solves the task
+    as the ee_pose expert does, with actions inside [-1, 1]; its demos are what continuous BC
+    learns from."""
+    from policies.demos import demonstrator
+
+    env = TwinEnv(task, control_mode="ee_delta", render_mode=None)
+    wins, acts = 0, []
+    try:
+        for seed in range(8):
+            env.reset(seed=seed)
+            d = demonstrator(env)
+            d.reset(env.sim)
+            info = {}
+            for _ in range(env.cfg.terminations.max_steps):
+                a = d.act(env.sim)
+                acts.append(a)
+                _, _, term, trunc, info = env.step(a)
+                assert not info["action_clipped"]
+                if term or trunc:
+                    break
+            wins += bool(info["success"])
+    finally:
+        env.close()
+    acts = np.array(acts)
+    assert wins >= 7, wins
+    assert np.abs(acts).max() <= 1.0 and set(np.unique(acts[:, 6])) == {-1.0, 1.0}
+    assert np.abs(acts[:, 3:6]).max() > 0.1  # it rotates the gripper to the object's yaw
