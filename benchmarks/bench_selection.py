@@ -2,11 +2,13 @@
 Rankings by (a) training loss, (b) nominal sim success, (c) perturbed sim success, (d) OOD score
 alone, (e) the combined scores, against two realities.
 
-Setup, on ``reach`` (the mission tasks have no family that trains fast enough yet, issue 18):
+Setup, on ``reach`` (default) or the mission task ``mug_to_sink`` (``TWINRANK_BENCH_TASK``):
 
-* a checkpoint family with a real spread of quality: a BC run (12 checkpoints, epochs 3..36
-  on 8 demos: from barely trained to converged) and a PPO+BC run (8 checkpoints, 1k..8k env
-  steps), each registered in a local MLflow store;
+* a checkpoint family with a real spread of quality, registered in a local MLflow store:
+  ``reach``: a BC run (12 checkpoints, epochs 3..36 on 8 demos: from barely trained to
+  converged) and a PPO+BC run (8 checkpoints, 1k..8k env steps); ``mug_to_sink``: a BC run
+  (6 checkpoints, epochs 10..60 on 80 demos) and a PPO+BC run (13 checkpoints, 3k..40k env
+  steps);
 * two realities, each with its own logs (20 demonstrator episodes written through the rosbag2
   schema: what selection reads) and its own ground truth (every checkpoint on 80 episodes, read
   only here, to score the rankings):
@@ -42,7 +44,26 @@ import numpy as np
 import pandas as pd
 import torch
 
-TASK = "reach"
+#: the task of the family (TWINRANK_BENCH_TASK): reach, or the mission task mug_to_sink
+TASK = os.environ.get("TWINRANK_BENCH_TASK", "reach")
+#: per task: (BC run, PPO+BC run) settings of the family
+FAMILIES = {
+    "reach": (
+        {"demos": 8, "epochs": 36, "every": 3},
+        {"demos": 5, "steps": 8000, "every": 5, "ppo": {}},
+    ),
+    # mug_to_sink: discrete BC from 80 demos stays below 0.3; PPO+BC (BC warm start, shaped
+    # reward) passes 0.8 within ~30k env steps (bench_training)
+    "mug_to_sink": (
+        {"demos": 80, "epochs": 60, "every": 10},
+        {
+            "demos": 80,
+            "steps": 40000,
+            "every": 15,
+            "ppo": {"bc_pretrain_steps": 3000, "bc_batch_size": 128, "reward": "shaped"},
+        },
+    ),
+}
 ENGINES = ("mujoco", "pybullet")
 #: SimplerEnv (Li et al. 2024), visual matching vs real Google Robot evaluations, and its
 #: validation-loss baseline: (MMRV, Pearson)
@@ -59,7 +80,7 @@ def _quick() -> bool:
 
 
 def _cache() -> Path:
-    default = ".bench_cache/selection_quick" if _quick() else ".bench_cache/selection"
+    default = ".bench_cache/selection" + ("" if TASK == "reach" else f"_{TASK}") + ("_quick" if _quick() else "")
     p = Path(os.environ.get("TWINRANK_BENCH_CACHE", default))
     p.mkdir(parents=True, exist_ok=True)
     return p
@@ -72,28 +93,35 @@ def train_family(root: Path, uri: str) -> list[str]:
     done = root / "family.txt"
     if done.is_file():
         return done.read_text().split()
+    if TASK not in FAMILIES:
+        raise SystemExit(f"bench_selection: no family for task {TASK!r}; TWINRANK_BENCH_TASK: {', '.join(FAMILIES)}")
+    fb, fp = FAMILIES[TASK]
     bc = TrainConfig(
         algo="bc",
         task=TASK,
-        demos=DemoCfg(episodes=8, seed=1000),
-        bc=BCConfig(epochs=36, batch_size=64),
-        checkpoint_every=3,
+        control_mode="discrete",
+        demos=DemoCfg(episodes=fb["demos"], seed=1000),
+        bc=BCConfig(epochs=fb["epochs"], batch_size=64),
+        checkpoint_every=fb["every"],
         eval_episodes=10,
         experiment="bench-selection",
-        model_name="reach-bench",
+        model_name=f"{TASK}-bench",
     )
     r1 = run_training(bc, root / "bc", tracking_uri=uri, cache_dir=root / "demos")
     ppo = TrainConfig(
         algo="ppo_bc",
         task=TASK,
-        demos=DemoCfg(episodes=5, seed=1000),
-        total_env_steps=8000,
-        checkpoint_every=5,
+        control_mode="discrete",
+        demos=DemoCfg(episodes=fp["demos"], seed=1000),
+        total_env_steps=fp["steps"],
+        checkpoint_every=fp["every"],
         eval_episodes=10,
         experiment="bench-selection",
-        model_name="reach-bench",
+        model_name=f"{TASK}-bench",
     )
     ppo.ppo.num_envs, ppo.ppo.n_steps = 8, 25
+    for k, v in fp["ppo"].items():
+        setattr(ppo.ppo, k, v)
     r2 = run_training(ppo, root / "ppo_bc", tracking_uri=uri, cache_dir=root / "demos")
     paths = [str(r.path) for r in r1.checkpoints + r2.checkpoints]
     done.write_text("\n".join(paths))
@@ -109,7 +137,7 @@ def train_losses(paths: list[str], root: Path) -> dict[str, float]:
 
     h5 = root / "heldout_demos.h5"
     if not h5.is_file():
-        collect_demos(TASK, h5, 10, seed=7000, only_success=True)
+        collect_demos(TASK, h5, 10, control_mode="discrete", seed=7000, only_success=True)
     out: dict[str, float] = {}
     for p in paths:
         pol = load_checkpoint(p)
