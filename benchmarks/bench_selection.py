@@ -263,6 +263,14 @@ def main() -> None:
             f"(mean {y.mean():.2f}, {truth_eps} episodes each, ground truth {t_truth:.0f} s"
             f"{' (cached)' if t_truth < 1 else ''})"
         )
+        if np.ptp(y) == 0:
+            line = (
+                f"{dom.label}: every checkpoint scored {y[0]:.2f} in this reality: no ranking can be scored "
+                f"(MMRV is trivially 0, correlations undefined); targets not evaluated"
+            )
+            summary.append(line)
+            print("targets: " + line)
+            continue
         rows = []
         for r in BASELINES + COMBINED_RULES:
             rows.append({"ranking": names.get(r, f"(e) {r}"), **_metrics(rule_scores(df, r).to_numpy(dtype=float), y)})
