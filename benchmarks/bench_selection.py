@@ -7,7 +7,7 @@ Setup, on ``reach`` (default) or the mission task ``mug_to_sink`` (``TWINRANK_BE
 * a checkpoint family with a real spread of quality, registered in a local MLflow store:
   ``reach``: a BC run (12 checkpoints, epochs 3..36 on 8 demos: from barely trained to
   converged) and a PPO+BC run (8 checkpoints, 1k..8k env steps); ``mug_to_sink``: a BC run
-  (6 checkpoints, epochs 10..60 on 80 demos) and a PPO+BC run (13 checkpoints, 3k..40k env
+  (6 checkpoints, epochs 10..60 on 80 demos) and a PPO+BC run (13 checkpoints, 8k..100k env
   steps);
 * two realities, each with its own logs (20 demonstrator episodes written through the rosbag2
   schema: what selection reads) and its own ground truth (every checkpoint on 80 episodes, read
@@ -53,13 +53,14 @@ FAMILIES = {
         {"demos": 5, "steps": 8000, "every": 5, "ppo": {}},
     ),
     # mug_to_sink: discrete BC from 80 demos stays below 0.3; PPO+BC (BC warm start, shaped
-    # reward) passes 0.8 within ~30k env steps (bench_training)
+    # reward) reached 0.8 on 10 seeds after 69k env steps in bench_training (2026-12-05; 40k
+    # steps gave a family below 0.25)
     "mug_to_sink": (
         {"demos": 80, "epochs": 60, "every": 10},
         {
             "demos": 80,
-            "steps": 40000,
-            "every": 15,
+            "steps": 100000,
+            "every": 40,
             "ppo": {"bc_pretrain_steps": 3000, "bc_batch_size": 128, "reward": "shaped"},
         },
     ),

@@ -410,10 +410,14 @@ def checkpoint(tmp_path_factory):
     return path
 
 
+def _runner_status(probe) -> dict:
+    m = probe.last("/policy_runner/status")
+    return json.loads(m.data) if m is not None else {}
+
+
 def _runner_sees_arm(probe) -> bool:
     """policy_runner's status says it has a usable /joint_states (an episode can start)."""
-    m = probe.last("/policy_runner/status")
-    return m is not None and bool(json.loads(m.data)["arm_state"])
+    return bool(_runner_status(probe).get("arm_state"))
 
 
 def test_policy_runner_drives_the_twin_and_publishes_joint_commands(ros, checkpoint):
@@ -733,12 +737,13 @@ def test_whole_graph_policy_in_twin_real_arm_follows_and_recorder_logs(ros, chec
                 r = probe.call("/franka_bridge/arm")
                 assert r.success, r.message
             q_before = np.asarray(probe.last("/joint_states").position[:7])
-            # the twin starts where the arm is: wait (as an operator would) until the policy
-            # runner sees the arm (DDS discovery takes seconds on a loaded host)
+            # the twin starts where the arm is, and every step is logged: wait (as an operator
+            # would) until the policy runner sees the arm and the recorder listens to it (DDS
+            # discovery takes seconds on a loaded host)
             probe.wait(
-                lambda: _runner_sees_arm(probe),
+                lambda: _runner_sees_arm(probe) and _runner_status(probe).get("log_subscribers", 0) >= 1,
                 3 * WAIT_S,
-                "the policy runner to see the arm's /joint_states",
+                "the policy runner to see the arm's /joint_states and the recorder's subscriptions",
             )
             assert probe.call("/recorder/start_episode").success
             r = probe.call("/policy_runner/start")

@@ -455,6 +455,11 @@ class PolicyRunner(Node):
             "paused_ticks": self.paused_ticks,
             "lag_rad": None if self.lag != self.lag else round(self.lag, 5),
             "arm_state": self.latest_joints() is not None,
+            # subscribers (e.g. the recorder) on the least-subscribed of /twinrank/action and
+            # /twinrank/obs/<key>: what is published before they are matched is not logged
+            "log_subscribers": min(
+                [self.pub_action.get_subscription_count()] + [p.get_subscription_count() for p in self.pub_obs.values()]
+            ),
             "checkpoint": self.p["checkpoint"],
             "task": self.p["task"],
         }
