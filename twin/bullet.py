@@ -9,10 +9,15 @@ differs from the twin on purpose, as a real cell would:
 * the robot is ``pybullet_data``'s Franka Panda (``franka_panda/panda.urdf``: its own link
   masses and inertias, finger geometry, and its TCP, the ``panda_grasptarget`` link, 1.6 mm
   from the twin's), driven by PyBullet's joint position motors at the URDF's effort limits
-  (87 / 12 N m, 20 N per finger);
+  (87 / 12 N m, 20 N per finger); a new joint target is ramped linearly over the control
+  step (as a robot's motion generator interpolates a new set-point) rather than handed to the
+  motors at once, which would snap the arm there in a few milliseconds (TCP peaks of 0.6 m/s
+  measured for a 0.1 m/s command on push_t, flinging what it touches);
 * Cartesian commands (``ee_pose``, ``ee_delta``, ``discrete``) are solved by PyBullet's own
   damped-least-squares IK (``calculateInverseKinematics``) on a kinematic copy of the arm;
-* contacts are Bullet's (sequential impulses, no soft constraints), images come from its CPU
+* contacts are Bullet's (sequential impulses, no soft constraints; a pair's friction is the
+  product of its two surfaces', so each surface gets the square root of the described
+  coefficient, :func:`bullet_friction`), images come from its CPU
   TinyRenderer (RGB, depth, segmentation).
 
 It offers the part of :class:`~twin.sim.TwinSim`'s interface that tasks, scripted experts and
@@ -143,6 +148,7 @@ class BulletSim:
         self._floor()
         self.bodies: dict[str, int] = {}
         self.free: set[str] = set()
+        self._com: dict[str, np.ndarray] = {}  # base inertial frame in the body frame
         for body in scene.bodies:
             self._add_body(body)
         self._home = np.array(scene.robot.home_qpos, dtype=float)
@@ -154,6 +160,7 @@ class BulletSim:
         self.target_pos = np.zeros(3)
         self.target_rot = DOWN.copy()
         self._applied = np.concatenate([self.q_target, [self.gripper_cmd]])
+        self._ramp: tuple[np.ndarray, np.ndarray, int, int] | None = None  # (from, to, done, of)
         self.reset_robot()
 
     # ---- building ---------------------------------------------------------------------------
@@ -227,13 +234,18 @@ class BulletSim:
         total = float(body.mass) if body.mass is not None else 1000.0 * float(vols.sum())
         masses = (total * vols / vols.sum()) if dynamic else np.zeros(len(vols))
         n = len(shapes) - 1
+        # each geom's share of the mass sits at the geom's centre (uniform density, as MuJoCo):
+        # the base link's at its first geom's. PyBullet reports and places a base by that
+        # inertial frame, so body_pose / set_free_body_pose convert to the body frame.
+        base_com = np.array(body.geoms[0].pose.pos, dtype=float) if dynamic else np.zeros(3)
+        self._com[body.name] = base_com
         uid = p.createMultiBody(
             baseMass=float(masses[0]),
             baseCollisionShapeIndex=shapes[0][0],
             baseVisualShapeIndex=shapes[0][1],
             basePosition=list(body.pose.pos),
             baseOrientation=_xyzw(body.pose.quat),
-            baseInertialFramePosition=[0.0, 0.0, 0.0],
+            baseInertialFramePosition=list(base_com),
             linkMasses=[float(m) for m in masses[1:]],
             linkCollisionShapeIndices=[s[0] for s in shapes[1:]],
             linkVisualShapeIndices=[s[1] for s in shapes[1:]],
@@ -250,7 +262,7 @@ class BulletSim:
             p.changeDynamics(
                 uid,
                 link,
-                lateralFriction=float(g.friction if g.friction is not None else DEFAULT_FRICTION),
+                lateralFriction=bullet_friction(g.friction),
                 physicsClientId=c,
             )
         self.bodies[body.name] = uid
@@ -273,6 +285,7 @@ class BulletSim:
         self.gripper_cmd = 1.0 if gripper_open else 0.0
         self._pending.clear()
         self._substep = 0
+        self._ramp = None
         self._apply(np.concatenate([self.q_target, [self.gripper_cmd]]))
         self.target_pos, self.target_rot = self.tcp_pose_mat()
 
@@ -319,6 +332,9 @@ class BulletSim:
         if uid is None:
             raise SceneError(f"scene {self.scene.name!r} has no body {name!r} (bodies: {sorted(self.bodies)})")
         pos, orn = self.p.getBasePositionAndOrientation(uid, physicsClientId=self.client)
+        com = self._com[name]
+        if com.any():
+            pos = np.asarray(pos) - np.array(self.p.getMatrixFromQuaternion(orn)).reshape(3, 3) @ com
         return np.concatenate([pos, _wxyz(orn)])
 
     def set_free_body_pose(self, name: str, pos: np.ndarray, quat: np.ndarray) -> None:
@@ -326,9 +342,12 @@ class BulletSim:
             raise SceneError(f"body {name!r} has no free joint; only free objects can be placed")
         q = np.asarray(quat, dtype=float)
         uid = self.bodies[name]
-        self.p.resetBasePositionAndOrientation(
-            uid, list(map(float, pos)), _xyzw(q / np.linalg.norm(q)), physicsClientId=self.client
-        )
+        orn = _xyzw(q / np.linalg.norm(q))
+        pos = np.asarray(pos, dtype=float)
+        com = self._com[name]
+        if com.any():
+            pos = pos + np.array(self.p.getMatrixFromQuaternion(orn)).reshape(3, 3) @ com
+        self.p.resetBasePositionAndOrientation(uid, list(map(float, pos)), orn, physicsClientId=self.client)
         self.p.resetBaseVelocity(uid, [0.0, 0.0, 0.0], [0.0, 0.0, 0.0], physicsClientId=self.client)
 
     def site_pos(self, name: str) -> np.ndarray:
@@ -411,16 +430,32 @@ class BulletSim:
             physicsClientId=c,
         )
 
+    def _start_ramp(self, ctrl: np.ndarray, nsub: int) -> None:
+        """Ramp the motors' set-point from where it is to ``ctrl`` over ``nsub`` physics steps."""
+        if self._ramp is not None and np.array_equal(ctrl, self._ramp[1]):
+            return  # the same set-point: the ramp in progress continues
+        if np.array_equal(ctrl, self._applied) or nsub <= 1:
+            self._ramp = None
+            self._apply(ctrl)
+        else:
+            self._ramp = (self._applied.copy(), ctrl, 0, nsub)
+
     def step(self, nsub: int) -> bool:
-        """Advance ``nsub`` physics steps applying the current command (with latency)."""
+        """Advance ``nsub`` physics steps applying the current command (with latency), its
+        set-point ramped over those steps."""
         ctrl = np.concatenate([self.q_target, [self.gripper_cmd]])
         if self.latency_substeps > 0:
             self._pending.append((self._substep + self.latency_substeps, ctrl))
         else:
-            self._apply(ctrl)
+            self._start_ramp(ctrl, nsub)
         for _ in range(nsub):
             while self._pending and self._pending[0][0] <= self._substep:
-                self._apply(self._pending.popleft()[1])
+                self._start_ramp(self._pending.popleft()[1], nsub)
+            if self._ramp is not None:
+                start, end, k, n = self._ramp
+                k += 1
+                self._apply(start + (end - start) * (k / n))
+                self._ramp = None if k >= n else (start, end, k, n)
             self.p.stepSimulation(physicsClientId=self.client)
             self._substep += 1
         return self.is_stable()
@@ -497,6 +532,17 @@ class BulletSim:
             self.close()
         except Exception:
             pass
+
+
+def bullet_friction(mu: float | None) -> float:
+    """A geom's sliding friction in the scene description -> PyBullet's lateral friction.
+
+    The description's coefficient is the pair's own friction when both surfaces have it (MuJoCo
+    takes the larger of the two); Bullet multiplies the two surfaces' coefficients, so each
+    side gets the square root: a pair of equal materials then slides at the described
+    coefficient (without it, the T of push_t would slide on the table at 0.25, not 0.5).
+    """
+    return float(np.sqrt(DEFAULT_FRICTION if mu is None else mu))
 
 
 def _unit_clip(v: float) -> float:
