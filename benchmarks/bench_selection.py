@@ -197,6 +197,7 @@ def _scatter(df: pd.DataFrame, reals: dict[str, dict[str, float]], score: str, p
 
 
 def main() -> None:
+    from evaluator.results import wilson_interval
     from evaluator.run import _label
     from evaluator.spec import EvalSpec, VideoCfg
     from selection.job import OODSettings, rank_checkpoints
@@ -283,6 +284,17 @@ def main() -> None:
             summary.append(line)
             print("targets: " + line)
             continue
+        # a reality whose best and worst checkpoints are not told apart (95 % Wilson intervals
+        # overlap) gives the tables below, but no verdict on the targets: its spread is noise
+        best_lo = wilson_interval(round(y.max() * truth_eps), truth_eps)[0]
+        worst_hi = wilson_interval(round(y.min() * truth_eps), truth_eps)[1]
+        noise = (
+            f"not evaluated: this reality does not tell its best and worst checkpoints apart "
+            f"({y.max():.2f} vs {y.min():.2f} at n = {truth_eps}: 95 % intervals from {best_lo:.2f} and "
+            f"up to {worst_hi:.2f} overlap)"
+            if best_lo <= worst_hi
+            else ""
+        )
         rows = []
         for r in BASELINES + COMBINED_RULES:
             rows.append({"ranking": names.get(r, f"(e) {r}"), **_metrics(rule_scores(df, r).to_numpy(dtype=float), y)})
@@ -306,12 +318,14 @@ def main() -> None:
         e = table.iloc[-1]
         base = table.iloc[:4]
         mm, pe = float(e["_MMRV"]), float(e["_Pearson"])
-        line = (
-            f"{dom.label}: combined (LOO-chosen) MMRV {mm:.3f} (<= 0.05: "
-            f"{'met' if mm <= 0.05 else f'NOT met, by {mm - 0.05:.3f}'}), Pearson {pe:.3f} (>= 0.9: "
-            f"{'met' if pe >= 0.9 else f'NOT met, by {0.9 - pe:.3f}'}), beats (a)-(d) on MMRV: "
-            f"{'yes' if mm < base['_MMRV'].min() else 'no'}"
-        )
+        line = f"{dom.label}: combined (LOO-chosen) MMRV {mm:.3f}, Pearson {pe:.3f}; targets {noise}"
+        if not noise:
+            line = (
+                f"{dom.label}: combined (LOO-chosen) MMRV {mm:.3f} (<= 0.05: "
+                f"{'met' if mm <= 0.05 else f'NOT met, by {mm - 0.05:.3f}'}), Pearson {pe:.3f} (>= 0.9: "
+                f"{'met' if pe >= 0.9 else f'NOT met, by {0.9 - pe:.3f}'}), beats (a)-(d) on MMRV: "
+                f"{'yes' if mm < base['_MMRV'].min() else 'no'}"
+            )
         summary.append(line)
         print("targets: " + line)
         shown.to_csv(root / f"bench_selection{sub}.csv", index=False)
