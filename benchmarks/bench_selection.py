@@ -318,8 +318,9 @@ def main() -> None:
         e = table.iloc[-1]
         base = table.iloc[:4]
         mm, pe = float(e["_MMRV"]), float(e["_Pearson"])
-        line = f"{dom.label}: combined (LOO-chosen) MMRV {mm:.3f}, Pearson {pe:.3f}; targets {noise}"
-        if not noise:
+        if noise:
+            line = f"{dom.label}: combined (LOO-chosen) MMRV {mm:.3f}, Pearson {pe:.3f}; targets {noise}"
+        else:
             line = (
                 f"{dom.label}: combined (LOO-chosen) MMRV {mm:.3f} (<= 0.05: "
                 f"{'met' if mm <= 0.05 else f'NOT met, by {mm - 0.05:.3f}'}), Pearson {pe:.3f} (>= 0.9: "

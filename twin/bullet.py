@@ -332,10 +332,15 @@ class BulletSim:
         if uid is None:
             raise SceneError(f"scene {self.scene.name!r} has no body {name!r} (bodies: {sorted(self.bodies)})")
         pos, orn = self.p.getBasePositionAndOrientation(uid, physicsClientId=self.client)
+        return np.concatenate([np.asarray(pos) - self._com_offset(name, orn), _wxyz(orn)])
+
+    def _com_offset(self, name: str, orn_xyzw: Any) -> np.ndarray:
+        """World vector from a body's frame to its base inertial frame (how PyBullet reports
+        and places a base) at orientation ``orn_xyzw``."""
         com = self._com[name]
-        if com.any():
-            pos = np.asarray(pos) - np.array(self.p.getMatrixFromQuaternion(orn)).reshape(3, 3) @ com
-        return np.concatenate([pos, _wxyz(orn)])
+        if not com.any():
+            return com
+        return np.array(self.p.getMatrixFromQuaternion(orn_xyzw)).reshape(3, 3) @ com
 
     def set_free_body_pose(self, name: str, pos: np.ndarray, quat: np.ndarray) -> None:
         if name not in self.free:
@@ -343,10 +348,7 @@ class BulletSim:
         q = np.asarray(quat, dtype=float)
         uid = self.bodies[name]
         orn = _xyzw(q / np.linalg.norm(q))
-        pos = np.asarray(pos, dtype=float)
-        com = self._com[name]
-        if com.any():
-            pos = pos + np.array(self.p.getMatrixFromQuaternion(orn)).reshape(3, 3) @ com
+        pos = np.asarray(pos, dtype=float) + self._com_offset(name, orn)
         self.p.resetBasePositionAndOrientation(uid, list(map(float, pos)), orn, physicsClientId=self.client)
         self.p.resetBaseVelocity(uid, [0.0, 0.0, 0.0], [0.0, 0.0, 0.0], physicsClientId=self.client)
 
