@@ -48,6 +48,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from selection.fidelity import fidelity_metrics, fidelity_scatter, no_verdict_reason
+
 #: the task of the family (TWINRANK_BENCH_TASK): reach, or a mission task in FAMILIES
 TASK = os.environ.get("TWINRANK_BENCH_TASK", "reach")
 
@@ -159,45 +161,14 @@ def train_losses(paths: list[str], root: Path) -> dict[str, float]:
 
 def _metrics(s: np.ndarray, y: np.ndarray) -> dict[str, str]:
     """MMRV, Pearson, Spearman, regret@1, each 'value [lo, hi]' (95 % bootstrap over checkpoints)."""
-    from selection.metrics import bootstrap_interval, mmrv, pearson, regret_at_1, spearman
-
     out: dict[str, str] = {}
-    for name, fn in (("MMRV", mmrv), ("Pearson", pearson), ("Spearman", spearman), ("regret@1", regret_at_1)):
-        v = fn(s, y)
-        lo, hi = bootstrap_interval(fn, s, y, resamples=1000)
-        out[name] = f"{v:.3f} [{lo:.3f}, {hi:.3f}]"
-        out[f"_{name}"] = v  # type: ignore[assignment]
+    for name, est in fidelity_metrics(s, y).items():
+        out[name] = str(est)
+        out[f"_{name}"] = est.value  # type: ignore[assignment]
     return out
 
 
-def _scatter(df: pd.DataFrame, reals: dict[str, dict[str, float]], score: str, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(reals), figsize=(5.2 * len(reals), 4.4), squeeze=False)
-    for ax, (label, real) in zip(axes[0], reals.items(), strict=True):
-        x = df["sim_perturbed"].to_numpy(dtype=float)
-        y = np.array([real[c] for c in df["checkpoint"]])
-        ax.scatter(x, y, s=36, c="tab:blue", edgecolor="k", linewidth=0.4, label="checkpoint")
-        top = int(np.argmax(df[score].to_numpy(dtype=float)))
-        ax.scatter([x[top]], [y[top]], marker="*", s=220, c="gold", edgecolor="k", label=f"ranked first ({score})")
-        ax.legend(loc="upper left", fontsize=8)
-        ax.plot([0, 1], [0, 1], ls=":", c="grey", lw=1)
-        ax.set_xlabel("sim success, perturbed (twin)")
-        ax.set_ylabel(f"{label} success")
-        ax.set_title(f"{TASK}: twin vs {label} ({len(df)} checkpoints)")
-        ax.set_xlim(-0.03, 1.03)
-        ax.set_ylim(-0.03, 1.03)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
 def main() -> None:
-    from evaluator.results import wilson_interval
     from evaluator.run import _label
     from evaluator.spec import EvalSpec, VideoCfg
     from selection.job import OODSettings, rank_checkpoints
@@ -276,25 +247,14 @@ def main() -> None:
             f"(mean {y.mean():.2f}, {truth_eps} episodes each, ground truth {t_truth:.0f} s"
             f"{' (cached)' if t_truth < 1 else ''})"
         )
+        # a reality that scored every checkpoint alike, or whose best and worst checkpoints are
+        # not told apart (95 % Wilson intervals overlap), gives no verdict on the targets
+        noise = no_verdict_reason(y, truth_eps)
         if np.ptp(y) == 0:
-            line = (
-                f"{dom.label}: every checkpoint scored {y[0]:.2f} in this reality: no ranking can be scored "
-                f"(MMRV is trivially 0, correlations undefined); targets not evaluated"
-            )
+            line = f"{dom.label}: {noise}; targets not evaluated"
             summary.append(line)
             print("targets: " + line)
             continue
-        # a reality whose best and worst checkpoints are not told apart (95 % Wilson intervals
-        # overlap) gives the tables below, but no verdict on the targets: its spread is noise
-        best_lo = wilson_interval(round(y.max() * truth_eps), truth_eps)[0]
-        worst_hi = wilson_interval(round(y.min() * truth_eps), truth_eps)[1]
-        noise = (
-            f"not evaluated: this reality does not tell its best and worst checkpoints apart "
-            f"({y.max():.2f} vs {y.min():.2f} at n = {truth_eps}: 95 % intervals from {best_lo:.2f} and "
-            f"up to {worst_hi:.2f} overlap)"
-            if best_lo <= worst_hi
-            else ""
-        )
         rows = []
         for r in BASELINES + COMBINED_RULES:
             rows.append({"ranking": names.get(r, f"(e) {r}"), **_metrics(rule_scores(df, r).to_numpy(dtype=float), y)})
@@ -319,7 +279,7 @@ def main() -> None:
         base = table.iloc[:4]
         mm, pe = float(e["_MMRV"]), float(e["_Pearson"])
         if noise:
-            line = f"{dom.label}: combined (LOO-chosen) MMRV {mm:.3f}, Pearson {pe:.3f}; targets {noise}"
+            line = f"{dom.label}: combined (LOO-chosen) MMRV {mm:.3f}, Pearson {pe:.3f}; targets not evaluated: {noise}"
         else:
             line = (
                 f"{dom.label}: combined (LOO-chosen) MMRV {mm:.3f} (<= 0.05: "
@@ -345,7 +305,9 @@ def main() -> None:
     print("\nanchors (published, not ours): ranking vs real robot, MMRV / Pearson")
     for name, m, r in ANCHORS:
         print(f"  {name}: {m} / {r}")
-    plot = _scatter(df, reals, "score", root / f"fidelity_{TASK}.png")
+    top = int(np.argmax(df["score"].to_numpy(dtype=float)))
+    ys = {label: [r[c] for c in df["checkpoint"]] for label, r in reals.items()}
+    plot = fidelity_scatter(df["sim_perturbed"], ys, top, TASK, root / f"fidelity_{TASK}.png")
     _log_mlflow(uri, plot, root, summary, quick)
     print(f"\nscatter: {plot}; total {time.perf_counter() - t0:.0f} s (training+data {t_train:.0f} s)")
     for line in summary:

@@ -43,7 +43,7 @@ from policies.train_config import (
     default_config,
     with_overrides,
 )
-from twin.env import TwinEnv
+from twin.env import OBSERVATION_VERSION, TwinEnv
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -69,7 +69,8 @@ def demo_dataset(
         return Path(cfg.demos.path)
     key = hashlib.sha256(
         json.dumps(
-            [cfg.task, control_mode, dataclasses.asdict(cfg.demos), cfg.suite, repr(observations)], sort_keys=True
+            [cfg.task, control_mode, dataclasses.asdict(cfg.demos), cfg.suite, repr(observations), OBSERVATION_VERSION],
+            sort_keys=True,
         ).encode()
     ).hexdigest()[:12]
     path = cache_dir / f"demos_{cfg.task}_{key}.h5"

@@ -11,10 +11,12 @@ Public API (see selection/README.md)::
     from selection import OODConfig, build_reference, score, ood_scores_for_checkpoint, collect_reference_obs
     # combined ranking, rule choice, the ranking job, promotion
     from selection import rank, choose_rule, Validation, rank_checkpoints, promote
-    # ranking-quality metrics and the data utilization law
+    # ranking-quality metrics, fidelity against a reality, and the data utilization law
     from selection import mmrv, ranking_quality, compare_ranking, local_ratio, global_ratio, allocate_budget
+    from selection import fidelity_metrics, no_verdict_reason, fidelity_scatter
 """
 
+from selection.fidelity import Estimate, fidelity_metrics, fidelity_scatter, no_verdict_reason
 from selection.job import OODSettings, RankResult, rank_checkpoints
 from selection.metrics import (
     MetricWarning,
@@ -93,6 +95,10 @@ from selection.utilization import (
 )
 
 __all__ = [
+    "Estimate",
+    "fidelity_metrics",
+    "fidelity_scatter",
+    "no_verdict_reason",
     "OODSettings",
     "RankResult",
     "rank_checkpoints",

@@ -158,7 +158,9 @@ def test_bad_inputs_fail_their_row_not_the_ranking(family, tmp_path):
     df = res.ranking
     bad = df[df["checkpoint"] == "broken_ckpt"]
     assert len(bad) == 1 and np.isnan(bad["rank"].iloc[0]) and "evaluation failed" in bad["note"].iloc[0]
-    assert sorted(df["rank"].dropna()) == [1, 2]
+    # the two good checkpoints are ranked (1 and 2, or both 1 when their scores tie)
+    good = df[df["checkpoint"] != "broken_ckpt"]
+    assert len(good) == 2 and good["rank"].notna().all() and good["rank"].min() == 1 and good["rank"].max() <= 2
     assert any("empty_bag" in w for w in res.warnings), res.warnings
     assert any("broken_ckpt" in w for w in res.warnings), res.warnings
 

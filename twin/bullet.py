@@ -36,7 +36,7 @@ import numpy as np
 
 from twin.compile import geom_volume
 from twin.render import Frame
-from twin.robot import GRIPPER_MAX_WIDTH
+from twin.robot import GRIPPER_MAX_WIDTH, canonical_tcp_quat
 from twin.scene import BodyCfg, CameraCfg, GeomCfg, SceneCfg, SceneError
 from twin.sim import DOWN
 
@@ -301,7 +301,7 @@ class BulletSim:
 
     def tcp_pose(self) -> np.ndarray:
         s = self.p.getLinkState(self.robot, TCP_LINK, computeForwardKinematics=True, physicsClientId=self.client)
-        return np.concatenate([s[4], _wxyz(s[5])])
+        return np.concatenate([s[4], canonical_tcp_quat(_wxyz(s[5]))])
 
     def robot_state(self) -> np.ndarray:
         """Arm joints (7), gripper width (1), TCP position (3) and quaternion wxyz (4)."""

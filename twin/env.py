@@ -55,7 +55,13 @@ def _discrete_table(pos_step: float, rot_step: float) -> list[tuple[np.ndarray, 
 
 
 #: units of the robot part of the observations (TwinSim.robot_state)
-ROBOT_STATE_UNITS = "joints rad (7), gripper width m (1), TCP position m (3), TCP quaternion wxyz (4)"
+ROBOT_STATE_UNITS = (
+    "joints rad (7), gripper width m (1), TCP position m (3), TCP quaternion wxyz in the hemisphere of the "
+    "TCP pointing down (4)"
+)
+#: bumped when an observation's content changes for the same state (cached demonstrations made
+#: before are collected again): 2 = the TCP quaternion in one hemisphere (robot.canonical_tcp_quat)
+OBSERVATION_VERSION = 2
 
 
 class TwinEnv(gym.Env):

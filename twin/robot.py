@@ -289,6 +289,23 @@ def quat_to_mat(quat: np.ndarray) -> np.ndarray:
     return mat.reshape(3, 3)
 
 
+#: wxyz of the TCP pointing straight down (x axis forward): the orientation the tasks work in.
+TCP_QUAT_REFERENCE = np.array([0.0, 1.0, 0.0, 0.0])
+
+
+def canonical_tcp_quat(quat: np.ndarray) -> np.ndarray:
+    """``quat`` (wxyz, in place when it is an array) in the hemisphere of
+    :data:`TCP_QUAT_REFERENCE`. The TCP works pointing down, where w is near 0, so the usual
+    ``w >= 0`` rule flips the whole quaternion whenever the hand tilts a fraction of a degree
+    one way or the other (a policy then sees -1 for +1 on one of its inputs); the sign flips
+    here only 180 degrees away from the working orientation. Both engines observe through it
+    (the live graph observes through the twin)."""
+    q = np.asarray(quat, dtype=float)
+    if float(q @ TCP_QUAT_REFERENCE) < 0.0:
+        q *= -1.0
+    return q
+
+
 def mat_to_quat(mat: np.ndarray) -> np.ndarray:
     quat = np.zeros(4)
     mujoco.mju_mat2Quat(quat, np.asarray(mat, dtype=float).reshape(-1))

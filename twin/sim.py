@@ -14,7 +14,7 @@ import mujoco
 import numpy as np
 
 from twin.compile import CompiledScene, compile_scene
-from twin.robot import GRIPPER_MAX_WIDTH, PandaIK, RobotHandles, contiguous_slice, mat_to_quat
+from twin.robot import GRIPPER_MAX_WIDTH, PandaIK, RobotHandles, canonical_tcp_quat, contiguous_slice, mat_to_quat
 from twin.scene import SceneCfg, SceneError
 
 # Top-down TCP orientation used at home: gripper z pointing down.
@@ -74,10 +74,7 @@ class TwinSim:
     def tcp_pose(self) -> np.ndarray:
         """TCP position (3) and quaternion wxyz (4)."""
         pos, rot = self.tcp_pose_mat()
-        quat = mat_to_quat(rot)
-        if quat[0] < 0:
-            quat = -quat
-        return np.concatenate([pos, quat])
+        return np.concatenate([pos, canonical_tcp_quat(mat_to_quat(rot))])
 
     def robot_state(self) -> np.ndarray:
         """Arm joints (7), gripper width (1), TCP position (3) and quaternion wxyz (4), read
@@ -89,8 +86,7 @@ class TwinSim:
         out[8:11] = d.site_xpos[h.tcp_site]
         quat = out[11:15]
         mujoco.mju_mat2Quat(quat, d.site_xmat[h.tcp_site])
-        if quat[0] < 0:
-            quat *= -1.0
+        canonical_tcp_quat(quat)
         return out
 
     def arm_qpos(self) -> np.ndarray:

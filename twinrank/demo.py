@@ -2,10 +2,17 @@
 
 1. The twin: build every task, run its scripted controller under a few perturbation
    conditions, write a contact sheet of camera views and a success summary.
-2. Train a small checkpoint family (BC on ``reach``; reused from the demo folder when it is
-   already there), registered in the MLflow model registry.
-3. Evaluate the family under perturbations (paired design), print the ranked table and
-   log the campaign to MLflow, then print the command that opens the MLflow UI.
+2. Train a checkpoint family on a mission task (BC on ``box_to_shelf``, a checkpoint every
+   20 epochs; reused from the demo folder when it is already there), registered in the
+   MLflow model registry.
+3. Rank it: the twin under perturbations (paired design) combined with OOD scores on logs
+   that a second engine (PyBullet, playing the real cell) recorded of the scripted
+   demonstrator; the probability of each checkpoint being best, the promotion decision,
+   everything logged to MLflow.
+4. Fidelity: the second engine's own success per checkpoint (read only here, never by the
+   ranking) against each ranking: MMRV, Pearson, Spearman, regret@1 with bootstrap
+   intervals, and a scatter; "no verdict" when that engine does not separate the family at
+   the episodes it ran. Then the command that opens the MLflow UI.
 """
 
 from __future__ import annotations
@@ -38,81 +45,205 @@ def run_demo(
     tracking_uri: str | None = None,
 ) -> int:
     """The demo; returns the exit code (0, or 4/5 when a checkpoint failed / MLflow was unreachable)."""
-    output.rule("1/3 the twin: tasks under perturbations")
+    output.rule("1/4 the twin: tasks under perturbations")
     run_twin_demo(out_dir, tasks, episodes, seed, console)
     if chain:
         return run_chain(out_dir, console, tracking_uri)
     return int(ExitCode.OK)
 
 
-DEMO_SPEC = """name: demo
-tasks: [reach]
+DEMO_TASK = "box_to_shelf"
+DEMO_SPEC = f"""name: demo
+tasks: [{DEMO_TASK}]
 suite: default
-conditions: [nominal, light_intensity, camera_position, object_pose, actuation_latency, combined]
+conditions: [nominal, object_pose, friction, actuation_latency, combined]
 episodes_per_condition: 8
 batch_size: 8
-video: {enabled: true}
 """
-DEMO_MODEL = "reach-demo"
+DEMO_MODEL = f"{DEMO_TASK}-demo"
+#: episodes of the scripted demonstrator logged in the second engine: the "real" logs OOD reads
+REAL_LOG_EPISODES = 6
+#: episodes per checkpoint in the second engine: its ground truth, read only by the fidelity step
+TRUTH_EPISODES = 20
+#: the rankings the fidelity table judges (ingredient or rule name -> label)
+FIDELITY_ROWS = {"sim_nominal": "sim nominal", "sim_perturbed": "sim perturbed", "ood_only": "OOD alone"}
 
 
 def run_chain(out_dir: Path, console: Console | None = None, tracking_uri: str | None = None) -> int:
-    """Train (or reuse) a small checkpoint family, evaluate it, log everything to MLflow."""
-    from evaluator import EvalSpec, evaluate
-    from evaluator.tracking import log_or_defer
+    """Train (or reuse) a checkpoint family on a mission task, rank it (twin under perturbations +
+    OOD on logs of a second engine), and judge the ranking against that engine's own success."""
     from policies import tracking
+    from selection.proxy_real import ProxyRealDomain, record_logs
+
+    output.rule(f"2/4 train a checkpoint family (BC on {DEMO_TASK})")
+    ckpts = train_family(out_dir, tracking_uri)
+    output.rule("3/4 rank it: the twin under perturbations + OOD on logs of the second engine (PyBullet)")
+    dom = ProxyRealDomain.load(None).with_engine("pybullet")
+    bag = out_dir / "proxy_real_pybullet_logs"
+    if not (bag / "metadata.yaml").is_file():
+        output.info(f"recording {REAL_LOG_EPISODES} episodes of the scripted demonstrator in {dom.label} -> {bag}")
+        record_logs(DEMO_TASK, bag, domain=dom, episodes=REAL_LOG_EPISODES, operator="expert")
+    res = rank_family(ckpts, bag, out_dir, tracking_uri)
+    output.rule("4/4 fidelity: does the twin rank the family as the second engine does?")
+    show_fidelity(res, ckpts, dom, out_dir, tracking_uri)
+    output.info(f"ranking: {res.csv_path}")
+    code = ExitCode.PARTIAL if res.campaign is not None and res.campaign.failed else ExitCode.OK
+    if not res.run_id:
+        uri = tracking.resolve_tracking_uri(tracking_uri)
+        output.warn(f"MLflow at {uri} unreachable: results kept on disk in {out_dir}")
+        return int(code or ExitCode.TRACKING_DEFERRED)
+    output.info(f"MLflow ranking run {res.run_id} (experiment twinrank-selection, registered model {DEMO_MODEL!r})")
+    output.command("open the MLflow UI:", tracking.ui_command(tracking_uri) + "   # then http://127.0.0.1:5000")
+    return int(code)
+
+
+def train_family(out_dir: Path, tracking_uri: str | None) -> list[str]:
+    """BC on the demonstrator's episodes, a checkpoint every 20 epochs: from barely trained to
+    as good as BC gets here (reused from the demo folder when it is there)."""
     from policies.bc import BCConfig
     from policies.train import DemoCfg, TrainConfig, run_training
 
-    output.rule("2/3 train a checkpoint family (BC on reach)")
-    train_dir = out_dir / "train" / "bc-reach"
+    train_dir = out_dir / "train" / f"bc-{DEMO_TASK}"
     ckpts = sorted(str(p.parent) for p in (train_dir / "checkpoints").glob("*/manifest.json"))
     if ckpts:
         output.info(f"reusing {len(ckpts)} cached checkpoints in {train_dir}")
-    else:
-        cfg = TrainConfig(
-            algo="bc",
-            task="reach",
-            demos=DemoCfg(episodes=8, seed=1000),
-            bc=BCConfig(epochs=200, batch_size=32),
-            checkpoint_every=40,
-            eval_episodes=5,
-            experiment="twinrank-demo",
-            model_name=DEMO_MODEL,
+        return ckpts
+    cfg = TrainConfig(
+        algo="bc",
+        task=DEMO_TASK,
+        control_mode="discrete",
+        demos=DemoCfg(episodes=60, seed=1000),
+        bc=BCConfig(epochs=160, batch_size=64),
+        checkpoint_every=20,
+        eval_episodes=0,  # the ranking step evaluates them
+        experiment="twinrank-demo",
+        model_name=DEMO_MODEL,
+    )
+    with output.ProgressDisplay(unit="epochs") as bar:
+        bar.update(desc="collecting demonstrations", done=0, total=cfg.bc.epochs)
+        result = run_training(
+            cfg,
+            train_dir,
+            tracking_uri=tracking_uri,
+            cache_dir=out_dir / ".cache",
+            progress=lambda d, done, tot: bar.update(desc=d, done=done, total=tot),
         )
-        with output.ProgressDisplay(unit="epochs") as bar:
-            bar.update(desc="collecting demonstrations", done=0, total=cfg.bc.epochs)
-            result = run_training(
-                cfg,
-                train_dir,
-                tracking_uri=tracking_uri,
-                cache_dir=out_dir / ".cache",
-                progress=lambda d, done, tot: bar.update(desc=d, done=done, total=tot),
-            )
-        ckpts = [str(r.path) for r in result.checkpoints]
-        output.info(f"{len(ckpts)} checkpoints registered as versions of {DEMO_MODEL!r}")
-    output.rule("3/3 evaluate the family under perturbations")
+    output.info(f"{len(result.checkpoints)} checkpoints registered as versions of {DEMO_MODEL!r}")
+    return [str(r.path) for r in result.checkpoints]
+
+
+def rank_family(ckpts: list[str], bag: Path, out_dir: Path, tracking_uri: str | None):  # -> selection.RankResult
+    from evaluator import EvalSpec
+    from selection.job import OODSettings, rank_checkpoints
+
     spec = EvalSpec.from_yaml(DEMO_SPEC)
+    with output.eval_progress() as (on_event, on_log):
+        res = rank_checkpoints(
+            ckpts,
+            spec,
+            [bag],
+            out_dir / "rank",
+            tracking_uri=tracking_uri,
+            ood=OODSettings(reference_episodes=5),
+            progress=on_event,
+            log=on_log,
+        )
+    output.print_ranking(
+        res.ranking,
+        f"Checkpoints ranked by rule {res.rule!r} ({spec.episodes_per_condition} paired seeds per condition, "
+        f"{len(spec.conditions)} conditions, Wilson 95% CI; OOD on {REAL_LOG_EPISODES} logged episodes)",
+    )
+    output.print_promotion(res.promotion.decision if res.promotion is not None else "not promoted", res.promotion)
+    output.print_warnings(res.warnings)
+    return res
+
+
+def fidelity_verdict(m: dict, y: np.ndarray, label: str, n: int) -> str:
+    """One sentence on the combined ranking against the reality, from its Pearson interval
+    (sure only when the interval excludes 0) and its regret@1."""
+    r = m["Pearson"]
+    if r.lo > 0:
+        head = f"the twin's combined ranking agrees with {label} (Pearson {r}, above 0 at 95%)"
+    elif r.hi < 0:
+        head = f"the twin's combined ranking runs AGAINST {label} (Pearson {r}, below 0 at 95%)"
+    else:
+        head = f"{n} checkpoints cannot tell whether the twin ranks this family as {label} does (Pearson {r})"
+    pick = f"fidelity: {head}; its first pick scores {y[0]:.2f} there, the best {y.max():.2f}"
+    if m["regret@1"].value > 0.1:
+        pick += (
+            f" (regret@1 {m['regret@1'].value:.2f}): on this family the twin's choice would cost that much; "
+            f"calibrate the twin before promoting on it"
+        )
+    return pick
+
+
+def show_fidelity(res, ckpts: list[str], dom, out_dir: Path, tracking_uri: str | None) -> None:
+    """The second engine's success per checkpoint (validation only: the ranking never read it),
+    the fidelity table of each ranking against it, and the scatter (logged to the ranking run)."""
+    from evaluator.results import wilson_interval
+    from selection.fidelity import fidelity_metrics, fidelity_scatter, no_verdict_reason
+    from selection.proxy_real import ground_truth
+    from selection.ranking import rule_scores
+
     with output.eval_progress() as (on_event, _log):
-        campaign = evaluate(ckpts, spec, out_dir / "eval", progress=on_event)
-    output.print_campaign(
-        campaign,
-        f"Checkpoints ranked by sim success under perturbations (spec {spec.name!r}, "
-        f"{spec.episodes_per_condition} paired seeds per condition, Wilson 95% CI)",
+        truth = ground_truth(
+            ckpts, DEMO_TASK, out_dir / "truth_pybullet", domain=dom, episodes=TRUTH_EPISODES, progress=on_event
+        )
+    real = dict(zip(truth["checkpoint"], truth["real_success"], strict=True))
+    df = res.ranking[res.ranking["checkpoint"].isin(real) & res.ranking["rank"].notna()].reset_index(drop=True)
+    if len(df) < 2:
+        output.warn(f"fewer than 2 checkpoints have both a ranking and a {dom.label} outcome: no fidelity to show")
+        return
+    y = np.array([real[c] for c in df["checkpoint"]])
+
+    def interval(p: float) -> str:
+        lo, hi = wilson_interval(round(p * TRUTH_EPISODES), TRUTH_EPISODES)
+        return f"{p:.2f} [{lo:.2f}, {hi:.2f}]"
+
+    output.print_table(
+        f"Each checkpoint: twin vs {dom.label} ({TRUTH_EPISODES} episodes each, Wilson 95% CI; not real robot data)",
+        ["rank", "checkpoint", "sim nominal", "sim perturbed", f"{dom.label}"],
+        [
+            [
+                f"{int(r['rank'])}",
+                str(r["checkpoint"]),
+                f"{r['sim_nominal']:.2f}",
+                f"{r['sim_perturbed']:.2f}",
+                interval(v),
+            ]
+            for (_, r), v in zip(df.iterrows(), y, strict=True)
+        ],
     )
-    output.info(f"eval results: {campaign.eval_info_path}")
-    uri = tracking.resolve_tracking_uri(tracking_uri)
-    output.info(f"uploading the campaign to MLflow at {uri}")
-    logged = log_or_defer(campaign, tracking_uri, status=output.info)
-    code = ExitCode.PARTIAL if campaign.failed else ExitCode.OK
-    if logged is None:
-        output.warn(f"MLflow at {uri} unreachable: results kept on disk, synced by the next `twinrank eval`")
-        return int(code or ExitCode.TRACKING_DEFERRED)
-    output.info(
-        f"MLflow campaign run {logged.parent_run_id} (experiment twinrank-eval, registered model {DEMO_MODEL!r})"
+    rows = []
+    for key, label in {**FIDELITY_ROWS, "score": f"combined ({res.rule})"}.items():
+        score = df["score"] if key == "score" else rule_scores(df, key)
+        m = fidelity_metrics(score.to_numpy(dtype=float), y)
+        rows.append([label, *(str(v) for v in m.values())])
+    output.print_table(
+        f"Ranking fidelity against {dom.label}, {len(df)} checkpoints (95% bootstrap CI over checkpoints; "
+        f"MMRV lower is better)",
+        ["ranking", "MMRV", "Pearson", "Spearman", "regret@1"],
+        rows,
     )
-    output.command("open the MLflow UI:", tracking.ui_command(tracking_uri) + "   # then http://127.0.0.1:5000")
-    return int(code)
+    reason = no_verdict_reason(y, TRUTH_EPISODES)
+    if reason:
+        output.warn(f"no verdict on fidelity: {reason}; `make bench` (bench_selection) measures it on 18 checkpoints")
+    else:
+        output.info(fidelity_verdict(m, y, dom.label, len(df)))
+    plot = fidelity_scatter(
+        df["sim_perturbed"].to_numpy(dtype=float), {dom.label: y}, 0, DEMO_TASK, out_dir / "fidelity.png", res.rule
+    )
+    output.info(f"fidelity scatter: {plot}")
+    if res.run_id:
+        from selection.job import tracking_client
+
+        try:
+            tracking_client(tracking_uri).log_artifact(res.run_id, str(plot), "fidelity")
+            tracking_client(tracking_uri).log_artifact(
+                res.run_id, str(out_dir / "truth_pybullet" / "proxy_real_outcomes.csv"), "fidelity"
+            )
+        except Exception as exc:  # noqa: BLE001 - the files stay on disk
+            output.warn(f"could not log the fidelity plot to MLflow ({type(exc).__name__}): kept at {plot}")
 
 
 def run_twin_demo(

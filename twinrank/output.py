@@ -142,6 +142,37 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]
     console.print(Text("\n".join(out)), soft_wrap=True)
 
 
+def print_ranking(ranking: Any, title: str, top: int | None = None) -> None:
+    """The ranking table of `twinrank rank` / `nightly` (the report's columns, ``top`` rows)."""
+    from selection.report import TABLE_COLUMNS, table_rows
+
+    print_table(
+        title,
+        TABLE_COLUMNS,
+        table_rows(ranking, top),
+        right=("rank", "score", "P(best)", "P(beats champion)", "sim nominal", "sim perturbed", "OOD"),
+    )
+
+
+def print_promotion(status: str, promotion: Any, header: bool = True) -> None:
+    """The promotion decision and each alias it set (champion / challenger), with the reason."""
+    if header:
+        console.print(styled("promotion:", "bold", status))
+    if promotion is None:
+        return
+    if promotion.decision and promotion.decision != status:
+        console.print(styled("  decision:", "bold", promotion.decision))
+    for p in promotion.promotions:
+        prev = promotion.previous.get(p.alias, "")
+        change = "unchanged" if prev == f"{p.name}/{p.version}" else f"previously {prev or 'nobody'}"
+        console.print(styled(f"  {p.alias}:", "bold", f"{p.name}/{p.version} ({p.checkpoint}; {change}) — {p.reason}"))
+
+
+def print_warnings(warnings: list[str]) -> None:
+    for w in warnings:
+        warn(w)
+
+
 def _fmt_rate(d: dict[str, Any], key: str = "success_rate") -> str:
     v = d.get(key) if d and d.get("n") else None
     return "-" if v is None else f"{v:.2f}"

@@ -66,35 +66,6 @@ def _fmt(v: Any, spec: str = ".3f") -> str:
     return "n/a" if math.isnan(f) else format(f, spec)
 
 
-def _print_ranking(ranking: Any, title: str, top: int | None = None) -> None:
-    from selection.report import TABLE_COLUMNS, table_rows
-
-    output.print_table(
-        title,
-        TABLE_COLUMNS,
-        table_rows(ranking, top),
-        right=("rank", "score", "P(best)", "P(beats champion)", "sim nominal", "sim perturbed", "OOD"),
-    )
-
-
-def _print_promotion(status: str, promotion: Any, header: bool = True) -> None:
-    if header:
-        console.print(styled("promotion:", "bold", status))
-    if promotion is None:
-        return
-    if promotion.decision and promotion.decision != status:
-        console.print(styled("  decision:", "bold", promotion.decision))
-    for p in promotion.promotions:
-        prev = promotion.previous.get(p.alias, "")
-        change = "unchanged" if prev == f"{p.name}/{p.version}" else f"previously {prev or 'nobody'}"
-        console.print(styled(f"  {p.alias}:", "bold", f"{p.name}/{p.version} ({p.checkpoint}; {change}) — {p.reason}"))
-
-
-def _print_warnings(warnings: list[str]) -> None:
-    for w in warnings:
-        output.warn(w)
-
-
 def _ranking_exit_code(res: Any) -> ExitCode:
     """4 when a checkpoint could not be evaluated, 5 when MLflow was unreachable, else 0."""
     failed = [s for s in getattr(res.campaign, "checkpoints", []) if s.status != "ok"]
@@ -187,14 +158,14 @@ def rank(
         raise typer.Exit(code=ExitCode.INTERRUPTED)
     except (ResultStoreError, RankingError, ValueError) as exc:
         fail(str(exc))
-    _print_ranking(res.ranking, f"Ranking by rule {res.rule!r} ({res.rule_reason})", top)
+    output.print_ranking(res.ranking, f"Ranking by rule {res.rule!r} ({res.rule_reason})", top)
     status = (
         (res.promotion.decision if res.promotion is not None else "not promoted (see warnings)")
         if promote
         else "promotion off (--no-promote)"
     )
-    _print_promotion(status, res.promotion)
-    _print_warnings(res.warnings)
+    output.print_promotion(status, res.promotion)
+    output.print_warnings(res.warnings)
     rep = report_from_rank(
         res,
         title=f"Ranking of {len(found)} checkpoint(s) on spec {espec.name}",
@@ -281,15 +252,17 @@ def nightly(
     except KeyboardInterrupt:
         console.print(f"interrupted; finished episodes are kept in {cfg.state_dir} — the next run resumes")
         raise typer.Exit(code=ExitCode.INTERRUPTED)
-    _print_ranking(res.rank.ranking, f"Night {res.date}: rule {res.rank.rule!r} ({res.rank.rule_reason})", cfg.top_n)
+    output.print_ranking(
+        res.rank.ranking, f"Night {res.date}: rule {res.rank.rule!r} ({res.rank.rule_reason})", cfg.top_n
+    )
     console.print(
         f"{len(res.checkpoints)} checkpoint(s), {len(res.new)} new ({', '.join(res.new) or 'none'}); "
         f"{res.executed} episode(s) run, {res.skipped} reused"
     )
     for what, why in res.failed:
         console.print(styled("failed", "red", f"{what}: {why}"))
-    _print_promotion(res.promotion_status, res.promotion, header=False)  # the run's log said "promotion: ..."
-    _print_warnings(res.warnings)
+    output.print_promotion(res.promotion_status, res.promotion, header=False)  # the run's log said "promotion: ..."
+    output.print_warnings(res.warnings)
     console.print(f"state: {res.state_path}")  # the run's log named the report
     from policies import tracking
 
