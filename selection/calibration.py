@@ -1,0 +1,513 @@
+"""Real-to-sim calibration of the twin from logged episodes (``twinrank calibrate``).
+
+Each logged episode (the real-data bag schema: actions, the robot's proprioception, object
+poses) is replayed in the twin open loop: the task's reset at the episode's seed, then the
+logged object poses at t = 0 (the logged initial state), then the logged actions one control
+step at a time. The replay residual is the RMS distance between the replayed and the logged
+TCP path and object positions (m). CMA-ES (the ``cma`` package) minimises it over the chosen
+physical factors of the perturbation suite (actuation latency, object mass, friction, joint
+damping, controller gains), in a box (log-scale for scale factors).
+
+Each estimate must pass a profile check (moved by 10 ms or 15 %, the summed squared residual
+must rise by more than chi2(1, 0.95) residual variances) and comes with a local standard
+error from the Gauss-Newton covariance ``s^2 (J'J)^-1`` of the residual vector. Both are
+local: consecutive replay errors are correlated and contacts make the residual rough, so the
+error is a lower bound, and CMA-ES from one start can stop in a local optimum (measured: on
+box_to_shelf the mass stopped 30 % off while latency and friction were recovered; give more
+``max_evals`` or another seed to check). A parameter the logs do not constrain (flat, an
+error wider than a quarter of its box) is reported as not identified and left at its
+nominal value in the calibrated suite.
+
+Output: a :class:`CalibrationResult` with the estimates, the residual before and after, and a
+suite (YAML) whose factors are fixed at the identified values: an evaluation spec takes it as
+``suite:`` and its ``combined`` condition is the calibrated twin.
+
+What it does not do yet: camera extrinsics and light from images (the photometric part),
+batching the replays through the evaluator's workers (they run in this process).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from selection.realdata import ARM_JOINTS, hold
+from twin.perturbations import Condition, PerturbationSuite
+
+
+class CalibrationError(ValueError):
+    """Logs or options calibration cannot use (names the problem and the fix)."""
+
+
+@dataclass(frozen=True)
+class ParamDef:
+    """One calibrated quantity: its factor, search box, nominal value, and the factor value it
+    becomes (``value``); ``log``: searched on a log scale (scales)."""
+
+    name: str
+    factor: str
+    lo: float
+    hi: float
+    nominal: float
+    unit: str
+    log: bool
+    value: Callable[[float], Any]
+
+
+PARAMS: dict[str, ParamDef] = {
+    p.name: p
+    for p in (
+        ParamDef("actuation_latency", "actuation_latency", 0.0, 0.08, 0.0, "s", False, lambda x: float(x)),
+        ParamDef("mass", "mass", 0.3, 3.0, 1.0, "x", True, lambda x: [float(x)]),
+        ParamDef(
+            "friction", "friction", 0.3, 2.0, 1.0, "x", True, lambda x: {"table": float(x), "objects": [float(x)]}
+        ),
+        ParamDef("joint_damping", "joint_damping", 0.3, 3.0, 1.0, "x", True, lambda x: float(x)),
+        # the arm servo's kp and kd scaled together (a suite's controller_gains range fixes both)
+        ParamDef(
+            "controller_gains", "controller_gains", 0.5, 2.0, 1.0, "x", True, lambda x: {"kp": float(x), "kd": float(x)}
+        ),
+    )
+}
+DEFAULT_PARAMS = ("actuation_latency", "mass", "friction")
+#: profile check of identifiability: a parameter moved by this much (s for latency, a
+#: relative step for scales) must raise the summed squared residual by more than the 95 %
+#: chi-square quantile (1 dof) in units of the residual variance per compared point, or it is
+#: reported as not identified (flat: the logs do not see it)
+PROFILE_STEP = {"s": 0.01, "x": 0.15}
+PROFILE_CHI2 = 3.84
+
+
+@dataclass
+class Estimate:
+    name: str
+    value: float
+    se: float
+    nominal: float
+    unit: str
+    identified: bool
+    note: str = ""
+
+    def text(self) -> str:
+        if not self.identified:
+            return f"{self.name}: not identified by these logs ({self.note}); kept at {self.nominal:g} {self.unit}"
+        return f"{self.name}: {self.value:.4g} +- {self.se:.2g} {self.unit} (nominal {self.nominal:g})"
+
+
+@dataclass
+class CalibrationResult:
+    task: str
+    params: list[str]
+    estimates: dict[str, Estimate]
+    residual_before: float  # m, RMS over the replayed episodes
+    residual_after: float
+    per_episode_before: list[float]
+    per_episode_after: list[float]
+    episodes: int
+    skipped: list[str]
+    evaluations: int
+    wall_s: float
+    history: list[float] = field(default_factory=list)  # best residual after each CMA-ES generation
+
+    def condition_values(self) -> dict[str, Any]:
+        """The calibrated factor values (identified parameters only)."""
+        return condition_values({n: e.value for n, e in self.estimates.items() if e.identified})
+
+    def suite(self) -> PerturbationSuite:
+        """A suite whose factors are fixed at the calibrated values (``combined`` = the calibrated twin)."""
+        return calibrated_suite(self.condition_values(), self.task)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "task": self.task,
+            "params": self.params,
+            "estimates": {n: e.__dict__ for n, e in self.estimates.items()},
+            "residual_before_m": self.residual_before,
+            "residual_after_m": self.residual_after,
+            "residual_drop": 1.0 - self.residual_after / self.residual_before if self.residual_before > 0 else 0.0,
+            "per_episode_before_m": self.per_episode_before,
+            "per_episode_after_m": self.per_episode_after,
+            "episodes": self.episodes,
+            "skipped": self.skipped,
+            "evaluations": self.evaluations,
+            "wall_s": self.wall_s,
+            "history_m": self.history,
+            "condition": self.condition_values(),
+        }
+
+
+def condition_values(values: dict[str, float]) -> dict[str, Any]:
+    """Factor values (a :class:`Condition`'s ``values``) of named parameter values."""
+    out: dict[str, Any] = {}
+    for name, x in values.items():
+        out[PARAMS[name].factor] = PARAMS[name].value(x)
+    return out
+
+
+def calibrated_suite(values: dict[str, Any], task: str) -> PerturbationSuite:
+    """A suite with each factor fixed at ``values`` (a degenerate range: every sample is it)."""
+    factors: dict[str, Any] = {}
+    for factor, v in values.items():
+        if factor == "actuation_latency":
+            factors[factor] = {"kind": "SA", "distribution": "value", "range": [v, v]}
+        elif factor == "mass":
+            factors[factor] = {"kind": "SA", "distribution": "scale", "range": [v[0], v[0]]}
+        elif factor == "friction":
+            factors[factor] = {"kind": "SA", "distribution": "scale", "range": [v["table"], v["table"]]}
+        elif factor == "joint_damping":
+            factors[factor] = {"kind": "SA", "distribution": "scale", "range": [v, v]}
+        elif factor == "controller_gains":
+            factors[factor] = {"kind": "SA", "distribution": "scale", "range": [v["kp"], v["kp"]]}
+    return PerturbationSuite.from_dict({"name": f"calibrated-{task}", "factors": factors}, task=task)
+
+
+# ---- the logs -------------------------------------------------------------------------------
+
+
+@dataclass
+class ReplayEpisode:
+    """What a replay needs of one logged episode, checked."""
+
+    label: str
+    seed: int
+    actions: np.ndarray  # (K, A)
+    tcp: np.ndarray  # (K + 1, 3) logged TCP position after 0..K actions
+    objects: dict[str, np.ndarray]  # name -> (K + 1, 7) logged pose after 0..K actions
+
+
+def replay_episodes(episodes: Sequence[Any], task: str, action_dim: int) -> tuple[list[ReplayEpisode], list[str]]:
+    """The episodes a replay can use, and a line for each one it cannot (why)."""
+    usable: list[ReplayEpisode] = []
+    skipped: list[str] = []
+    for k, ep in enumerate(episodes):
+        label = f"{Path(ep.source).name or 'bag'} episode {ep.episode}" if ep.source else f"episode {k}"
+        if ep.task and ep.task != task:
+            raise CalibrationError(
+                f"{label} is of task {ep.task!r}, not {task!r}: give logs of {task} (or calibrate --task {ep.task})"
+            )
+        if ep.joint_names and tuple(ep.joint_names[:7]) not in ARM_JOINTS.values():
+            raise CalibrationError(
+                f"{label}: joint names {list(ep.joint_names[:7])} are not a Franka arm's "
+                f"({' or '.join(str(list(v)) for v in ARM_JOINTS.values())}): record with those names or map them"
+            )
+        if ep.actions is None or len(ep.actions) == 0:
+            skipped.append(f"{label}: no actions logged (nothing to replay)")
+            continue
+        if ep.actions.shape[1] != action_dim:
+            raise CalibrationError(
+                f"{label}: actions have {ep.actions.shape[1]} values, the control mode needs {action_dim}: "
+                f"give --control-mode the mode the logs were recorded in"
+            )
+        if ep.seed is None:
+            skipped.append(f"{label}: no seed (the twin cannot rebuild its scene)")
+            continue
+        if "proprio" not in ep.obs:
+            skipped.append(f"{label}: no obs/proprio (the TCP path to compare with)")
+            continue
+        missing = [n for n in _object_names(task) if n not in ep.object_poses]
+        if missing:
+            skipped.append(f"{label}: no poses of {', '.join(missing)} (the initial state is unknown)")
+            continue
+        t_act = ep.action_t if ep.action_t is not None else ep.obs_t["proprio"][: len(ep.actions)]
+        if len(ep.obs["proprio"]) < len(ep.actions) + 1:
+            # the last observation (after the last action) may be missing: replay one action fewer
+            n = len(ep.obs["proprio"]) - 1
+        else:
+            n = len(ep.actions)
+        if n < 2:
+            skipped.append(f"{label}: fewer than 2 logged steps")
+            continue
+        obs_t = ep.obs_t["proprio"][: n + 1]
+        tcp = np.asarray(ep.obs["proprio"][: n + 1, 8:11], dtype=float)
+        objects = {
+            name: hold(tr.t, tr.pose, obs_t) for name, tr in ep.object_poses.items() if name in _object_names(task)
+        }
+        if any(not np.isfinite(p).all() for p in objects.values()) or not np.isfinite(tcp).all():
+            skipped.append(f"{label}: missing frames (object pose or proprio not finite at some step)")
+            continue
+        del t_act
+        usable.append(ReplayEpisode(label, int(ep.seed), np.asarray(ep.actions[:n], dtype=np.float32), tcp, objects))
+    return usable, skipped
+
+
+def _object_names(task: str) -> list[str]:
+    from twin.tasks import make_task
+
+    t = make_task(task)
+    return [n for n in t.object_names]
+
+
+# ---- replay ---------------------------------------------------------------------------------
+
+
+class Replayer:
+    """Replays episodes in one twin env under candidate parameter values."""
+
+    def __init__(self, task: str, control_mode: str, episodes: list[ReplayEpisode]) -> None:
+        from twin.env import TwinEnv
+
+        self.task = task
+        self.env = TwinEnv(task, control_mode=control_mode, render_mode=None)
+        self.episodes = episodes
+        self.evaluations = 0
+
+    def close(self) -> None:
+        self.env.close()
+
+    def episode_errors(self, ep: ReplayEpisode, values: dict[str, Any]) -> np.ndarray:
+        """Per-step differences (m, x y z) between the replay and the log: TCP, then each object."""
+        env = self.env
+        env.reset(seed=ep.seed, options={"condition": Condition(name="calibration", seed=ep.seed, values=values)})
+        sim = env.sim
+        for name, poses in ep.objects.items():
+            if sim.is_free(name):
+                sim.set_free_body_pose(name, poses[0, :3], poses[0, 3:7])
+        sim.forward()
+        errs: list[np.ndarray] = []
+        for k, a in enumerate(ep.actions):
+            env.step(a)
+            errs.append(sim.tcp_pose()[:3] - ep.tcp[k + 1])
+            for name, poses in ep.objects.items():
+                errs.append(sim.body_pose(name)[:3] - poses[k + 1, :3])
+        return np.concatenate(errs)
+
+    def residuals(self, values: dict[str, Any]) -> list[np.ndarray]:
+        self.evaluations += 1
+        return [self.episode_errors(ep, values) for ep in self.episodes]
+
+
+def _rms(errs: Sequence[np.ndarray]) -> float:
+    """RMS distance (m) over the compared points (each point's x, y, z difference in a row of 3)."""
+    allv = np.concatenate(list(errs))
+    return float(np.sqrt(np.sum(allv**2) / (allv.size / 3)))
+
+
+# ---- the optimisation -------------------------------------------------------------------------
+
+
+def _to_x(params: Sequence[ParamDef], z: np.ndarray) -> dict[str, float]:
+    """Unit-box coordinates -> parameter values."""
+    out: dict[str, float] = {}
+    for p, u in zip(params, np.clip(z, 0.0, 1.0), strict=True):
+        if p.log:
+            out[p.name] = float(math.exp(math.log(p.lo) + u * (math.log(p.hi) - math.log(p.lo))))
+        else:
+            out[p.name] = float(p.lo + u * (p.hi - p.lo))
+    return out
+
+
+def _to_z(p: ParamDef, x: float) -> float:
+    if p.log:
+        return (math.log(x) - math.log(p.lo)) / (math.log(p.hi) - math.log(p.lo))
+    return (x - p.lo) / (p.hi - p.lo)
+
+
+def calibrate(
+    episodes: Sequence[Any],
+    task: str,
+    *,
+    params: Sequence[str] = DEFAULT_PARAMS,
+    control_mode: str | None = None,
+    max_evals: int = 60,
+    seed: int = 0,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> CalibrationResult:
+    """Calibrate ``params`` of the twin of ``task`` from logged ``episodes`` (RealEpisode)."""
+    import cma
+
+    from twin.env import TwinEnv
+    from twin.tasks import get_task_class
+
+    t0 = time.perf_counter()
+    unknown = [p for p in params if p not in PARAMS]
+    if unknown or not params:
+        raise CalibrationError(
+            f"unknown calibration parameter(s) {unknown or '(none given)'}; choose from {', '.join(PARAMS)}"
+        )
+    mode = control_mode or get_task_class(task).expert_mode
+    probe = TwinEnv(task, control_mode=mode, render_mode=None)
+    try:
+        space = probe.action_space
+        action_dim = int(np.prod(space.shape)) if space.shape else 1
+    finally:
+        probe.close()
+    usable, skipped = replay_episodes(episodes, task, action_dim)
+    if not usable:
+        why = "; ".join(skipped) if skipped else "no episodes in the logs"
+        raise CalibrationError(f"no logged episode of {task} can be replayed ({why})")
+    defs = [PARAMS[p] for p in params]
+    rep = Replayer(task, mode, usable)
+    history: list[float] = []
+    try:
+        nominal = {p.name: p.nominal for p in defs}
+        before = rep.residuals(condition_values(nominal))
+        cache: dict[tuple[float, ...], float] = {}
+
+        def cost(z: np.ndarray) -> float:
+            key = tuple(np.round(np.clip(z, 0, 1), 6))
+            if key not in cache:
+                cache[key] = _rms(rep.residuals(condition_values(_to_x(defs, np.asarray(key)))))
+            return cache[key]
+
+        z0 = np.array([_to_z(p, p.nominal) for p in defs])
+        if len(defs) == 1:
+            best_z = _search_1d(cost, z0, max_evals, progress)
+        else:
+            es = cma.CMAEvolutionStrategy(
+                list(np.clip(z0, 0.05, 0.95)),
+                0.25,
+                {"bounds": [0.0, 1.0], "seed": seed + 1, "maxfevals": max_evals, "verbose": -9, "tolx": 1e-3},
+            )
+            while not es.stop():
+                zs = es.ask()
+                es.tell(zs, [cost(np.asarray(z)) for z in zs])
+                history.append(float(es.result.fbest))
+                if progress:
+                    progress(f"CMA-ES, best residual {es.result.fbest * 1000:.2f} mm", rep.evaluations, max_evals)
+            best_z = np.clip(np.asarray(es.result.xbest), 0, 1)
+        best_x = _to_x(defs, best_z)
+        after = rep.residuals(condition_values(best_x))
+        estimates = _standard_errors(rep, defs, best_x, after)
+        n_eval = rep.evaluations
+    finally:
+        rep.close()
+    return CalibrationResult(
+        task=task,
+        params=list(params),
+        estimates=estimates,
+        residual_before=_rms(before),
+        residual_after=_rms(after),
+        per_episode_before=[_rms([e]) for e in before],
+        per_episode_after=[_rms([e]) for e in after],
+        episodes=len(usable),
+        skipped=skipped,
+        evaluations=n_eval,
+        wall_s=time.perf_counter() - t0,
+        history=history,
+    )
+
+
+def _search_1d(
+    cost: Callable[[np.ndarray], float],
+    z0: np.ndarray,
+    max_evals: int,
+    progress: Callable[[str, int, int], None] | None,
+) -> np.ndarray:
+    """One parameter: a coarse grid, then bounded Brent (scipy) around the best grid point."""
+    from scipy.optimize import minimize_scalar
+
+    grid = np.linspace(0.0, 1.0, 9)
+    vals = [cost(np.array([g])) for g in grid]
+    i = int(np.argmin(vals))
+    lo, hi = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
+    if progress:
+        progress(f"grid, best residual {min(vals) * 1000:.2f} mm", len(grid), max_evals)
+    res = minimize_scalar(
+        lambda u: cost(np.array([u])),
+        bounds=(lo, hi),
+        method="bounded",
+        options={"xatol": 2e-3, "maxiter": max(3, max_evals - len(grid))},
+    )
+    return np.array([res.x if res.fun <= vals[i] else grid[i]])
+
+
+def _standard_errors(
+    rep: Replayer, defs: Sequence[ParamDef], best: dict[str, float], after: list[np.ndarray]
+) -> dict[str, Estimate]:
+    """Identifiability and the Gauss-Newton covariance of the estimates. First a profile check:
+    each parameter moved by :data:`PROFILE_STEP` must raise the residual by :data:`PROFILE_RISE`.
+    Then the Jacobian J of the residual vector by
+    forward differences (2 % of each box, in the search coordinates), ``cov = s^2 (J'J)^-1``
+    with ``s^2 = S / (N - p)``, mapped to parameter units (delta method). Correlated
+    parameters (the logs constrain only a combination, e.g. mass and friction of a grasp) get
+    wide marginal errors: a parameter whose error spans a quarter of its box or more is
+    reported as not identified."""
+    r0 = np.concatenate(after)
+    z = np.array([_to_z(p, best[p.name]) for p in defs])
+    jac = np.zeros((r0.size, len(defs)))
+    steps = np.zeros(len(defs))
+    for j in range(len(defs)):
+        h = 0.02 if z[j] + 0.02 <= 1.0 else -0.02
+        zj = z.copy()
+        zj[j] += h
+        rj = np.concatenate(rep.residuals(condition_values(_to_x(defs, zj))))
+        jac[:, j] = (rj - r0) / h
+        steps[j] = h
+    dof = max(r0.size - len(defs), 1)
+    s2 = float(np.sum(r0**2)) / dof
+    jtj = jac.T @ jac
+    try:
+        cov_z = s2 * np.linalg.pinv(jtj, rcond=1e-10)
+    except np.linalg.LinAlgError:  # pragma: no cover - pinv does not raise for finite input
+        cov_z = np.full((len(defs), len(defs)), np.inf)
+    # dx/dz of each parameter at the estimate
+    dxdz = np.array(
+        [(best[p.name] * (math.log(p.hi) - math.log(p.lo))) if p.log else (p.hi - p.lo) for p in defs], dtype=float
+    )
+    cov_x = cov_z * np.outer(dxdz, dxdz)
+    sd = np.sqrt(np.clip(np.diag(cov_x), 0, None))
+    base = _rms(after)
+    out: dict[str, Estimate] = {}
+    for j, p in enumerate(defs):
+        x = best[p.name]
+        # profile check: does moving it by the tolerance the calibration promises raise the residual?
+        step = PROFILE_STEP[p.unit]
+        sides = []
+        for sign in (-1.0, 1.0):
+            v = x * (1.0 + sign * step) if p.log else x + sign * step
+            v = min(max(v, p.lo), p.hi)
+            if abs(v - x) < 1e-12:
+                continue
+            vals = dict(best)
+            vals[p.name] = v
+            sides.append(_rms(rep.residuals(condition_values(vals))))
+        # chi-square (1 dof) statistic of the profile: the rise of the summed squares in units of
+        # the residual variance per compared point
+        n_pts = r0.size / 3
+        rise = n_pts * (min(sides) ** 2 - base**2) / base**2 if base > 0 and sides else math.inf
+        note = ""
+        if len(defs) > 1 and np.isfinite(sd).all() and (sd > 0).all():
+            corr = cov_x[j] / (sd[j] * sd)
+            partners = [
+                f"{defs[k].name} (r = {corr[k]:+.2f})" for k in range(len(defs)) if k != j and abs(corr[k]) > 0.9
+            ]
+            if partners:
+                note = f"correlated with {', '.join(partners)}: the logs constrain a combination"
+        if not np.isfinite(sd[j]) or jtj[j, j] <= 0:
+            out[p.name] = Estimate(
+                p.name, x, math.inf, p.nominal, p.unit, False, "the residual does not change with it"
+            )
+        elif rise < 0:
+            why = "a neighbour fits the logs better: the optimiser had not converged (give more max_evals)"
+            out[p.name] = Estimate(p.name, x, float(sd[j]), p.nominal, p.unit, False, why)
+        elif rise < PROFILE_CHI2:
+            tol = f"{step:g} {p.unit}" if not p.log else f"{step:.0%}"
+            why = f"moving it by {tol} leaves the residual where it is (chi2 {rise:.2g} < {PROFILE_CHI2})" + (
+                f"; {note}" if note else ""
+            )
+            out[p.name] = Estimate(p.name, x, float(sd[j]), p.nominal, p.unit, False, why)
+        elif sd[j] > (p.hi - p.lo) / 4:
+            why = f"standard error {sd[j]:.2g} {p.unit} spans its search box" + (f"; {note}" if note else "")
+            out[p.name] = Estimate(p.name, x, float(sd[j]), p.nominal, p.unit, False, why)
+        else:
+            out[p.name] = Estimate(p.name, x, float(sd[j]), p.nominal, p.unit, True, note)
+    return out
+
+
+__all__ = [
+    "DEFAULT_PARAMS",
+    "PARAMS",
+    "CalibrationError",
+    "CalibrationResult",
+    "Estimate",
+    "ParamDef",
+    "calibrate",
+    "calibrated_suite",
+    "condition_values",
+]
