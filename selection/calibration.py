@@ -500,8 +500,94 @@ def _standard_errors(
     return out
 
 
+# ---- twin fidelity and the promotion gate ------------------------------------------------------
+
+
+@dataclass
+class FidelityGate:
+    """Promotion needs the twin to reproduce the logs: the replay residual of up to
+    ``max_episodes`` logged episodes under the twin (or under ``suite``, a calibrated suite
+    file) must be at most ``max_residual_mm``."""
+
+    max_residual_mm: float
+    suite: str | None = None
+    max_episodes: int = 10
+    control_mode: str | None = None
+
+
+@dataclass
+class TwinFidelity:
+    task: str
+    residual_mm: float  # RMS over the replayed episodes (nan when none could be replayed)
+    per_episode_mm: list[float]
+    episodes: int
+    skipped: list[str]
+    threshold_mm: float
+    suite: str | None
+
+    @property
+    def passed(self) -> bool:
+        return bool(np.isfinite(self.residual_mm) and self.residual_mm <= self.threshold_mm)
+
+    def reason(self) -> str:
+        """Why promotion is blocked ('' when it is not), with what to do."""
+        if self.passed:
+            return ""
+        if not np.isfinite(self.residual_mm):
+            return (
+                f"twin fidelity unknown: no logged episode of {self.task} could be replayed "
+                f"({'; '.join(self.skipped) or 'no episodes'}); record logs with actions and object poses"
+            )
+        twin = f"the twin with {self.suite}" if self.suite else "the twin"
+        return (
+            f"twin fidelity below the gate: {twin} replays {self.episodes} logged episode(s) of {self.task} "
+            f"{self.residual_mm:.2f} mm away from the logs (RMS of the TCP path and object positions), more than "
+            f"{self.threshold_mm:g} mm; the champion is kept. Recalibrate (`twinrank calibrate {self.task} --logs "
+            f"...`, then rank with its suite) or record more logs"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.__dict__, "passed": self.passed, "reason": self.reason()}
+
+
+def twin_fidelity(episodes: Sequence[Any], task: str, gate: FidelityGate) -> TwinFidelity:
+    """Replay residual of ``episodes`` under the twin (or ``gate.suite``), for the gate."""
+    from twin.env import TwinEnv
+    from twin.perturbations import load_suite
+    from twin.tasks import get_task_class
+
+    mode = gate.control_mode or get_task_class(task).expert_mode
+    probe = TwinEnv(task, control_mode=mode, render_mode=None)
+    try:
+        action_dim = int(np.prod(probe.action_space.shape)) if probe.action_space.shape else 1
+    finally:
+        probe.close()
+    mine = [e for e in episodes if not e.task or e.task == task]
+    usable, skipped = replay_episodes(mine[: gate.max_episodes], task, action_dim)
+    values = load_suite(gate.suite, task=task).sample(0).values if gate.suite else {}
+    if not usable:
+        return TwinFidelity(task, math.nan, [], 0, skipped, gate.max_residual_mm, gate.suite)
+    rep = Replayer(task, mode, usable)
+    try:
+        errs = rep.residuals(values)
+    finally:
+        rep.close()
+    return TwinFidelity(
+        task,
+        _rms(errs) * 1000,
+        [_rms([e]) * 1000 for e in errs],
+        len(usable),
+        skipped,
+        gate.max_residual_mm,
+        gate.suite,
+    )
+
+
 __all__ = [
     "DEFAULT_PARAMS",
+    "FidelityGate",
+    "TwinFidelity",
+    "twin_fidelity",
     "PARAMS",
     "CalibrationError",
     "CalibrationResult",

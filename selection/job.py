@@ -57,6 +57,8 @@ class RankResult:
     #: (draws, rows) posterior draws of the ranking's scores (selection.ranking.score_draws)
     score_draws: Any = None
     n_episodes: int | None = None  # paired episodes per checkpoint behind the probabilities
+    #: the twin-fidelity check of the promotion gate (selection.calibration.TwinFidelity), when asked for
+    fidelity: Any = None
 
 
 # ---- ingredients ---------------------------------------------------------------------------
@@ -190,11 +192,15 @@ def rank_checkpoints(
     extra_columns: dict[str, dict[str, Any]] | None = None,
     threshold: float | None = None,
     force: bool = False,
+    fidelity_gate: Any = None,
 ) -> RankResult:
     """Evaluate (or resume), score OOD, rank, log to MLflow and promote. See the module docstring.
 
     ``extra_columns``: more ingredient columns per checkpoint label (e.g. ``train_loss``).
     ``threshold`` / ``force``: of the promotion rule (selection/promotion.py).
+    ``fidelity_gate`` (selection.calibration.FidelityGate): promote only when the twin replays
+    the real logs within its residual bound; otherwise nothing is promoted and a warning says
+    which part failed and what to do (``result.fidelity`` holds the check).
     """
     from evaluator.run import evaluate
     from evaluator.spec import EvalSpec, load_spec
@@ -280,6 +286,11 @@ def rank_checkpoints(
             f"MLflow unreachable ({type(exc).__name__}: {str(exc)[:300]}): the ranking is kept in {out}, not "
             f"logged, and nothing is promoted"
         )
+    if fidelity_gate is not None:
+        result.fidelity = check_fidelity(result, bags, fidelity_gate, tracking_uri, say)
+        if not result.fidelity.passed:
+            warn(f"not promoted: {result.fidelity.reason()}")
+            promote = False
     if promote and result.run_id:
         _promote(result, tracking_uri, warn, threshold=threshold, force=force)
         if result.promotion is not None:
@@ -454,6 +465,32 @@ def _with_champion_comparison(ranking: pd.DataFrame, draws: Any, promotion: Any)
         if i != j and np.isfinite(draws[:, i]).all():
             df.loc[i, "p_beats_champion"] = p_greater(finite, i, j)
     return df
+
+
+def check_fidelity(result: RankResult, bags: Sequence[str], gate: Any, tracking_uri: str | None, say: Any) -> Any:
+    """The twin-fidelity check of the promotion gate on the ranked task's logs, logged to the
+    ranking's MLflow run (``fidelity/replay_residual_mm``, tag ``twinrank.fidelity``)."""
+    from selection.calibration import twin_fidelity
+    from selection.realdata import read_bag
+
+    tasks = sorted({s.task for s in result.campaign.checkpoints if getattr(s, "task", "")}) if result.campaign else []
+    task = tasks[0] if tasks else ""
+    eps = [e for b in bags for e in read_bag(b, images=False)]
+    say(f"twin fidelity: replaying up to {gate.max_episodes} logged episode(s) of {task}")
+    fid = twin_fidelity(eps, task, gate)
+    say(
+        f"twin fidelity: replay residual {fid.residual_mm:.2f} mm on {fid.episodes} episode(s) "
+        f"(gate {gate.max_residual_mm:g} mm): {'passed' if fid.passed else 'FAILED'}"
+    )
+    if result.run_id:
+        try:
+            client = tracking_client(tracking_uri)
+            if np.isfinite(fid.residual_mm):
+                client.log_metric(result.run_id, "fidelity/replay_residual_mm", fid.residual_mm)
+            client.set_tag(result.run_id, "twinrank.fidelity", ("passed" if fid.passed else fid.reason())[:5000])
+        except Exception:  # noqa: BLE001 - the check itself stands; MLflow trouble is reported elsewhere
+            pass
+    return fid
 
 
 def _promote(

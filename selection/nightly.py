@@ -55,6 +55,7 @@ from typing import Any
 
 import yaml
 
+from selection.calibration import FidelityGate
 from selection.job import OODSettings, RankResult, rank_checkpoints
 
 logger = logging.getLogger("twinrank.nightly")
@@ -131,6 +132,10 @@ class NightlyConfig:
     top_n: int = 10
     #: Sim episodes per condition (nominal and the spec's suite) of each checkpoint's OOD reference.
     ood_reference_episodes: int = 10
+    #: promotion gate: the twin must replay the real logs within this RMS residual (mm); None = no gate
+    fidelity_max_residual_mm: float | None = None
+    #: calibrated suite the gate replays under (twinrank calibrate's calibrated_suite.yaml)
+    fidelity_suite: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("registered_model", "experiment", "directory", "real_logs"):
@@ -186,6 +191,7 @@ class NightlyConfig:
             real_logs=[fix(p) or p for p in self.real_logs],
             state_dir=fix(self.state_dir) or self.state_dir,
             validations_dir=fix(self.validations_dir),
+            fidelity_suite=fix(self.fidelity_suite),
         )
 
     def with_overrides(self, **changes: Any) -> NightlyConfig:
@@ -225,6 +231,14 @@ class NightlyConfig:
             raise NightlyConfigError(f"executor {self.executor!r}: use local, inline or ray")
         if self.top_n < 1 or self.ood_reference_episodes < 1:
             raise NightlyConfigError("top_n and ood_reference_episodes must be at least 1")
+        if self.fidelity_max_residual_mm is not None and not self.fidelity_max_residual_mm > 0:
+            raise NightlyConfigError(
+                f"fidelity_max_residual_mm = {self.fidelity_max_residual_mm}: give a positive bound in mm (or unset it)"
+            )
+        if self.fidelity_suite is not None and not Path(self.fidelity_suite).is_file():
+            raise NightlyConfigError(
+                f"fidelity_suite {self.fidelity_suite} not found; give twinrank calibrate's calibrated_suite.yaml"
+            )
         resolve_real_logs(self.real_logs)
         self.load_spec()
         return self
@@ -672,6 +686,8 @@ def _decide_promotion(rank: RankResult, cfg: NightlyConfig, warn: Callable[[str]
 
     if not cfg.promote:
         return "promotion off", None
+    if rank.fidelity is not None and not rank.fidelity.passed:
+        return f"not promoted: {rank.fidelity.reason()}", None
     if not rank.run_id:
         return "not promoted: the ranking could not be logged to MLflow", None
     client = tracking.setup(cfg.tracking_uri)
@@ -804,6 +820,9 @@ def _run_locked(
             log=say,
             ood=OODSettings(reference_episodes=cfg.ood_reference_episodes, cache_dir=str(state_dir / "ood_cache")),
             extra_columns=extra,
+            fidelity_gate=FidelityGate(cfg.fidelity_max_residual_mm, cfg.fidelity_suite)
+            if cfg.fidelity_max_residual_mm is not None
+            else None,
         )
         status, promotion = _decide_promotion(rank, cfg, warn)
         rank.promotion = promotion

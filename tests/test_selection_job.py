@@ -228,3 +228,53 @@ def test_rank_rolls_out_only_what_the_spec_asks_and_scores_ood_on_the_recorded_e
         assert len(ref["state"]) == sum(lengths) and sorted(set(ref["episode_index"])) == list(range(6))
         row = df[df["checkpoint_id"] == s.checkpoint_id].iloc[0]
         assert row["ood_n_ref"] == sum(lengths) and np.isfinite(row["ood"])
+
+
+def test_fidelity_gate_blocks_promotion_when_the_twin_disagrees_with_the_logs(ranked, family, tmp_path):
+    """The gate replays the real logs in the twin: the twin as is reproduces them within a bound
+    that a twin made to disagree (an 80 ms actuation latency the logs do not have) exceeds; the
+    disagreeing twin blocks the promotion, says why and what to do, and moves no alias."""
+    from selection.calibration import FidelityGate, twin_fidelity
+    from selection.realdata import read_bag
+
+    wrong = tmp_path / "wrong_suite.yaml"
+    wrong.write_text(
+        "name: wrong\nfactors:\n  actuation_latency: {kind: SA, distribution: value, range: [0.08, 0.08]}\n"
+    )
+    eps = read_bag(family["bag"], images=False)
+    as_is = twin_fidelity(eps, "reach", FidelityGate(max_residual_mm=1e9))
+    off = twin_fidelity(eps, "reach", FidelityGate(max_residual_mm=1e9, suite=str(wrong)))
+    print(f"\nreplay residual: twin {as_is.residual_mm:.2f} mm, twin with 80 ms latency {off.residual_mm:.2f} mm")
+    assert as_is.episodes == 4 and off.residual_mm > 1.5 * as_is.residual_mm
+    bound = (as_is.residual_mm + off.residual_mm) / 2
+    client = mlflow.MlflowClient(tracking_uri=family["uri"])
+    before = client.get_model_version_by_alias("reach-job", "challenger").version
+    common = dict(
+        tracking_uri=family["uri"],
+        workers=1,
+        ood=OODSettings(reference_episodes=3),
+        campaign_dir=family["root"] / "rank" / "campaign",
+    )
+    blocked = rank_checkpoints(
+        family["ckpts"],
+        _spec(),
+        [family["bag"]],
+        tmp_path / "blocked",
+        fidelity_gate=FidelityGate(max_residual_mm=bound, suite=str(wrong)),
+        **common,
+    )
+    assert blocked.fidelity is not None and not blocked.fidelity.passed and blocked.promotion is None
+    msg = next(w for w in blocked.warnings if "twin fidelity below the gate" in w)
+    assert f"more than {bound:g} mm" in msg and "twinrank calibrate reach" in msg and "champion is kept" in msg
+    assert client.get_model_version_by_alias("reach-job", "challenger").version == before
+    run = client.get_run(blocked.run_id)
+    assert run.data.metrics["fidelity/replay_residual_mm"] == pytest.approx(off.residual_mm)
+    passed = rank_checkpoints(
+        family["ckpts"],
+        _spec(),
+        [family["bag"]],
+        tmp_path / "passed",
+        fidelity_gate=FidelityGate(max_residual_mm=bound),
+        **common,
+    )
+    assert passed.fidelity.passed and passed.promotion is not None  # the rule decides, as without a gate

@@ -106,11 +106,20 @@ def rank(
         10, min=1, help="Episodes per condition (nominal, combined) of the campaign recorded as each OOD reference."
     ),
     top: int = typer.Option(20, min=1, help="Rows of the printed table and the report."),
+    fidelity_max_residual_mm: float = typer.Option(
+        None,
+        help="Promotion gate: promote only if the twin replays the real logs within this RMS residual (mm) of "
+        "their TCP path and object positions (see `twinrank calibrate`). Default: no gate.",
+    ),
+    fidelity_suite: Path = typer.Option(
+        None, help="Calibrated suite the gate replays under (default: the twin as is)."
+    ),
 ) -> None:
     """Rank checkpoints by twin success and OOD on real logs; promote champion/challenger; write a report."""
     from evaluator.results import ResultStoreError
     from evaluator.spec import EvalSpecError, load_spec
     from policies import tracking
+    from selection.calibration import FidelityGate
     from selection.job import OODSettings, rank_checkpoints
     from selection.nightly import NightlyConfigError, resolve_real_logs
     from selection.ranking import RULES, RankingError
@@ -125,6 +134,13 @@ def rank(
         fail(f"unknown ranking rule {rule!r}; rules: {', '.join(RULES)}")
     if validations is not None and not validations.is_dir():
         fail(f"--validations {validations} is not a folder")
+    if fidelity_suite is not None and not fidelity_suite.is_file():
+        fail(f"--fidelity-suite {fidelity_suite} not found; give the calibrated_suite.yaml `twinrank calibrate` wrote")
+    gate = (
+        FidelityGate(fidelity_max_residual_mm, str(fidelity_suite) if fidelity_suite else None)
+        if fidelity_max_residual_mm is not None
+        else None
+    )
     try:
         bags = resolve_real_logs([str(p) for p in real_logs], output.warn)
     except NightlyConfigError as exc:
@@ -152,6 +168,7 @@ def rank(
                 extra_columns=extra,
                 threshold=threshold,
                 force=force,
+                fidelity_gate=gate,
             )
     except KeyboardInterrupt:
         console.print(f"interrupted; finished episodes are kept in {out} — rerun the same command to resume")
@@ -164,6 +181,8 @@ def rank(
         if promote
         else "promotion off (--no-promote)"
     )
+    if res.fidelity is not None and not res.fidelity.passed:
+        status = f"not promoted: {res.fidelity.reason()}"
     output.print_promotion(status, res.promotion)
     output.print_warnings(res.warnings)
     rep = report_from_rank(
