@@ -93,11 +93,17 @@ class Estimate:
     unit: str
     identified: bool
     note: str = ""
+    #: range of the parameter over every evaluated point that fits within NEAR_OPTIMAL x the best residual
+    lo: float = math.nan
+    hi: float = math.nan
 
     def text(self) -> str:
         if not self.identified:
             return f"{self.name}: not identified by these logs ({self.note}); kept at {self.nominal:g} {self.unit}"
-        return f"{self.name}: {self.value:.4g} +- {self.se:.2g} {self.unit} (nominal {self.nominal:g})"
+        return (
+            f"{self.name}: {self.value:.4g} {self.unit} (near-optimal {self.lo:.4g}..{self.hi:.4g}, local error "
+            f"{self.se:.2g}; nominal {self.nominal:g})"
+        )
 
 
 @dataclass
@@ -374,6 +380,7 @@ def calibrate(
         best_x = _to_x(defs, best_z)
         after = rep.residuals(condition_values(best_x))
         estimates = _standard_errors(rep, defs, best_x, after)
+        _near_optimal(estimates, defs, cache, _rms(after))
         n_eval = rep.evaluations
     finally:
         rep.close()
@@ -415,6 +422,37 @@ def _search_1d(
         options={"xatol": 2e-3, "maxiter": max(3, max_evals - len(grid))},
     )
     return np.array([res.x if res.fun <= vals[i] else grid[i]])
+
+
+#: every evaluated point whose residual is within this factor of the best counts as fitting the
+#: logs: a parameter whose values over those points spread wider than NEAR_SPREAD is not identified
+NEAR_OPTIMAL = 1.5
+NEAR_SPREAD = {"s": 0.02, "x": 1.35}  # latency: 20 ms wide; scales: max/min ratio
+
+
+def _near_optimal(
+    estimates: dict[str, Estimate], defs: Sequence[ParamDef], cache: dict[tuple[float, ...], float], best: float
+) -> None:
+    """The range of each parameter over the evaluated points that fit nearly as well as the best
+    (CMA-ES samples the basins it visits): basins that fit the logs about as well widen it, and a
+    parameter whose range is wider than NEAR_SPREAD is reported as not identified. Basins the
+    search never visited stay unseen: on box_to_shelf, mass 1.0 with friction 0.65 and mass 2.4
+    with friction 0.56 both fit within 0.3 mm of logs made with mass 1.4 (which fits exactly)."""
+    near = [np.asarray(z) for z, v in cache.items() if v <= NEAR_OPTIMAL * best + 1e-12]
+    if not near:
+        return
+    for j, p in enumerate(defs):
+        xs = [_to_x(defs, z)[p.name] for z in near] + [estimates[p.name].value]
+        lo, hi = float(min(xs)), float(max(xs))
+        e = estimates[p.name]
+        e.lo, e.hi = lo, hi
+        wide = (hi / lo > NEAR_SPREAD["x"]) if p.log and lo > 0 else (hi - lo > NEAR_SPREAD["s"])
+        if e.identified and wide:
+            e.identified = False
+            e.note = (
+                f"points fitting within {NEAR_OPTIMAL:g}x of the best residual range from {lo:.3g} to {hi:.3g} "
+                f"{p.unit}: the logs do not pin it down"
+            )
 
 
 def _standard_errors(
@@ -592,6 +630,7 @@ __all__ = [
     "CalibrationError",
     "CalibrationResult",
     "Estimate",
+    "NEAR_OPTIMAL",
     "ParamDef",
     "calibrate",
     "calibrated_suite",

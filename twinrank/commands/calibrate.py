@@ -79,11 +79,12 @@ def calibrate(
     output.print_table(
         f"Calibration of the {task} twin from {res.episodes} logged episode(s) ({res.evaluations} replay evaluations, "
         f"{res.wall_s:.0f} s)",
-        ["parameter", "estimate", "std. error (local)", "nominal", "identified", "note"],
+        ["parameter", "estimate", "near-optimal range", "std. error (local)", "nominal", "identified", "note"],
         [
             [
                 e.name,
                 f"{e.value:.4g} {e.unit}",
+                f"{e.lo:.4g}..{e.hi:.4g}" if e.lo == e.lo else "-",
                 f"{e.se:.2g}" if e.identified else "-",
                 f"{e.nominal:g}",
                 "yes" if e.identified else "NO (kept nominal)",
