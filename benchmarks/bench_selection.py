@@ -168,6 +168,41 @@ def _metrics(s: np.ndarray, y: np.ndarray) -> dict[str, str]:
     return out
 
 
+def _calibrated_success(paths: list[str], bag: Path, out: Path, eps: int, label: str) -> dict[str, float] | None:
+    """Each checkpoint's twin success under the twin calibrated to ``bag``'s logs (latency, mass,
+    friction; cached in ``out``), or None when calibration identified nothing (the calibrated
+    twin is then the nominal twin)."""
+    import yaml
+
+    from evaluator.run import evaluate
+    from evaluator.spec import EvalSpec, VideoCfg
+    from selection.calibration import calibrate
+    from selection.realdata import read_bag
+
+    suite_path = out / "calibrated_suite.yaml"
+    if not suite_path.is_file():
+        res = calibrate(read_bag(bag, images=False)[:10], TASK, max_evals=60)
+        print(
+            f"calibration on {label}'s logs ({res.episodes} episodes, {res.evaluations} replays, {res.wall_s:.0f} s): "
+            f"residual {res.residual_before * 1000:.2f} -> {res.residual_after * 1000:.2f} mm; "
+            + "; ".join(e.text() for e in res.estimates.values())
+        )
+        out.mkdir(parents=True, exist_ok=True)
+        suite_path.write_text(res.suite().to_yaml())
+    if not (yaml.safe_load(suite_path.read_text()) or {}).get("factors"):
+        return None
+    spec = EvalSpec(
+        name="bench-calibrated",
+        tasks=[TASK],
+        suite=str(suite_path),
+        conditions=["combined"],
+        episodes_per_condition=eps,
+        video=VideoCfg(enabled=False),
+    )
+    campaign = evaluate(paths, spec, out / "campaign", videos=False, plots=False)
+    return {s.label: float(s.overall["success_rate"]) for s in campaign.checkpoints if s.status == "ok"}
+
+
 def main() -> None:
     from evaluator.run import _label
     from evaluator.spec import EvalSpec, VideoCfg
@@ -258,6 +293,19 @@ def main() -> None:
         rows = []
         for r in BASELINES + COMBINED_RULES:
             rows.append({"ranking": names.get(r, f"(e) {r}"), **_metrics(rule_scores(df, r).to_numpy(dtype=float), y)})
+        # (f) the twin calibrated to this reality's logs (twinrank calibrate), nominal otherwise
+        cal = _calibrated_success(paths, bag, root / f"calibrated{sub}", cond_eps, dom.label)
+        if cal is None:
+            calibrated = "calibration identified nothing: the calibrated twin is the nominal twin"
+        else:
+            m_cal = _metrics(df["checkpoint"].map(cal).to_numpy(dtype=float), y)
+            rows.append({"ranking": "(f) sim calibrated", **m_cal})
+            m_nom = rows[1]
+            calibrated = (
+                f"calibrated twin MMRV {m_cal['_MMRV']:.3f} / r {m_cal['_Pearson']:.3f} vs uncalibrated (nominal) "
+                f"{m_nom['_MMRV']:.3f} / {m_nom['_Pearson']:.3f}: "
+                f"{'no worse' if m_cal['_MMRV'] <= m_nom['_MMRV'] else 'WORSE'} on MMRV"
+            )
         picks = []
         for i in range(len(df)):
             keep = np.arange(len(df)) != i
@@ -287,6 +335,7 @@ def main() -> None:
                 f"{'met' if pe >= 0.9 else f'NOT met, by {0.9 - pe:.3f}'}), beats (a)-(d) on MMRV: "
                 f"{'yes' if mm < base['_MMRV'].min() else 'no'}"
             )
+        line += f"; {calibrated}"
         summary.append(line)
         print("targets: " + line)
         shown.to_csv(root / f"bench_selection{sub}.csv", index=False)
