@@ -74,7 +74,10 @@ def family(tmp_path_factory):
         algo="bc",
         task="reach",
         demos=DemoCfg(episodes=8, seed=1000),
-        bc=BCConfig(epochs=60, batch_size=512),
+        # batch 32: ~4 steps an epoch, so steps 20/40/60 differ (0, 1 and 2 of the 8 nightly
+        # episodes succeed); at batch 512 (one step an epoch) all three failed every episode and
+        # a first-night promotion rested on OOD differences alone
+        bc=BCConfig(epochs=60, batch_size=32),
         checkpoint_every=20,
         eval_episodes=4,
         experiment="t",
@@ -249,8 +252,7 @@ def test_registered_model_source_uses_local_folders_and_downloads_the_rest(famil
     assert paths[f"{name}/2"] == local
     assert res.executed == 2 * EPISODES
     assert any("no real-data logs" in w for w in res.warnings)
-    # neither checkpoint succeeded once (the push_t family): nothing is promoted on the tie
-    assert any("no checkpoint succeeded" in w for w in res.warnings)
+    # 8 episodes cannot make either probably best at the default 0.95: no champion, a challenger
     assert res.promotion_status == "challenger moved" and res.champion == ""
     assert "no champion yet" in res.promotion.decision and "< threshold 0.95" in res.promotion.decision
     with pytest.raises(mlflow.exceptions.MlflowException):
