@@ -191,6 +191,7 @@ def replay_episodes(episodes: Sequence[Any], task: str, action_dim: int) -> tupl
     """The episodes a replay can use, and a line for each one it cannot (why)."""
     usable: list[ReplayEpisode] = []
     skipped: list[str] = []
+    names = _object_names(task)
     for k, ep in enumerate(episodes):
         label = f"{Path(ep.source).name or 'bag'} episode {ep.episode}" if ep.source else f"episode {k}"
         if ep.task and ep.task != task:
@@ -216,11 +217,10 @@ def replay_episodes(episodes: Sequence[Any], task: str, action_dim: int) -> tupl
         if "proprio" not in ep.obs:
             skipped.append(f"{label}: no obs/proprio (the TCP path to compare with)")
             continue
-        missing = [n for n in _object_names(task) if n not in ep.object_poses]
+        missing = [n for n in names if n not in ep.object_poses]
         if missing:
             skipped.append(f"{label}: no poses of {', '.join(missing)} (the initial state is unknown)")
             continue
-        t_act = ep.action_t if ep.action_t is not None else ep.obs_t["proprio"][: len(ep.actions)]
         if len(ep.obs["proprio"]) < len(ep.actions) + 1:
             # the last observation (after the last action) may be missing: replay one action fewer
             n = len(ep.obs["proprio"]) - 1
@@ -231,13 +231,10 @@ def replay_episodes(episodes: Sequence[Any], task: str, action_dim: int) -> tupl
             continue
         obs_t = ep.obs_t["proprio"][: n + 1]
         tcp = np.asarray(ep.obs["proprio"][: n + 1, 8:11], dtype=float)
-        objects = {
-            name: hold(tr.t, tr.pose, obs_t) for name, tr in ep.object_poses.items() if name in _object_names(task)
-        }
+        objects = {name: hold(tr.t, tr.pose, obs_t) for name, tr in ep.object_poses.items() if name in names}
         if any(not np.isfinite(p).all() for p in objects.values()) or not np.isfinite(tcp).all():
             skipped.append(f"{label}: missing frames (object pose or proprio not finite at some step)")
             continue
-        del t_act
         usable.append(ReplayEpisode(label, int(ep.seed), np.asarray(ep.actions[:n], dtype=np.float32), tcp, objects))
     return usable, skipped
 
@@ -245,8 +242,19 @@ def replay_episodes(episodes: Sequence[Any], task: str, action_dim: int) -> tupl
 def _object_names(task: str) -> list[str]:
     from twin.tasks import make_task
 
-    t = make_task(task)
-    return [n for n in t.object_names]
+    return list(make_task(task).object_names)
+
+
+def _action_dim(task: str, mode: str) -> int:
+    """Values per action of ``task`` in control mode ``mode`` (the env's action space)."""
+    from twin.env import TwinEnv
+
+    probe = TwinEnv(task, control_mode=mode, render_mode=None)
+    try:
+        shape = probe.action_space.shape
+        return int(np.prod(shape)) if shape else 1
+    finally:
+        probe.close()
 
 
 # ---- replay ---------------------------------------------------------------------------------
@@ -327,7 +335,6 @@ def calibrate(
     """Calibrate ``params`` of the twin of ``task`` from logged ``episodes`` (RealEpisode)."""
     import cma
 
-    from twin.env import TwinEnv
     from twin.tasks import get_task_class
 
     t0 = time.perf_counter()
@@ -337,12 +344,7 @@ def calibrate(
             f"unknown calibration parameter(s) {unknown or '(none given)'}; choose from {', '.join(PARAMS)}"
         )
     mode = control_mode or get_task_class(task).expert_mode
-    probe = TwinEnv(task, control_mode=mode, render_mode=None)
-    try:
-        space = probe.action_space
-        action_dim = int(np.prod(space.shape)) if space.shape else 1
-    finally:
-        probe.close()
+    action_dim = _action_dim(task, mode)
     usable, skipped = replay_episodes(episodes, task, action_dim)
     if not usable:
         why = "; ".join(skipped) if skipped else "no episodes in the logs"
@@ -590,16 +592,11 @@ class TwinFidelity:
 
 def twin_fidelity(episodes: Sequence[Any], task: str, gate: FidelityGate) -> TwinFidelity:
     """Replay residual of ``episodes`` under the twin (or ``gate.suite``), for the gate."""
-    from twin.env import TwinEnv
     from twin.perturbations import load_suite
     from twin.tasks import get_task_class
 
     mode = gate.control_mode or get_task_class(task).expert_mode
-    probe = TwinEnv(task, control_mode=mode, render_mode=None)
-    try:
-        action_dim = int(np.prod(probe.action_space.shape)) if probe.action_space.shape else 1
-    finally:
-        probe.close()
+    action_dim = _action_dim(task, mode)
     mine = [e for e in episodes if not e.task or e.task == task]
     usable, skipped = replay_episodes(mine[: gate.max_episodes], task, action_dim)
     values = load_suite(gate.suite, task=task).sample(0).values if gate.suite else {}
