@@ -696,8 +696,10 @@ def test_robot_state_stopping_mid_motion_is_a_lost_connection(ros, tmp_path):
     """The controller stops sending states while a motion runs (franka-sim frozen with SIGSTOP
     mid-follow). franky answers ``state`` from its cache while a motion runs, so nothing raises
     before libfranka's 1 s UDP timeout (and, seen once in CI after franka-sim was killed, not in
-    30 s). The bridge's own state timeout (0.3 s here) reports the loss first and disarms; when
-    the controller answers again the bridge reconnects and can be armed. A second simulator and
+    30 s). The bridge's own state timeout (0.3 s here) normally reports the loss first and
+    disarms; on a loaded machine the bridge's thread may not run for longer than libfranka's
+    timeout, and then that timeout reports it: either way it is a lost connection, disarmed.
+    When the controller answers again the bridge reconnects and can be armed. A second simulator and
     bridge of its own (127.0.0.3, topics under /frozen) beside the module's."""
     host = "127.0.0.3"
     why = fh.franka_sim_unavailable(host)
@@ -735,7 +737,8 @@ def test_robot_state_stopping_mid_motion_is_a_lost_connection(ros, tmp_path):
         st = probe.wait_for(lambda s: not s.get("connected"), 20, "the frozen robot to be reported")
         t_seen = time.monotonic() - t_stop
         assert st["error"] and not st["armed"], st
-        assert "connection lost" in st["reason"] and "no new robot state" in st["reason"], st["reason"]
+        assert "connection lost" in st["reason"], st["reason"]
+        assert "no new robot state" in st["reason"] or "Timeout" in st["reason"], st["reason"]
         time.sleep(max(0.0, 1.5 - (time.monotonic() - t_stop)))  # past libfranka's own timeout
         os.kill(sim.pid, signal.SIGCONT)
         frozen = False
