@@ -22,8 +22,10 @@ Output: a :class:`CalibrationResult` with the estimates, the residual before and
 suite (YAML) whose factors are fixed at the identified values: an evaluation spec takes it as
 ``suite:`` and its ``combined`` condition is the calibrated twin.
 
-What it does not do yet: camera extrinsics and light from images (the photometric part),
-batching the replays through the evaluator's workers (they run in this process).
+Cameras and lights are fitted to the logged images by :mod:`selection.camera_calibration`;
+their structured values (a camera's rotation axis) are fixed in the suite with ``fixed:``.
+What it does not do yet: batching the replays through the evaluator's workers (they run in
+this process).
 """
 
 from __future__ import annotations
@@ -76,6 +78,15 @@ PARAMS: dict[str, ParamDef] = {
     )
 }
 DEFAULT_PARAMS = ("actuation_latency", "mass", "friction")
+#: joint torques' weight in the fitted residual when logged (torques averaged over each control
+#: step): 1 N m counts as 5 mm. Measured on box_to_shelf (same-engine cell: latency 30 ms,
+#: friction x0.65, mass x1.4): a payload 30 % too light moves the replayed TCP path 0.86 mm RMS
+#: and the arm's step-averaged torques 0.21 N m; with this weight CMA-ES (160 replays) found
+#: mass 1.406, friction 0.646, latency 25 ms, without torques mass 0.986 (a wrong optimum that
+#: fits the path as well)
+EFFORT_WEIGHT = 0.005
+#: factors the camera calibration (selection/camera_calibration.py) fixes by value
+FIXED_FACTORS = ("camera_position", "camera_orientation", "camera_fov", "light_intensity", "light_direction")
 #: profile check of identifiability: a parameter moved by this much (s for latency, a
 #: relative step for scales) must raise the summed squared residual by more than the 95 %
 #: chi-square quantile (1 dof) in units of the residual variance per compared point, or it is
@@ -120,6 +131,11 @@ class CalibrationResult:
     evaluations: int
     wall_s: float
     history: list[float] = field(default_factory=list)  # best residual after each CMA-ES generation
+    #: RMS joint-torque difference (N m) before/after when the logs carry torques (else nan), and
+    #: the weight (m per N m) they had in the fitted residual (0: not used)
+    effort_before: float = math.nan
+    effort_after: float = math.nan
+    effort_weight: float = 0.0
 
     def condition_values(self) -> dict[str, Any]:
         """The calibrated factor values (identified parameters only)."""
@@ -144,6 +160,9 @@ class CalibrationResult:
             "evaluations": self.evaluations,
             "wall_s": self.wall_s,
             "history_m": self.history,
+            "effort_before_nm": self.effort_before,
+            "effort_after_nm": self.effort_after,
+            "effort_weight_m_per_nm": self.effort_weight,
             "condition": self.condition_values(),
         }
 
@@ -157,10 +176,15 @@ def condition_values(values: dict[str, float]) -> dict[str, Any]:
 
 
 def calibrated_suite(values: dict[str, Any], task: str) -> PerturbationSuite:
-    """A suite with each factor fixed at ``values`` (a degenerate range: every sample is it)."""
+    """A suite with each factor fixed at ``values`` (a degenerate range, or ``fixed:`` for the
+    cameras' and lights' structured values: every sample is it)."""
+    from twin.perturbations import FactorSpec
+
     factors: dict[str, Any] = {}
     for factor, v in values.items():
-        if factor == "actuation_latency":
+        if factor in FIXED_FACTORS:
+            factors[factor] = {**FactorSpec.default(factor).to_dict(), "fixed": v}
+        elif factor == "actuation_latency":
             factors[factor] = {"kind": "SA", "distribution": "value", "range": [v, v]}
         elif factor == "mass":
             factors[factor] = {"kind": "SA", "distribution": "scale", "range": [v[0], v[0]]}
@@ -185,6 +209,7 @@ class ReplayEpisode:
     actions: np.ndarray  # (K, A)
     tcp: np.ndarray  # (K + 1, 3) logged TCP position after 0..K actions
     objects: dict[str, np.ndarray]  # name -> (K + 1, 7) logged pose after 0..K actions
+    effort: np.ndarray | None = None  # (K + 1, 7) logged arm joint torques (N m), when logged
 
 
 def replay_episodes(episodes: Sequence[Any], task: str, action_dim: int) -> tuple[list[ReplayEpisode], list[str]]:
@@ -193,11 +218,10 @@ def replay_episodes(episodes: Sequence[Any], task: str, action_dim: int) -> tupl
     skipped: list[str] = []
     names = _object_names(task)
     for k, ep in enumerate(episodes):
-        label = f"{Path(ep.source).name or 'bag'} episode {ep.episode}" if ep.source else f"episode {k}"
-        if ep.task and ep.task != task:
-            raise CalibrationError(
-                f"{label} is of task {ep.task!r}, not {task!r}: give logs of {task} (or calibrate --task {ep.task})"
-            )
+        label, problem = check_scene_of(ep, k, task, names, CalibrationError)
+        if problem:
+            skipped.append(f"{label}: {problem}")
+            continue
         if ep.joint_names and tuple(ep.joint_names[:7]) not in ARM_JOINTS.values():
             raise CalibrationError(
                 f"{label}: joint names {list(ep.joint_names[:7])} are not a Franka arm's "
@@ -211,15 +235,8 @@ def replay_episodes(episodes: Sequence[Any], task: str, action_dim: int) -> tupl
                 f"{label}: actions have {ep.actions.shape[1]} values, the control mode needs {action_dim}: "
                 f"give --control-mode the mode the logs were recorded in"
             )
-        if ep.seed is None:
-            skipped.append(f"{label}: no seed (the twin cannot rebuild its scene)")
-            continue
         if "proprio" not in ep.obs:
             skipped.append(f"{label}: no obs/proprio (the TCP path to compare with)")
-            continue
-        missing = [n for n in names if n not in ep.object_poses]
-        if missing:
-            skipped.append(f"{label}: no poses of {', '.join(missing)} (the initial state is unknown)")
             continue
         if len(ep.obs["proprio"]) < len(ep.actions) + 1:
             # the last observation (after the last action) may be missing: replay one action fewer
@@ -235,8 +252,30 @@ def replay_episodes(episodes: Sequence[Any], task: str, action_dim: int) -> tupl
         if any(not np.isfinite(p).all() for p in objects.values()) or not np.isfinite(tcp).all():
             skipped.append(f"{label}: missing frames (object pose or proprio not finite at some step)")
             continue
-        usable.append(ReplayEpisode(label, int(ep.seed), np.asarray(ep.actions[:n], dtype=np.float32), tcp, objects))
+        effort = None
+        eff = np.asarray(ep.joint_effort, dtype=float)[:, :7] if ep.joint_effort is not None else None
+        if eff is not None and len(eff) and np.isfinite(eff).all():
+            effort = hold(ep.t, eff, obs_t)
+        usable.append(
+            ReplayEpisode(label, int(ep.seed), np.asarray(ep.actions[:n], dtype=np.float32), tcp, objects, effort)
+        )
     return usable, skipped
+
+
+def check_scene_of(ep: Any, k: int, task: str, names: Sequence[str], error: type[ValueError]) -> tuple[str, str | None]:
+    """An episode's label, and why the twin cannot rebuild its scene (None when it can): no
+    seed, or no poses of the task's objects. Raises ``error`` when it is of another task."""
+    label = f"{Path(ep.source).name or 'bag'} episode {ep.episode}" if ep.source else f"episode {k}"
+    if ep.task and ep.task != task:
+        raise error(
+            f"{label} is of task {ep.task!r}, not {task!r}: give logs of {task} (or calibrate --task {ep.task})"
+        )
+    if ep.seed is None:
+        return label, "no seed (the twin cannot rebuild its scene)"
+    missing = [n for n in names if n not in ep.object_poses]
+    if missing:
+        return label, f"no poses of {', '.join(missing)} (the scene is unknown)"
+    return label, None
 
 
 def _object_names(task: str) -> list[str]:
@@ -263,37 +302,61 @@ def _action_dim(task: str, mode: str) -> int:
 class Replayer:
     """Replays episodes in one twin env under candidate parameter values."""
 
-    def __init__(self, task: str, control_mode: str, episodes: list[ReplayEpisode]) -> None:
+    def __init__(self, task: str, control_mode: str, episodes: list[ReplayEpisode], effort_weight: float = 0.0) -> None:
         from twin.env import TwinEnv
 
         self.task = task
         self.env = TwinEnv(task, control_mode=control_mode, render_mode=None)
         self.episodes = episodes
         self.evaluations = 0
+        #: m per N m: joint-torque differences join the residual at this weight (0: positions only)
+        self.effort_weight = effort_weight if all(ep.effort is not None for ep in episodes) else 0.0
 
     def close(self) -> None:
         self.env.close()
 
-    def episode_errors(self, ep: ReplayEpisode, values: dict[str, Any]) -> np.ndarray:
-        """Per-step differences (m, x y z) between the replay and the log: TCP, then each object."""
+    def episode_errors(self, ep: ReplayEpisode, values: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        """Per-step differences between the replay and the log: positions (m, x y z; TCP, then
+        each object) and, where logged, the arm's joint torques (N m; empty otherwise)."""
         env = self.env
         env.reset(seed=ep.seed, options={"condition": Condition(name="calibration", seed=ep.seed, values=values)})
         sim = env.sim
+        sim.track_effort = ep.effort is not None
         for name, poses in ep.objects.items():
             if sim.is_free(name):
                 sim.set_free_body_pose(name, poses[0, :3], poses[0, 3:7])
         sim.forward()
         errs: list[np.ndarray] = []
+        torques: list[np.ndarray] = []
         for k, a in enumerate(ep.actions):
             env.step(a)
             errs.append(sim.tcp_pose()[:3] - ep.tcp[k + 1])
             for name, poses in ep.objects.items():
                 errs.append(sim.body_pose(name)[:3] - poses[k + 1, :3])
-        return np.concatenate(errs)
+            if ep.effort is not None:
+                torques.append(sim.arm_effort() - ep.effort[k + 1])
+        return np.concatenate(errs), np.concatenate(torques) if torques else np.zeros(0)
+
+    def split_residuals(self, values: dict[str, Any]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Per episode: position errors (m) and joint-torque errors (N m)."""
+        self.evaluations += 1
+        pairs = [self.episode_errors(ep, values) for ep in self.episodes]
+        return [p for p, _ in pairs], [t for _, t in pairs]
 
     def residuals(self, values: dict[str, Any]) -> list[np.ndarray]:
-        self.evaluations += 1
-        return [self.episode_errors(ep, values) for ep in self.episodes]
+        """Per episode: the residual vector the optimiser sees (positions, then weighted torques)."""
+        return self.combine(*self.split_residuals(values))
+
+    def combine(self, pos: list[np.ndarray], tau: list[np.ndarray]) -> list[np.ndarray]:
+        if self.effort_weight <= 0:
+            return pos
+        return [np.concatenate([p, t * self.effort_weight]) for p, t in zip(pos, tau, strict=True)]
+
+
+def _torque_rms(errs: Sequence[np.ndarray]) -> float:
+    """RMS joint-torque difference (N m); nan when no torques were compared."""
+    allv = np.concatenate(list(errs)) if errs else np.zeros(0)
+    return float(np.sqrt(np.mean(allv**2))) if allv.size else math.nan
 
 
 def _rms(errs: Sequence[np.ndarray]) -> float:
@@ -330,9 +393,14 @@ def calibrate(
     control_mode: str | None = None,
     max_evals: int = 60,
     seed: int = 0,
+    effort_weight: float | None = None,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> CalibrationResult:
-    """Calibrate ``params`` of the twin of ``task`` from logged ``episodes`` (RealEpisode)."""
+    """Calibrate ``params`` of the twin of ``task`` from logged ``episodes`` (RealEpisode).
+
+    ``effort_weight`` (m per N m, default :data:`EFFORT_WEIGHT`; 0: positions only): when every
+    episode logged the arm's joint torques, their differences join the residual at this weight
+    (what the arm carries shows in its torques; the TCP path barely moves with a payload's mass)."""
     import cma
 
     from twin.tasks import get_task_class
@@ -350,11 +418,11 @@ def calibrate(
         why = "; ".join(skipped) if skipped else "no episodes in the logs"
         raise CalibrationError(f"no logged episode of {task} can be replayed ({why})")
     defs = [PARAMS[p] for p in params]
-    rep = Replayer(task, mode, usable)
+    rep = Replayer(task, mode, usable, EFFORT_WEIGHT if effort_weight is None else effort_weight)
     history: list[float] = []
     try:
         nominal = {p.name: p.nominal for p in defs}
-        before = rep.residuals(condition_values(nominal))
+        before, tau_before = rep.split_residuals(condition_values(nominal))
         cache: dict[tuple[float, ...], float] = {}
 
         def cost(z: np.ndarray) -> float:
@@ -377,12 +445,14 @@ def calibrate(
                 es.tell(zs, [cost(np.asarray(z)) for z in zs])
                 history.append(float(es.result.fbest))
                 if progress:
-                    progress(f"CMA-ES, best residual {es.result.fbest * 1000:.2f} mm", rep.evaluations, max_evals)
+                    progress(f"CMA-ES, best fit {es.result.fbest * 1000:.2f}", rep.evaluations, max_evals)
             best_z = np.clip(np.asarray(es.result.xbest), 0, 1)
         best_x = _to_x(defs, best_z)
-        after = rep.residuals(condition_values(best_x))
-        estimates = _standard_errors(rep, defs, best_x, after)
-        _near_optimal(estimates, defs, cache, _rms(after))
+        after, tau_after = rep.split_residuals(condition_values(best_x))
+        combined = rep.combine(after, tau_after)
+        estimates = _standard_errors(rep, defs, best_x, combined)
+        _near_optimal(estimates, defs, cache, _rms(combined))
+        weight = rep.effort_weight
         n_eval = rep.evaluations
     finally:
         rep.close()
@@ -399,6 +469,9 @@ def calibrate(
         evaluations=n_eval,
         wall_s=time.perf_counter() - t0,
         history=history,
+        effort_before=_torque_rms(tau_before) if weight > 0 else math.nan,
+        effort_after=_torque_rms(tau_after) if weight > 0 else math.nan,
+        effort_weight=weight,
     )
 
 

@@ -146,13 +146,16 @@ def record_logs(
     operator: str = "expert",
     noise: float = 0.0,
     fmt: str = "mcap",
+    images: tuple[int, int] | None = None,
 ) -> Path:
     """Write proxy-real logs of ``task`` to the rosbag2 bag ``out`` (the real-data schema).
 
     ``operator``: ``"expert"`` (the task's scripted demonstrator, like teleoperated real
     demonstrations, in ``control_mode`` or else its own mode; ``noise`` perturbs its
     waypoints) or a checkpoint directory whose policy is run. Episodes keep their outcome (an operator would mark it), but selection's OOD
-    scores use only the observations.
+    scores use only the observations. ``images`` (width, height): the expert's episodes also log
+    every camera's colour and depth frames at that size (what ``twinrank calibrate`` fits the
+    cameras and lights to).
     """
     from policies.data import iter_episodes
     from selection.realdata import write_episodes_to_bag
@@ -160,6 +163,11 @@ def record_logs(
     dom = domain or ProxyRealDomain.load()
     n = episodes if episodes is not None else dom.episodes
     suite = dom.load_suite(task)
+    if images is not None and operator != "expert":
+        raise ProxyRealError(
+            "images: camera frames are recorded for the expert operator; a checkpoint's own image "
+            "observations are logged as it sees them"
+        )
     with tempfile.TemporaryDirectory() as tmp:
         h5 = Path(tmp) / "episodes.h5"
         if operator == "expert":
@@ -168,12 +176,14 @@ def record_logs(
 
             # an operator drives the cell the way the demonstrator does (ee_pose: teleoperation)
             control_mode = control_mode or get_task_class(task).expert_mode
+            observations = _logged_observations(task, images)
 
             collect_demos(
                 task,
                 h5,
                 n,
                 control_mode=control_mode,
+                observations=observations,
                 suite=suite,
                 noise=noise,
                 seed=dom.seed_start,
@@ -186,6 +196,20 @@ def record_logs(
     return Path(write_episodes_to_bag(eps, out, task=task, domain=DOMAIN, fmt=fmt, meta=meta))
 
 
+def _logged_observations(task: str, images: tuple[int, int] | None = None) -> Any:
+    """What a recorder logs: the task's observations plus the arm's joint torques (a Franka's
+    /joint_states carries them) and, with ``images``, every camera's colour and depth frames."""
+    import dataclasses
+
+    from twin.tasks import make_task
+
+    base = make_task(task).cfg.observations
+    out = dataclasses.replace(base, effort=True)
+    if images is not None:
+        out = dataclasses.replace(out, rgb=True, depth=True, image_size=(int(images[0]), int(images[1])))
+    return out
+
+
 def _run_checkpoint(path: str, task: str, h5: Path, seeds: Sequence[int], suite: Any, engine: str = "mujoco") -> None:
     from policies.checkpoint import load_checkpoint
     from policies.data import EpisodeWriter
@@ -194,7 +218,13 @@ def _run_checkpoint(path: str, task: str, h5: Path, seeds: Sequence[int], suite:
 
     policy = load_checkpoint(path)
     policy.eval()
-    env = TwinEnv(task, control_mode=policy.spec.action.control_mode, suite=suite, engine=engine)
+    env = TwinEnv(
+        task,
+        control_mode=policy.spec.action.control_mode,
+        observations=_logged_observations(task),
+        suite=suite,
+        engine=engine,
+    )
     writer = EpisodeWriter(h5, task, env.cfg.actions.mode)
     keys = policy.spec.obs_keys
     try:

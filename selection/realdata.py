@@ -58,8 +58,9 @@ def episodes_from_sim(
       privileged state (``state_from="privileged"`` forces it);
     - ``obs["proprio"]``: the recorded ``proprio``, else the last 15 privileged entries;
     - ``joint_pos``: ``proprio[:, :8]`` (as on the robot, where proprio is built from
-      ``/joint_states``), else the privileged robot state; ``joint_vel``/``joint_effort``
-      are NaN (not stored in sim episodes);
+      ``/joint_states``), else the privileged robot state; ``joint_effort``: the arm's
+      torques where the episode recorded the ``effort`` observation (the proxy-real recorder
+      does), else NaN; ``joint_vel`` is NaN (not stored in sim episodes);
     - ``t``: step ``i`` at ``i * control_dt`` (the task's by default);
     - images ``rgb/<cam>`` / ``depth/<cam>`` and ``point_cloud`` (camera "fused") become
       frames; object poses come from the privileged state

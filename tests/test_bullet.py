@@ -214,6 +214,31 @@ def test_open_loop_joint_trajectory_gives_the_same_tcp_path():
     assert np.linalg.norm(paths["mujoco"][5:] - paths["pybullet"][:-5], axis=1).max() > EE_PATH_TOL_M
 
 
+def test_both_engines_report_the_arms_joint_torques_holding_still():
+    """The ``effort`` observation (what a recorder logs on /joint_states, and what calibration
+    fits mass to): holding the home pose, both engines' torques are the arm's gravity load,
+    shoulder and elbow carrying it, and agree within the robot models' difference (measured:
+    -22.1 / 22.8 N m in MuJoCo, -19.1 / 20.1 N m in PyBullet)."""
+    import dataclasses
+
+    obs = dataclasses.replace(make_task("box_to_shelf").cfg.observations, effort=True)
+    tau = {}
+    for engine in ("mujoco", "pybullet"):
+        env = TwinEnv("box_to_shelf", observations=obs, engine=engine, control_mode="ee_delta", render_mode=None)
+        try:
+            o, _ = env.reset(seed=3)
+            for _ in range(10):
+                o, *_ = env.step(np.zeros(7, np.float32))
+            assert env.observation_space["effort"].contains(o["effort"])
+            tau[engine] = o["effort"].astype(float)
+        finally:
+            env.close()
+    for t in tau.values():
+        assert t[1] < -15 and t[3] > 15  # joints 2 and 4 hold the arm up
+        assert abs(t[0]) < 1 and abs(t[6]) < 1  # vertical axes carry no gravity
+    assert np.abs(tau["mujoco"] - tau["pybullet"]).max() < 5.0, tau
+
+
 @pytest.mark.parametrize("engine", ("mujoco", "pybullet"))
 def test_the_tcp_quaternion_keeps_its_sign_while_the_hand_works_pointing_down(engine):
     """The TCP works pointing down, where the quaternion's w is near 0: with a ``w >= 0`` rule

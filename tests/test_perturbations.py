@@ -212,6 +212,25 @@ tasks:
     assert PerturbationSuite.from_yaml(PerturbationSuite.from_yaml(text).to_yaml()) == s
 
 
+def test_a_fixed_value_is_every_sample_and_survives_yaml(task) -> None:
+    """``fixed:`` (what calibration writes for a camera's pose with its rotation axis): every
+    seed gives that value, it round-trips through YAML, and it moves the compiled camera."""
+    text = """
+name: calibrated
+factors:
+  camera_position: {fixed: [[0.02, 0.0, -0.01], [0.0, 0.0, 0.0]]}
+  camera_orientation: {fixed: [[0.0, 0.0, 1.0, 0.05], [0.0, 0.0, 1.0, 0.0]]}
+  light_direction: {fixed: {tilt: 0.2, azimuth: 1.0}}
+"""
+    s = PerturbationSuite.from_yaml(text)
+    a, b = s.sample(1).values, s.sample(12345).values
+    assert a == b and a["camera_orientation"][0] == [0.0, 0.0, 1.0, 0.05] and a["light_direction"]["tilt"] == 0.2
+    assert PerturbationSuite.from_yaml(s.to_yaml()) == s
+    scene = s.sample(7).apply_to_scene(task.cfg.scene, task)
+    moved = np.subtract(scene.cameras[0].pos, task.cfg.scene.cameras[0].pos)
+    assert np.allclose(moved, [0.02, 0.0, -0.01]) and scene.cameras[1].pos == task.cfg.scene.cameras[1].pos
+
+
 @pytest.mark.parametrize(
     "entry, factor, pattern",
     [
@@ -227,6 +246,9 @@ tasks:
         ("camera_fov: {ranges: [1, 1]}", "camera_fov", "unknown field 'ranges'"),
         ("object_pose: {yaw_range: [0.3, 0.1]}", "object_pose", "yaw_range"),
         ("lighting: {range: [0.4, 1.6]}", "lighting", "valid factors: light_intensity"),
+        ("camera_orientation: {fixed: [0.3]}", "camera_orientation", r"shaped like \[\[x, \.\.\.\], \.\.\.\]"),
+        ("light_direction: {fixed: {tilt: 0.3}}", "light_direction", "tilt: x, azimuth: x"),
+        ("mass: {fixed: [a]}", "mass", "field 'fixed'"),
     ],
 )
 def test_validation_errors_name_the_factor(entry: str, factor: str, pattern: str) -> None:

@@ -153,6 +153,9 @@ class BulletSim:
             self._add_body(body)
         self._home = np.array(scene.robot.home_qpos, dtype=float)
         self.latency_substeps = 0
+        self.track_effort = False  # see arm_effort
+        self._effort_sum = np.zeros(7)
+        self._effort_n = 0
         self._pending: deque[tuple[int, np.ndarray]] = deque()
         self._substep = 0
         self.q_target = self._home.copy()
@@ -317,6 +320,16 @@ class BulletSim:
     def arm_qpos(self) -> np.ndarray:
         return np.array([s[0] for s in self._joint_states(ARM_JOINTS)])
 
+    def arm_effort(self) -> np.ndarray:
+        """The arm motors' applied torques (7, N m), averaged over the last step's substeps when
+        ``track_effort`` is on (as twin.sim.TwinSim), else at the last substep."""
+        if self.track_effort and self._effort_n:
+            return self._effort_sum / self._effort_n
+        return self._effort_now()
+
+    def _effort_now(self) -> np.ndarray:
+        return np.array([s[3] for s in self._joint_states(ARM_JOINTS)])
+
     def arm_qvel(self) -> np.ndarray:
         return np.array([s[1] for s in self._joint_states(ARM_JOINTS)])
 
@@ -450,6 +463,8 @@ class BulletSim:
             self._pending.append((self._substep + self.latency_substeps, ctrl))
         else:
             self._start_ramp(ctrl, nsub)
+        self._effort_sum = np.zeros(7)
+        self._effort_n = 0
         for _ in range(nsub):
             while self._pending and self._pending[0][0] <= self._substep:
                 self._start_ramp(self._pending.popleft()[1], nsub)
@@ -460,6 +475,9 @@ class BulletSim:
                 self._ramp = None if k >= n else (start, end, k, n)
             self.p.stepSimulation(physicsClientId=self.client)
             self._substep += 1
+            if self.track_effort:
+                self._effort_sum += self._effort_now()
+                self._effort_n += 1
         return self.is_stable()
 
     # ---- cameras ----------------------------------------------------------------------------

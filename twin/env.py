@@ -212,6 +212,8 @@ class TwinEnv(gym.Env):
             d["state"] = spaces.Box(-np.inf, np.inf, shape=(n,), dtype=np.float32)
         if ocfg.proprio:
             d["proprio"] = spaces.Box(-np.inf, np.inf, shape=(PROPRIO_DIM,), dtype=np.float32)
+        if ocfg.effort:
+            d["effort"] = spaces.Box(-np.inf, np.inf, shape=(7,), dtype=np.float32)
         for cam in self.camera_names():
             w, h = self._image_size(cam)
             if ocfg.rgb:
@@ -296,6 +298,7 @@ class TwinEnv(gym.Env):
         self.condition = condition
         self.scene, key = self._scene_variant(condition)
         self.sim = self._sim_for(self.scene, key)
+        self.sim.track_effort = self.cfg.observations.effort
         self.sim.latency_substeps = int(round(condition.latency_s / self.scene.physics.timestep))
         self._rng = np.random.default_rng(seed)
         self._noise_rng = np.random.default_rng([seed, 1])
@@ -439,6 +442,8 @@ class TwinEnv(gym.Env):
             return f"task state: {self.task.state_description()}; then robot state: {ROBOT_STATE_UNITS}"
         if key == "proprio":
             return ROBOT_STATE_UNITS
+        if key == "effort":
+            return "arm joint torques (7), N m"
         return ""
 
     def robot_state(self) -> np.ndarray:
@@ -463,6 +468,8 @@ class TwinEnv(gym.Env):
             if noise > 0:
                 p = p + self._noise_rng.normal(0.0, noise, size=p.shape).astype(np.float32)
             obs["proprio"] = p
+        if ocfg.effort:
+            obs["effort"] = self.sim.arm_effort().astype(np.float32)
         if ocfg.rgb or ocfg.depth or ocfg.point_cloud:
             obs.update(self._camera_obs())
         return obs

@@ -36,7 +36,9 @@ YAML format (``twin/suites/default.yaml`` uses it; ``load_suite`` reads it)::
 
 Per factor entry: ``kind`` (AI/SA, default the factor's own tag), ``distribution`` (optional;
 must equal the factor's own), ``range: [lo, hi]`` (default below), extra ranges where the
-factor has them (``object_pose.yaw_range``) and ``enabled`` (default true); ``{}`` or
+factor has them (``object_pose.yaw_range``), ``enabled`` (default true) and ``fixed`` (a value
+shaped like the factor's samples, e.g. ``camera_orientation: {fixed: [[0, 0, 1, 0.02]]}``: every
+sample is that value; ``twinrank calibrate`` writes its estimates so); ``{}`` or
 ``null`` means all defaults and ``false`` is short for ``{enabled: false}``. Every range is
 checked: two numbers, lo <= hi, inside the factor's hard bounds; errors are
 :class:`PerturbationError` naming the factor, the field and the allowed bounds. Unknown
@@ -378,6 +380,9 @@ class FactorSpec:
     range: tuple[float, float] = (0.0, 0.0)
     enabled: bool = True
     extra_ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
+    #: a fixed value (a :class:`Condition` value of this factor, e.g. a calibrated camera pose
+    #: with its rotation axis): every sample is it, the range is not drawn from
+    fixed: Any = None
 
     @staticmethod
     def default(name: str) -> FactorSpec:
@@ -431,6 +436,8 @@ class FactorSpec:
         for key, rng in self.extra_ranges.items():
             d[key] = _plain_range(rng, self.name)
         d["enabled"] = self.enabled
+        if self.fixed is not None:
+            d["fixed"] = copy.deepcopy(self.fixed)
         return d
 
     @staticmethod
@@ -459,6 +466,8 @@ class FactorSpec:
                 spec.enabled = value
             elif key == "range":
                 spec.range = _parse_range(name, d.ranges[0], value)
+            elif key == "fixed":
+                spec.fixed = _check_fixed(name, value)
             elif key in extra:
                 spec.extra_ranges[key] = _parse_range(name, d.range_def(key), value)
             else:
@@ -469,7 +478,36 @@ class FactorSpec:
         return spec
 
 
-_SPEC_FIELDS = {"kind", "distribution", "range", "enabled"}
+_SPEC_FIELDS = {"kind", "distribution", "range", "enabled", "fixed"}
+
+
+def _check_fixed(name: str, value: Any) -> Any:
+    """A ``fixed:`` value must have the shape this factor's samples have (checked against one)."""
+    ref = _SAMPLERS[name](np.random.default_rng(0), FactorSpec.default(name))
+
+    def same(a: Any, b: Any) -> bool:
+        if isinstance(b, dict):
+            return isinstance(a, dict) and set(a) == set(b) and all(same(a[k], b[k]) for k in b)
+        if isinstance(b, list):
+            return isinstance(a, list) and len(a) > 0 and all(same(x, b[0]) for x in a) if b else isinstance(a, list)
+        if isinstance(b, str):
+            return isinstance(a, str)
+        return _is_number(a) and math.isfinite(float(a))
+
+    if not same(value, ref):
+        raise PerturbationError(
+            f"factor {name!r}, field 'fixed': {value!r} is not a value of this factor; give one shaped like "
+            f"{_shape_hint(ref)}"
+        )
+    return copy.deepcopy(value)
+
+
+def _shape_hint(v: Any) -> str:
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k}: {_shape_hint(x)}" for k, x in v.items()) + "}"
+    if isinstance(v, list):
+        return f"[{_shape_hint(v[0])}, ...]" if v else "[]"
+    return "x" if not isinstance(v, str) else "'name'"
 
 
 def _is_number(v: Any) -> bool:
@@ -586,7 +624,10 @@ class PerturbationSuite:
         self.validate()
         values: dict[str, Any] = {}
         for name in self.factor_names():
-            values[name] = _SAMPLERS[name](factor_rng(seed, name), self.factors[name])
+            spec = self.factors[name]
+            values[name] = (
+                copy.deepcopy(spec.fixed) if spec.fixed is not None else _SAMPLERS[name](factor_rng(seed, name), spec)
+            )
         return Condition(name=self.condition_name(), seed=int(seed), values=values)
 
     # ---- (de)serialisation -----------------------------------------------------------------

@@ -34,6 +34,11 @@ class TwinSim:
         self._arm_act = contiguous_slice(self.h.arm_act)
         self.ik.rest = np.array(self.scene.robot.home_qpos)
         self.latency_substeps = 0
+        #: average the arm's joint torques over each step's physics substeps (what a logged,
+        #: filtered torque is; costs a Python loop over the substeps, so only when asked)
+        self.track_effort = False
+        self._effort_sum = np.zeros(7)
+        self._effort_n = 0
         self._pending: deque[tuple[int, np.ndarray]] = deque()
         self._substep = 0
         self.target_pos = np.zeros(3)
@@ -61,6 +66,7 @@ class TwinSim:
         self.gripper_cmd = float(self.data.ctrl[self.h.gripper_act])
         self._pending.clear()
         self._substep = 0
+        self._effort_n = 0
         mujoco.mj_forward(self.model, self.data)
         self.target_pos, self.target_rot = self.tcp_pose_mat()
 
@@ -91,6 +97,20 @@ class TwinSim:
 
     def arm_qpos(self) -> np.ndarray:
         return self.data.qpos[self.h.qpos_adr].copy()
+
+    def arm_effort(self) -> np.ndarray:
+        """The arm joints' motor torques (7, N m): the servo's torque plus the gravity
+        compensation of the arm's links (a passive force here, part of the motor torque on the
+        robot, as in a Franka's ``tau_J``); averaged over the last step's substeps when
+        ``track_effort`` is on, else at the last substep."""
+        if self.track_effort and self._effort_n:
+            return self._effort_sum / self._effort_n
+        return self._effort_now()
+
+    def _effort_now(self) -> np.ndarray:
+        m = self.model
+        dofs = m.jnt_dofadr[m.actuator_trnid[self._arm_act, 0]]
+        return self.data.actuator_force[self._arm_act] + self.data.qfrc_gravcomp[dofs]
 
     def arm_qvel(self) -> np.ndarray:
         return self.data.qvel[self.h.dof_adr].copy()
@@ -177,7 +197,9 @@ class TwinSim:
             self.data.ctrl[self._arm_act] = self.q_target
             self.data.ctrl[self.h.gripper_act] = self.gripper_cmd
         d, m = self.data, self.model
-        if not self._pending:
+        self._effort_sum[:] = 0.0
+        self._effort_n = 0
+        if not self._pending and not self.track_effort:
             mujoco.mj_step(m, d, nstep=nsub)
             self._substep += nsub
         else:
@@ -186,6 +208,9 @@ class TwinSim:
                     self._apply(self._pending.popleft()[1])
                 mujoco.mj_step(m, d)
                 self._substep += 1
+                if self.track_effort:
+                    self._effort_sum += self._effort_now()
+                    self._effort_n += 1
         return self.is_stable()
 
     def _apply(self, ctrl: np.ndarray) -> None:

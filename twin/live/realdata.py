@@ -912,7 +912,10 @@ class BagWriter:
         for i in range(T):
             t = _sec(t0_ns + i * dt_ns)
             q = mapped["joints"][i]
-            self.write_joint_state(t, [*arm, *fingers], np.concatenate([q[:7], [q[7] / 2.0, q[7] / 2.0]]))
+            eff = None
+            if mapped["effort"] is not None:
+                eff = np.concatenate([mapped["effort"][i, :7], [np.nan, np.nan]])
+            self.write_joint_state(t, [*arm, *fingers], np.concatenate([q[:7], [q[7] / 2.0, q[7] / 2.0]]), eff=eff)
             for key, arr in mapped["obs"].items():
                 self.write_obs(t, key, arr[i])
             self.write_action(t, ep.actions[i])
@@ -1031,7 +1034,12 @@ def _map_sim_episode(ep: Any, task: str, state_from: str, joints_from: str) -> d
     for name, off in _object_offsets(task).items():
         if off + 7 <= task_dim:
             objects[name] = priv[:, off : off + 7].astype(np.float64)
-    return {"joints": joints, "obs": obs, "objects": objects, "sources": sources}
+    # arm joint torques where the episode recorded them (obs "effort"), NaN for the gripper
+    effort = None
+    if "effort" in ep.obs:
+        e = np.asarray(ep.obs["effort"], np.float64).reshape(len(joints), -1)[:, :7]
+        effort = np.concatenate([e, np.full((len(e), 1), np.nan)], axis=1)
+    return {"joints": joints, "obs": obs, "objects": objects, "sources": sources, "effort": effort}
 
 
 def sim_episode_to_real(
@@ -1063,7 +1071,7 @@ def sim_episode_to_real(
         t=t,
         joint_pos=m["joints"],
         joint_vel=nan,
-        joint_effort=nan.copy(),
+        joint_effort=m["effort"] if m["effort"] is not None else nan.copy(),
         obs=m["obs"],
         obs_t={key: t.copy() for key in m["obs"]},
         actions=np.asarray(ep.actions, dtype=np.float32),

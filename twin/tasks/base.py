@@ -39,6 +39,9 @@ class ObservationCfg:
 
     state: bool = True
     proprio: bool = True
+    #: ``effort``: the 7 arm joints' torques (N m; the servo's actuator torque, what a Franka's
+    #: ``tau_J`` reports), logged by recorders so calibration can weigh what the arm carries
+    effort: bool = False
     rgb: bool = False
     depth: bool = False
     point_cloud: bool = False

@@ -400,6 +400,9 @@ def proxy_record(
     operator: str = typer.Option("expert", help="'expert' (scripted demonstrator) or a checkpoint dir."),
     domain: Path = typer.Option(None, help="Proxy-real domain YAML (default: the built-in one)."),
     engine: str = typer.Option(None, help=ENGINE_HELP),
+    images: str = typer.Option(
+        None, help="Also log every camera's colour and depth frames at WxH (e.g. 160x120; expert operator only)."
+    ),
 ) -> None:
     """Write proxy-real logs of TASK (shifted conditions, twin engine or a second one) in the real-data bag schema."""
     from selection.proxy_real import ProxyRealDomain, ProxyRealError, record_logs
@@ -407,9 +410,15 @@ def proxy_record(
 
     if out_bag.exists():
         fail(f"{out_bag} already exists; give a new bag folder")
+    size = None
+    if images is not None:
+        w, _, h = images.lower().partition("x")
+        if not (w.isdigit() and h.isdigit() and int(w) >= 16 and int(h) >= 16):
+            fail(f"--images {images!r}: give the frame size as WxH, e.g. 160x120")
+        size = (int(w), int(h))
     try:
         dom = ProxyRealDomain.load(domain).with_engine(engine)
-        path = record_logs(task, out_bag, domain=dom, episodes=episodes, operator=operator)
+        path = record_logs(task, out_bag, domain=dom, episodes=episodes, operator=operator, images=size)
     except (ProxyRealError, RealDataError, ValueError, KeyError, OSError) as exc:
         fail(str(exc))
     n = episodes or dom.episodes
