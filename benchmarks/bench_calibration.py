@@ -87,7 +87,7 @@ def _line(label: str, res) -> None:
     print(
         f"{label}: {res.evaluations} replay evaluations of {res.episodes} episodes in {res.wall_s:.0f} s "
         f"({res.wall_s / max(res.evaluations, 1):.2f} s each); residual {res.residual_before * 1000:.2f} -> "
-        f"{res.residual_after * 1000:.2f} mm ({drop:.0%} lower)"
+        f"{res.residual_after * 1000:.2f} mm ({abs(drop):.0%} {'lower' if drop >= 0 else 'higher'})"
         + (f"; joint torques {res.effort_before:.2f} -> {res.effort_after:.2f} N m" if res.effort_weight > 0 else "")
     )
     for e in res.estimates.values():

@@ -620,12 +620,13 @@ def _standard_errors(
 class FidelityGate:
     """Promotion needs the twin to reproduce the logs: the replay residual of up to
     ``max_episodes`` logged episodes under the twin (or under ``suite``, a calibrated suite
-    file) must be at most ``max_residual_mm``."""
+    file) must be at most ``max_residual_mm`` (None: measure and report, never block)."""
 
-    max_residual_mm: float
+    max_residual_mm: float | None
     suite: str | None = None
     max_episodes: int = 10
     control_mode: str | None = None
+    #: fit nothing, block nothing: only measure the fidelity (max_residual_mm None)
 
 
 @dataclass
@@ -635,12 +636,35 @@ class TwinFidelity:
     per_episode_mm: list[float]
     episodes: int
     skipped: list[str]
-    threshold_mm: float
+    threshold_mm: float | None
     suite: str | None
+    #: the residual's parts and the other views of fidelity: tcp_mm, objects_mm (RMS of the
+    #: replayed TCP path / object positions), torque_nm (arm joint torques, when logged),
+    #: depth_mm / image_residual (logged camera frames against the twin's renders, when logged)
+    parts: dict[str, float] = field(default_factory=dict)
+    #: what could not be measured and why (e.g. no camera frames, no live desync in logs)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
+        if self.threshold_mm is None:
+            return True
         return bool(np.isfinite(self.residual_mm) and self.residual_mm <= self.threshold_mm)
+
+    def summary(self) -> str:
+        """One line: the number, its parts, and what was not measured."""
+        p = self.parts
+        bits = [f"replay residual {self.residual_mm:.2f} mm on {self.episodes} episode(s)"]
+        inner = [f"{label} {p[k]:.2f} mm" for k, label in (("tcp_mm", "TCP"), ("objects_mm", "objects")) if k in p]
+        if "torque_nm" in p:
+            inner.append(f"joint torques {p['torque_nm']:.2f} N m")
+        if inner:
+            bits[0] += " (" + ", ".join(inner) + ")"
+        if "depth_mm" in p:
+            bits.append(f"cameras: median depth error {p['depth_mm']:.1f} mm, image residual {p['image_residual']:.2f}")
+        if self.threshold_mm is not None:
+            bits.append(f"gate {self.threshold_mm:g} mm: {'passed' if self.passed else 'FAILED'}")
+        return "; ".join(bits + self.notes)
 
     def reason(self) -> str:
         """Why promotion is blocked ('' when it is not), with what to do."""
@@ -673,13 +697,31 @@ def twin_fidelity(episodes: Sequence[Any], task: str, gate: FidelityGate) -> Twi
     mine = [e for e in episodes if not e.task or e.task == task]
     usable, skipped = replay_episodes(mine[: gate.max_episodes], task, action_dim)
     values = load_suite(gate.suite, task=task).sample(0).values if gate.suite else {}
+    notes = ["live desync: not in the logs (the live graph publishes it on /twin/desync)"]
     if not usable:
-        return TwinFidelity(task, math.nan, [], 0, skipped, gate.max_residual_mm, gate.suite)
+        return TwinFidelity(task, math.nan, [], 0, skipped, gate.max_residual_mm, gate.suite, notes=notes)
     rep = Replayer(task, mode, usable)
     try:
-        errs = rep.residuals(values)
+        errs, torques = rep.split_residuals(values)
     finally:
         rep.close()
+    n_obj = len(usable[0].objects)
+    pts = [e.reshape(-1, 1 + n_obj, 3) for e in errs]
+    parts = {"tcp_mm": _rms([p[:, 0].ravel() for p in pts]) * 1000}
+    if n_obj:
+        parts["objects_mm"] = _rms([p[:, 1:].ravel() for p in pts]) * 1000
+    if all(ep.effort is not None for ep in usable):
+        parts["torque_nm"] = _torque_rms(torques)
+    else:
+        notes.insert(0, "joint torques: not logged")
+    if any(ep.images for ep in mine):
+        from selection.camera_calibration import view_fidelity
+
+        view, why = view_fidelity(mine[: gate.max_episodes], task, values)
+        parts.update(view)
+        notes[:0] = why
+    else:
+        notes.insert(0, "cameras: no frames in the logs")
     return TwinFidelity(
         task,
         _rms(errs) * 1000,
@@ -688,6 +730,8 @@ def twin_fidelity(episodes: Sequence[Any], task: str, gate: FidelityGate) -> Twi
         skipped,
         gate.max_residual_mm,
         gate.suite,
+        parts,
+        notes,
     )
 
 

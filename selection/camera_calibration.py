@@ -539,6 +539,38 @@ def calibrate_cameras(
     return result
 
 
+def view_fidelity(
+    episodes: Sequence[Any], task: str, values: dict[str, Any], frames_per_camera: int = 2, width: int = 160
+) -> tuple[dict[str, float], list[str]]:
+    """How far logged camera frames are from the twin's renders of the same moments, under the
+    factor ``values`` (a calibrated suite's): median depth error (mm, where depth is logged) and
+    the light-invariant image residual (grey in image std units), averaged over frames; and a
+    line for what could not be compared."""
+    from selection.calibration import FIXED_FACTORS
+
+    rend = ViewRenderer(task, width)
+    try:
+        cams = [c.name for c in rend.scene.cameras]
+        samples, skipped = view_samples(episodes, task, cams, frames_per_camera)
+        if not samples:
+            return {}, [f"cameras: no usable frames ({'; '.join(skipped)})"]
+        rend.apply({k: v for k, v in values.items() if k in FIXED_FACTORS})
+        w = max(32, width // 2)
+        res, depth = [], []
+        for vs in samples.values():
+            for t in _targets(vs, rend, w, 2.0):
+                res.append(_rms_of([_camera_residual(rend, t, w, 2.0)]))
+            d = _depth_error(rend, vs[0].camera, None, _targets(vs, rend, w, 2.0), cams, None)
+            if np.isfinite(d):
+                depth.append(d)
+    finally:
+        rend.close()
+    out = {"image_residual": float(np.mean(res))}
+    if depth:
+        out["depth_mm"] = float(np.mean(depth))
+    return out, [] if depth else ["cameras: no depth logged"]
+
+
 def _fit_camera(
     rend: ViewRenderer,
     cam: str,
@@ -629,12 +661,18 @@ def _rms_of(res: list[np.ndarray]) -> float:
 
 
 def _depth_error(
-    rend: ViewRenderer, cam: str, x: np.ndarray, targets: list[_Target], scene_cams: list[str], base: dict[str, Any]
+    rend: ViewRenderer,
+    cam: str,
+    x: np.ndarray | None,
+    targets: list[_Target],
+    scene_cams: list[str],
+    base: dict[str, Any] | None,
 ) -> float:
     """Median |depth difference| (mm) over pixels with logged depth, at camera parameters ``x``
     (at the working size)."""
     errs = []
-    rend.apply({**base, **camera_values({cam: np.asarray(x) * CAM_UNITS}, scene_cams)})
+    if x is not None:  # else: render with what is applied
+        rend.apply({**(base or {}), **camera_values({cam: np.asarray(x) * CAM_UNITS}, scene_cams)})
     for t in targets:
         v = t.sample
         if v.depth is None:
@@ -733,5 +771,6 @@ __all__ = [
     "calibrate_cameras",
     "camera_values",
     "light_values",
+    "view_fidelity",
     "view_samples",
 ]

@@ -475,18 +475,25 @@ def check_fidelity(result: RankResult, bags: Sequence[str], gate: Any, tracking_
 
     tasks = sorted({s.task for s in result.campaign.checkpoints if getattr(s, "task", "")}) if result.campaign else []
     task = tasks[0] if tasks else ""
-    eps = [e for b in bags for e in read_bag(b, images=False)]
+    from selection.realdata import bag_info
+
+    eps: list[Any] = []
+    with_images = False  # camera frames of one bag are decoded (for the cameras' part), not of all
+    for b in bags:
+        frames = not with_images and any("/color/image" in t for t in bag_info(b).get("topics", {}))
+        with_images = with_images or frames
+        eps += read_bag(b, images=frames)
     say(f"twin fidelity: replaying up to {gate.max_episodes} logged episode(s) of {task}")
     fid = twin_fidelity(eps, task, gate)
-    say(
-        f"twin fidelity: replay residual {fid.residual_mm:.2f} mm on {fid.episodes} episode(s) "
-        f"(gate {gate.max_residual_mm:g} mm): {'passed' if fid.passed else 'FAILED'}"
-    )
+    say(f"twin fidelity: {fid.summary()}")
     if result.run_id:
         try:
             client = tracking_client(tracking_uri)
             if np.isfinite(fid.residual_mm):
                 client.log_metric(result.run_id, "fidelity/replay_residual_mm", fid.residual_mm)
+            for name, v in fid.parts.items():
+                if np.isfinite(v):
+                    client.log_metric(result.run_id, f"fidelity/{name}", v)
             client.set_tag(result.run_id, "twinrank.fidelity", ("passed" if fid.passed else fid.reason())[:5000])
         except Exception:  # noqa: BLE001 - the check itself stands; MLflow trouble is reported elsewhere
             pass

@@ -820,9 +820,9 @@ def _run_locked(
             log=say,
             ood=OODSettings(reference_episodes=cfg.ood_reference_episodes, cache_dir=str(state_dir / "ood_cache")),
             extra_columns=extra,
-            fidelity_gate=FidelityGate(cfg.fidelity_max_residual_mm, cfg.fidelity_suite)
-            if cfg.fidelity_max_residual_mm is not None
-            else None,
+            # the twin's fidelity to the real logs is measured every night there are logs (report,
+            # MLflow); it blocks promotion only with fidelity_max_residual_mm set
+            fidelity_gate=FidelityGate(cfg.fidelity_max_residual_mm, cfg.fidelity_suite) if bags else None,
         )
         status, promotion = _decide_promotion(rank, cfg, warn)
         rank.promotion = promotion

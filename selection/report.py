@@ -79,6 +79,8 @@ class Report:
     top_n: int = 10
     date: str = ""
     ui_command: str = ""
+    #: the twin's fidelity to the real logs (selection.calibration.TwinFidelity.summary()), if measured
+    fidelity: str = ""
 
 
 @dataclass
@@ -163,6 +165,7 @@ def report_from_rank(
         top_n=top_n,
         date=date or _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         ui_command=ui_command,
+        fidelity=result.fidelity.summary() if getattr(result, "fidelity", None) is not None else "",
     )
 
 
@@ -233,6 +236,8 @@ def render_markdown(rep: Report, plot_dir: Path | None = None) -> str:
     if rep.ui_command:
         meta.append(f"- MLflow UI: `{rep.ui_command}`")
     out += meta + ["", "## Rule", "", f"**{rep.rule}** — {rep.rule_reason}", ""]
+    if rep.fidelity:
+        out += ["## Twin fidelity", "", _md_cell(rep.fidelity), ""]
     out += ["## Champion and challenger", "", f"Promotion: **{rep.promotion_status}**", ""]
     if rep.promotion_decision:
         out += [f"Decision: {_md_cell(rep.promotion_decision)}", ""]
@@ -314,6 +319,8 @@ def render_html(rep: Report) -> str:
         meta.append(f"MLflow UI: <code>{e(rep.ui_command)}</code>")
     parts.append(_ul(meta))
     parts.append(f"<h2>Rule</h2><p><b>{e(rep.rule)}</b> — {e(rep.rule_reason)}</p>")
+    if rep.fidelity:
+        parts.append(f"<h2>Twin fidelity</h2><p>{e(rep.fidelity)}</p>")
     parts.append(f"<h2>Champion and challenger</h2><p>Promotion: <b>{e(rep.promotion_status)}</b></p>")
     if rep.promotion_decision:
         parts.append(f"<p>Decision: {e(rep.promotion_decision)}</p>")

@@ -148,6 +148,10 @@ def test_first_night_evaluates_promotes_and_reports(dir_night, family):
     assert f"Decision: first champion {top['checkpoint']}" in md and ">= threshold 0.51" in md
     assert f"P(best) {top['p_best']:.3f}" in md and f"n = {EPISODES} paired episodes" in md
     assert "sim_vs_ood.png" in md and (res.report_md.parent / "sim_vs_ood.png").is_file()
+    # with real logs the night measures the twin's fidelity to them (no bound set: it does not block)
+    fidelity = md.split("## Twin fidelity")[1].split("##")[0]
+    assert "replay residual" in fidelity and "TCP" in fidelity and "joint torques" in fidelity, fidelity
+    assert "fidelity/replay_residual_mm" in mlflow.MlflowClient(family["uri"]).get_run(res.rank.run_id).data.metrics
     html = res.report_html.read_text()
     assert html.count("data:image/png;base64,") == 3 and "champion" in html
     client = mlflow.MlflowClient(tracking_uri=family["uri"])

@@ -236,6 +236,7 @@ def test_fidelity_gate_blocks_promotion_when_the_twin_disagrees_with_the_logs(ra
     disagreeing twin blocks the promotion, says why and what to do, and moves no alias."""
     from selection.calibration import FidelityGate, twin_fidelity
     from selection.realdata import read_bag
+    from selection.report import render_markdown, report_from_rank
 
     wrong = tmp_path / "wrong_suite.yaml"
     wrong.write_text(
@@ -278,3 +279,11 @@ def test_fidelity_gate_blocks_promotion_when_the_twin_disagrees_with_the_logs(ra
         **common,
     )
     assert passed.fidelity.passed and passed.promotion is not None  # the rule decides, as without a gate
+    # the fidelity report: one number and its parts, in MLflow and in the report
+    parts = passed.fidelity.parts
+    assert parts["tcp_mm"] > 0 and parts["torque_nm"] > 0  # the recorder logged the arm's torques
+    assert "cameras: no frames in the logs" in passed.fidelity.summary()
+    metrics = client.get_run(passed.run_id).data.metrics
+    assert metrics["fidelity/tcp_mm"] == pytest.approx(parts["tcp_mm"])
+    report = render_markdown(report_from_rank(passed))
+    assert "## Twin fidelity" in report and f"replay residual {passed.fidelity.residual_mm:.2f} mm" in report
