@@ -24,8 +24,10 @@ suite (YAML) whose factors are fixed at the identified values: an evaluation spe
 
 Cameras and lights are fitted to the logged images by :mod:`selection.camera_calibration`;
 their structured values (a camera's rotation axis) are fixed in the suite with ``fixed:``.
-What it does not do yet: batching the replays through the evaluator's workers (they run in
-this process).
+Each CMA-ES generation's candidates are replayed in parallel (``workers``; the CLI default is
+one process per core): a pool of spawned processes of its own, each with its own twin, tied to
+this process's life (twin.lifeline), not the evaluator's executors, whose work units are
+policy rollouts.
 """
 
 from __future__ import annotations
@@ -210,6 +212,7 @@ class ReplayEpisode:
     tcp: np.ndarray  # (K + 1, 3) logged TCP position after 0..K actions
     objects: dict[str, np.ndarray]  # name -> (K + 1, 7) logged pose after 0..K actions
     effort: np.ndarray | None = None  # (K + 1, 7) logged arm joint torques (N m), when logged
+    state: np.ndarray | None = None  # (K + 1, D) logged ``state`` observations, when logged
 
 
 def replay_episodes(episodes: Sequence[Any], task: str, action_dim: int) -> tuple[list[ReplayEpisode], list[str]]:
@@ -256,8 +259,13 @@ def replay_episodes(episodes: Sequence[Any], task: str, action_dim: int) -> tupl
         eff = np.asarray(ep.joint_effort, dtype=float)[:, :7] if ep.joint_effort is not None else None
         if eff is not None and len(eff) and np.isfinite(eff).all():
             effort = hold(ep.t, eff, obs_t)
+        state = None
+        if "state" in ep.obs and "state" in ep.obs_t:
+            state = hold(ep.obs_t["state"], np.asarray(ep.obs["state"], dtype=float), obs_t)
         usable.append(
-            ReplayEpisode(label, int(ep.seed), np.asarray(ep.actions[:n], dtype=np.float32), tcp, objects, effort)
+            ReplayEpisode(
+                label, int(ep.seed), np.asarray(ep.actions[:n], dtype=np.float32), tcp, objects, effort, state
+            )
         )
     return usable, skipped
 
@@ -311,6 +319,8 @@ class Replayer:
         self.evaluations = 0
         #: m per N m: joint-torque differences join the residual at this weight (0: positions only)
         self.effort_weight = effort_weight if all(ep.effort is not None for ep in episodes) else 0.0
+        #: the twin's own ``state`` observations of the last replay, per episode label (K, D)
+        self.states: dict[str, np.ndarray] = {}
 
     def close(self) -> None:
         self.env.close()
@@ -328,13 +338,18 @@ class Replayer:
         sim.forward()
         errs: list[np.ndarray] = []
         torques: list[np.ndarray] = []
+        states: list[np.ndarray] = []
         for k, a in enumerate(ep.actions):
-            env.step(a)
+            obs, *_ = env.step(a)
+            if "state" in obs:
+                states.append(np.asarray(obs["state"], dtype=float))
             errs.append(sim.tcp_pose()[:3] - ep.tcp[k + 1])
             for name, poses in ep.objects.items():
                 errs.append(sim.body_pose(name)[:3] - poses[k + 1, :3])
             if ep.effort is not None:
                 torques.append(sim.arm_effort() - ep.effort[k + 1])
+        if states:
+            self.states[ep.label] = np.stack(states)
         return np.concatenate(errs), np.concatenate(torques) if torques else np.zeros(0)
 
     def split_residuals(self, values: dict[str, Any]) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -394,13 +409,16 @@ def calibrate(
     max_evals: int = 60,
     seed: int = 0,
     effort_weight: float | None = None,
+    workers: int = 1,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> CalibrationResult:
     """Calibrate ``params`` of the twin of ``task`` from logged ``episodes`` (RealEpisode).
 
     ``effort_weight`` (m per N m, default :data:`EFFORT_WEIGHT`; 0: positions only): when every
     episode logged the arm's joint torques, their differences join the residual at this weight
-    (what the arm carries shows in its torques; the TCP path barely moves with a payload's mass)."""
+    (what the arm carries shows in its torques; the TCP path barely moves with a payload's mass).
+    ``workers`` > 1: each CMA-ES generation's candidates are replayed in that many worker
+    processes (each with its own twin; they end with this process); the result is the same."""
     import cma
 
     from twin.tasks import get_task_class
@@ -420,6 +438,7 @@ def calibrate(
     defs = [PARAMS[p] for p in params]
     rep = Replayer(task, mode, usable, EFFORT_WEIGHT if effort_weight is None else effort_weight)
     history: list[float] = []
+    pool: Any = None
     try:
         nominal = {p.name: p.nominal for p in defs}
         before, tau_before = rep.split_residuals(condition_values(nominal))
@@ -431,10 +450,22 @@ def calibrate(
                 cache[key] = _rms(rep.residuals(condition_values(_to_x(defs, np.asarray(key)))))
             return cache[key]
 
+        def costs(zs: list[np.ndarray]) -> list[float]:
+            keys = [tuple(np.round(np.clip(z, 0, 1), 6)) for z in zs]
+            todo = [k for k in dict.fromkeys(keys) if k not in cache]
+            if pool is not None and len(todo) > 1:
+                vals = [condition_values(_to_x(defs, np.asarray(k))) for k in todo]
+                for k, r in zip(todo, pool.map(_pool_residuals, vals), strict=True):
+                    cache[k] = _rms(r)
+                rep.evaluations += len(todo)
+            return [cost(np.asarray(k)) for k in keys]
+
         z0 = np.array([_to_z(p, p.nominal) for p in defs])
         if len(defs) == 1:
             best_z = _search_1d(cost, z0, max_evals, progress)
         else:
+            if workers > 1:
+                pool = _replay_pool(workers, task, mode, usable, rep.effort_weight)
             es = cma.CMAEvolutionStrategy(
                 list(np.clip(z0, 0.05, 0.95)),
                 0.25,
@@ -442,7 +473,7 @@ def calibrate(
             )
             while not es.stop():
                 zs = es.ask()
-                es.tell(zs, [cost(np.asarray(z)) for z in zs])
+                es.tell(zs, costs([np.asarray(z) for z in zs]))
                 history.append(float(es.result.fbest))
                 if progress:
                     progress(f"CMA-ES, best fit {es.result.fbest * 1000:.2f}", rep.evaluations, max_evals)
@@ -450,11 +481,21 @@ def calibrate(
         best_x = _to_x(defs, best_z)
         after, tau_after = rep.split_residuals(condition_values(best_x))
         combined = rep.combine(after, tau_after)
-        estimates = _standard_errors(rep, defs, best_x, combined)
+
+        def many(values: list[dict[str, Any]]) -> list[list[np.ndarray]]:
+            if pool is None or len(values) < 2:
+                return [rep.residuals(v) for v in values]
+            rep.evaluations += len(values)
+            return pool.map(_pool_residuals, values)
+
+        estimates = _standard_errors(many, defs, best_x, combined)
         _near_optimal(estimates, defs, cache, _rms(combined))
         weight = rep.effort_weight
         n_eval = rep.evaluations
     finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
         rep.close()
     return CalibrationResult(
         task=task,
@@ -473,6 +514,44 @@ def calibrate(
         effort_after=_torque_rms(tau_after) if weight > 0 else math.nan,
         effort_weight=weight,
     )
+
+
+_POOL_REPLAYER: Replayer | None = None
+
+
+def _replay_pool(workers: int, task: str, mode: str, episodes: list[ReplayEpisode], weight: float) -> Any:
+    """Worker processes (spawned), each with a :class:`Replayer` of ``episodes``; they end with
+    this process, whatever kills it (twin.lifeline)."""
+    import multiprocessing as mp
+    import os
+    import threading
+
+    main = threading.current_thread() is threading.main_thread()
+    return mp.get_context("spawn").Pool(
+        workers, initializer=_pool_init, initargs=(os.getpid(), main, task, mode, episodes, weight)
+    )
+
+
+def _pool_init(parent: int, main: bool, task: str, mode: str, episodes: list[ReplayEpisode], weight: float) -> None:
+    import os
+    import signal
+
+    from twin.lifeline import ParentGone, bind_to_parent
+
+    try:
+        bind_to_parent(
+            "twinrank calibrate replayer", signal.SIGKILL, poll_s=1.0, grace_s=0.0, expected=parent, death_signal=main
+        )
+    except ParentGone:
+        os._exit(1)
+    global _POOL_REPLAYER
+    _POOL_REPLAYER = Replayer(task, mode, episodes, weight)
+    _POOL_REPLAYER.effort_weight = weight
+
+
+def _pool_residuals(values: dict[str, Any]) -> list[np.ndarray]:
+    assert _POOL_REPLAYER is not None
+    return _POOL_REPLAYER.residuals(values)
 
 
 def _search_1d(
@@ -531,7 +610,10 @@ def _near_optimal(
 
 
 def _standard_errors(
-    rep: Replayer, defs: Sequence[ParamDef], best: dict[str, float], after: list[np.ndarray]
+    many: Callable[[list[dict[str, Any]]], list[list[np.ndarray]]],
+    defs: Sequence[ParamDef],
+    best: dict[str, float],
+    after: list[np.ndarray],
 ) -> dict[str, Estimate]:
     """Identifiability and the Gauss-Newton covariance of the estimates. First a profile check:
     each parameter moved by :data:`PROFILE_STEP` must raise the residual by :data:`PROFILE_RISE`.
@@ -540,18 +622,32 @@ def _standard_errors(
     with ``s^2 = S / (N - p)``, mapped to parameter units (delta method). Correlated
     parameters (the logs constrain only a combination, e.g. mass and friction of a grasp) get
     wide marginal errors: a parameter whose error spans a quarter of its box or more is
-    reported as not identified."""
+    reported as not identified. ``many`` replays a list of factor values (in parallel when it
+    can): the Jacobian's and the profile's points go in one batch."""
     r0 = np.concatenate(after)
     z = np.array([_to_z(p, best[p.name]) for p in defs])
     jac = np.zeros((r0.size, len(defs)))
     steps = np.zeros(len(defs))
+    points: list[dict[str, Any]] = []
     for j in range(len(defs)):
-        h = 0.02 if z[j] + 0.02 <= 1.0 else -0.02
+        steps[j] = 0.02 if z[j] + 0.02 <= 1.0 else -0.02
         zj = z.copy()
-        zj[j] += h
-        rj = np.concatenate(rep.residuals(condition_values(_to_x(defs, zj))))
-        jac[:, j] = (rj - r0) / h
-        steps[j] = h
+        zj[j] += steps[j]
+        points.append(condition_values(_to_x(defs, zj)))
+    profile: list[tuple[int, dict[str, Any]]] = []
+    for j, p in enumerate(defs):
+        x = best[p.name]
+        for sign in (-1.0, 1.0):
+            v = x * (1.0 + sign * PROFILE_STEP[p.unit]) if p.log else x + sign * PROFILE_STEP[p.unit]
+            v = min(max(v, p.lo), p.hi)
+            if abs(v - x) >= 1e-12:
+                profile.append((j, condition_values({**best, p.name: v})))
+    replies = many(points + [vals for _, vals in profile])
+    for j in range(len(defs)):
+        jac[:, j] = (np.concatenate(replies[j]) - r0) / steps[j]
+    sides_of: dict[int, list[float]] = {j: [] for j in range(len(defs))}
+    for (j, _), r in zip(profile, replies[len(defs) :], strict=True):
+        sides_of[j].append(_rms(r))
     dof = max(r0.size - len(defs), 1)
     s2 = float(np.sum(r0**2)) / dof
     jtj = jac.T @ jac
@@ -571,15 +667,7 @@ def _standard_errors(
         x = best[p.name]
         # profile check: does moving it by the tolerance the calibration promises raise the residual?
         step = PROFILE_STEP[p.unit]
-        sides = []
-        for sign in (-1.0, 1.0):
-            v = x * (1.0 + sign * step) if p.log else x + sign * step
-            v = min(max(v, p.lo), p.hi)
-            if abs(v - x) < 1e-12:
-                continue
-            vals = dict(best)
-            vals[p.name] = v
-            sides.append(_rms(rep.residuals(condition_values(vals))))
+        sides = sides_of[j]
         # chi-square (1 dof) statistic of the profile: the rise of the summed squares in units of
         # the residual variance per compared point
         n_pts = r0.size / 3
@@ -640,7 +728,8 @@ class TwinFidelity:
     suite: str | None
     #: the residual's parts and the other views of fidelity: tcp_mm, objects_mm (RMS of the
     #: replayed TCP path / object positions), torque_nm (arm joint torques, when logged),
-    #: depth_mm / image_residual (logged camera frames against the twin's renders, when logged)
+    #: depth_mm / image_residual (logged camera frames against the twin's renders, when logged),
+    #: obs_ood_frac (logged ``state`` observations out of the twin's own, observation_ood)
     parts: dict[str, float] = field(default_factory=dict)
     #: what could not be measured and why (e.g. no camera frames, no live desync in logs)
     notes: list[str] = field(default_factory=list)
@@ -660,6 +749,8 @@ class TwinFidelity:
             inner.append(f"joint torques {p['torque_nm']:.2f} N m")
         if inner:
             bits[0] += " (" + ", ".join(inner) + ")"
+        if "obs_ood_frac" in p:
+            bits.append(f"logged observations outside the twin's own: {p['obs_ood_frac']:.0%}")
         if "depth_mm" in p:
             bits.append(f"cameras: median depth error {p['depth_mm']:.1f} mm, image residual {p['image_residual']:.2f}")
         if self.threshold_mm is not None:
@@ -685,6 +776,33 @@ class TwinFidelity:
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.__dict__, "passed": self.passed, "reason": self.reason()}
+
+
+#: observation OOD: k-th nearest neighbour distance (standardised by the twin's spread) and the
+#: twin's own leave-one-out quantile it is compared with
+OOD_K = 5
+OOD_QUANTILE = 0.95
+#: a feature's spread is taken as at least this (the state's units: m, quaternion, rad): a
+#: feature the twin never varies (a resting height) would otherwise flag every millimetre
+OOD_SD_FLOOR = 0.01
+
+
+def observation_ood(twin: np.ndarray, logged: np.ndarray) -> float:
+    """Fraction of ``logged`` observations (N, D) out of the twin's own observations of the
+    same replayed episodes (M, D): their distance to the k-th nearest twin observation beyond
+    the twin's own leave-one-out 95th percentile (scikit-learn's NearestNeighbors, features
+    standardised by the twin's spread, at least :data:`OOD_SD_FLOOR`). About 0.05 or less when the twin observes what the
+    cell logged; towards 1 when every logged observation lies off the twin's."""
+    from sklearn.neighbors import NearestNeighbors
+
+    mu, sd = twin.mean(axis=0), np.maximum(twin.std(axis=0), OOD_SD_FLOOR)
+    zt, zl = (twin - mu) / sd, (logged - mu) / sd
+    k = min(OOD_K, len(zt) - 1)
+    nn = NearestNeighbors(n_neighbors=k + 1).fit(zt)
+    ref = nn.kneighbors(zt)[0][:, k]  # the k-th neighbour other than itself
+    threshold = float(np.quantile(ref, OOD_QUANTILE))
+    dist = nn.kneighbors(zl, n_neighbors=k)[0][:, k - 1]
+    return float(np.mean(dist > threshold))
 
 
 def twin_fidelity(episodes: Sequence[Any], task: str, gate: FidelityGate) -> TwinFidelity:
@@ -714,6 +832,12 @@ def twin_fidelity(episodes: Sequence[Any], task: str, gate: FidelityGate) -> Twi
         parts["torque_nm"] = _torque_rms(torques)
     else:
         notes.insert(0, "joint torques: not logged")
+    logged = [ep.state[1:] for ep in usable if ep.state is not None and ep.label in rep.states]
+    twin = [rep.states[ep.label] for ep in usable if ep.state is not None and ep.label in rep.states]
+    if logged and all(a.shape == b.shape for a, b in zip(logged, twin, strict=True)):
+        parts["obs_ood_frac"] = observation_ood(np.concatenate(twin), np.concatenate(logged))
+    else:
+        notes.insert(0, "observations: no logged 'state' to compare with the twin's")
     if any(ep.images for ep in mine):
         from selection.camera_calibration import view_fidelity
 
@@ -736,6 +860,7 @@ def twin_fidelity(episodes: Sequence[Any], task: str, gate: FidelityGate) -> Twi
 
 
 __all__ = [
+    "observation_ood",
     "DEFAULT_PARAMS",
     "FidelityGate",
     "TwinFidelity",

@@ -70,7 +70,10 @@ def test_latency_mass_and_friction_are_recovered_from_paths_and_joint_torques(lo
     path alone mass is not identifiable here (mass 1.0 with friction 0.65 fits it as well)."""
     eps = read_bag(logs, images=False)
     assert np.isfinite(eps[0].joint_effort[:, :7]).all()  # the recorder logged them
-    res = calibrate(eps, TASK, max_evals=160)
+    res = calibrate(eps, TASK, max_evals=160, workers=2)  # each generation replayed in 2 processes
+    import multiprocessing
+
+    assert not multiprocessing.active_children()  # the replay workers are gone
     est = res.estimates
     print(
         "\n"

@@ -282,6 +282,7 @@ def test_fidelity_gate_blocks_promotion_when_the_twin_disagrees_with_the_logs(ra
     # the fidelity report: one number and its parts, in MLflow and in the report
     parts = passed.fidelity.parts
     assert parts["tcp_mm"] > 0 and parts["torque_nm"] > 0  # the recorder logged the arm's torques
+    assert 0.0 <= parts["obs_ood_frac"] <= 0.2  # the twin itself observes what these logs hold
     assert "cameras: no frames in the logs" in passed.fidelity.summary()
     metrics = client.get_run(passed.run_id).data.metrics
     assert metrics["fidelity/tcp_mm"] == pytest.approx(parts["tcp_mm"])

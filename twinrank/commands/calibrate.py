@@ -51,10 +51,14 @@ def calibrate(
         "0: positions only).",
     ),
     episodes: int = typer.Option(20, min=1, help="Use at most this many logged episodes."),
+    workers: int = typer.Option(
+        None, min=1, help="Processes replaying each CMA-ES generation's candidates (default: one per core)."
+    ),
     seed: int = typer.Option(0, help="Optimiser seed (the result is deterministic for a seed)."),
     tracking_uri: str = typer.Option(None, help="MLflow tracking URI (default: ./mlflow.db)."),
 ) -> None:
     """Calibrate the twin to logged episodes: physics by replaying their actions, cameras and lights from their images (CMA-ES)."""
+    from evaluator.executors import default_workers
     from selection.calibration import CalibrationError
     from selection.calibration import calibrate as run_calibration
     from selection.camera_calibration import CameraCalibrationError, calibrate_cameras
@@ -98,6 +102,7 @@ def calibrate(
                 max_evals=max_evals,
                 seed=seed,
                 effort_weight=effort_weight,
+                workers=workers or default_workers(),
             )
         except CalibrationError as exc:
             fail(str(exc))
