@@ -35,13 +35,15 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from selection.realdata import ARM_JOINTS, hold
+from selection.camera_calibration import FIXED_FACTORS, view_fidelity
+from selection.realdata import ARM_JOINTS, hold, scene_problem
 from twin.perturbations import Condition, PerturbationSuite
 
 
@@ -87,8 +89,7 @@ DEFAULT_PARAMS = ("actuation_latency", "mass", "friction")
 #: mass 1.406, friction 0.646, latency 25 ms, without torques mass 0.986 (a wrong optimum that
 #: fits the path as well)
 EFFORT_WEIGHT = 0.005
-#: factors the camera calibration (selection/camera_calibration.py) fixes by value
-FIXED_FACTORS = ("camera_position", "camera_orientation", "camera_fov", "light_intensity", "light_direction")
+
 #: profile check of identifiability: a parameter moved by this much (s for latency, a
 #: relative step for scales) must raise the summed squared residual by more than the 95 %
 #: chi-square quantile (1 dof) in units of the residual variance per compared point, or it is
@@ -221,7 +222,7 @@ def replay_episodes(episodes: Sequence[Any], task: str, action_dim: int) -> tupl
     skipped: list[str] = []
     names = _object_names(task)
     for k, ep in enumerate(episodes):
-        label, problem = check_scene_of(ep, k, task, names, CalibrationError)
+        label, problem = scene_problem(ep, k, task, names, CalibrationError)
         if problem:
             skipped.append(f"{label}: {problem}")
             continue
@@ -268,22 +269,6 @@ def replay_episodes(episodes: Sequence[Any], task: str, action_dim: int) -> tupl
             )
         )
     return usable, skipped
-
-
-def check_scene_of(ep: Any, k: int, task: str, names: Sequence[str], error: type[ValueError]) -> tuple[str, str | None]:
-    """An episode's label, and why the twin cannot rebuild its scene (None when it can): no
-    seed, or no poses of the task's objects. Raises ``error`` when it is of another task."""
-    label = f"{Path(ep.source).name or 'bag'} episode {ep.episode}" if ep.source else f"episode {k}"
-    if ep.task and ep.task != task:
-        raise error(
-            f"{label} is of task {ep.task!r}, not {task!r}: give logs of {task} (or calibrate --task {ep.task})"
-        )
-    if ep.seed is None:
-        return label, "no seed (the twin cannot rebuild its scene)"
-    missing = [n for n in names if n not in ep.object_poses]
-    if missing:
-        return label, f"no poses of {', '.join(missing)} (the scene is unknown)"
-    return label, None
 
 
 def _object_names(task: str) -> list[str]:
@@ -450,15 +435,29 @@ def calibrate(
                 cache[key] = _rms(rep.residuals(condition_values(_to_x(defs, np.asarray(key)))))
             return cache[key]
 
+        def many(values: list[dict[str, Any]]) -> list[list[np.ndarray]]:
+            """Replays of several factor values: in the pool when there is one (a lost worker
+            ends the pool; the rest replays here)."""
+            nonlocal pool
+            if pool is not None and len(values) > 1:
+                try:
+                    out = list(pool.map(_pool_residuals, values))
+                    rep.evaluations += len(values)
+                    return out
+                except BrokenProcessPool:
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    pool = None
+                    if progress:
+                        progress("a replay worker died: replaying in this process", rep.evaluations, max_evals)
+            return [rep.residuals(v) for v in values]
+
         def costs(zs: list[np.ndarray]) -> list[float]:
             keys = [tuple(np.round(np.clip(z, 0, 1), 6)) for z in zs]
             todo = [k for k in dict.fromkeys(keys) if k not in cache]
-            if pool is not None and len(todo) > 1:
-                vals = [condition_values(_to_x(defs, np.asarray(k))) for k in todo]
-                for k, r in zip(todo, pool.map(_pool_residuals, vals), strict=True):
-                    cache[k] = _rms(r)
-                rep.evaluations += len(todo)
-            return [cost(np.asarray(k)) for k in keys]
+            replies = many([condition_values(_to_x(defs, np.asarray(k))) for k in todo])
+            for k, r in zip(todo, replies, strict=True):
+                cache[k] = _rms(r)
+            return [cache[k] for k in keys]
 
         z0 = np.array([_to_z(p, p.nominal) for p in defs])
         if len(defs) == 1:
@@ -481,21 +480,13 @@ def calibrate(
         best_x = _to_x(defs, best_z)
         after, tau_after = rep.split_residuals(condition_values(best_x))
         combined = rep.combine(after, tau_after)
-
-        def many(values: list[dict[str, Any]]) -> list[list[np.ndarray]]:
-            if pool is None or len(values) < 2:
-                return [rep.residuals(v) for v in values]
-            rep.evaluations += len(values)
-            return pool.map(_pool_residuals, values)
-
         estimates = _standard_errors(many, defs, best_x, combined)
         _near_optimal(estimates, defs, cache, _rms(combined))
         weight = rep.effort_weight
         n_eval = rep.evaluations
     finally:
         if pool is not None:
-            pool.terminate()
-            pool.join()
+            pool.shutdown(wait=True, cancel_futures=True)
         rep.close()
     return CalibrationResult(
         task=task,
@@ -527,8 +518,11 @@ def _replay_pool(workers: int, task: str, mode: str, episodes: list[ReplayEpisod
     import threading
 
     main = threading.current_thread() is threading.main_thread()
-    return mp.get_context("spawn").Pool(
-        workers, initializer=_pool_init, initargs=(os.getpid(), main, task, mode, episodes, weight)
+    return ProcessPoolExecutor(
+        workers,
+        mp_context=mp.get_context("spawn"),
+        initializer=_pool_init,
+        initargs=(os.getpid(), main, task, mode, episodes, weight),
     )
 
 
@@ -546,7 +540,6 @@ def _pool_init(parent: int, main: bool, task: str, mode: str, episodes: list[Rep
         os._exit(1)
     global _POOL_REPLAYER
     _POOL_REPLAYER = Replayer(task, mode, episodes, weight)
-    _POOL_REPLAYER.effort_weight = weight
 
 
 def _pool_residuals(values: dict[str, Any]) -> list[np.ndarray]:
@@ -839,8 +832,6 @@ def twin_fidelity(episodes: Sequence[Any], task: str, gate: FidelityGate) -> Twi
     else:
         notes.insert(0, "observations: no logged 'state' to compare with the twin's")
     if any(ep.images for ep in mine):
-        from selection.camera_calibration import view_fidelity
-
         view, why = view_fidelity(mine[: gate.max_episodes], task, values)
         parts.update(view)
         notes[:0] = why

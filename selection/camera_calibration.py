@@ -42,10 +42,11 @@ from typing import Any
 
 import numpy as np
 
-from selection.calibration import check_scene_of
-from selection.realdata import hold
+from selection.realdata import hold, scene_problem
 from twin.perturbations import Condition
 
+#: the factors this module fits (fixed by value in a calibrated suite: selection.calibration)
+FIXED_FACTORS = ("camera_position", "camera_orientation", "camera_fov", "light_intensity", "light_direction")
 #: search box half-widths: position (m per axis), rotation (rad per axis), log focal scale
 POS_BOX = 0.12
 ROT_BOX = 0.25
@@ -94,7 +95,7 @@ def view_samples(
     out: dict[str, list[ViewSample]] = {c: [] for c in cameras}
     skipped: list[str] = []
     for k, ep in enumerate(episodes):
-        label, problem = check_scene_of(ep, k, task, names, CameraCalibrationError)
+        label, problem = scene_problem(ep, k, task, names, CameraCalibrationError)
         if problem:
             skipped.append(f"{label}: {problem}")
             continue
@@ -546,8 +547,6 @@ def view_fidelity(
     factor ``values`` (a calibrated suite's): median depth error (mm, where depth is logged) and
     the light-invariant image residual (grey in image std units), averaged over frames; and a
     line for what could not be compared."""
-    from selection.calibration import FIXED_FACTORS
-
     rend = ViewRenderer(task, width)
     try:
         cams = [c.name for c in rend.scene.cameras]

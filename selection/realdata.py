@@ -9,7 +9,9 @@ real. See ``selection/README_realdata.md``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from twin.live.realdata import (
     ARM_JOINTS,
@@ -93,6 +95,22 @@ def episodes_from_sim(
     ]
 
 
+def scene_problem(ep: Any, k: int, task: str, names: Sequence[str], error: type[ValueError]) -> tuple[str, str | None]:
+    """An episode's label, and why the twin cannot rebuild its scene (None when it can): no
+    seed, or no poses of the task's objects. Raises ``error`` when it is of another task."""
+    label = f"{Path(ep.source).name or 'bag'} episode {ep.episode}" if ep.source else f"episode {k}"
+    if ep.task and ep.task != task:
+        raise error(
+            f"{label} is of task {ep.task!r}, not {task!r}: give logs of {task} (or run twinrank calibrate {ep.task})"
+        )
+    if ep.seed is None:
+        return label, "no seed (the twin cannot rebuild its scene)"
+    missing = [n for n in names if n not in ep.object_poses]
+    if missing:
+        return label, f"no poses of {', '.join(missing)} (the scene is unknown)"
+    return label, None
+
+
 __all__ = [
     "ARM_JOINTS",
     "FINGER_JOINTS",
@@ -117,4 +135,5 @@ __all__ = [
     "episodes_from_sim",
     "write_episodes_to_bag",
     "hold",
+    "scene_problem",
 ]

@@ -148,3 +148,29 @@ def test_the_command_writes_suite_spec_report_and_fails_cleanly(logs, tmp_path):
     err = [line for line in bad.stdout.splitlines() if line.startswith("error:")]
     assert len(err) == 1 and "is of task 'box_to_shelf', not 'mug_to_sink'" in err[0], bad.stdout
     assert "Traceback" not in bad.stdout + bad.stderr
+
+
+def test_a_replay_worker_killed_mid_fit_loses_nothing(logs):
+    """A replay worker SIGKILLed during the fit (after the first CMA-ES generation): the rest is
+    replayed in the calling process and the estimates are the ones a single process gets."""
+    import multiprocessing
+    import os
+    import signal
+
+    eps = read_bag(logs, images=False)[:3]
+    params = ["actuation_latency", "friction"]
+    ref = calibrate(eps, TASK, params=params, max_evals=16, workers=1)
+    said: list[str] = []
+    killed: list[int] = []
+
+    def progress(desc: str, done: int, total: int) -> None:
+        said.append(desc)
+        if not killed:
+            victim = multiprocessing.active_children()[0]
+            os.kill(victim.pid, signal.SIGKILL)
+            killed.append(victim.pid)
+
+    res = calibrate(eps, TASK, params=params, max_evals=16, workers=2, progress=progress)
+    assert killed and any("a replay worker died" in d for d in said), said
+    assert {n: e.value for n, e in res.estimates.items()} == {n: e.value for n, e in ref.estimates.items()}
+    assert res.residual_after == ref.residual_after and not multiprocessing.active_children()
