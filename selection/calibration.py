@@ -429,12 +429,6 @@ def calibrate(
         before, tau_before = rep.split_residuals(condition_values(nominal))
         cache: dict[tuple[float, ...], float] = {}
 
-        def cost(z: np.ndarray) -> float:
-            key = tuple(np.round(np.clip(z, 0, 1), 6))
-            if key not in cache:
-                cache[key] = _rms(rep.residuals(condition_values(_to_x(defs, np.asarray(key)))))
-            return cache[key]
-
         def many(values: list[dict[str, Any]]) -> list[list[np.ndarray]]:
             """Replays of several factor values: in the pool when there is one (a lost worker
             ends the pool; the rest replays here)."""
@@ -458,6 +452,9 @@ def calibrate(
             for k, r in zip(todo, replies, strict=True):
                 cache[k] = _rms(r)
             return [cache[k] for k in keys]
+
+        def cost(z: np.ndarray) -> float:
+            return costs([z])[0]
 
         z0 = np.array([_to_z(p, p.nominal) for p in defs])
         if len(defs) == 1:

@@ -143,7 +143,6 @@ class ViewRenderer:
         from twin.env import TwinEnv
 
         self.env = TwinEnv(task, render_mode=None)
-        self.task = self.env.task
         self.scene = self.env.task.cfg.scene
         self.width = width
         self._renderers: dict[tuple[int, int], Any] = {}
@@ -472,7 +471,7 @@ def calibrate_cameras(
             )
         samples, skipped = view_samples(episodes, task, cams, frames_per_camera)
         for v in (v for vs in samples.values() for v in vs):
-            cw, ch = rend.size(v.camera, v.rgb.shape[1])
+            _, ch = rend.size(v.camera, v.rgb.shape[1])
             if abs(v.rgb.shape[0] - ch) > 1:
                 raise CameraCalibrationError(
                     f"{v.camera}: logged images are {v.rgb.shape[1]}x{v.rgb.shape[0]}, the scene's camera has "
@@ -557,9 +556,9 @@ def view_fidelity(
         w = max(32, width // 2)
         res, depth = [], []
         for vs in samples.values():
-            for t in _targets(vs, rend, w, 2.0):
-                res.append(_rms_of([_camera_residual(rend, t, w, 2.0)]))
-            d = _depth_error(rend, vs[0].camera, None, _targets(vs, rend, w, 2.0), cams, None)
+            targets = _targets(vs, rend, w, 2.0)
+            res += [_rms_of([_camera_residual(rend, t, w, 2.0)]) for t in targets]
+            d = _depth_error(rend, vs[0].camera, None, targets, cams, None)
             if np.isfinite(d):
                 depth.append(d)
     finally:
@@ -677,10 +676,11 @@ def _depth_error(
         if v.depth is None:
             continue
         _, d = rend.render(v, rend.width, depth=True)
+        assert d is not None  # rendered with depth
         h, w = d.shape
         logged = _resize(v.depth, w, h, nearest=True)
         ok = _valid_depth(logged)
-        if d is not None and ok.any():
+        if ok.any():
             errs.append(np.median(np.abs(d[ok] - logged[ok])))
     return float(np.mean(errs) * 1000) if errs else math.nan
 

@@ -489,7 +489,9 @@ def _check_fixed(name: str, value: Any) -> Any:
         if isinstance(b, dict):
             return isinstance(a, dict) and set(a) == set(b) and all(same(a[k], b[k]) for k in b)
         if isinstance(b, list):
-            return isinstance(a, list) and len(a) > 0 and all(same(x, b[0]) for x in a) if b else isinstance(a, list)
+            if not b:
+                return isinstance(a, list)
+            return isinstance(a, list) and len(a) > 0 and all(same(x, b[0]) for x in a)
         if isinstance(b, str):
             return isinstance(a, str)
         return _is_number(a) and math.isfinite(float(a))

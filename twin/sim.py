@@ -32,6 +32,8 @@ class TwinSim:
         self.ik = PandaIK(self.model, self.h)
         self._qadr = contiguous_slice(self.h.qpos_adr)
         self._arm_act = contiguous_slice(self.h.arm_act)
+        # the arm joints' dofs, in actuator order (arm_effort adds their gravity compensation)
+        self._arm_dof = self.model.jnt_dofadr[self.model.actuator_trnid[self._arm_act, 0]]
         self.ik.rest = np.array(self.scene.robot.home_qpos)
         self.latency_substeps = 0
         #: average the arm's joint torques over each step's physics substeps (what a logged,
@@ -108,9 +110,7 @@ class TwinSim:
         return self._effort_now()
 
     def _effort_now(self) -> np.ndarray:
-        m = self.model
-        dofs = m.jnt_dofadr[m.actuator_trnid[self._arm_act, 0]]
-        return self.data.actuator_force[self._arm_act] + self.data.qfrc_gravcomp[dofs]
+        return self.data.actuator_force[self._arm_act] + self.data.qfrc_gravcomp[self._arm_dof]
 
     def arm_qvel(self) -> np.ndarray:
         return self.data.qvel[self.h.dof_adr].copy()

@@ -39,8 +39,9 @@ class ObservationCfg:
 
     state: bool = True
     proprio: bool = True
-    #: ``effort``: the 7 arm joints' torques (N m; the servo's actuator torque, what a Franka's
-    #: ``tau_J`` reports), logged by recorders so calibration can weigh what the arm carries
+    #: ``effort``: the 7 arm joints' torques (N m; the motor torque with the links' gravity load,
+    #: what a Franka's ``tau_J`` reports, averaged over the control step), logged by recorders
+    #: so calibration can weigh what the arm carries
     effort: bool = False
     rgb: bool = False
     depth: bool = False
