@@ -169,13 +169,13 @@ def _as_ref(item: Any) -> CheckpointRef:
             path = resolve_checkpoint(item)
         except CheckpointResolveError as exc:  # fails this checkpoint only
             return unresolved_ref(os.fspath(item), str(exc))
-        return CheckpointRef(checkpoint_id=checkpoint_id(path), label=_label(path), path=str(path))
+        return CheckpointRef(checkpoint_id=checkpoint_id(path), label=checkpoint_label(path), path=str(path))
     if hasattr(item, "spec") and hasattr(item, "act"):
         return policy_ref(item, type(item).__name__)
     raise TypeError(f"cannot evaluate {item!r}: give a checkpoint directory, a CheckpointRef or a policy")
 
 
-def _label(path: Path) -> str:
+def checkpoint_label(path: Path) -> str:
     """``step_0010000`` -> ``<run dir>/step_0010000`` for training outputs (``.../checkpoints/step_*``)."""
     if path.parent.name == "checkpoints" and path.parent.parent.name:
         return f"{path.parent.parent.name}/{path.name}"

@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,6 +59,8 @@ class RankResult:
     n_episodes: int | None = None  # paired episodes per checkpoint behind the probabilities
     #: the twin-fidelity check of the promotion gate (selection.calibration.TwinFidelity), when asked for
     fidelity: Any = None
+    #: predicted real success (selection.prediction.PredictionResult)
+    prediction: Any = None
 
 
 # ---- ingredients ---------------------------------------------------------------------------
@@ -193,6 +195,8 @@ def rank_checkpoints(
     threshold: float | None = None,
     force: bool = False,
     fidelity_gate: Any = None,
+    real_outcomes: Mapping[str, Any] | None = None,
+    prediction: Any = None,
 ) -> RankResult:
     """Evaluate (or resume), score OOD, rank, log to MLflow and promote. See the module docstring.
 
@@ -201,6 +205,12 @@ def rank_checkpoints(
     ``fidelity_gate`` (selection.calibration.FidelityGate): promote only when the twin replays
     the real logs within its residual bound; otherwise nothing is promoted and a warning says
     which part failed and what to do (``result.fidelity`` holds the check).
+    ``real_outcomes`` ({checkpoint label: selection.prediction.Outcome}, e.g. from a CSV) add to
+    the outcomes of real episodes in ``real_logs`` that name their checkpoint; with any, each
+    checkpoint's predicted real success and its interval (``prediction``: a
+    selection.prediction.PredictConfig) join the ranking (``real_pred``, ``real_lo``,
+    ``real_hi``, ``real_trials``...) and ``predictions.csv`` / ``predictions.json``; without,
+    nothing is claimed about real success.
     """
     from evaluator.run import evaluate
     from evaluator.spec import EvalSpec, load_spec
@@ -265,6 +275,7 @@ def rank_checkpoints(
         )
     draws, n_episodes = _score_draws(ranking, used_rule, campaign)
     ranking = _with_probabilities(ranking, draws, n_episodes)
+    ranking, predicted = with_predictions(ranking, bags, real_outcomes, prediction, out, warn)
     result = RankResult(
         ranking=ranking,
         rule=used_rule,
@@ -276,6 +287,7 @@ def rank_checkpoints(
         campaign=campaign,
         score_draws=draws,
         n_episodes=n_episodes,
+        prediction=predicted,
     )
     ranking.to_csv(result.csv_path, index=False)
     _plots(result)
@@ -318,6 +330,46 @@ def rank_checkpoints(
         )
     )
     return result
+
+
+#: prediction columns joined to the ranking (selection.prediction's frame -> ranking)
+PREDICTION_COLUMNS = {
+    "real_successes": "real_successes",
+    "real_trials": "real_trials",
+    "predicted": "real_pred",
+    "lo": "real_lo",
+    "hi": "real_hi",
+    "method": "real_method",
+    "share_real": "real_share",
+}
+
+
+def with_predictions(
+    ranking: pd.DataFrame,
+    bags: Sequence[str],
+    outcomes: Mapping[str, Any] | None,
+    cfg: Any,
+    out: Path,
+    warn: Callable[[str], None],
+) -> tuple[pd.DataFrame, Any]:
+    """The ranking with each checkpoint's predicted real success (selection/prediction.py) from
+    the real outcomes in ``bags`` plus ``outcomes``; writes predictions.csv/json in ``out``."""
+    from selection.prediction import PredictConfig, PredictionError, merge_outcomes, outcomes_from_bags, predict
+
+    found = merge_outcomes(outcomes_from_bags(bags, ranking, warn) if bags else None, outcomes)
+    df = ranking.drop(columns=[c for c in PREDICTION_COLUMNS.values() if c in ranking.columns])
+    try:
+        res = predict(df, found, cfg or PredictConfig())
+    except PredictionError as exc:
+        warn(f"no prediction of real success: {exc}")
+        return df, None
+    if res.claims_real:  # without real outcomes there is nothing to warn about: nothing is claimed
+        for note in res.notes:
+            warn(note)
+    res.frame.to_csv(out / "predictions.csv", index=False)
+    (out / "predictions.json").write_text(json.dumps(res.to_json(), indent=1))
+    cols = res.frame.set_index("checkpoint")[list(PREDICTION_COLUMNS)].rename(columns=PREDICTION_COLUMNS)
+    return df.join(cols, on="checkpoint"), res
 
 
 def _choose(rule: str | None, validations_dir: Any, ingredients: pd.DataFrame) -> RuleChoice:
@@ -364,6 +416,13 @@ def _log_mlflow(
             client.log_metric(rid, f"rank/{key}", float(row["rank"]))
             if pd.notna(row.get("p_best")):
                 client.log_metric(rid, f"p_best/{key}", float(row["p_best"]))
+    if result.prediction is not None:
+        from selection.real_trials import log_prediction
+
+        log_prediction(client, rid, result.prediction)
+    for name in ("predictions.csv", "predictions.json"):
+        if (result.out_dir / name).is_file():
+            client.log_artifact(rid, str(result.out_dir / name))
     client.log_artifact(rid, str(result.csv_path))
     for p in result.plots.values():
         client.log_artifact(rid, str(p), artifact_path="plots")

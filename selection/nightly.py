@@ -57,6 +57,7 @@ import yaml
 
 from selection.calibration import FidelityGate
 from selection.job import OODSettings, RankResult, rank_checkpoints
+from selection.prediction import PredictConfig, outcomes_from_csv
 
 logger = logging.getLogger("twinrank.nightly")
 
@@ -136,6 +137,12 @@ class NightlyConfig:
     fidelity_max_residual_mm: float | None = None
     #: calibrated suite the gate replays under (twinrank calibrate's calibrated_suite.yaml)
     fidelity_suite: str | None = None
+    #: real outcomes per checkpoint (CSV: checkpoint,successes,trials or checkpoint,success), added
+    #: to the real episodes in ``real_logs`` that name their checkpoint; with any, every checkpoint
+    #: gets a predicted real success with its interval (selection/prediction.py)
+    real_outcomes: str | None = None
+    #: level of the predicted-real-success intervals
+    prediction_level: float = 0.9
 
     def __post_init__(self) -> None:
         for name in ("registered_model", "experiment", "directory", "real_logs"):
@@ -192,6 +199,7 @@ class NightlyConfig:
             state_dir=fix(self.state_dir) or self.state_dir,
             validations_dir=fix(self.validations_dir),
             fidelity_suite=fix(self.fidelity_suite),
+            real_outcomes=fix(self.real_outcomes),
         )
 
     def with_overrides(self, **changes: Any) -> NightlyConfig:
@@ -239,6 +247,15 @@ class NightlyConfig:
             raise NightlyConfigError(
                 f"fidelity_suite {self.fidelity_suite} not found; give twinrank calibrate's calibrated_suite.yaml"
             )
+        if not 0.5 <= self.prediction_level < 1:
+            raise NightlyConfigError(f"prediction_level = {self.prediction_level}: give a level in [0.5, 1), e.g. 0.9")
+        if self.real_outcomes is not None:
+            from selection.prediction import PredictionError, outcomes_from_csv
+
+            try:
+                outcomes_from_csv(self.real_outcomes)
+            except PredictionError as exc:
+                raise NightlyConfigError(f"real_outcomes: {exc}") from None
         resolve_real_logs(self.real_logs)
         self.load_spec()
         return self
@@ -823,6 +840,8 @@ def _run_locked(
             # the twin's fidelity to the real logs is measured every night there are logs (report,
             # MLflow); it blocks promotion only with fidelity_max_residual_mm set
             fidelity_gate=FidelityGate(cfg.fidelity_max_residual_mm, cfg.fidelity_suite) if bags else None,
+            real_outcomes=outcomes_from_csv(cfg.real_outcomes) if cfg.real_outcomes else None,
+            prediction=PredictConfig(level=cfg.prediction_level),
         )
         status, promotion = _decide_promotion(rank, cfg, warn)
         rank.promotion = promotion

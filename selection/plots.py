@@ -100,3 +100,42 @@ def rank_chart(ranking: pd.DataFrame, path: str | Path) -> Path:
 
 
 __all__ = ["scatter_sim_vs_ood", "condition_heatmap", "rank_chart"]
+
+
+def predicted_real(frame: pd.DataFrame, path: str | Path, level: float, title: str = "") -> Path:
+    """Predicted real success with its interval (y) against sim success (x), one point per
+    checkpoint (selection/prediction.py): filled where the checkpoint has real trials (their
+    observed rate as a cross), open where the prediction rests on the sim -> real model alone."""
+    df = frame[frame["predicted"].notna()]
+    fig, ax = plt.subplots(figsize=(6.5, 4.8))
+    for has, face in ((True, "C0"), (False, "none")):
+        d = df[(df["real_trials"] > 0) == has]
+        if not len(d):
+            continue
+        ax.errorbar(
+            d["sim"],
+            d["predicted"],
+            yerr=[d["predicted"] - d["lo"], d["hi"] - d["predicted"]],
+            fmt="o",
+            mfc=face,
+            mec="C0",
+            ecolor="C0",
+            alpha=0.8,
+            capsize=3,
+            label=f"predicted, {level:.0%} interval ({'with' if has else 'no'} real trials)",
+        )
+    obs = df[df["real_trials"] > 0]
+    if len(obs):
+        ax.scatter(obs["sim"], obs["real_successes"] / obs["real_trials"], marker="x", c="C3", label="real trials")
+    ax.plot([0, 1], [0, 1], ls=":", c="grey", lw=1)
+    ax.set_xlim(-0.03, 1.03)
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_xlabel("sim success")
+    ax.set_ylabel("real success")
+    ax.set_title(title or "Predicted real success", fontsize=10)
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    out = Path(path)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

@@ -211,6 +211,7 @@ def _logged_observations(task: str, images: tuple[int, int] | None = None) -> An
 
 
 def _run_checkpoint(path: str, task: str, h5: Path, seeds: Sequence[int], suite: Any, engine: str = "mujoco") -> None:
+    from evaluator.run import checkpoint_label
     from policies.checkpoint import load_checkpoint
     from policies.data import EpisodeWriter
     from policies.demos import record_episode
@@ -236,7 +237,9 @@ def _run_checkpoint(path: str, task: str, h5: Path, seeds: Sequence[int], suite:
                 return np.asarray(policy.act({k: obs[k][None] for k in keys}, deterministic=True))[0]
 
             policy.reset()
-            writer.add(record_episode(env, act, int(s), source=f"policy:{Path(path).name}"))
+            # the episode names its checkpoint as rankings do (run/step), so its outcome can be
+            # attributed to it (selection.prediction.outcomes_from_bags)
+            writer.add(record_episode(env, act, int(s), source=f"policy:{checkpoint_label(Path(path))}"))
     finally:
         env.close()
 

@@ -81,6 +81,8 @@ class Report:
     ui_command: str = ""
     #: the twin's fidelity to the real logs (selection.calibration.TwinFidelity.summary()), if measured
     fidelity: str = ""
+    #: how real success was predicted (selection.prediction.PredictionResult.summary()), if at all
+    prediction: str = ""
 
 
 @dataclass
@@ -166,7 +168,20 @@ def report_from_rank(
         date=date or _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         ui_command=ui_command,
         fidelity=result.fidelity.summary() if getattr(result, "fidelity", None) is not None else "",
+        prediction=_prediction_text(getattr(result, "prediction", None)),
     )
+
+
+def _prediction_text(pred: Any) -> str:
+    if pred is None:
+        return ""
+    if not pred.claims_real:
+        return (
+            "No real outcomes for any checkpoint: nothing is claimed about real success (the sim columns are "
+            "sim success). Log real episodes that name their checkpoint (the recorder following a "
+            "`twinrank plan-real` plan) or pass an outcomes CSV."
+        )
+    return f"{pred.level:.0%} intervals; {pred.summary()}. " + " ".join(pred.notes)
 
 
 # ---- table ---------------------------------------------------------------------------------------
@@ -179,9 +194,22 @@ TABLE_COLUMNS = [
     "sim nominal",
     "sim perturbed",
     "OOD",
+    "real trials",
+    "real predicted [interval]",
     "model version",
     "note",
 ]
+
+
+def _real_cells(r: Any) -> list[str]:
+    """'s/n' of a checkpoint's real trials and its predicted real success with its interval
+    (selection/prediction.py); 'no claim' where nothing is claimed about real success."""
+    n = r.get("real_trials")
+    trials = f"{int(r.get('real_successes') or 0)}/{int(n)}" if pd.notna(n) and n else "-"
+    pred = r.get("real_pred")
+    if pred is None or pd.isna(pred):
+        return [trials, "no claim" if "real_pred" in r else "n/a"]
+    return [trials, f"{float(pred):.2f} [{float(r['real_lo']):.2f}, {float(r['real_hi']):.2f}]"]
 
 
 def _num(v: Any, spec: str = ".3f") -> str:
@@ -212,6 +240,7 @@ def table_rows(ranking: pd.DataFrame, top_n: int | None = None) -> list[list[str
                 _num(r.get("sim_nominal"), ".2f"),
                 _num(r.get("sim_perturbed"), ".2f"),
                 _num(r.get("ood"), ".2f"),
+                *_real_cells(r),
                 str(r.get("model_version") or "") or "-",
                 note,
             ]
@@ -238,6 +267,8 @@ def render_markdown(rep: Report, plot_dir: Path | None = None) -> str:
     out += meta + ["", "## Rule", "", f"**{rep.rule}** — {rep.rule_reason}", ""]
     if rep.fidelity:
         out += ["## Twin fidelity", "", _md_cell(rep.fidelity), ""]
+    if rep.prediction:
+        out += ["## Predicted real success", "", _md_cell(rep.prediction), ""]
     out += ["## Champion and challenger", "", f"Promotion: **{rep.promotion_status}**", ""]
     if rep.promotion_decision:
         out += [f"Decision: {_md_cell(rep.promotion_decision)}", ""]
@@ -321,6 +352,8 @@ def render_html(rep: Report) -> str:
     parts.append(f"<h2>Rule</h2><p><b>{e(rep.rule)}</b> — {e(rep.rule_reason)}</p>")
     if rep.fidelity:
         parts.append(f"<h2>Twin fidelity</h2><p>{e(rep.fidelity)}</p>")
+    if rep.prediction:
+        parts.append(f"<h2>Predicted real success</h2><p>{e(rep.prediction)}</p>")
     parts.append(f"<h2>Champion and challenger</h2><p>Promotion: <b>{e(rep.promotion_status)}</b></p>")
     if rep.promotion_decision:
         parts.append(f"<p>Decision: {e(rep.promotion_decision)}</p>")

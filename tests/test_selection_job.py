@@ -288,3 +288,72 @@ def test_fidelity_gate_blocks_promotion_when_the_twin_disagrees_with_the_logs(ra
     assert metrics["fidelity/tcp_mm"] == pytest.approx(parts["tcp_mm"])
     report = render_markdown(report_from_rank(passed))
     assert "## Twin fidelity" in report and f"replay residual {passed.fidelity.residual_mm:.2f} mm" in report
+
+
+def test_real_outcomes_in_the_logs_give_predicted_real_success_everywhere(ranked, family, tmp_path):
+    """Each checkpoint run 4 times in the proxy-real cell (its episodes name it, as the recorder's
+    do when it follows a plan): the ranking, its MLflow run and its report carry every
+    checkpoint's real trials and predicted real success with its interval; `twinrank predict`
+    and `twinrank plan-real` work on the ranking.csv and the bags; the plan reads back."""
+    from typer.testing import CliRunner
+
+    from selection.realdata import read_bag
+    from selection.report import render_markdown, report_from_rank
+    from twin.live.plan import read_plan
+    from twinrank.cli import app
+
+    bags = [record_logs("reach", tmp_path / f"real{i}", episodes=4, operator=c) for i, c in enumerate(family["ckpts"])]
+    wins = {}
+    for c, b in zip(family["ckpts"], bags):
+        eps = read_bag(b)
+        assert {e.meta["source"] for e in eps} == {f"policy:run/{c.rsplit('/', 1)[-1]}"}
+        wins[c] = sum(bool(e.success) for e in eps)
+    res = rank_checkpoints(
+        family["ckpts"],
+        _spec(),
+        [family["bag"], *bags],
+        tmp_path / "rank",
+        campaign_dir=family["root"] / "rank" / "campaign",
+        tracking_uri=family["uri"],
+        workers=1,
+        ood=OODSettings(reference_episodes=3),
+        promote=False,
+    )
+    df = res.ranking.set_index("path")
+    for c in family["ckpts"]:
+        r = df.loc[c]
+        assert r["real_trials"] == 4 and r["real_successes"] == wins[c]
+        assert 0 <= r["real_lo"] <= r["real_pred"] <= r["real_hi"] <= 1 and r["real_method"] == "model + real trials"
+    assert res.prediction.claims_real and (tmp_path / "rank" / "predictions.csv").is_file()
+    metrics = mlflow.MlflowClient(tracking_uri=family["uri"]).get_run(res.run_id).data.metrics
+    assert {f"real_pred/{k}" for k in res.ranking["checkpoint"]} <= set(metrics)
+    md = render_markdown(report_from_rank(res))
+    assert "## Predicted real success" in md and "real predicted [interval]" in md
+    top = res.ranking.sort_values("rank").iloc[0]
+    assert f"{top['real_pred']:.2f} [{top['real_lo']:.2f}, {top['real_hi']:.2f}]" in md
+
+    runner = CliRunner()
+    args = ["--ranking", str(res.csv_path), *sum((["--real-logs", str(b)] for b in bags), [])]
+    out = runner.invoke(app, ["predict", *args, "--tracking-uri", family["uri"], "--out", str(tmp_path / "pred")])
+    assert out.exit_code == 0, out.output
+    assert "Predicted real success (90% intervals; 12 real trial(s) on 3 checkpoint(s))" in out.output
+    pred = pd.read_csv(tmp_path / "pred" / "predictions.csv").set_index("checkpoint")
+    assert np.allclose(pred.loc[list(res.ranking["checkpoint"]), "predicted"], res.ranking["real_pred"], atol=1e-6)
+    plan_out = tmp_path / "plan"
+    out = runner.invoke(app, ["plan-real", *args, "--budget", "6", "--no-mlflow", "--out", str(plan_out)])
+    assert out.exit_code == 0, out.output
+    assert "Real-trial plan" in out.output and "forecast" in out.output
+    if (plan_out / "plan.csv").is_file():  # a decided family needs no more trials and writes no plan
+        plan = read_plan(plan_out / "plan.csv")
+        assert 1 <= len(plan) <= 6 and set(plan.checkpoints()) <= set(res.ranking["checkpoint"])
+        assert plan.meta["task"] == "reach" and plan.meta["budget"] == 6
+        assert all(t.checkpoint_id for t in plan.trials)
+    else:
+        assert "no plan written" in out.output
+    # nothing claimed without real outcomes
+    out = runner.invoke(
+        app, ["predict", "--ranking", str(ranked.csv_path), "--no-mlflow", "--out", str(tmp_path / "p0")]
+    )
+    assert out.exit_code == 0 and "nothing claimed about real success" in out.output
+    out = runner.invoke(app, ["plan-real", "--ranking", str(ranked.csv_path), "--budget", "4", "--no-mlflow"])
+    assert out.exit_code == 2 and "no real outcomes" in out.output

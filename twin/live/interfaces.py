@@ -51,7 +51,8 @@ Recorder (``recorder``)
 
 ``/recorder/start_episode``, ``/recorder/end_episode_success``,
 ``/recorder/end_episode_failure``, ``/recorder/close_bag`` (std_srvs/Trigger);
-``/recorder/status`` (std_msgs/String JSON ``{recording, episode, bag, messages}``).
+``/recorder/status`` (std_msgs/String JSON ``{recording, episode, bag, messages, plan, ...}``;
+``plan``: the real-trial plan's progress, see :mod:`twin.live.plan`).
 Bags: rosbag2 MCAP written through :class:`twin.live.realdata.BagWriter`.
 
 QoS
@@ -429,6 +430,24 @@ RECORDER_PARAMS = (
         True,
         "Take /joint_states in batches (every 20 ms, with DDS receive times) "
         "instead of one executor callback per message: far less CPU at 1 kHz.",
+    ),
+    Param(
+        "plan_file",
+        "",
+        "Real-trial plan (CSV from `twinrank plan-real`, twin.live.plan): each episode is tagged "
+        "with the next planned trial's checkpoint; ended success/failure advances the plan, and "
+        "start_episode is refused once it is complete. Empty: no plan.",
+    ),
+    Param(
+        "plan_start",
+        0,
+        "Index (0-based) of the first plan trial to run: resume a plan after a restart "
+        "(the recorder's replies and status give the value).",
+    ),
+    Param(
+        "checkpoint",
+        "",
+        "Without a plan: tag every episode with this checkpoint label (plan_file wins when both are set).",
     ),
 )
 

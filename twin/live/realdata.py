@@ -25,7 +25,10 @@ header stamp is said to be used (a zero stamp falls back to the log time).
 ``/twinrank/episode`` (std_msgs/msg/String)
     JSON events ``{"event": "start", "episode": k, "task": str, "seed": int | null, ...}``
     and ``{"event": "end", "episode": k, "success": true | false | null,
-    "failure_reason": str}`` (``success`` null = unknown). An episode holds every message
+    "failure_reason": str}`` (``success`` null = unknown). Start events may carry more keys,
+    kept in ``RealEpisode.meta``: the live recorder adds ``checkpoint`` (label as in rankings),
+    ``checkpoint_id`` and ``plan_trial`` for an episode of a real-trial plan
+    (:mod:`twin.live.plan`), or ``checkpoint`` alone. An episode holds every message
     whose log time lies in [start, end]. A start without an end is kept (``success=None``,
     ``complete=False``, warning), an end without a start is skipped with a warning (both
     are errors with ``strict=True``). A bag without any event is read as one episode with

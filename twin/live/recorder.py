@@ -14,6 +14,19 @@ a new one; ``bag_per_episode`` does this after every episode). Only messages ins
 episode are written. Shutting the node down closes the bag (an open episode is ended with an
 unknown outcome).
 
+Checkpoint tags: with ``plan_file`` (a real-trial plan from ``twinrank plan-real``, read by
+:func:`twin.live.plan.read_plan`) each ``/recorder/start_episode`` tags the episode's start
+event with the next planned trial (:data:`twin.live.plan.EPISODE_KEYS`: ``checkpoint``,
+``checkpoint_id``, ``plan_trial``; read back as ``RealEpisode.meta``) and its reply names the
+checkpoint that must run (``trial 3/12: run bc/step_0000030 (id ...)``). An episode ended
+success or failure advances the plan; one ended with an unknown outcome (``close_bag`` or
+shutdown during an episode) does not, so that trial is run again. Once every trial is done
+``start_episode`` is refused (run ``twinrank plan-real`` again, restart with the new plan).
+``plan_start`` resumes a plan after a restart (the replies and the status's
+``plan.next_index`` give it). A bad plan file, a plan for another task or a ``plan_start``
+outside the plan stop the node at start-up (one line naming the problem, exit code 2).
+Without a plan, ``checkpoint`` tags every episode with that label.
+
 Message times are the recorder's receive times (node clock, made non-decreasing), as
 ``ros2 bag record`` logs them; ``/joint_states`` (up to 1 kHz) is taken in batches with each
 message's DDS receive time (``poll_joint_states``). Observation topics (``/twinrank/obs/*``) and object poses
@@ -70,6 +83,7 @@ from twin.live.interfaces import (
     points_topic,
     split_list,
 )
+from twin.live.plan import PlanError, PlannedTrial, RealTrialPlan, read_plan
 
 _RE_OBS = re.compile(r"^/twinrank/obs/([A-Za-z0-9_]+)$")
 _RE_OBJ = re.compile(r"^/objects/([A-Za-z][A-Za-z0-9_]*)/pose$")
@@ -151,6 +165,16 @@ class Recorder(Node):
     def __init__(self, cli_args: list[str] | None = None, **kwargs: Any) -> None:
         super().__init__(NODE_RECORDER, cli_args=cli_args, **kwargs)
         self.p = declare_parameters(self, RECORDER_PARAMS)
+        self.plan: RealTrialPlan | None = None
+        self.plan_next = 0  # index in plan.trials of the next trial to run
+        self._episode_trial: int | None = None  # plan index of the open episode's trial
+        self._episode_tags: dict[str, Any] = {}
+        try:
+            self._load_plan()
+        except ValueError as exc:
+            self.get_logger().error(str(exc))
+            self.destroy_node()
+            raise
         self._lock = threading.RLock()
         self._throttle = Throttle(2.0)
         self.writer: Any = None
@@ -194,6 +218,78 @@ class Recorder(Node):
         self.get_logger().info(
             f"recorder up: bags in {self.p['bag_dir']}, task {self.p['task']}, domain {self.p['domain']}"
         )
+        if self.plan is not None:
+            self.get_logger().info(f"following plan {self.plan.path}: {self._plan_next_text()}")
+        elif self.p["checkpoint"]:
+            self.get_logger().info(f"tagging every episode with checkpoint {self.p['checkpoint']}")
+
+    # ---- real-trial plan ----------------------------------------------------------------------
+    def _load_plan(self) -> None:
+        """Read ``plan_file`` (PlanError, a ValueError, for a bad file), check it against the
+        task and ``plan_start`` (ValueError)."""
+        file, start = self.p["plan_file"], self.p["plan_start"]
+        if not file:
+            if start:
+                self.get_logger().warning(f"plan_start={start} is ignored: no plan_file is set")
+            return
+        if self.p["checkpoint"]:
+            self.get_logger().warning(
+                f"plan_file and checkpoint are both set: episodes are tagged from the plan {file}, "
+                f"checkpoint={self.p['checkpoint']!r} is ignored"
+            )
+        plan = read_plan(Path(file).expanduser())
+        plan.path = str(Path(plan.path).resolve())
+        task = plan.meta.get("task")
+        if task not in (None, "") and str(task) != self.p["task"]:
+            raise PlanError(
+                f"plan file {plan.path} is for task {task!r} but the recorder records task {self.p['task']!r}; "
+                f"set task:={task} or pass a plan for {self.p['task']!r}"
+            )
+        if not 0 <= start <= len(plan):
+            raise ValueError(
+                f"plan_start={start} is outside plan {plan.path} ({len(plan)} trials); "
+                f"use 0..{len(plan) - 1} (the index of the next trial to run)"
+            )
+        self.plan, self.plan_next = plan, start
+        if start == len(plan):
+            self.get_logger().warning(f"plan_start={start}: the plan {plan.path} is already complete")
+
+    def _trial_text(self, index: int) -> str:
+        assert self.plan is not None
+        t: PlannedTrial = self.plan.trials[index]
+        number = "" if t.trial == index + 1 else f" (plan trial {t.trial})"
+        return f"trial {index + 1}/{len(self.plan)}{number}: run {t.describe()}"
+
+    def _plan_done_text(self) -> str:
+        assert self.plan is not None
+        return (
+            f"plan complete: all {len(self.plan)} trials of {self.plan.path} are done; "
+            f"run `twinrank plan-real` again and restart the recorder with plan_file:=<the new plan>"
+        )
+
+    def _plan_next_text(self) -> str:
+        assert self.plan is not None
+        if self.plan_next >= len(self.plan):
+            return self._plan_done_text()
+        return f"next {self._trial_text(self.plan_next)} (resume with plan_start:={self.plan_next})"
+
+    def plan_status(self) -> dict[str, Any] | None:
+        """The ``plan`` entry of the status JSON (None without a plan)."""
+        with self._lock:
+            if self.plan is None:
+                return None
+            n = len(self.plan)
+            nxt = self.plan.trials[self.plan_next] if self.plan_next < n else None
+            return {
+                "file": self.plan.path,
+                "total": n,
+                "next_index": self.plan_next,
+                "next_trial": None if nxt is None else nxt.trial,
+                "next_checkpoint": None if nxt is None else nxt.checkpoint,
+                "next_checkpoint_id": None if nxt is None else nxt.checkpoint_id,
+                "remaining": n - self.plan_next,
+                "complete": nxt is None,
+            }
 
     # ---- subscriptions ------------------------------------------------------------------------
     def _subscribe(self, topic: str, kind: Any, cb: Any, qos: Any) -> None:
@@ -326,13 +422,16 @@ class Recorder(Node):
         while path.exists():
             k += 1
             path = root / f"{stem}-{k}"
+        meta: dict[str, Any] = {"recorder": "twin.live.recorder"}
+        if self.plan is not None:  # provenance: the plan file may be replaced by the next plan
+            meta.update(plan_file=self.plan.path, plan=dict(self.plan.meta))
         self.writer = BagWriter(
             path,
             task=self.p["task"],
             domain=self.p["domain"],
             robot=self.p["robot"],
             compress=self.p["compress"],
-            meta={"recorder": "twin.live.recorder"},
+            meta=meta,
         ).open()
         self.bag_path = path
         self.bags.append(path)
@@ -342,15 +441,30 @@ class Recorder(Node):
         with self._lock:
             if self.episode is not None:
                 return False, f"episode {self.episode} is open; end it with {SRV_END_SUCCESS} or {SRV_END_FAILURE}"
+            trial: int | None = None
+            tags: dict[str, Any] = {}
+            head = ""
+            if self.plan is not None:
+                if self.plan_next >= len(self.plan):
+                    msg = self._plan_done_text()
+                    self.get_logger().warning(f"start_episode refused: {msg}")
+                    return False, msg
+                trial = self.plan_next
+                tags = self.plan.trials[trial].episode_tags()
+                head = self._trial_text(trial) + "; "
+            elif self.p["checkpoint"]:
+                tags = {"checkpoint": self.p["checkpoint"]}
+                head = f"run {self.p['checkpoint']}; "
             try:
                 if self.writer is None:
                     self._open()
                 self._drain_locked(keep=False)  # joint states from before the episode
                 self._episode_t0 = self._t()
-                self.episode = self.writer.start_episode(t=self._episode_t0, task=self.p["task"])
+                self.episode = self.writer.start_episode(t=self._episode_t0, task=self.p["task"], **tags)
             except Exception as exc:
                 return False, f"cannot start an episode: {exc}"
-            msg = f"episode {self.episode} started in {self.bag_path}"
+            self._episode_trial, self._episode_tags = trial, tags
+            msg = f"{head}episode {self.episode} started in {self.bag_path}"
         self.get_logger().info(msg)
         self._publish_status()
         return True, msg
@@ -365,9 +479,15 @@ class Recorder(Node):
             self.episode = None
             self.episodes_done += 1
             bag = self.bag_path
+            plan_text = ""
+            if self.plan is not None and self._episode_trial is not None:
+                if success is not None:  # an unknown outcome runs the trial again
+                    self.plan_next = self._episode_trial + 1
+                plan_text = "; " + self._plan_next_text()
+            self._episode_trial, self._episode_tags = None, {}
             if self.p["bag_per_episode"]:
                 self._close()
-        msg = f"episode {k} ended (success={success}) in {bag}"
+        msg = f"episode {k} ended (success={success}) in {bag}{plan_text}"
         self.get_logger().info(msg)
         self._publish_status()
         return True, msg
@@ -379,7 +499,13 @@ class Recorder(Node):
             if self.episode is not None:
                 self._drain_locked()
                 self.writer.end_episode(None, failure_reason="recorder_closed", t=self._t())
+                if self.plan is not None and self._episode_trial is not None:  # unknown outcome
+                    self.get_logger().warning(
+                        f"episode {self.episode} ended without an outcome (bag closed): the plan does not "
+                        f"advance, next {self._trial_text(self._episode_trial)} again"
+                    )
                 self.episode = None
+                self._episode_trial, self._episode_tags = None, {}
             self.writer.close()
             self.get_logger().info(f"closed bag {self.bag_path}")
             self.writer = None
@@ -411,6 +537,8 @@ class Recorder(Node):
             "messages": self.messages,
             "dropped": dict(self.dropped),
             "topics": sorted(self._subscribed),
+            "episode_checkpoint": self._episode_tags.get("checkpoint"),
+            "plan": self.plan_status(),
         }
 
     def _publish_status(self) -> None:

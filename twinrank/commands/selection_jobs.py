@@ -114,6 +114,13 @@ def rank(
     fidelity_suite: Path = typer.Option(
         None, help="Calibrated suite the gate replays under (default: the twin as is)."
     ),
+    outcomes: Path = typer.Option(
+        None,
+        "--outcomes",
+        help="CSV of real outcomes (checkpoint,successes,trials): with these and the real episodes that name their "
+        "checkpoint, each checkpoint gets a predicted real success with its interval.",
+    ),
+    level: float = typer.Option(0.9, help="Interval level of the predicted real success."),
 ) -> None:
     """Rank checkpoints by twin success and OOD on real logs; promote champion/challenger; write a report."""
     from evaluator.results import ResultStoreError
@@ -122,6 +129,7 @@ def rank(
     from selection.calibration import FidelityGate
     from selection.job import OODSettings, rank_checkpoints
     from selection.nightly import NightlyConfigError, resolve_real_logs
+    from selection.prediction import PredictConfig, PredictionError, outcomes_from_csv
     from selection.ranking import RULES, RankingError
     from selection.report import log_report, report_from_rank, write_report
 
@@ -141,9 +149,12 @@ def rank(
         if fidelity_max_residual_mm is not None
         else None
     )
+    if not 0.5 <= level < 1:
+        fail(f"--level {level}: give an interval level in [0.5, 1), e.g. 0.9")
     try:
         bags = resolve_real_logs([str(p) for p in real_logs], output.warn)
-    except NightlyConfigError as exc:
+        real_outcomes = outcomes_from_csv(outcomes) if outcomes is not None else None
+    except (NightlyConfigError, PredictionError) as exc:
         fail(str(exc))
     out = out or Path("outputs/rank") / f"{espec.name}-{espec.digest()[:8]}"
     found = _resolve_checkpoints(checkpoints, out / ".models", tracking_uri)
@@ -169,6 +180,8 @@ def rank(
                 threshold=threshold,
                 force=force,
                 fidelity_gate=gate,
+                real_outcomes=real_outcomes,
+                prediction=PredictConfig(level=level),
             )
     except KeyboardInterrupt:
         console.print(f"interrupted; finished episodes are kept in {out} — rerun the same command to resume")
