@@ -13,6 +13,7 @@ BENCHMARKS = [
     "bench_training",
     "bench_evaluator",
     "bench_selection",
+    "bench_prediction",
     "bench_calibration",
     "bench_rank",
     "bench_racing",

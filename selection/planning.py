@@ -81,6 +81,8 @@ TOP_TWO_BETA = 0.5  # Russo's default: the leader gets half the trials
 MAX_TRIES = 100  # fresh draws tried for a challenger before falling back to the second best
 INVERSE_LEVELS = 4096  # levels of the tabulated inverse CDF of the simulated experiment
 NEGLIGIBLE = 0.01  # allocation shares below this get no trial in a plan
+#: checkpoints of a first batch: 9 with real outcomes let a 90 % held-out check certify its quantile
+FIRST_CHECKPOINTS = 9
 METHOD = (
     "top-two Thompson sampling (Russo 2016) on grid beliefs of the real success rates; stop when the "
     "leader's posterior probability of being within eps of the best reaches the confidence (selection/planning.py)"
@@ -431,6 +433,80 @@ class Plan:
         return "\n".join(lines)
 
 
+def first_batch(
+    labels: Sequence[str],
+    sim: Sequence[float],
+    grid: np.ndarray,
+    density: np.ndarray,
+    budget: int,
+    *,
+    tried: Sequence[int] = (),
+    batch: int | None = None,
+    per_checkpoint: int = 2,
+    eps: float = DEFAULT_EPS,
+    confidence: float = DEFAULT_CONFIDENCE,
+    seed: int = 0,
+) -> Plan:
+    """A first batch when too few checkpoints have real outcomes to relate sim to real:
+    ``per_checkpoint`` trials on each of ``batch / per_checkpoint`` checkpoints without trials
+    (``tried``: trials so far per checkpoint), spread evenly over the sim ranking from the top
+    down, so the next prediction sees the whole range of sim success. Default ``batch``:
+    ``per_checkpoint`` x up to :data:`FIRST_CHECKPOINTS` checkpoints, at most ``budget``."""
+    g = _check_grid(grid)
+    d = normalise(g, density)
+    k = d.shape[0]
+    labels = _labels(labels, k)
+    n_tried = np.zeros(k, dtype=int) if len(tried) == 0 else np.asarray(tried, dtype=int)
+    # default: per_checkpoint trials on up to FIRST_CHECKPOINTS fresh checkpoints
+    n_fresh = int((n_tried == 0).sum())
+    default = per_checkpoint * min(n_fresh, FIRST_CHECKPOINTS)
+    batch = min(default if batch is None else int(batch), int(budget))
+    fresh = [
+        i for i in np.argsort(-np.nan_to_num(np.asarray(sim, dtype=float), nan=-1.0), kind="stable") if not n_tried[i]
+    ]
+    trials = np.zeros(k, dtype=int)
+    n_pick = min(len(fresh), max(1, batch // max(1, per_checkpoint)))
+    if n_pick and batch:
+        picks = [fresh[int(round(j))] for j in np.linspace(0, len(fresh) - 1, n_pick)]
+        for j in range(batch):  # round-robin over the picks: per_checkpoint each, the rest from the top
+            trials[picks[j % n_pick]] += 1
+    x = sample(g, d, PLAN_DRAWS, np.random.default_rng(seed))
+    decision = _decision(labels, _eps_best(x, _check_eps(eps)), _wins(x), eps, _check_confidence(confidence))
+    nan = np.full(k, np.nan)
+    rows = _plan_rows(labels, g, d, trials, trials / max(1, trials.sum()), nan, nan)
+    note = (
+        f"first batch: {int(trials.sum())} trials on {int((trials > 0).sum())} checkpoints spread over the sim ranking, "
+        f"to relate sim to real; then plan again"
+    )
+    return Plan(rows=rows, decision=decision, batch=int(trials.sum()), budget=int(budget), forecast=None, note=note)
+
+
+def _plan_rows(
+    labels: list[str],
+    grid: np.ndarray,
+    density: np.ndarray,
+    trials: np.ndarray,
+    alloc: np.ndarray,
+    pe: np.ndarray,
+    pb: np.ndarray,
+) -> list[PlanRow]:
+    mean = belief_mean(grid, density)
+    q = belief_quantiles(grid, density, [0.05, 0.95])
+    return [
+        PlanRow(
+            labels[i],
+            int(trials[i]),
+            float(alloc[i]),
+            float(pe[i]),
+            float(pb[i]),
+            float(mean[i]),
+            float(q[i, 0]),
+            float(q[i, 1]),
+        )
+        for i in range(len(labels))
+    ]
+
+
 def default_batch(k: int, budget: int) -> int:
     """About one trial per checkpoint before re-planning: ``K`` rounded down to even, at least 2
     (the top two share a batch), at most ``budget``."""
@@ -484,21 +560,7 @@ def plan_trials(
     else:
         trials = largest_remainder(psi, batch)
         note = f"run {batch} trials on {int((trials > 0).sum())} checkpoints, then update the belief and plan again"
-    mean = belief_mean(g, d)
-    q = belief_quantiles(g, d, [0.05, 0.95])
-    rows = [
-        PlanRow(
-            labels[i],
-            int(trials[i]),
-            float(psi[i]),
-            float(pe[i]),
-            float(pb[i]),
-            float(mean[i]),
-            float(q[i, 0]),
-            float(q[i, 1]),
-        )
-        for i in range(k)
-    ]
+    rows = _plan_rows(labels, g, d, trials, psi, pe, pb)
     forecast = None
     if forecast_runs > 0:
         forecast = _forecast(

@@ -11,9 +11,11 @@ hierarchical model fitted by empirical Bayes, as in Efron & Morris's shrinkage e
 ``x_k`` holds an intercept, the logit of the checkpoint's sim success (``sim_column``, default
 the perturbed-condition success) and its OOD score, standardised over the task's checkpoints.
 The features are chosen among {intercept}, {intercept, sim}, {intercept, sim, OOD} (OOD only
-from 6 checkpoints with real outcomes on) by leave-one-checkpoint-out log predictive density
-of the real outcomes: when sim success says nothing about reality, the intercept-only model
-wins and every checkpoint gets the same prior. ``beta`` and ``tau`` are fitted by maximising
+from 6 checkpoints with real outcomes on) by BIC on the real outcomes: when sim success says
+nothing about reality, the intercept-only model wins and every checkpoint gets the same prior.
+A share of checkpoints may never succeed (an atom at success 0, with its own fitted
+probability: early checkpoints of a family often fail every episode, which a logit-normal
+spread cannot hold); a checkpoint that may be one of them gets an interval from 0. ``beta`` and ``tau`` are fitted by maximising
 the marginal likelihood (the random effect integrated out on a logit grid) with weak priors
 (beta ~ N(0, 2.5^2) on standardised features, tau ~ half-Cauchy(0, 1)); their uncertainty is
 carried by draws from the Laplace approximation.
@@ -71,7 +73,7 @@ DEFAULT_LEVEL = 0.9
 #: the random-effect spread multipliers tried by the leave-one-out calibration
 INFLATION_LADDER = (1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 6.0, 8.0)
 #: logit grid on which beliefs live (success expit(U) in (4.5e-5, 1 - 4.5e-5))
-U = np.linspace(-10.0, 10.0, 401)
+U = np.linspace(-10.0, 10.0, 241)
 DU = float(U[1] - U[0])
 GRID = expit(U)
 METHOD = (
@@ -80,10 +82,10 @@ METHOD = (
 )
 MIN_CHECKPOINTS = 3
 MIN_FOR_OOD = 6
-#: held-out log predictive density (nats) a feature must add to enter the model
-LPD_MARGIN = 1.0
+#: prior log-odds that a checkpoint never succeeds (N(-2, 1.5^2): about 1 in 8, broad)
+ZERO_PRIOR_LOGIT = -2.0
 _PARAM_DRAWS = 120
-_TAU_MIN = 0.05
+_TAU_MIN = 0.12  # above the grid spacing (0.083), where sums over the grid integrate the normal
 
 
 class PredictionError(ValueError):
@@ -122,6 +124,7 @@ class FittedModel:
     loo_covered: int  # held-out real outcomes inside their predictive sets at the chosen inflation
     loo_n: int
     loo_lpd: float
+    zero_share: float = 0.0  # fitted share of checkpoints that never succeed (p = 0)
     useless: bool = False  # no inflation covered: the prior is flat, real trials only
 
     def describe(self) -> str:
@@ -132,7 +135,8 @@ class FittedModel:
             )
         coefs = ", ".join(f"{f} {b:+.2f}" for f, b in zip(self.features, self.beta))
         return (
-            f"logit(real) = {coefs} (standardised), checkpoint spread tau {self.tau:.2f} x {self.inflation:g}; "
+            f"logit(real) = {coefs} (standardised), checkpoint spread tau {self.tau:.2f} x {self.inflation:g}, "
+            f"never-succeeding share {self.zero_share:.2f}; "
             f"held-out check: {self.loo_covered} of {self.loo_n} real outcomes inside their predictive sets"
         )
 
@@ -171,6 +175,7 @@ class PredictionResult:
                 "loo_covered": self.model.loo_covered,
                 "loo_n": self.model.loo_n,
                 "useless": self.model.useless,
+                "zero_share": self.model.zero_share,
                 "description": self.model.describe(),
             },
             "notes": self.notes,
@@ -324,12 +329,34 @@ def _log_prior_u(mu: np.ndarray, sd: float | np.ndarray) -> np.ndarray:
     return -0.5 * ((U - mu) / sd) ** 2 - np.log(sd) + (math.log(DU) - 0.5 * math.log(2 * math.pi))
 
 
+def _split(theta: np.ndarray, f: int) -> tuple[np.ndarray, float, np.ndarray]:
+    """theta = [beta (f), log tau, gamma (the never-succeeds share's coefficients)]."""
+    return theta[:f], float(theta[f]), theta[f + 1 :]
+
+
+def _zero_design(X: np.ndarray) -> np.ndarray:
+    """Features of the never-succeeds share: the intercept alone (a sim slope there made 0 of 10
+    real trials on a checkpoint with sim 0 look certain to be 0; measured on reach)."""
+    return X[:, :1]
+
+
 def _neg_log_post(theta: np.ndarray, X: np.ndarray, ll: np.ndarray) -> float:
-    beta, log_tau = theta[:-1], theta[-1]
+    beta, log_tau, gamma = _split(theta, X.shape[1])
     tau = _TAU_MIN + math.exp(log_tau)
-    lp = _log_prior_u(X @ beta, tau)  # (m, G)
-    marg = logsumexp(lp + ll, axis=1).sum()
-    prior = -0.5 * np.sum((beta[1:] / 2.5) ** 2) - 0.5 * (beta[0] / 5.0) ** 2 - math.log1p(tau**2) + log_tau
+    a = _log_prior_u(X @ beta, tau) + ll  # (m, G)
+    top = a.max(axis=1)
+    cont = top + np.log(np.exp(a - top[:, None]).sum(axis=1))
+    eta = _zero_design(X) @ gamma  # log-odds that a checkpoint never succeeds (an atom at p = 0)
+    log_pi, log_1pi = -np.logaddexp(0.0, -eta), -np.logaddexp(0.0, eta)
+    marg = np.logaddexp(log_pi + ll[:, 0], log_1pi + cont).sum()  # grid point 0 stands for p = 0
+    prior = (
+        -0.5 * np.sum((beta[1:] / 2.5) ** 2)
+        - 0.5 * (beta[0] / 5.0) ** 2
+        - math.log1p(tau**2)
+        + log_tau
+        - 0.5 * ((gamma[0] - ZERO_PRIOR_LOGIT) / 1.5) ** 2
+        - 0.5 * np.sum((gamma[1:] / 2.5) ** 2)
+    )
     return float(-(marg + prior))
 
 
@@ -347,21 +374,27 @@ def _hessian(f: Any, x: np.ndarray, h: float = 1e-3) -> np.ndarray:
 @dataclass
 class _Fit:
     theta: np.ndarray
-    draws: np.ndarray  # (D, F + 1): beta..., tau
+    draws: np.ndarray  # (D, F + 1 + Fz): beta..., tau, gamma...
+    f: int = 1
 
 
-def _fit(X: np.ndarray, ll: np.ndarray, rng: np.random.Generator) -> _Fit:
+def _fit(X: np.ndarray, ll: np.ndarray, rng: np.random.Generator, start: np.ndarray | None = None) -> _Fit:
     f = X.shape[1]
-    x0 = np.zeros(f + 1)
-    x0[-1] = math.log(0.5)
-    res = minimize(_neg_log_post, x0, args=(X, ll), method="L-BFGS-B")
+    fz = _zero_design(X).shape[1]
+    x0 = np.zeros(f + 1 + fz)
+    x0[f] = math.log(0.5)
+    x0[f + 1] = ZERO_PRIOR_LOGIT
+    if start is not None:  # leave-one-out fits start from the fit to all
+        x0 = start.copy()
+    res = minimize(_neg_log_post, x0, args=(X, ll), method="BFGS")  # L-BFGS-B: ~6 ms per step in setulb
     theta = res.x
     H = _hessian(lambda t: _neg_log_post(t, X, ll), theta)
     w, V = np.linalg.eigh((H + H.T) / 2)
     w = np.maximum(w, 1e-2)  # flat directions: bounded, broad
     cov = (V / w) @ V.T
-    z = rng.standard_normal((_PARAM_DRAWS, f + 1))
-    draws = theta + z @ np.linalg.cholesky(cov + 1e-12 * np.eye(f + 1)).T
+    d = theta.size
+    z = rng.standard_normal((_PARAM_DRAWS, d))
+    draws = theta + z @ np.linalg.cholesky(cov + 1e-12 * np.eye(d)).T
     # the spread as in a regression's prediction interval with m - F degrees of freedom: the
     # fitted tau made unbiased (x m / nu) and drawn from its scaled inverse chi-square; with few
     # checkpoints the random effect is Student-t-like, its tails heavy (a Laplace draw of
@@ -369,19 +402,36 @@ def _fit(X: np.ndarray, ll: np.ndarray, rng: np.random.Generator) -> _Fit:
     # biased relation with 6 checkpoints)
     m = X.shape[0]
     nu = max(m - f, 1)
-    tau_hat = _TAU_MIN + math.exp(theta[-1])
-    draws[:, -1] = tau_hat * np.sqrt(m / nu) * np.sqrt(nu / rng.chisquare(nu, _PARAM_DRAWS))
-    draws[:, -1] = np.minimum(draws[:, -1], 20.0)
-    return _Fit(theta, draws)
+    tau_hat = _TAU_MIN + math.exp(theta[f])
+    draws[:, f] = tau_hat * np.sqrt(m / nu) * np.sqrt(nu / rng.chisquare(nu, _PARAM_DRAWS))
+    draws[:, f] = np.minimum(draws[:, f], 20.0)
+    return _Fit(theta, draws, f)
+
+
+def beta_of(fit: _Fit) -> np.ndarray:
+    return fit.theta[: fit.f]
+
+
+def tau_of(fit: _Fit) -> float:
+    return _TAU_MIN + math.exp(fit.theta[fit.f])
+
+
+def zero_share(fit: _Fit, X: np.ndarray) -> float:
+    """The fitted share of never-succeeding checkpoints, averaged over the family."""
+    return float(np.mean(expit(_zero_design(X) @ fit.theta[fit.f + 1 :])))
 
 
 def _predictive(fit: _Fit, x: np.ndarray, inflation: float) -> np.ndarray:
     """(G,) grid masses of the model's predictive for a checkpoint with features ``x``."""
-    mu = fit.draws[:, :-1] @ x
-    lp = _log_prior_u(mu, fit.draws[:, -1] * inflation)  # (D, G)
-    m = logsumexp(lp, axis=0) - math.log(lp.shape[0])
-    m = np.exp(m - logsumexp(m))
-    return m
+    f = fit.f
+    mu = fit.draws[:, :f] @ x
+    lp = _log_prior_u(mu, fit.draws[:, f] * inflation)  # (D, G)
+    lp = lp - logsumexp(lp, axis=1, keepdims=True)
+    pi = expit(fit.draws[:, f + 1 :] @ x[: fit.draws.shape[1] - f - 1])  # (D,) never-succeeds share
+    mass = (1 - pi)[:, None] * np.exp(lp)
+    mass[:, 0] += pi
+    m = mass.mean(axis=0)
+    return m / m.sum()
 
 
 @functools.lru_cache(maxsize=64)
@@ -403,15 +453,16 @@ def _log_pred(pred: np.ndarray, s: int, n: int) -> float:
     return float(logsumexp(ll + np.log(np.maximum(pred, 1e-300))))
 
 
-def _loo(X: np.ndarray, s: np.ndarray, n: np.ndarray, rng: np.random.Generator) -> tuple[float, list[_Fit]]:
+def _loo(X: np.ndarray, s: np.ndarray, n: np.ndarray, rng: np.random.Generator, full: _Fit) -> tuple[float, list[_Fit]]:
     """Leave-one-checkpoint-out over the checkpoints with real outcomes: the summed log
-    predictive density of each held-out outcome, and the fit without each checkpoint."""
+    predictive density of each held-out outcome and the fit without each checkpoint (each
+    started from ``full``, the fit to all)."""
     m = len(s)
     lpd = 0.0
     fits = []
     for i in range(m):
         keep = np.arange(m) != i
-        fit = _fit(X[keep], _binom_loglik(s[keep], n[keep]), rng)
+        fit = _fit(X[keep], _binom_loglik(s[keep], n[keep]), rng, start=full.theta)
         fits.append(fit)
         lpd += _log_pred(_predictive(fit, X[i], 1.0), int(s[i]), int(n[i]))
     return lpd, fits
@@ -433,9 +484,12 @@ def _belief(prior: np.ndarray, s: int, n: int) -> np.ndarray:
 
 
 def _quantiles(mass: np.ndarray, qs: Iterable[float]) -> list[float]:
+    """Quantiles of the belief; the lowest (highest) grid point stands for 0 (1): a checkpoint
+    that may never succeed gets an interval from 0."""
     c = np.cumsum(mass)
     c = c / c[-1]
-    return [float(np.interp(q, c, GRID)) for q in qs]
+    out = [float(np.interp(q, c, GRID)) for q in qs]
+    return [0.0 if v <= GRID[0] else 1.0 if v >= GRID[-1] else v for v in out]
 
 
 def _worth(mass: np.ndarray) -> float:
@@ -510,26 +564,28 @@ def predict(
         candidates.append((["intercept", "sim"], np.column_stack([np.ones(K), z_sim])))
         if z_ood is not None and m >= MIN_FOR_OOD:
             candidates.append((["intercept", "sim", "ood"], np.column_stack([np.ones(K), z_sim, z_ood])))
+    # features by BIC on the fits to all checkpoints with trials: a feature enters only when it
+    # raises the log posterior by more than log(m) / 2
     best = None
     for feats, X in candidates:
-        lpd, fits = _loo(X[lab], s[lab], n[lab], rng)
-        # a feature enters only when it buys a clear gain in held-out predictive density
-        if best is None or lpd > best[0] + LPD_MARGIN:
-            best = (lpd, feats, X, fits)
+        full = _fit(X[lab], _binom_loglik(s[lab], n[lab]), rng)
+        bic = 2 * _neg_log_post(full.theta, X[lab], _binom_loglik(s[lab], n[lab])) + len(feats) * math.log(m)
+        if best is None or bic < best[0]:
+            best = (bic, feats, X, full)
     assert best is not None
-    lpd, feats, X, loo_fits = best
+    _, feats, X, fit = best
+    lpd, loo_fits = _loo(X[lab], s[lab], n[lab], rng, fit)
     covered = _loo_coverage(loo_fits, X[lab], s[lab], n[lab], cfg.level)
     own_fit = dict(zip(np.flatnonzero(lab).tolist(), loo_fits))
     need = min(m, math.ceil(cfg.level * (m + 1) - 1e-9))  # the split-conformal quantile
     ok = [j for j, c in enumerate(covered) if c >= need]
-    fit = _fit(X[lab], _binom_loglik(s[lab], n[lab]), rng)
     if ok:
         lam = INFLATION_LADDER[ok[0]]
-        model = FittedModel(feats, fit.theta[:-1], _TAU_MIN + math.exp(fit.theta[-1]), lam, covered[ok[0]], m, lpd)
+        model = FittedModel(feats, beta_of(fit), tau_of(fit), lam, covered[ok[0]], m, lpd, zero_share(fit, X))
     else:
         lam = INFLATION_LADDER[-1]
         model = FittedModel(
-            feats, fit.theta[:-1], _TAU_MIN + math.exp(fit.theta[-1]), lam, covered[-1], m, lpd, useless=True
+            feats, beta_of(fit), tau_of(fit), lam, covered[-1], m, lpd, zero_share(fit, X), useless=True
         )
         notes.append(model.describe())
     if m < math.ceil(cfg.level / (1 - cfg.level) - 1e-9):
@@ -538,7 +594,7 @@ def predict(
             f"with fewer than {math.ceil(cfg.level / (1 - cfg.level) - 1e-9)} (its quantile is their maximum); "
             f"the intervals are model-based until more checkpoints have real trials"
         )
-    beta = fit.theta[:-1]
+    beta = fit.theta[: X.shape[1]]
     for k in range(K):
         # a checkpoint with real trials gets the model fitted without them (no double counting)
         prior = flat_belief() if model.useless else _predictive(own_fit.get(k, fit), X[k], lam)

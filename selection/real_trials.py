@@ -170,31 +170,41 @@ def run_plan(
 ) -> PlanOutput:
     """The next real trials: predictions (with real outcomes so far) as the beliefs, top-two
     Thompson sampling over them; ``plan.csv`` for the recorder when trials are needed."""
-    from selection.planning import plan_trials
+    from selection.planning import first_batch, plan_trials
     from twin.live.plan import PlannedTrial, write_plan
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ordered = _ordered(ranking)
     pred = predict(ordered, outcomes, cfg)
-    if not pred.claims_real:
-        raise PredictionError(
-            "no real outcomes for any checkpoint: a plan needs the real success of a few checkpoints to relate "
-            "sim to real; run a first batch on a few checkpoints across the ranking (e.g. the top, middle and "
-            "bottom) and log it with the recorder, or pass --outcomes"
-        )
     labels = [str(c) for c in ordered["checkpoint"]]
-    plan = plan_trials(
-        labels,
-        pred.grid,
-        pred.density,
-        budget,
-        eps=eps,
-        confidence=confidence,
-        batch=batch,
-        seed=seed,
-        forecast_runs=forecast_runs,
-    )
+    with_trials = int((pred.frame["real_trials"] > 0).sum())
+    if with_trials < (cfg or PredictConfig()).min_checkpoints:
+        # nothing relates sim to real yet: spread a first batch over the sim ranking
+        plan = first_batch(
+            labels,
+            pred.frame["sim"].to_numpy(float),
+            pred.grid,
+            pred.density,
+            budget,
+            tried=pred.frame["real_trials"].to_numpy(int),
+            batch=batch,
+            eps=eps,
+            confidence=confidence,
+            seed=seed,
+        )
+    else:
+        plan = plan_trials(
+            labels,
+            pred.grid,
+            pred.density,
+            budget,
+            eps=eps,
+            confidence=confidence,
+            batch=batch,
+            seed=seed,
+            forecast_runs=forecast_runs,
+        )
     table = plan.as_frame()
     table_file = out / "plan_table.csv"
     table.to_csv(table_file, index=False)

@@ -225,3 +225,17 @@ def test_plan_when_done_has_no_trials():
     assert plan.decision.done and plan.decision.label == "a"
     assert plan.total == 0 and plan.trial_list() == [] and "done" in plan.note
     assert plan.forecast.p_done == 1.0 and plan.forecast.trials_median == 0.0
+
+
+def test_first_batch_spreads_over_the_sim_ranking_and_skips_tried_checkpoints():
+    from selection.planning import first_batch
+
+    grid = np.linspace(0.005, 0.995, 199)
+    labels = [f"c{i}" for i in range(10)]
+    sim = np.linspace(0.9, 0.0, 10)  # c0 best in sim
+    plan = first_batch(labels, sim, grid, flat_prior(grid, 10), budget=40, batch=6)
+    assert plan.total == 6 and plan.trials == {**{lab: 0 for lab in labels}, "c0": 2, "c4": 2, "c9": 2}
+    tried = np.zeros(10, dtype=int)
+    tried[0] = 3
+    plan = first_batch(labels, sim, grid, flat_prior(grid, 10), budget=4, batch=10, tried=tried)
+    assert plan.total == 4 and plan.trials["c0"] == 0 and plan.trials["c1"] == 2 and plan.trials["c9"] == 2

@@ -36,6 +36,8 @@ def _family(kind: str, rng: np.random.Generator, K: int = 24) -> tuple[pd.DataFr
         p = s**3
     elif kind == "biased":
         p = np.clip(s - 0.25, 0.01, 1.0)
+    elif kind == "zeros":  # a third never succeed (as early checkpoints of a family do)
+        p = np.where(s < 0.35, 0.0, expit(-0.5 + 0.9 * logit(s)))
     else:  # unrelated: sim says nothing
         p = rng.uniform(0.05, 0.95, K)
     df = pd.DataFrame({"checkpoint": [f"c{i:02d}" for i in range(K)], "sim_perturbed": sim, "ood": rng.normal(0, 1, K)})
@@ -73,12 +75,13 @@ def _not_below(rate: float, n: int, target: float = 0.9) -> None:
     assert pv > 0.01, f"coverage {rate:.3f} over {n} intervals is below {target} (p = {pv:.4f})"
 
 
-@pytest.mark.parametrize("kind", ["linear", "nonlinear", "biased"])
+@pytest.mark.parametrize("kind", ["linear", "nonlinear", "biased", "zeros"])
 def test_coverage_holds_for_known_relations(kind):
     """24 checkpoints, 10 of them with 10 real trials, 24 repetitions: ~340 held-out and 240
     with-trials intervals per relation, each checked against its known real rate. The sim
-    relation made non-linear (real = twin^3) or biased (real = twin - 0.25) still covers."""
-    c = _coverage(kind, reps=24, m=10, k=10, seed={"linear": 1, "nonlinear": 2, "biased": 3}[kind])
+    relation made non-linear (real = twin^3), biased (real = twin - 0.25) or with a third of the
+    checkpoints never succeeding (a rate of exactly 0, inside only an interval from 0) still covers."""
+    c = _coverage(kind, reps=24, m=10, k=10, seed={"linear": 1, "nonlinear": 2, "biased": 3, "zeros": 9}[kind])
     _not_below(c["held"], c["n_held"])
     _not_below(c["trials"], c["n_trials"])
     # the model is worth something: intervals on checkpoints with 10 trials are narrower

@@ -355,5 +355,12 @@ def test_real_outcomes_in_the_logs_give_predicted_real_success_everywhere(ranked
         app, ["predict", "--ranking", str(ranked.csv_path), "--no-mlflow", "--out", str(tmp_path / "p0")]
     )
     assert out.exit_code == 0 and "nothing claimed about real success" in out.output
-    out = runner.invoke(app, ["plan-real", "--ranking", str(ranked.csv_path), "--budget", "4", "--no-mlflow"])
-    assert out.exit_code == 2 and "no real outcomes" in out.output
+    # ... and plan-real's first batch spreads over the sim ranking to relate sim to real
+    first = tmp_path / "first"
+    out = runner.invoke(
+        app, ["plan-real", "--ranking", str(ranked.csv_path), "--budget", "4", "--no-mlflow", "--out", str(first)]
+    )
+    assert out.exit_code == 0 and "first batch: 4 trials on 2 checkpoints" in out.output, out.output
+    plan = read_plan(first / "plan.csv")
+    top, bottom = ranked.ranking.sort_values("rank")["checkpoint"].iloc[[0, -1]]
+    assert [t.checkpoint for t in plan.trials] == [top, bottom, top, bottom]

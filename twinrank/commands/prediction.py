@@ -154,11 +154,14 @@ def plan_real(
             (
                 r.label,
                 str(r.trials) if r.trials else "-",
-                f"{r.p_eps_best:.3f}",
-                f"{r.p_best:.3f}",
+                "-" if r.p_eps_best != r.p_eps_best else f"{r.p_eps_best:.3f}",
+                "-" if r.p_best != r.p_best else f"{r.p_best:.3f}",
                 f"{r.mean:.2f} [{r.lo90:.2f}, {r.hi90:.2f}]",
             )
-            for r in sorted(plan.rows, key=lambda r: -r.p_eps_best)
+            for r in sorted(
+                plan.rows,
+                key=lambda r: (-r.trials, -r.p_eps_best) if r.p_eps_best != r.p_eps_best else (0, -r.p_eps_best),
+            )
         ],
         right=("trials now", "P(eps-best)", "P(best)"),
     )
