@@ -364,3 +364,27 @@ def test_real_outcomes_in_the_logs_give_predicted_real_success_everywhere(ranked
     plan = read_plan(first / "plan.csv")
     top, bottom = ranked.ranking.sort_values("rank")["checkpoint"].iloc[[0, -1]]
     assert [t.checkpoint for t in plan.trials] == [top, bottom, top, bottom]
+
+
+def test_predict_reads_checkpoint_logs_of_the_second_engine(ranked, family, tmp_path):
+    """The PyBullet reality's checkpoint logs name their checkpoints as the twin's do:
+    `twinrank predict` attributes them and predicts every checkpoint's real success."""
+    from typer.testing import CliRunner
+
+    from selection.real_trials import gather_outcomes, load_ranking
+    from twinrank.cli import app
+
+    dom = ProxyRealDomain.load().with_engine("pybullet")
+    bags = [
+        record_logs("reach", tmp_path / f"pb{i}", domain=dom, episodes=3, operator=c)
+        for i, c in enumerate(family["ckpts"])
+    ]
+    ranking = ranked.csv_path
+    found = gather_outcomes(load_ranking(ranking), bags, None, lambda m: None)
+    assert sorted(o.trials for o in found.values()) == [3, 3, 3]
+    args = ["predict", "--ranking", str(ranking), "--no-mlflow", "--out", str(tmp_path / "pred")]
+    out = CliRunner().invoke(app, [*args, *sum((["--real-logs", str(b)] for b in bags), [])])
+    assert out.exit_code == 0, out.output
+    assert "9 real trial(s) on 3 checkpoint(s)" in out.output
+    pred = pd.read_csv(tmp_path / "pred" / "predictions.csv")
+    assert pred["predicted"].notna().all() and (pred["lo"] <= pred["hi"]).all()
