@@ -374,3 +374,14 @@ def test_cli_live_commands(ckpt):
     assert r.exit_code == 2 and "no_such_task" in r.output, r.output
     r = CliRunner().invoke(app, ["live", "install-ament", "--check"])
     assert r.exit_code == 0, r.output
+
+
+def test_the_recorder_gets_the_plan_file_and_a_missing_one_is_refused(tmp_path):
+    from twin.live.plan import PlannedTrial, write_plan
+
+    plan = write_plan(tmp_path / "plan.csv", [PlannedTrial(1, "bc/step_0000010")], meta={"task": "reach"})
+    rec = {n.name: n for n in live_graph(plan_file=str(plan))}["recorder"]
+    assert rec.parameters["plan_file"] == str(plan.resolve())
+    assert "plan_file" not in {n.name: n for n in live_graph()}["recorder"].parameters
+    with pytest.raises(GraphError, match="plan_file"):
+        live_graph(plan_file=str(tmp_path / "missing.csv"))

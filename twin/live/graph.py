@@ -155,6 +155,11 @@ LAUNCH_ARGUMENTS: tuple[LaunchArg, ...] = (
     LaunchArg("bag_dir", "recordings", "Folder for the recorder's rosbag2 MCAP bags."),
     LaunchArg("record_images", "false", "Also record camera images, depth and point clouds.", bool),
     LaunchArg(
+        "plan_file",
+        "",
+        "Real-trial plan the recorder follows (plan.csv of `twinrank plan-real`): each episode names its checkpoint.",
+    ),
+    LaunchArg(
         "reuse_simulator",
         "false",
         "With use_fake_hardware:=true: use a franka-sim already listening on "
@@ -403,6 +408,10 @@ def validate_launch_arguments(a: dict[str, Any]) -> None:
     bag = Path(a["bag_dir"]).expanduser()
     if a["record"] and bag.exists() and not bag.is_dir():
         raise GraphError(f"bag_dir:={a['bag_dir']!r} is a file; pass a folder for the recorder's bags")
+    if a["record"] and a["plan_file"] and not Path(a["plan_file"]).expanduser().is_file():
+        raise GraphError(
+            f"plan_file:={a['plan_file']!r} does not exist; pass the plan.csv `twinrank plan-real` wrote (or leave it empty)"
+        )
     if a["record"] and a["record_images"] and not a["cameras"]:
         raise GraphError(
             "record_images:=true but cameras is empty: there are no images to record; set cameras:=... "
@@ -612,6 +621,7 @@ def live_graph(
                     "objects": a["objects"],
                     "cameras": ",".join(cam_names),
                     "record_images": a["record_images"],
+                    **({"plan_file": str(Path(a["plan_file"]).expanduser().resolve())} if a["plan_file"] else {}),
                 },
                 remap_js,
                 "Writes episodes (operator-marked outcomes) to rosbag2 MCAP in the real-data schema.",
