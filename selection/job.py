@@ -355,6 +355,7 @@ def with_predictions(
     """The ranking with each checkpoint's predicted real success (selection/prediction.py) from
     the real outcomes in ``bags`` plus ``outcomes``; writes predictions.csv/json in ``out``."""
     from selection.prediction import PredictConfig, PredictionError, merge_outcomes, outcomes_from_bags, predict
+    from selection.real_trials import write_predictions
 
     found = merge_outcomes(outcomes_from_bags(bags, ranking, warn) if bags else None, outcomes)
     df = ranking.drop(columns=[c for c in PREDICTION_COLUMNS.values() if c in ranking.columns])
@@ -366,8 +367,7 @@ def with_predictions(
     if res.claims_real:  # without real outcomes there is nothing to warn about: nothing is claimed
         for note in res.notes:
             warn(note)
-    res.frame.to_csv(out / "predictions.csv", index=False)
-    (out / "predictions.json").write_text(json.dumps(res.to_json(), indent=1))
+    write_predictions(res, out)
     cols = res.frame.set_index("checkpoint")[list(PREDICTION_COLUMNS)].rename(columns=PREDICTION_COLUMNS)
     return df.join(cols, on="checkpoint"), res
 

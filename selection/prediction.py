@@ -15,10 +15,12 @@ from 6 checkpoints with real outcomes on) by BIC on the real outcomes: when sim 
 nothing about reality, the intercept-only model wins and every checkpoint gets the same prior.
 A share of checkpoints may never succeed (an atom at success 0, with its own fitted
 probability: early checkpoints of a family often fail every episode, which a logit-normal
-spread cannot hold); a checkpoint that may be one of them gets an interval from 0. ``beta`` and ``tau`` are fitted by maximising
-the marginal likelihood (the random effect integrated out on a logit grid) with weak priors
-(beta ~ N(0, 2.5^2) on standardised features, tau ~ half-Cauchy(0, 1)); their uncertainty is
-carried by draws from the Laplace approximation.
+spread cannot hold); a checkpoint that may be one of them gets an interval from 0. ``beta``,
+``tau`` and that share are fitted by maximising the marginal likelihood (the random effect
+integrated out on a logit grid) with weak priors (beta ~ N(0, 2.5^2) on standardised features,
+tau ~ half-Cauchy(0, 1)); beta's uncertainty is carried by draws from the Laplace
+approximation, tau's by a scaled inverse chi-square with m - F degrees of freedom (as in a
+regression's prediction interval).
 
 Per checkpoint the belief on p_k is the model's predictive (a mixture over those draws) times
 the likelihood of its own real trials, on a grid; the interval is its central ``level``
@@ -30,7 +32,8 @@ spread is multiplied by an inflation factor ``lambda >= 1`` calibrated by leave-
 out: each checkpoint with real outcomes is predicted from the others (refitted without it),
 and lambda is the smallest value on a ladder (1 ... 8) at which the central ``level``
 predictive sets of the held-out outcomes (which include the binomial noise of their own
-trials) contain at least a ``level`` share of them. A non-linear or biased sim->real relation
+trials) contain at least the split-conformal quantile's share of them (ceil(level (m + 1))
+of m). A non-linear or biased sim->real relation
 shows up as larger held-out errors, hence a larger tau and lambda; if even the largest lambda
 does not cover, the model is declared useless and only real trials count (flat prior). This
 is conformal calibration of a scale (split-conformal in spirit, Vovk et al. 2005; the
@@ -68,6 +71,7 @@ from scipy.special import expit, gammaln, logsumexp
 from scipy.stats import norm
 
 from evaluator.results import wilson_interval
+from selection.planning import flat_prior, update
 
 DEFAULT_LEVEL = 0.9
 #: the random-effect spread multipliers tried by the leave-one-out calibration
@@ -476,13 +480,6 @@ def _loo_coverage(fits: list[_Fit], X: np.ndarray, s: np.ndarray, n: np.ndarray,
     ]
 
 
-def _belief(prior: np.ndarray, s: int, n: int) -> np.ndarray:
-    if n == 0:
-        return prior
-    lp = np.log(np.maximum(prior, 1e-300)) + _binom_loglik(np.array([s]), np.array([n]))[0]
-    return np.exp(lp - logsumexp(lp))
-
-
 def _quantiles(mass: np.ndarray, qs: Iterable[float]) -> list[float]:
     """Quantiles of the belief; the lowest (highest) grid point stands for 0 (1): a checkpoint
     that may never succeed gets an interval from 0."""
@@ -499,9 +496,8 @@ def _worth(mass: np.ndarray) -> float:
 
 
 def flat_belief() -> np.ndarray:
-    """Uniform on success (Beta(1, 1)) as grid masses."""
-    m = GRID * (1 - GRID)  # dp/du
-    return m / m.sum()
+    """Uniform on success (Beta(1, 1)) as grid masses (the planner's flat prior on this grid)."""
+    return flat_prior(GRID, 1)[0]
 
 
 def predict(
@@ -529,15 +525,14 @@ def predict(
     lab = n > 0
     m = int(lab.sum())
     rows: list[dict[str, Any]] = []
-    density = np.zeros((K, GRID.size))
     qs = ((1 - cfg.level) / 2, (1 + cfg.level) / 2)
     base = {"checkpoint": labels, "sim": sim, "real_successes": s, "real_trials": n}
     if m == 0:
         notes.append("no real outcomes: the sim success is shown, nothing is claimed about real success")
-        for k in range(K):
-            rows.append({"predicted": np.nan, "lo": np.nan, "hi": np.nan, "method": "sim only (no real outcomes)"})
-            density[k] = flat_belief()
-        return _result(base, rows, cfg, None, density, False, notes, "sim only")
+        rows = [
+            {"predicted": np.nan, "lo": np.nan, "hi": np.nan, "method": "sim only (no real outcomes)"} for _ in labels
+        ]
+        return _result(base, rows, cfg, None, flat_prior(GRID, K), False, notes, "sim only")
     if m < cfg.min_checkpoints:
         notes.append(
             f"real outcomes for {m} checkpoint(s): a sim->real model needs {cfg.min_checkpoints}; checkpoints "
@@ -552,7 +547,7 @@ def predict(
                 rows.append(
                     {"predicted": np.nan, "lo": np.nan, "hi": np.nan, "method": "no claim (too few real outcomes)"}
                 )
-            density[k] = _belief(flat_belief(), int(s[k]), int(n[k]))
+        density = update(GRID, flat_prior(GRID, K), s, n)
         return _result(base, rows, cfg, None, density, True, notes, "real trials only")
 
     rng = np.random.default_rng(cfg.seed)
@@ -566,10 +561,11 @@ def predict(
             candidates.append((["intercept", "sim", "ood"], np.column_stack([np.ones(K), z_sim, z_ood])))
     # features by BIC on the fits to all checkpoints with trials: a feature enters only when it
     # raises the log posterior by more than log(m) / 2
+    ll = _binom_loglik(s[lab], n[lab])
     best = None
     for feats, X in candidates:
-        full = _fit(X[lab], _binom_loglik(s[lab], n[lab]), rng)
-        bic = 2 * _neg_log_post(full.theta, X[lab], _binom_loglik(s[lab], n[lab])) + len(feats) * math.log(m)
+        full = _fit(X[lab], ll, rng)
+        bic = 2 * _neg_log_post(full.theta, X[lab], ll) + len(feats) * math.log(m)
         if best is None or bic < best[0]:
             best = (bic, feats, X, full)
     assert best is not None
@@ -594,14 +590,16 @@ def predict(
             f"with fewer than {math.ceil(cfg.level / (1 - cfg.level) - 1e-9)} (its quantile is their maximum); "
             f"the intervals are model-based until more checkpoints have real trials"
         )
-    beta = fit.theta[: X.shape[1]]
+    beta = model.beta
+    # a checkpoint with real trials gets the model fitted without them (no double counting)
+    priors = np.stack(
+        [flat_belief() if model.useless else _predictive(own_fit.get(k, fit), X[k], lam) for k in range(K)]
+    )
+    density = update(GRID, priors, s, n)
     for k in range(K):
-        # a checkpoint with real trials gets the model fitted without them (no double counting)
-        prior = flat_belief() if model.useless else _predictive(own_fit.get(k, fit), X[k], lam)
-        post = _belief(prior, int(s[k]), int(n[k]))
-        density[k] = post
+        post = density[k]
         lo, hi = _quantiles(post, qs)
-        worth = 0.0 if model.useless else _worth(prior)
+        worth = 0.0 if model.useless else _worth(priors[k])
         share_real = n[k] / (n[k] + worth) if n[k] + worth > 0 else 0.0
         row = {
             "predicted": float(post @ GRID),

@@ -74,6 +74,12 @@ def _ordered(ranking: pd.DataFrame) -> pd.DataFrame:
     return ranking
 
 
+def write_predictions(res: PredictionResult, out: Path) -> None:
+    """``predictions.csv`` and ``predictions.json`` in ``out``."""
+    res.frame.to_csv(out / "predictions.csv", index=False)
+    (out / "predictions.json").write_text(json.dumps(res.to_json(), indent=1))
+
+
 def run_prediction(
     ranking: pd.DataFrame,
     outcomes: Mapping[str, Outcome],
@@ -84,16 +90,28 @@ def run_prediction(
     mlflow: bool = True,
     warn: Callable[[str], None] = lambda m: None,
 ) -> tuple[PredictionResult, str]:
-    """Predict, write predictions.csv/json/png in ``out_dir``, log an MLflow run (``mlflow``);
-    returns the result and the run id ('' when not logged; a store that does not answer is a
-    warning, the files stay)."""
+    """Predict, then :func:`record_prediction`; returns the result and the run id."""
+    res = predict(_ordered(ranking), outcomes, cfg)
+    return res, record_prediction(res, ranking, out_dir, tracking_uri=tracking_uri, mlflow=mlflow, warn=warn)
+
+
+def record_prediction(
+    res: PredictionResult,
+    ranking: pd.DataFrame,
+    out_dir: str | os.PathLike[str],
+    *,
+    tracking_uri: str | None = None,
+    mlflow: bool = True,
+    warn: Callable[[str], None] = lambda m: None,
+) -> str:
+    """Write predictions.csv/json/png in ``out_dir`` and log an MLflow run (``mlflow``) with them
+    and any plan files there; returns the run id ('' when not logged; a store that does not
+    answer is a warning, the files stay)."""
     from selection.plots import predicted_real
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    res = predict(_ordered(ranking), outcomes, cfg)
-    res.frame.to_csv(out / "predictions.csv", index=False)
-    (out / "predictions.json").write_text(json.dumps(res.to_json(), indent=1))
+    write_predictions(res, out)
     task = str(ranking["task"].dropna().iloc[0]) if "task" in ranking.columns and ranking["task"].notna().any() else ""
     if res.claims_real:
         predicted_real(
@@ -105,7 +123,7 @@ def run_prediction(
             run_id = _log_mlflow(res, out, tracking_uri, task)
         except Exception as exc:  # noqa: BLE001 - any transport/server error: the files stay on disk
             warn(f"MLflow unreachable ({type(exc).__name__}: {str(exc)[:300]}): predictions kept in {out}, not logged")
-    return res, run_id
+    return run_id
 
 
 def _log_mlflow(res: PredictionResult, out: Path, tracking_uri: str | None, task: str) -> str:
@@ -248,6 +266,8 @@ __all__ = [
     "gather_outcomes",
     "load_ranking",
     "log_prediction",
+    "record_prediction",
     "run_plan",
     "run_prediction",
+    "write_predictions",
 ]

@@ -3,6 +3,7 @@ real trials to run next). See selection/prediction.py and selection/planning.py.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -133,7 +134,7 @@ def plan_real(
     """Which checkpoints to run on the real robot next, and how often, to find the best within eps at a confidence."""
     from selection.planning import PlanningError
     from selection.prediction import PredictionError
-    from selection.real_trials import run_plan, run_prediction
+    from selection.real_trials import record_prediction, run_plan
     from twin.live.plan import PlanError
 
     if not 0 < eps < 1 or not 0.5 <= confidence < 1:
@@ -143,7 +144,8 @@ def plan_real(
     out = out or (ranking if ranking.is_dir() else ranking.parent) / "plan"
     try:
         res = run_plan(df, found, out, budget, cfg=cfg, eps=eps, confidence=confidence, batch=batch, seed=seed)
-        _, run_id = run_prediction(df, found, out, cfg, tracking_uri=tracking_uri, mlflow=mlflow, warn=output.warn)
+        # the plan's beliefs are this prediction: recorded, not computed again
+        run_id = record_prediction(res.prediction, df, out, tracking_uri=tracking_uri, mlflow=mlflow, warn=output.warn)
     except (PredictionError, PlanningError, PlanError) as exc:
         fail(str(exc))
     plan = res.plan
@@ -154,14 +156,12 @@ def plan_real(
             (
                 r.label,
                 str(r.trials) if r.trials else "-",
-                "-" if r.p_eps_best != r.p_eps_best else f"{r.p_eps_best:.3f}",
-                "-" if r.p_best != r.p_best else f"{r.p_best:.3f}",
+                "-" if math.isnan(r.p_eps_best) else f"{r.p_eps_best:.3f}",
+                "-" if math.isnan(r.p_best) else f"{r.p_best:.3f}",
                 f"{r.mean:.2f} [{r.lo90:.2f}, {r.hi90:.2f}]",
             )
-            for r in sorted(
-                plan.rows,
-                key=lambda r: (-r.trials, -r.p_eps_best) if r.p_eps_best != r.p_eps_best else (0, -r.p_eps_best),
-            )
+            # a first batch has no probabilities yet: its rows go by trials
+            for r in sorted(plan.rows, key=lambda r: -r.trials if math.isnan(r.p_eps_best) else -r.p_eps_best)
         ],
         right=("trials now", "P(eps-best)", "P(best)"),
     )
