@@ -14,7 +14,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q $(PIP_FLAGS) -e '.[dev,ros,hardware,splats]'
+	$(PIP) install -q $(PIP_FLAGS) -e '.[dev,ros,hardware,splats,perception]'
 	# Editable installs skip data files: register the ROS 2 package `twin` in the venv (ament index).
 	$(VENV)/bin/twinrank live install-ament
 	# The Panda meshes/MJCF ship in this wheel; its own deps (dm_control, panda-py...) are not needed.

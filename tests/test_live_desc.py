@@ -95,8 +95,16 @@ def test_live_graph_nodes_parameters_and_remaps(ckpt):
     default = live_graph()
     assert [n.name for n in default] == ["franka_bridge", "twin_sync", "recorder"]
     full = live_graph("10.0.0.2", "cam_left=123456789012,cam_right", False, str(ckpt), "mug_to_sink")
-    assert [n.name for n in full] == ["franka_bridge", "camera_bridge", "twin_sync", "policy_runner", "recorder"]
+    assert [n.name for n in full] == [
+        "franka_bridge",
+        "camera_bridge",
+        "object_tracker",
+        "twin_sync",
+        "policy_runner",
+        "recorder",
+    ]
     by = {n.name: n for n in full}
+    assert by["object_tracker"].parameters["cameras"] == "cam_left,cam_right"
     assert by["franka_bridge"].parameters["robot_ip"] == "10.0.0.2"
     assert by["camera_bridge"].parameters["cameras"] == "cam_left=123456789012,cam_right"
     assert (

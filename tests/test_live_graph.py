@@ -685,6 +685,7 @@ def test_whole_graph_policy_in_twin_real_arm_follows_and_recorder_logs(ros, chec
         render_rate_hz=0.0,
         joint_state_rate_hz=250.0,
         command_timeout_s=0.5,
+        track_objects=False,  # object tracking in the graph: test_live_tracking
     )
     for n in nodes:
         if n.name == "policy_runner":  # a short episode, the twin slow enough for franka-sim to track

@@ -18,6 +18,7 @@ from twin.scene import (
     GeomCfg,
     JointCfg,
     LightCfg,
+    MarkerCfg,
     Pose,
     SceneCfg,
     SceneError,
@@ -51,7 +52,8 @@ def task_scene() -> SceneCfg:
 
 def rich_scene(tmp_path: Path) -> SceneCfg:
     """The task scene plus every feature: hinge/slide joints, nested bodies, body sites,
-    sphere/capsule/mesh geoms, textures, rotated poses, a directional shadow light."""
+    sphere/capsule/mesh geoms, textures, rotated poses, a directional shadow light, fiducial
+    markers."""
     scene = task_scene()
     cab, cab_site = cabinet()
     scene.bodies.append(cab)
@@ -117,6 +119,10 @@ def rich_scene(tmp_path: Path) -> SceneCfg:
     )
     scene.cameras[0].cx, scene.cameras[0].cy, scene.cameras[0].fy = 318.5, 244.25, 610.0
     scene.sites.append(SiteCfg(name="drop zone", pos=(0.3, 0.3, 0.05), half_extents=(0.05, 0.06, 0.07)))
+    scene.markers += [
+        MarkerCfg(id=7, size=0.04, body="mug", pose=Pose(pos=(0.0, 0.0, 0.0455), quat=yaw_quat(0.3))),
+        MarkerCfg(id=586, size=0.015, body="drawer", pose=Pose(pos=(0.0, 0.0, 0.021), quat=(0.8, 0.6, 0.0, 0.0))),
+    ]
     scene.physics.timestep = 0.001
     scene.workspace = ((-1.0, -1.0, -0.5), (1.0, 1.0, 1.5))
     scene.robot.base = Pose(pos=(0.0, 0.1, 0.0), quat=yaw_quat(0.1))

@@ -150,6 +150,11 @@ class BulletSim:
         self.free: set[str] = set()
         self._com: dict[str, np.ndarray] = {}  # base inertial frame in the body frame
         for body in scene.bodies:
+            if body.parent:
+                raise SceneError(
+                    f"body {body.name!r} hangs from {body.parent!r}: the PyBullet engine builds world bodies only; "
+                    f"leave it out of scenes played by PyBullet (e.g. the hand-eye board)"
+                )
             self._add_body(body)
         self._home = np.array(scene.robot.home_qpos, dtype=float)
         self.latency_substeps = 0

@@ -11,7 +11,7 @@ import numpy as np
 
 from twin.meshes import load_mesh
 from twin.robot import build_robot_spec, set_joint_coef
-from twin.scene import BodyCfg, CameraCfg, GeomCfg, SceneCfg, SceneError, TextureCfg, validate_scene
+from twin.scene import BodyCfg, CameraCfg, GeomCfg, MarkerCfg, SceneCfg, SceneError, TextureCfg, validate_scene
 
 _GEOM_TYPES = {
     "box": mujoco.mjtGeom.mjGEOM_BOX,
@@ -30,6 +30,10 @@ _INTEGRATORS = {
 VISUAL_GROUP = 0
 COLLISION_ONLY_GROUP = 3
 FLOOR_Z = -0.75
+#: thickness (m) of a fiducial tag's geom, below its printed surface
+MARKER_THICKNESS = 0.0004
+#: texture pixels per tag bit
+MARKER_PIXELS_PER_BIT = 16
 
 
 @dataclass
@@ -87,11 +91,13 @@ def build_spec(scene: SceneCfg) -> mujoco.MjSpec:
         lt.castshadow = light.castshadow
     for cam in scene.cameras:
         _add_camera(spec, cam)
-    for body in scene.bodies:
-        _add_body(spec, spec.worldbody, body)
+    for body in sorted(scene.bodies, key=lambda b: bool(b.parent)):  # world bodies first: parents exist
+        _add_body(spec, _parent_body(spec, body), body)
     timeconst = max(scene.physics.contact_timeconst, 2.0 * scene.physics.timestep)
     for geom in spec.geoms:
         geom.solref = [timeconst, 1.0]
+    for marker in scene.markers:
+        _add_marker(spec, marker)
     for site in scene.sites:
         parent = spec.body(site.body) if site.body else spec.worldbody
         s = parent.add_site(name=site.name, pos=list(site.pos), size=list(site.half_extents))
@@ -160,6 +166,52 @@ def _add_material(spec: mujoco.MjSpec, name: str, tex: TextureCfg, rgba: tuple[f
     return f"mat_{name}"
 
 
+def _add_marker(spec: mujoco.MjSpec, m: MarkerCfg) -> None:
+    """A fiducial tag: a thin, visual-only, massless box on its body whose top face shows the
+    printed tag (black square ``m.size`` plus the white quiet zone) at ``m.pose``.
+
+    MuJoCo maps a 2D texture (texrepeat 1, not uniform) onto a box's +z face with image
+    columns along +x and row 0 at +y: the tag frame's axes. The texture's pixels are passed
+    in directly (no image files).
+    """
+    from twin.fiducials import printed_size, tag_image  # OpenCV: only scenes with markers need it
+
+    img = tag_image(m.id, m.family, MARKER_PIXELS_PER_BIT)
+    name = f"fiducial_{m.family}_{m.id}"
+    tex = spec.add_texture(
+        name=f"tex_{name}",
+        type=mujoco.mjtTexture.mjTEXTURE_2D,
+        width=img.shape[1],
+        height=img.shape[0],
+        nchannel=3,
+    )
+    tex.data = np.repeat(img[:, :, None], 3, axis=2).tobytes()
+    mat = spec.add_material(name=f"mat_{name}")
+    mat.textures[mujoco.mjtTextureRole.mjTEXROLE_RGB] = f"tex_{name}"
+    mat.texrepeat = [1.0, 1.0]
+    mat.texuniform = False
+    mat.specular = 0.0  # matte paper: no highlight washing the bits out
+    mat.shininess = 0.0
+    rot = np.zeros(9)
+    mujoco.mju_quat2Mat(rot, np.asarray(m.pose.quat, float) / np.linalg.norm(m.pose.quat))
+    normal = rot.reshape(3, 3)[:, 2]
+    half = printed_size(m.size) / 2.0
+    geom = spec.body(m.body).add_geom(
+        name=name,
+        type=mujoco.mjtGeom.mjGEOM_BOX,
+        size=[half, half, MARKER_THICKNESS / 2.0],
+        pos=list(np.asarray(m.pose.pos, float) - normal * MARKER_THICKNESS / 2.0),
+        quat=list(m.pose.quat),
+    )
+    geom.material = f"mat_{name}"
+    geom.rgba = [1.0, 1.0, 1.0, 1.0]
+    geom.contype = 0
+    geom.conaffinity = 0
+    geom.mass = 0.0
+    geom.density = 0.0
+    geom.group = VISUAL_GROUP
+
+
 def _add_camera(spec: mujoco.MjSpec, cam: CameraCfg) -> None:
     c = spec.worldbody.add_camera(name=cam.name, pos=list(cam.pos), quat=list(camera_quat(cam)))
     c.fovy = cam.fovy_deg
@@ -168,6 +220,22 @@ def _add_camera(spec: mujoco.MjSpec, cam: CameraCfg) -> None:
     c.sensor_size = [cam.width * pixel, cam.height * pixel]
     c.focal_pixel = [cam.fx, cam.fy]
     c.principal_pixel = [cam.cx - cam.width / 2.0, cam.cy - cam.height / 2.0]
+
+
+def _parent_body(spec: mujoco.MjSpec, cfg: BodyCfg) -> mujoco.MjsBody:
+    """The body a top-level scene body hangs from: the world, or ``cfg.parent`` (a robot link
+    or a world-attached scene body)."""
+    if not cfg.parent:
+        return spec.worldbody
+    parent = spec.body(cfg.parent)
+    if parent is None:
+        links = [b.name for b in spec.bodies if b.name.startswith("panda_")]
+        raise SceneError(
+            f"body {cfg.name!r}.parent = {cfg.parent!r}: no such robot link or scene body (robot links: {links})"
+        )
+    if cfg.joint is not None and cfg.joint.type == "free":
+        raise SceneError(f"body {cfg.name!r}: a free-joint body cannot have a parent; remove the joint or the parent")
+    return parent
 
 
 def _add_body(spec: mujoco.MjSpec, parent: mujoco.MjsBody, cfg: BodyCfg) -> None:
@@ -192,6 +260,8 @@ def _add_body(spec: mujoco.MjSpec, parent: mujoco.MjsBody, cfg: BodyCfg) -> None
         name = g.name or f"{cfg.name}_g{i}"
         _add_geom(spec, body, g, name, cfg, total_volume)
     for child in cfg.children:
+        if child.parent:
+            raise SceneError(f"body {child.name!r}.parent = {child.parent!r}: only top-level bodies can set a parent")
         _add_body(spec, body, child)
 
 

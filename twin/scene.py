@@ -90,6 +90,9 @@ class BodyCfg:
 
     ``kind`` is a semantic tag used by tasks and perturbations: table, sink, shelf,
     cabinet, object, distractor, scan, background.
+
+    ``parent`` (top-level bodies only) attaches the body to a robot link (e.g. ``panda_hand``)
+    or another scene body instead of the world; ``pose`` is then in that body's frame.
     """
 
     name: str
@@ -99,6 +102,7 @@ class BodyCfg:
     children: list[BodyCfg] = field(default_factory=list)
     mass: float | None = None
     kind: str = "fixture"
+    parent: str = ""
 
 
 @dataclass
@@ -152,6 +156,27 @@ class SiteCfg:
     body: str = ""
 
 
+#: fiducial families the twin can draw and detect (``twin.fiducials``) -> number of tag ids
+MARKER_FAMILIES = {"apriltag_36h11": 587}
+
+
+@dataclass
+class MarkerCfg:
+    """A fiducial tag printed on a body.
+
+    ``size`` is the edge of the tag's outer black square (m); the compiled tag also has a
+    white quiet zone one bit wide around it. ``pose`` is the tag frame in the body frame:
+    origin at the tag centre on its printed surface, z the outward normal, x right and y up
+    of the printed image seen from the front (OpenCV's ArUco marker frame).
+    """
+
+    id: int
+    size: float
+    body: str
+    pose: Pose = field(default_factory=Pose)
+    family: str = "apriltag_36h11"
+
+
 @dataclass
 class RobotCfg:
     """The arm: model, base pose, home joint configuration and controller gains."""
@@ -199,6 +224,8 @@ class SceneCfg:
     # MuJoCo's camera-attached headlight (ambient room light); lighting factors scale it.
     headlight_ambient: tuple[float, float, float] = (0.25, 0.25, 0.25)
     headlight_diffuse: tuple[float, float, float] = (0.3, 0.3, 0.3)
+    #: fiducial tags on bodies (``twin.fiducials.with_markers`` adds one per object)
+    markers: list[MarkerCfg] = field(default_factory=list)
 
     # ---- look-ups -------------------------------------------------------------------
     def iter_bodies(self) -> list[BodyCfg]:
@@ -243,7 +270,11 @@ class SceneCfg:
 
         Hashes the typed form (``from_dict(to_dict())``) so that 0 and 0.0 hash alike.
         """
-        blob = json.dumps(SceneCfg.from_dict(self.to_dict()).to_dict(), sort_keys=True, default=str).encode()
+        data = SceneCfg.from_dict(self.to_dict()).to_dict()
+        if not data["markers"]:
+            del data["markers"]  # a scene without markers hashes as before markers existed
+        _drop_world_parents(data["bodies"])  # world-attached bodies hash as before ``parent`` existed
+        blob = json.dumps(data, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
     @staticmethod
@@ -252,6 +283,13 @@ class SceneCfg:
 
     def validate(self) -> None:
         validate_scene(self)
+
+
+def _drop_world_parents(bodies: list[dict[str, Any]]) -> None:
+    for b in bodies:
+        if not b.get("parent"):
+            b.pop("parent", None)
+        _drop_world_parents(b["children"])
 
 
 # ---- dict <-> dataclass ------------------------------------------------------------------
@@ -374,6 +412,7 @@ def validate_scene(scene: SceneCfg) -> None:
     for site in scene.sites:
         if site.body and site.body not in names:
             raise SceneError(f"site {site.name!r}.body = {site.body!r}: no such body")
+    _validate_markers(scene, names)
     lo, hi = scene.workspace
     if any(a >= b for a, b in zip(lo, hi)):
         raise SceneError(f"workspace = {scene.workspace}: each min must be below its max")
@@ -381,6 +420,30 @@ def validate_scene(scene: SceneCfg) -> None:
         raise SceneError(f"robot.home_qpos has {len(scene.robot.home_qpos)} values; the arm has 7 joints")
     if not (0 < scene.physics.timestep <= 0.01):
         raise SceneError(f"physics.timestep = {scene.physics.timestep}: use a value in (0, 0.01] s")
+
+
+def _validate_markers(scene: SceneCfg, bodies: set[str]) -> None:
+    ids: dict[tuple[str, int], int] = {}
+    for i, m in enumerate(scene.markers):
+        where = f"markers[{i}]"
+        if m.family not in MARKER_FAMILIES:
+            raise SceneError(f"{where}.family = {m.family!r}: use one of {', '.join(MARKER_FAMILIES)}")
+        if m.body not in bodies:
+            raise SceneError(f"{where}.body = {m.body!r}: no such body; fix the name (bodies: {sorted(bodies)})")
+        if not (m.size > 0 and math.isfinite(m.size)):
+            raise SceneError(f"{where}.size = {m.size}: the tag's black-square edge must be a positive length (m)")
+        if not 0 <= m.id < MARKER_FAMILIES[m.family]:
+            raise SceneError(f"{where}.id = {m.id}: {m.family} ids are 0..{MARKER_FAMILIES[m.family] - 1}")
+        key = (m.family, m.id)
+        if key in ids:
+            raise SceneError(
+                f"{where}: id {m.id} is also used by markers[{ids[key]}]; each {m.family} id may appear "
+                "once in a scene (pick another id)"
+            )
+        ids[key] = i
+        if len(m.pose.pos) != 3 or not all(math.isfinite(v) for v in m.pose.pos):
+            raise SceneError(f"{where}.pose.pos = {m.pose.pos}: three finite numbers (m, body frame)")
+        _check_quat(m.pose.quat, f"{where}.pose.quat")
 
 
 def _check_quat(q: Quat, where: str) -> None:

@@ -19,13 +19,16 @@ Stage layout written by :func:`write_scene_usd` (``twinrank:`` attributes are cu
 
     /World                      default prim; scene name, workspace, physics, floor/background
       /Robot                    Xform at the robot base; model, home qpos, gains
-      /Bodies/<body>            Xform per body; nested bodies are child prims
+      /Bodies/<body>            Xform per body; nested bodies are child prims; a body attached to
+                                a robot link keeps its pose in that link's frame (twinrank:parent)
         <geom>                  Cube (size 2, scaled by half-extents), Sphere, Cylinder,
                                 Capsule (axis Z) or Mesh (points + twinrank:meshFile)
         <joint>                 PhysicsRevoluteJoint / PhysicsPrismaticJoint (body1 = body)
       /Cameras/<camera>         Camera; apertures encode fx, fy, cx, cy at width x height
       /Lights/<light>           SphereLight (MuJoCo spot) or DistantLight (directional)
       /Sites/<site>             Xform; translate in the frame of twinrank:body (world if "")
+      /Markers/<tag>            Xform per fiducial tag (only when the scene has any): pose in
+                                the frame of twinrank:body; twinrank:id, size, family
       /physicsScene             UsdPhysics.Scene (gravity)
 
 Standard schema attributes (transforms, displayColor, focalLength, light colour, joint
@@ -64,6 +67,7 @@ from twin.scene import (
     GeomCfg,
     JointCfg,
     LightCfg,
+    MarkerCfg,
     PhysicsCfg,
     Pose,
     RobotCfg,
@@ -164,6 +168,18 @@ def _scene_stage(scene: SceneCfg, embed_mesh_points: bool = True) -> Usd.Stage:
         _set(prim, "name", site.name, _T.String)
         _set(prim, "halfExtents", Gf.Vec3d(*site.half_extents), _T.Double3)
         _set(prim, "body", site.body, _T.String)
+    if scene.markers:  # scenes without markers keep the stage they always had
+        UsdGeom.Scope.Define(stage, "/World/Markers")
+        used = set()
+        for m in scene.markers:
+            name = _prim_name(f"{m.family}_{m.id}", "marker", used)
+            xf = UsdGeom.Xform.Define(stage, Sdf.Path("/World/Markers").AppendChild(name))
+            _set_pose(xf, m.pose.pos, m.pose.quat)
+            prim = xf.GetPrim()
+            _set(prim, "id", int(m.id), _T.Int)
+            _set(prim, "size", float(m.size), _T.Double)
+            _set(prim, "body", m.body, _T.String)
+            _set(prim, "family", m.family, _T.Token)
     return stage
 
 
@@ -188,6 +204,8 @@ def _write_body(
     prim = xf.GetPrim()
     _set(prim, "name", body.name, _T.String)
     _set(prim, "kind", body.kind, _T.String)
+    if body.parent:  # attached to a robot link or scene body: the pose is in that body's frame
+        _set(prim, "parent", body.parent, _T.String)
     if body.joint is not None:
         UsdPhysics.RigidBodyAPI.Apply(prim)
     if body.mass is not None:
@@ -401,7 +419,7 @@ class _ReadContext:
             )
         self.root = root
         self._check_units()
-        self.skip = {root.GetPath().AppendChild("Robot"), root.GetPath().AppendChild("Sites")}
+        self.skip = {root.GetPath().AppendChild(n) for n in ("Robot", "Sites", "Markers")}
         self.joints: dict[Sdf.Path, Usd.Prim] = {}
         for prim in Usd.PrimRange(root):
             if self._skipped(prim.GetPath()) or not prim.IsA(UsdPhysics.Joint):
@@ -443,6 +461,7 @@ class _ReadContext:
         scene.bodies = self.bodies_under(root)
         scene.cameras, scene.lights = self.cameras_and_lights()
         scene.sites = self.sites()
+        scene.markers = self.markers()
         lo = _floats(_get(root, "workspaceMin", defaults.workspace[0]))
         hi = _floats(_get(root, "workspaceMax", defaults.workspace[1]))
         scene.workspace = (lo, hi)
@@ -541,6 +560,7 @@ class _ReadContext:
             children=children,
             mass=mass,
             kind=str(_get(prim, "kind", default_kind)),
+            parent=str(_get(prim, "parent", "")),
         )
 
     def _collect(self, body_prim: Usd.Prim, prim: Usd.Prim, geoms: list[GeomCfg], children: list[BodyCfg]) -> None:
@@ -838,6 +858,31 @@ class _ReadContext:
                     pos=pos,
                     half_extents=half,
                     body=str(_get(prim, "body", "")),
+                )
+            )
+        return out
+
+    def markers(self) -> list[MarkerCfg]:
+        """Fiducial tags: Xforms under ``Markers`` posed in the frame of ``twinrank:body``."""
+        group = self.root.GetChild("Markers")
+        if not group:
+            return []
+        out: list[MarkerCfg] = []
+        for prim in group.GetChildren():
+            if not prim.IsA(UsdGeom.Xformable):
+                continue
+            where = f"marker {prim.GetPath()}"
+            for attr in ("id", "size", "body"):
+                if _get(prim, attr) is None:
+                    raise SceneError(f"{where}: {NS}{attr} is not set; a marker needs {NS}id, size and body")
+            pos, quat, _ = self.pose(prim, None)
+            out.append(
+                MarkerCfg(
+                    id=int(_get(prim, "id")),
+                    size=_positive(_get(prim, "size"), f"{where}.{NS}size"),
+                    body=str(_get(prim, "body")),
+                    pose=Pose(pos=pos, quat=quat),
+                    family=str(_get(prim, "family", "apriltag_36h11")),
                 )
             )
         return out

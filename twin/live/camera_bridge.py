@@ -256,11 +256,20 @@ class CameraBridge:
         self._js_sub = self.node.create_subscription(JointState, TOPIC_JOINT_STATES, on_js, joint_qos())
         hub = FakeRealSenseHub()
         self._own_hub = True
+        from twin.live.tracking import cell_task_cfg
+
+        cell_cfg = cell_task_cfg(str(self.p["fake_task"]), bool(self.p["fake_markers"]))
         for cam in self.cameras:
             if cam.name in self.playback:
                 continue
             src = TwinCameraSource(
-                str(self.p["fake_task"]), cam.name, self.width, self.height, joints=lambda: self._joints
+                str(self.p["fake_task"]),
+                cam.name,
+                self.width,
+                self.height,
+                joints=lambda: self._joints,
+                cfg=cell_cfg,
+                seed=int(self.p["fake_seed"]),
             )
             self._sources.append(src)
             cam.serial = cam.serial or f"twin-{cam.name}"
@@ -272,7 +281,8 @@ class CameraBridge:
             hub.feed(cam.serial, src, self.fps)
             self.log.info(
                 f"camera_bridge: fake camera {cam.name} (serial {cam.serial}) renders twin camera "
-                f"{src.camera} of task {self.p['fake_task']}"
+                f"{src.camera} of task {self.p['fake_task']} (seed {src.seed}"
+                f"{', with tags' if self.p['fake_markers'] else ''})"
             )
         return hub
 

@@ -364,18 +364,9 @@ def import_pyrealsense2():
     global _RS
     if _RS is not None:
         return _RS
-    import ctypes
-    import ctypes.util
+    from twin.live.native import preload_libusb
 
-    if ctypes.util.find_library("usb-1.0") is None:
-        try:
-            import libusb_package
-
-            path = libusb_package.get_library_path()
-            if path:
-                ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
-        except ImportError:
-            pass  # pyrealsense2's import below says what is missing
+    preload_libusb()
     try:
         import pyrealsense2 as rs
     except ImportError as exc:
@@ -629,7 +620,12 @@ class TwinCameraSource:
     RealSense z16 stream holds; beyond ``max_depth_m`` = 0, "no data", as on the device).
     ``joints`` (callable returning 7 arm joints or None) poses the twin's robot before each
     render, e.g. from the latest ``/joint_states``. The GL context is per thread (EGL contexts
-    are bound to the thread that made them), so a feeder thread renders with its own twin."""
+    are bound to the thread that made them), so a feeder thread renders with its own twin.
+
+    The rendered cell is the task's scene (or ``cfg``'s, e.g. with fiducial markers) reset at
+    ``seed``: a seed other than the twin's puts the objects where the twin does not have them,
+    as a real cell would. ``intrinsics`` are in the device's (OpenCV's) convention, pixel
+    centres at integers (:class:`twin.live.camera_model.PinholeCamera`)."""
 
     def __init__(
         self,
@@ -639,11 +635,16 @@ class TwinCameraSource:
         height: int = 240,
         joints: Callable[[], Any] | None = None,
         max_depth_m: float = 6.0,
+        cfg: Any = None,
+        seed: int = 0,
     ) -> None:
+        from twin.live.camera_model import PinholeCamera
         from twin.tasks import make_task
 
         self.task = task
-        scene = make_task(task).cfg.scene
+        self.cfg = cfg
+        self.seed = int(seed)
+        scene = (cfg if cfg is not None else make_task(task).cfg).scene
         names = [c.name for c in scene.cameras]
         if not names:
             raise FakeHardwareError(f"twin task {task!r} has no cameras to render")
@@ -651,8 +652,8 @@ class TwinCameraSource:
         self.width, self.height = int(width), int(height)
         self.joints = joints
         self.max_depth_m = float(max_depth_m)
-        cam = scene.camera(self.camera)
-        self.intrinsics = Intrinsics(cam.width, cam.height, cam.fx, cam.fy, cam.cx, cam.cy).scaled(width, height)
+        k = PinholeCamera.from_scene(scene, self.camera, self.width, self.height).K
+        self.intrinsics = Intrinsics(self.width, self.height, k[0, 0], k[1, 1], k[0, 2], k[1, 2])
         self._local = threading.local()
         self._envs: list[Any] = []
 
@@ -661,8 +662,8 @@ class TwinCameraSource:
         if env is None:
             from twin.env import TwinEnv
 
-            env = TwinEnv(self.task, render_size=(self.width, self.height))
-            env.reset(seed=0)
+            env = TwinEnv(self.task, self.cfg, render_size=(self.width, self.height))
+            env.reset(seed=self.seed)
             self._local.env = env
             self._envs.append(env)
         return env

@@ -36,6 +36,7 @@ from typing import Any
 from twin.live.interfaces import (
     NODE_CAMERA_BRIDGE,
     NODE_FRANKA_BRIDGE,
+    NODE_OBJECT_TRACKER,
     NODE_PARAMETERS,
     NODE_POLICY_RUNNER,
     NODE_RECORDER,
@@ -160,6 +161,40 @@ LAUNCH_ARGUMENTS: tuple[LaunchArg, ...] = (
         "Real-trial plan the recorder follows (plan.csv of `twinrank plan-real`): each episode names its checkpoint.",
     ),
     LaunchArg(
+        "track_objects",
+        "true",
+        "Start object_tracker when cameras is set and the task has objects: /objects/<name>/pose from the "
+        "cameras' colour + depth, so the twin's objects follow the real ones.",
+        bool,
+    ),
+    LaunchArg(
+        "tracking_methods",
+        "auto",
+        "object_tracker method: auto | marker | icp, or per object (box=marker,mug=icp). auto: fiducial "
+        "tags when the scene has them and one is seen, else model-based registration on depth.",
+    ),
+    LaunchArg(
+        "markers",
+        "false",
+        "The cell's objects carry AprilTags where twin.fiducials.with_markers places them (`twinrank live "
+        "markers` writes the printable tags); with use_fake_hardware the fake cameras render them.",
+        bool,
+    ),
+    LaunchArg(
+        "camera_extrinsics",
+        "",
+        "Camera poses for object_tracker: the camera_calibration.yaml files of `twinrank live calibrate-camera`, "
+        "comma-separated. Empty: the twin scene's cameras.",
+    ),
+    LaunchArg("tracking_rate_hz", "10.0", "object_tracker update rate.", float),
+    LaunchArg(
+        "fake_seed",
+        "0",
+        "With use_fake_hardware: the fake cameras show the task's cell reset at this seed (the twin starts "
+        "at seed 0, so another seed puts the objects where the twin does not have them).",
+        int,
+    ),
+    LaunchArg(
         "reuse_simulator",
         "false",
         "With use_fake_hardware:=true: use a franka-sim already listening on "
@@ -241,6 +276,12 @@ def _scene(task: str) -> Any:
     from twin.tasks import get_task_class
 
     return get_task_class(task).default_cfg().scene
+
+
+def _task_objects(task: str) -> list[str]:
+    from twin.tasks import make_task
+
+    return list(make_task(task).object_names)
 
 
 def check_objects(what: str, objects: str, task: str) -> None:
@@ -337,6 +378,9 @@ PARAM_RANGES: dict[tuple[str, str], tuple[float, float, bool, bool, str]] = {
     (NODE_POLICY_RUNNER, "max_lag_rad"): (0.0, math.inf, False, True, "0 = never pause"),
     (NODE_POLICY_RUNNER, "lag_timeout_s"): (0.0, math.inf, True, True, ""),
     (NODE_RECORDER, "discover_period_s"): (0.0, math.inf, True, True, ""),
+    (NODE_OBJECT_TRACKER, "rate_hz"): (0.0, 100.0, True, False, ""),
+    (NODE_OBJECT_TRACKER, "frame_timeout_s"): (0.0, math.inf, True, True, ""),
+    (NODE_OBJECT_TRACKER, "status_rate_hz"): (0.0, 100.0, True, False, ""),
 }
 PARAM_CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     (NODE_RECORDER, "domain"): ("real", "proxy-real", "sim"),
@@ -375,8 +419,43 @@ def _check_node_values(name: str, executable: str, params: dict[str, Any]) -> No
             check_checkpoint(f"node {name}: parameter checkpoint", params["checkpoint"], task)
         if "device" in params:
             check_device(f"node {name}: parameter device", params["device"])
-    if executable in (NODE_TWIN_SYNC, NODE_POLICY_RUNNER) and params.get("objects") and task:
+    if executable in (NODE_TWIN_SYNC, NODE_POLICY_RUNNER, NODE_OBJECT_TRACKER) and params.get("objects") and task:
         check_objects(f"node {name}: parameter objects", params["objects"], task)
+    if executable == NODE_OBJECT_TRACKER:
+        check_tracking(name, params)
+
+
+def check_tracking(name: str, params: dict[str, Any]) -> None:
+    """object_tracker's cameras, objects, methods (against the scene, with or without tags)
+    and extrinsics file."""
+    from twin.live.tracking import ObjectTracker, TrackingError, cell_task_cfg
+
+    cams = split_list(params.get("cameras", ""))
+    if not cams:
+        raise GraphError(f"node {name}: parameter cameras is empty; name the cameras to track with")
+    ext = params.get("extrinsics", "")
+    calibrated: set[str] = set()
+    if ext:
+        from twin.live.tracking import load_extrinsics
+
+        try:
+            calibrated = set(load_extrinsics(ext))
+        except ValueError as exc:
+            raise GraphError(f"node {name}: {exc}") from None
+    scene_cams = [c.name for c in _scene(params["task"]).cameras]
+    unknown = [c for c in cams if c not in scene_cams and c not in calibrated]
+    if unknown:
+        raise GraphError(
+            f"node {name}: cameras {unknown} are not cameras of task {params['task']!r}'s scene "
+            f"({', '.join(scene_cams)}) nor calibrated, so their poses are unknown; use scene names or "
+            f"pass camera_extrinsics"
+        )
+    objects = split_list(params.get("objects", "")) or _task_objects(params["task"]) or None
+    try:
+        scene = cell_task_cfg(params["task"], bool(params.get("markers"))).scene
+        ObjectTracker.check(scene, objects, params.get("methods", "auto"))
+    except TrackingError as exc:
+        raise GraphError(f"node {name}: {exc}") from None
 
 
 def validate_launch_arguments(a: dict[str, Any]) -> None:
@@ -412,6 +491,13 @@ def validate_launch_arguments(a: dict[str, Any]) -> None:
         raise GraphError(
             f"plan_file:={a['plan_file']!r} does not exist; pass the plan.csv `twinrank plan-real` wrote (or leave it empty)"
         )
+    for f in split_list(a["camera_extrinsics"]):
+        if not Path(f).expanduser().is_file():
+            raise GraphError(
+                f"camera_extrinsics: {f!r} does not exist; pass the camera_calibration.yaml files `twinrank live "
+                f"calibrate-camera` wrote, comma-separated (or leave it empty for the scene's camera poses)"
+            )
+    check_range("tracking_rate_hz", a["tracking_rate_hz"], 0.0, 100.0, lo_open=True)
     if a["record"] and a["record_images"] and not a["cameras"]:
         raise GraphError(
             "record_images:=true but cameras is empty: there are no images to record; set cameras:=... "
@@ -571,11 +657,47 @@ def live_graph(
                 NodeDesc(
                     NODE_CAMERA_BRIDGE,
                     NODE_CAMERA_BRIDGE,
-                    {"cameras": a["cameras"], "use_fake_hardware": fake, **({"fake_task": a["task"]} if fake else {})},
+                    {
+                        "cameras": a["cameras"],
+                        "use_fake_hardware": fake,
+                        **(
+                            {"fake_task": a["task"], "fake_seed": a["fake_seed"], "fake_markers": a["markers"]}
+                            if fake
+                            else {}
+                        ),
+                    },
                     (),
                     "RealSense cameras through pyrealsense2: colour, depth, camera_info, points per camera.",
                 )
             )
+    tracked = split_list(a["objects"]) or _task_objects(a["task"])
+    if cams and a["track_objects"] and tracked:
+        nodes.append(
+            NodeDesc(
+                NODE_OBJECT_TRACKER,
+                NODE_OBJECT_TRACKER,
+                {
+                    "task": a["task"],
+                    "objects": a["objects"],
+                    "cameras": ",".join(cam_names),
+                    "methods": a["tracking_methods"],
+                    "markers": a["markers"],
+                    "rate_hz": a["tracking_rate_hz"],
+                    **(
+                        {
+                            "extrinsics": ",".join(
+                                str(Path(f).expanduser().resolve()) for f in split_list(a["camera_extrinsics"])
+                            )
+                        }
+                        if a["camera_extrinsics"]
+                        else {}
+                    ),
+                },
+                remap_js,
+                "Object poses from the cameras (fiducial tags or model-based registration on depth): "
+                "/objects/<name>/pose and /objects/status.",
+            )
+        )
     nodes.append(
         NodeDesc(
             NODE_TWIN_SYNC,

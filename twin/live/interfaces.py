@@ -28,7 +28,15 @@ Real cell (hardware bridges)
     From ``camera_bridge``, one set per camera name (same names as the real-data schema;
     see :func:`camera_topics`). rgb8 colour, 16UC1 depth in mm, PointCloud2 x, y, z + rgb.
 ``/objects/<name>/pose`` (geometry_msgs/PoseStamped)
-    Object pose estimates (any estimator), frame ``world`` (the twin's world frame).
+    Object pose estimates (``object_tracker`` or any estimator), frame ``world`` (the twin's
+    world frame, which is the robot base frame in every twin scene), header stamp = the
+    camera frames' stamp. Published only while the object is tracked: a lost object gets no
+    pose (never a stale one).
+``/objects/status`` (std_msgs/String)
+    JSON of :class:`ObjectTrackingStatus` from ``object_tracker``: per object ``tracked``,
+    ``method`` (marker / icp), ``quality`` in [0, 1], ``error`` (+ ``error_unit``: px
+    reprojection for markers, m inlier RMSE for registration), ``cameras``, and ``reason``
+    when lost; plus the tracker's rate. twin_sync reports lost objects in ``/twin/desync``.
 
 Twin (``twin_sync``)
 
@@ -103,7 +111,15 @@ NODE_CAMERA_BRIDGE = "camera_bridge"
 NODE_TWIN_SYNC = "twin_sync"
 NODE_POLICY_RUNNER = "policy_runner"
 NODE_RECORDER = "recorder"
-NODES = (NODE_FRANKA_BRIDGE, NODE_CAMERA_BRIDGE, NODE_TWIN_SYNC, NODE_POLICY_RUNNER, NODE_RECORDER)
+NODE_OBJECT_TRACKER = "object_tracker"
+NODES = (
+    NODE_FRANKA_BRIDGE,
+    NODE_CAMERA_BRIDGE,
+    NODE_OBJECT_TRACKER,
+    NODE_TWIN_SYNC,
+    NODE_POLICY_RUNNER,
+    NODE_RECORDER,
+)
 
 # ---- joints ------------------------------------------------------------------------------------
 ROBOT_PREFIX = "fr3"
@@ -135,6 +151,8 @@ SRV_START_EPISODE = "/recorder/start_episode"
 SRV_END_SUCCESS = "/recorder/end_episode_success"
 SRV_END_FAILURE = "/recorder/end_episode_failure"
 SRV_CLOSE_BAG = "/recorder/close_bag"
+
+TOPIC_OBJECT_STATUS = "/objects/status"
 
 JOINT_QOS_DEPTH = 1000
 STATUS_QOS_DEPTH = 10
@@ -287,6 +305,7 @@ class Desync:
     rejected: dict[str, int] = field(default_factory=dict)
     ticks: int = 0
     applied: int = 0
+    object_lost: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> str:
         def enc(v: Any) -> Any:
@@ -316,7 +335,37 @@ class Desync:
         out.rejected = {k: int(v) for k, v in (d.get("rejected") or {}).items()}
         out.ticks = int(d.get("ticks", 0))
         out.applied = int(d.get("applied", 0))
+        out.object_lost = {str(k): str(v) for k, v in (d.get("object_lost") or {}).items()}
         return out
+
+
+@dataclass
+class ObjectTrackingStatus:
+    """``/objects/status``: ``objects`` maps each tracked object to
+    :meth:`twin.live.tracking.ObjectStatus.to_dict` (``tracked``, ``method``, ``quality``,
+    ``error``, ``error_unit``, ``cameras``, ``reason``, ``stamp``); ``rate_hz`` is the
+    tracker's achieved update rate, ``seconds`` the last update's wall time, ``cameras``
+    per camera the age (s) of its newest frame set, or the reason it has none."""
+
+    objects: dict[str, dict[str, Any]] = field(default_factory=dict)
+    rate_hz: float = 0.0
+    seconds: float = 0.0
+    updates: int = 0
+    cameras: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> ObjectTrackingStatus:
+        d = json.loads(text)
+        return cls(
+            objects=dict(d.get("objects") or {}),
+            rate_hz=float(d.get("rate_hz") or 0.0),
+            seconds=float(d.get("seconds") or 0.0),
+            updates=int(d.get("updates") or 0),
+            cameras=dict(d.get("cameras") or {}),
+        )
 
 
 # ---- parameters ---------------------------------------------------------------------------------
@@ -358,6 +407,13 @@ CAMERA_BRIDGE_PARAMS = (
     Param("fps", 30, "Camera frame rate."),
     Param("publish_points", True, "Publish /<cam>/points (PointCloud2)."),
     Param("fake_task", "reach", "With use_fake_hardware: the twin task whose cameras are rendered."),
+    Param(
+        "fake_seed",
+        0,
+        "With use_fake_hardware: the rendered cell is the task reset at this seed (twin_sync's twin "
+        "is reset at 0, so another seed puts the objects where the twin does not have them).",
+    ),
+    Param("fake_markers", False, "With use_fake_hardware: the rendered cell carries the fiducial tags (markers)."),
 )
 
 TWIN_SYNC_PARAMS = (
@@ -381,6 +437,28 @@ TWIN_SYNC_PARAMS = (
         "Take /joint_states in the sync tick (newest 5 queued) instead of one "
         "executor callback per message: far less CPU at 1 kHz.",
     ),
+)
+
+OBJECT_TRACKER_PARAMS = (
+    Param("task", "reach", "Twin task whose scene describes the objects (meshes, tags) and the cameras' poses."),
+    Param("objects", "", "Comma-separated objects to track; empty = the task's objects."),
+    Param("cameras", "", "Comma-separated cameras (camera_bridge names, /<cam>/color/...) to track with."),
+    Param(
+        "methods",
+        "auto",
+        "Tracking method: auto | marker | icp, for all objects or per object (box=marker,mug=icp). "
+        "auto: the scene's tags when one is seen, else registration on depth.",
+    ),
+    Param("markers", False, "The cell carries fiducial tags where twin.fiducials.with_markers puts them."),
+    Param("rate_hz", 10.0, "Tracking updates per second (each uses the newest frame set of every camera)."),
+    Param("frame_timeout_s", 1.0, "Frames older than this are not used (the camera is reported stale)."),
+    Param(
+        "extrinsics",
+        "",
+        "Camera poses file from `twinrank live calibrate-camera` (YAML/JSON); empty = the twin scene's cameras.",
+    ),
+    Param("exclude_robot", True, "Leave out depth points on the robot (its surface at the latest /joint_states)."),
+    Param("status_rate_hz", 2.0, "/objects/status rate (also published after every update that changes it)."),
 )
 
 POLICY_RUNNER_PARAMS = (
@@ -454,6 +532,7 @@ RECORDER_PARAMS = (
 NODE_PARAMETERS: dict[str, tuple[Param, ...]] = {
     NODE_FRANKA_BRIDGE: FRANKA_BRIDGE_PARAMS,
     NODE_CAMERA_BRIDGE: CAMERA_BRIDGE_PARAMS,
+    NODE_OBJECT_TRACKER: OBJECT_TRACKER_PARAMS,
     NODE_TWIN_SYNC: TWIN_SYNC_PARAMS,
     NODE_POLICY_RUNNER: POLICY_RUNNER_PARAMS,
     NODE_RECORDER: RECORDER_PARAMS,

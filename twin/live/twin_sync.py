@@ -15,6 +15,9 @@ Each tick (``sync_rate_hz``):
 ``/twin/desync`` (JSON, :class:`twin.live.interfaces.Desync`) and ``/twin/lost`` are
 published at ``desync_rate_hz``: the twin is lost while there are no joint states, they are
 older than ``stale_timeout_s``, or a residual exceeds its threshold (held ``lost_hold_s``).
+Objects the ``object_tracker`` reports lost (``/objects/status``: occluded, out of view,
+removed) are listed with the tracker's reason in ``Desync.object_lost``; the twin keeps them
+where its physics has them.
 
 Bad messages are rejected with a logged reason (throttled) and counted in
 ``Desync.rejected``; they never touch the twin: missing, duplicate or unknown joint names
@@ -76,9 +79,11 @@ from twin.live.interfaces import (  # noqa: E402
     TOPIC_DESYNC,
     TOPIC_JOINT_STATES,
     TOPIC_LOST,
+    TOPIC_OBJECT_STATUS,
     TOPIC_TWIN_JOINT_STATES,
     TWIN_SYNC_PARAMS,
     Desync,
+    ObjectTrackingStatus,
     object_pose_topic,
     split_list,
     twin_color_topic,
@@ -209,6 +214,9 @@ class TwinSync(Node):
             self.create_subscription(
                 JointState, TOPIC_JOINT_STATES, self._on_joint_state, latest_qos(), callback_group=rx
             )
+        self._tracker_status: ObjectTrackingStatus | None = None
+        self._tracker_received = -math.inf
+        self.create_subscription(String, TOPIC_OBJECT_STATUS, self._on_tracker_status, status_qos(), callback_group=rx)
         for name, track in self.objects.items():
             self.create_subscription(
                 PoseStamped,
@@ -275,6 +283,15 @@ class TwinSync(Node):
             self._seq += 1
             self._last_stamp = stamp
             self._latest = JointSample(q, width, dq, stamp, recv, self._seq)
+
+    def _on_tracker_status(self, msg: String) -> None:
+        try:
+            st = ObjectTrackingStatus.from_json(msg.data)
+        except (ValueError, TypeError, AttributeError) as exc:
+            self._reject("status", f"{TOPIC_OBJECT_STATUS}: not ObjectTrackingStatus JSON ({exc})")
+            return
+        with self._rx_lock:
+            self._tracker_status, self._tracker_received = st, now_sec(self)
 
     def _on_pose(self, name: str, msg: PoseStamped) -> None:
         recv = now_sec(self)
@@ -395,6 +412,17 @@ class TwinSync(Node):
                 reasons.append(f"object {n} residual {t.residual_max:.3f} m > {p['object_lost_threshold_m']} m")
         if reasons:
             self._lost_until = now + p["lost_hold_s"]
+        with self._rx_lock:
+            tracker, tracker_at = self._tracker_status, self._tracker_received
+        object_lost: dict[str, str] = {}
+        if tracker is not None:
+            fresh = now - tracker_at <= max(p["stale_timeout_s"], 2.0)
+            for n in self.objects:
+                st = tracker.objects.get(n)
+                if not fresh:
+                    object_lost[n] = f"no /objects/status for {now - tracker_at:.1f} s (object_tracker down?)"
+                elif st is not None and not st.get("tracked", False):
+                    object_lost[n] = str(st.get("reason") or "lost")
         lost = bool(reasons) or now < self._lost_until
         if lost and not reasons:
             reasons.append("recovering (lost_hold_s)")
@@ -409,6 +437,7 @@ class TwinSync(Node):
             rejected=rejected,
             ticks=self.ticks,
             applied=self.applied,
+            object_lost=object_lost,
         )
         # windowed maxima restart after each report
         self.joint_residual_max = self.joint_residual

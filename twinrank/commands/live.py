@@ -6,7 +6,11 @@
 - ``twinrank live run [name:=value ...]``: start the graph with plain rclpy (no ros2 launch);
 - ``twinrank live install-ament``: register the ROS 2 package ``twin`` in the venv (needed
   after an editable install; ``make install`` runs it);
-- ``twinrank live bench``: twin_sync latency / rate / CPU at 1 kHz (see twin/live/bench.py).
+- ``twinrank live bench``: twin_sync latency / rate / CPU at 1 kHz (see twin/live/bench.py);
+- ``twinrank live calibrate-camera``: a camera's pose by hand-eye calibration with a ChArUco
+  board on the gripper (see twin/live/handeye.py and twin/live/HARDWARE.md);
+- ``twinrank live markers``: the fiducial tags object_tracker expects on a task's objects
+  (``markers:=true``), as PNGs to print at 100 % and where each goes.
 """
 
 from __future__ import annotations
@@ -146,6 +150,120 @@ def install_ament(
     if problems:
         fail("; ".join(problems))
     console.print(f"ok: AMENT_PREFIX_PATH={root} ros2 launch twin live.launch.py")
+
+
+@live_app.command("markers")
+def markers(
+    task: str = typer.Option(..., help="Twin task whose objects get tags (as object_tracker's markers:=true)."),
+    out: Path = typer.Option(Path("outputs/tags"), help="Output folder for the PNGs and tags.md."),
+    dpi: int = typer.Option(600, help="Print resolution stored in the PNGs."),
+) -> None:
+    """Printable AprilTags for a task's objects and where to stick them (tags.md)."""
+    from twin.fiducials import write_printable_tags
+    from twin.live.tracking import cell_task_cfg
+    from twin.tasks import list_tasks
+
+    if task not in list_tasks():
+        fail(f"task {task!r} is not a twin task; use one of {', '.join(list_tasks())}")
+    if dpi < 72:
+        fail(f"--dpi {dpi} is too coarse for a tag's bits; use 300 or more")
+    scene = cell_task_cfg(task, True).scene
+    if not scene.markers:
+        fail(f"task {task!r}: no object has a flat top face for a tag; track its objects with tracking_methods:=icp")
+    rows = write_printable_tags(scene, str(out), dpi)
+    print_table(
+        f"fiducial tags of {task}",
+        ["tag", "object", "black square mm", "file"],
+        [[str(r["id"]), str(r["body"]), f"{1000 * float(r['size_m']):.1f}", str(r["file"])] for r in rows],
+    )
+    console.print(f"wrote {len(rows)} tags and {out / 'tags.md'} (print at 100 %, then check the square with a ruler)")
+
+
+@live_app.command("calibrate-camera")
+def calibrate_camera(
+    task: str = typer.Option(
+        "reach", help="Twin task whose scene holds the camera (and, with fake hardware, is rendered)."
+    ),
+    camera: str = typer.Option("cam_left", help="Scene camera to calibrate."),
+    scene_file: Path = typer.Option(None, "--scene", help="Twin scene (USD) to calibrate instead of the task's."),
+    robot_ip: str = typer.Option("127.0.0.1", help="FCI address of the robot (franka-sim: 127.0.0.1)."),
+    fake_hardware: bool = typer.Option(
+        False, "--fake-hardware", help="Start franka-sim and a software RealSense rendering the twin."
+    ),
+    serial: str = typer.Option(None, help="RealSense serial (default: the first camera found)."),
+    poses: int = typer.Option(12, help="Board poses (3-15)."),
+    seed: int = typer.Option(0, help="Seed of the pose planner."),
+    method: str = typer.Option("park", help="cv2.calibrateHandEye method: tsai, park, horaud, andreff, daniilidis."),
+    known_mount: bool = typer.Option(
+        False, "--known-mount", help="The board is mounted exactly as specified: no hand-eye unknown."
+    ),
+    dynamics: float = typer.Option(0.15, help="Fraction of the FR3 velocity/acceleration/jerk limits for the moves."),
+    width: int = typer.Option(640, help="Colour stream width."),
+    height: int = typer.Option(480, help="Colour stream height."),
+    out: Path = typer.Option(Path("outputs/calibrate-camera"), help="Output folder."),
+) -> None:
+    """A camera's pose from a ChArUco board held by the gripper (eye-to-hand, cv2.calibrateHandEye):
+    moves the robot through board poses, writes calibrated_scene.usda and camera_calibration.yaml."""
+    import numpy as np
+    from scipy.spatial.transform import Rotation
+
+    from twin.live.camera_model import matrix_pose
+    from twin.live.handeye import CalibrationError
+    from twin.live.handeye import calibrate_camera as run
+    from twin.scene import SceneError
+    from twin.tasks import TaskError, make_task
+    from twinrank.output import info
+
+    try:
+        if scene_file is not None:
+            from twin.usd_io import read_scene_usd
+
+            scene = read_scene_usd(scene_file)
+        else:
+            scene = make_task(task).cfg.scene
+        report = run(
+            scene,
+            camera,
+            out,
+            task=task,
+            robot_ip=robot_ip,
+            fake_hardware=fake_hardware,
+            poses=poses,
+            seed=seed,
+            method=method,
+            known_mount=known_mount,
+            serial=serial,
+            width=width,
+            height=height,
+            dynamics=dynamics,
+            progress=info,
+        )
+    except (CalibrationError, SceneError, TaskError, ImportError) as exc:
+        fail(str(exc))
+    res = report.result
+    pos, quat = matrix_pose(res.T_base_cam)
+    euler = np.degrees(Rotation.from_matrix(res.T_base_cam[:3, :3]).as_euler("xyz"))
+    used = sum(r.view is not None for r in report.records)
+    console.print(
+        f"camera {camera} in the robot base frame (optical axes): pos {np.round(pos, 4).tolist()} m, "
+        f"quat wxyz {np.round(quat, 5).tolist()} (xyz euler {np.round(euler, 2).tolist()} deg)"
+    )
+    console.print(f"residual: {res.summary()} ({used} of {len(report.records)} poses used)")
+    if report.kinematics_spread is not None:
+        console.print(
+            "franky O_T_EE in the twin's hand frame varies by "
+            f"{report.kinematics_spread[0]:.2f} mm / {report.kinematics_spread[1]:.3f} deg across the poses "
+            "(robot and twin kinematics agree up to a constant offset when small)"
+        )
+    if report.true_error is not None:
+        mm, deg = report.true_error
+        before = report.start_error or (float("nan"), float("nan"))
+        console.print(
+            f"error against the true camera pose (fake hardware): {mm:.2f} mm, {deg:.3f} deg "
+            f"(the scene's camera before: {before[0]:.1f} mm, {before[1]:.2f} deg)"
+        )
+    for kind, path in report.files.items():
+        console.print(f"wrote {kind}: {path}")
 
 
 def register(app: typer.Typer) -> None:

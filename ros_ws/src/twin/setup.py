@@ -12,7 +12,7 @@ import os
 from setuptools import setup
 
 PACKAGE = "twin"
-NODES = ("franka_bridge", "camera_bridge", "twin_sync", "policy_runner", "recorder")
+NODES = ("franka_bridge", "camera_bridge", "object_tracker", "twin_sync", "policy_runner", "recorder")
 HERE = os.path.dirname(os.path.abspath(__file__))
 # the launch file lives at the repository root (launch/); setuptools wants paths relative to here
 LAUNCH = os.path.relpath(os.path.join(HERE, "..", "..", "..", "launch", "live.launch.py"), HERE)
