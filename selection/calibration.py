@@ -43,8 +43,9 @@ from typing import Any
 import numpy as np
 
 from selection.camera_calibration import FIXED_FACTORS, view_fidelity
+from selection.placement import PlacementOffset, object_pose_value, placement_offsets
 from selection.realdata import ARM_JOINTS, hold, scene_problem
-from twin.perturbations import Condition, PerturbationSuite
+from twin.perturbations import N_SLOTS, Condition, PerturbationSuite
 
 
 class CalibrationError(ValueError):
@@ -139,10 +140,16 @@ class CalibrationResult:
     effort_before: float = math.nan
     effort_after: float = math.nan
     effort_weight: float = 0.0
+    #: objects' start offsets, real minus twin (selection.placement), from the logged poses
+    placement: dict[str, PlacementOffset] = field(default_factory=dict)
 
     def condition_values(self) -> dict[str, Any]:
-        """The calibrated factor values (identified parameters only)."""
-        return condition_values({n: e.value for n, e in self.estimates.items() if e.identified})
+        """The calibrated factor values (identified parameters and start offsets only)."""
+        values = condition_values({n: e.value for n, e in self.estimates.items() if e.identified})
+        pose = object_pose_value(self.placement, _object_names(self.task), N_SLOTS)
+        if pose is not None:
+            values["object_pose"] = pose
+        return values
 
     def suite(self) -> PerturbationSuite:
         """A suite whose factors are fixed at the calibrated values (``combined`` = the calibrated twin)."""
@@ -166,6 +173,7 @@ class CalibrationResult:
             "effort_before_nm": self.effort_before,
             "effort_after_nm": self.effort_after,
             "effort_weight_m_per_nm": self.effort_weight,
+            "placement": {o: p.to_dict() for o, p in self.placement.items()},
             "condition": self.condition_values(),
         }
 
@@ -185,7 +193,7 @@ def calibrated_suite(values: dict[str, Any], task: str) -> PerturbationSuite:
 
     factors: dict[str, Any] = {}
     for factor, v in values.items():
-        if factor in FIXED_FACTORS:
+        if factor in FIXED_FACTORS or factor == "object_pose":
             factors[factor] = {**FactorSpec.default(factor).to_dict(), "fixed": v}
         elif factor == "actuation_latency":
             factors[factor] = {"kind": "SA", "distribution": "value", "range": [v, v]}
@@ -420,6 +428,8 @@ def calibrate(
     if not usable:
         why = "; ".join(skipped) if skipped else "no episodes in the logs"
         raise CalibrationError(f"no logged episode of {task} can be replayed ({why})")
+    names = _object_names(task)
+    placement = placement_offsets([(ep.seed, {o: p[0] for o, p in ep.objects.items()}) for ep in usable], task, names)
     defs = [PARAMS[p] for p in params]
     rep = Replayer(task, mode, usable, EFFORT_WEIGHT if effort_weight is None else effort_weight)
     history: list[float] = []
@@ -501,6 +511,7 @@ def calibrate(
         effort_before=_torque_rms(tau_before) if weight > 0 else math.nan,
         effort_after=_torque_rms(tau_after) if weight > 0 else math.nan,
         effort_weight=weight,
+        placement=placement,
     )
 
 

@@ -62,6 +62,57 @@ def test_the_known_latency_is_recovered_and_the_residual_falls(latency_fit):
     # mass and friction stay at nominal here, so part of the gap remains; latency explains about half
     assert latency_fit.residual_after <= 0.7 * latency_fit.residual_before
     assert latency_fit.episodes == 6 and not latency_fit.skipped
+    # this cell places the box where the twin does: no start offset is claimed
+    box = latency_fit.placement["box"]
+    print(box.text())
+    assert box.n == 6 and not box.identified and max(abs(box.mean[0]), abs(box.mean[1])) < 0.002
+    assert "object_pose" not in latency_fit.condition_values()
+
+
+SHIFT = (0.02, -0.015, 0.1)  # m, m, rad: where this cell puts the box relative to the twin
+SHIFTED = f"""name: proxy-real
+seed_start: 910000
+episodes: 4
+suite:
+  name: placement-test
+  factors:
+    object_pose: {{kind: SA, distribution: offset, range: [0.0, 0.0], yaw_range: [0.0, 0.0],
+                  fixed: [[{SHIFT[0]}, {SHIFT[1]}, {SHIFT[2]}], [{SHIFT[0]}, {SHIFT[1]}, {SHIFT[2]}],
+                          [{SHIFT[0]}, {SHIFT[1]}, {SHIFT[2]}], [{SHIFT[0]}, {SHIFT[1]}, {SHIFT[2]}]]}}
+"""
+
+
+def test_a_systematic_object_start_offset_is_recovered_and_the_calibrated_twin_starts_there(tmp_path):
+    """A cell that puts the box 2 cm / -1.5 cm / 5.7 deg off the twin's placement, every
+    episode: the offset is identified (to 1 mm / 0.3 deg), the calibrated suite fixes
+    object_pose at it, and the twin run with that suite starts the box where the cell did."""
+    from selection.calibration import CalibrationResult, _action_dim, replay_episodes
+    from selection.placement import placement_offsets
+    from twin.tasks import get_task_class
+
+    (tmp_path / "domain.yaml").write_text(SHIFTED)
+    bag = record_logs(TASK, tmp_path / "bag", domain=ProxyRealDomain.load(tmp_path / "domain.yaml"), episodes=4)
+    episodes = read_bag(bag, images=False)
+    usable, skipped = replay_episodes(episodes, TASK, _action_dim(TASK, get_task_class(TASK).expert_mode))
+    assert len(usable) == 4 and not skipped
+    starts = [(ep.seed, {o: p[0] for o, p in ep.objects.items()}) for ep in usable]
+    off = placement_offsets(starts, TASK, ["box"])["box"]
+    print(f"\n{off.text()}")
+    assert off.identified and off.n == 4
+    assert np.allclose(off.mean[:2], SHIFT[:2], atol=0.001) and abs(off.mean[2] - SHIFT[2]) < np.radians(0.3)
+    # the calibrated twin starts the box at the cell's pose
+    res = CalibrationResult(TASK, [], {}, 0.0, 0.0, [], [], 4, [], 0, 0.0, placement={"box": off})
+    suite_path = tmp_path / "calibrated_suite.yaml"
+    suite_path.write_text(res.suite().to_yaml())
+    suite = PerturbationSuite.from_yaml(suite_path, task=TASK)
+    env = TwinEnv(TASK, suite=suite, render_mode=None)
+    try:
+        for ep, (_, logged) in zip(usable, starts, strict=True):
+            env.reset(seed=ep.seed)  # a fixed factor: every sample of the suite is the calibrated value
+            twin_box = env.sim.body_pose("box")
+            assert np.linalg.norm(twin_box[:2] - logged["box"][:2]) < 0.0015, (twin_box, logged["box"])
+    finally:
+        env.close()
 
 
 def test_latency_mass_and_friction_are_recovered_from_paths_and_joint_torques(logs):

@@ -169,6 +169,8 @@ def _print_physics(res: Any) -> None:
             f"arm joint torques (RMS difference, in the fit at {res.effort_weight * 1000:g} mm per N m): "
             f"{res.effort_before:.2f} -> {res.effort_after:.2f} N m"
         )
+    for off in res.placement.values():
+        output.info(off.text())
 
 
 def _print_cameras(cr: Any) -> None:
@@ -220,6 +222,7 @@ def write_outputs(task: str, res: Any, cam_res: Any, out: Path) -> dict[str, Pat
             f"# physics: {res.episodes} episodes, replay residual {res.residual_before * 1000:.2f} -> "
             f"{res.residual_after * 1000:.2f} mm"
         )
+        head += [f"# {off.text()}" for off in res.placement.values()]
     if cam_res is not None:
         head += [f"# {e.text()}" for e in cam_res.cameras.values()]
         if cam_res.light is not None:
@@ -348,6 +351,11 @@ def _log_mlflow(task: str, res: Any, cam_res: Any, files: dict[str, Path], track
             for e in res.estimates.values():
                 client.log_metric(rid, f"estimate/{e.name}", e.value)
                 client.set_tag(rid, f"identified/{e.name}", str(e.identified))
+            for off in res.placement.values():
+                if off.n:
+                    for k, v in zip(("dx_m", "dy_m", "dyaw_rad"), off.mean, strict=True):
+                        client.log_metric(rid, f"placement/{off.object}/{k}", v)
+                    client.set_tag(rid, f"identified/placement/{off.object}", str(off.identified))
         if cam_res is not None:
             for e in cam_res.cameras.values():
                 for axis, v in zip("xyz", e.position, strict=True):

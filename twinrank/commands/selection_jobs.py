@@ -109,7 +109,8 @@ def rank(
     fidelity_max_residual_mm: float = typer.Option(
         None,
         help="Promotion gate: promote only if the twin replays the real logs within this RMS residual (mm) of "
-        "their TCP path and object positions (see `twinrank calibrate`). Default: no gate.",
+        "their TCP path and object positions (see `twinrank calibrate`). Default: no gate (the fidelity is "
+        "still measured and reported whenever --real-logs are given).",
     ),
     fidelity_suite: Path = typer.Option(
         None, help="Calibrated suite the gate replays under (default: the twin as is)."
@@ -144,11 +145,6 @@ def rank(
         fail(f"--validations {validations} is not a folder")
     if fidelity_suite is not None and not fidelity_suite.is_file():
         fail(f"--fidelity-suite {fidelity_suite} not found; give the calibrated_suite.yaml `twinrank calibrate` wrote")
-    gate = (
-        FidelityGate(fidelity_max_residual_mm, str(fidelity_suite) if fidelity_suite else None)
-        if fidelity_max_residual_mm is not None
-        else None
-    )
     if not 0.5 <= level < 1:
         fail(f"--level {level}: give an interval level in [0.5, 1), e.g. 0.9")
     try:
@@ -156,6 +152,13 @@ def rank(
         real_outcomes = outcomes_from_csv(outcomes) if outcomes is not None else None
     except (NightlyConfigError, PredictionError) as exc:
         fail(str(exc))
+    # the twin's fidelity to the real logs is measured whenever there are logs (as nightly does);
+    # it blocks promotion only with --fidelity-max-residual-mm
+    gate = (
+        FidelityGate(fidelity_max_residual_mm, str(fidelity_suite) if fidelity_suite else None)
+        if fidelity_max_residual_mm is not None or bags
+        else None
+    )
     out = out or Path("outputs/rank") / f"{espec.name}-{espec.digest()[:8]}"
     found = _resolve_checkpoints(checkpoints, out / ".models", tracking_uri)
     extra = {f.label: {"model_version": f.model_version} for f in found if f.model_version}
