@@ -137,7 +137,7 @@ def test_tracker_in_graph_twin_object_follows_recorded_and_lost(tmp_path, task, 
             status = json.loads(probe.last("/objects/status").data)
             st = status["objects"][obj]
             print(f"tracker status: {st}, {status['rate_hz']} Hz (cameras at 5 fps), update {status['seconds']} s")
-            assert st["tracked"] and st["method"] == method, st
+            assert st["tracked"] and st["method"].startswith(method), st
 
             # the recorder logs the estimates with an episode; selection reads them back
             assert probe.call("/recorder/start_episode").success

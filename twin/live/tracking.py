@@ -232,18 +232,26 @@ class ObjectTracker:
                 if o not in result.estimates:
                     reasons[o] = (why.get(o) or "no tag seen") if rgb_views else "no colour image"
         icp_wanted = self.icp_objects + [o for o in self.fallback_objects if o not in result.estimates]
+        # a tag seen by one camera only is weak in depth (its corners span few pixels): auto
+        # objects refine such a pose by ICP on depth, started from it
+        refine = [o for o in self.fallback_objects if o in result.estimates and len(result.estimates[o].cameras) < 2]
         if self._registration is not None:
             depth_views = {n: (v.camera, v.depth) for n, v in views.items() if v.depth is not None}
-            if icp_wanted and depth_views:
+            if (icp_wanted or refine) and depth_views:
                 seed = dict(priors or {})
                 seed.update({o: t for o, t in self._last.items() if o in icp_wanted})
                 # a tag seen this round seeds registration too (auto objects are then marker-tracked)
                 seed.update({o: e.T_base_obj for o, e in result.estimates.items()})
+                for o in refine:
+                    self._registration.reset(o)  # start from the tag's pose, not an older one
                 found = self._registration.estimate(depth_views, priors=seed, exclude=exclude)
                 for o in icp_wanted:
                     if o in found:
                         result.estimates[o] = found[o]
                         reasons.pop(o, None)
+                for o in refine:
+                    if o in found:
+                        result.estimates[o] = self._refined(result.estimates[o], found[o])
                 status = self._registration_status()
                 for o in icp_wanted:
                     if o not in found:
@@ -264,6 +272,37 @@ class ObjectTracker:
                 )
         result.seconds = time.perf_counter() - t0
         return result
+
+    #: a registration refinement of a single-camera tag pose is kept within these of it
+    REFINE_MAX_SHIFT_M = 0.03
+    REFINE_MAX_TURN_DEG = 10.0
+
+    def _refined(self, tag: PoseEstimate, icp: PoseEstimate) -> PoseEstimate:
+        """The ICP pose started from a single-camera tag pose, when it stays near it (the tag
+        fixes which of the object's symmetric poses it is); else the tag pose."""
+        shift = float(np.linalg.norm(icp.T_base_obj[:3, 3] - tag.T_base_obj[:3, 3]))
+        turn = self.rotation_error_deg(tag.name, icp.T_base_obj, tag.T_base_obj)
+        if shift > self.REFINE_MAX_SHIFT_M or turn > self.REFINE_MAX_TURN_DEG:
+            return tag
+        from twin.live.camera_model import rotation_angle_deg
+
+        # registration reports the symmetric pose nearest its start: take the one nearest the tag's
+        T = icp.T_base_obj
+        if self._registration is not None:
+            T = min(
+                (icp.T_base_obj @ s for s in self._registration.symmetries(tag.name)),
+                key=lambda c: rotation_angle_deg(c, tag.T_base_obj),
+            )
+        return PoseEstimate(
+            name=tag.name,
+            T_base_obj=T,
+            quality=min(tag.quality, icp.quality),
+            error=icp.error,
+            error_unit=icp.error_unit,
+            method="marker+icp",
+            cameras=tuple(dict.fromkeys([*tag.cameras, *icp.cameras])),
+            detail={"tag": tag.detail, "icp": icp.detail, "refine_shift_m": shift, "refine_turn_deg": turn},
+        )
 
     def rotation_error_deg(self, name: str, T_est: np.ndarray, T_true: np.ndarray) -> float:
         """Rotation error of an estimate, modulo the object's symmetries when registration
