@@ -278,12 +278,10 @@ class ObjectTrackerNode(Node):
         pts, geoms = synthetic_point_cloud(sim, 6000, rng=0, include_robot=True, return_geoms=True)
         from twin.pointcloud import sampling_table
 
-        table = sampling_table(sim.model)
-        robot_geoms = set(table.geom_ids[table.robot].tolist())
-        keep = np.array([g in robot_geoms for g in geoms], bool)
-        xyz = pts[keep, :3].astype(float)
-        t = base_from_world(self.scene)
-        return xyz @ t[:3, :3].T + t[:3, 3]
+        table = sampling_table(sim.model)  # cached per model
+        xyz = pts[np.isin(geoms, table.geom_ids[table.robot]), :3].astype(float)
+        t = self.T_world_base
+        return (xyz - t[:3, 3]) @ t[:3, :3]  # world -> base
 
     # ---- tracking ---------------------------------------------------------------------------
     def _tick(self) -> None:
