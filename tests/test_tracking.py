@@ -54,6 +54,8 @@ def test_auto_uses_tags_then_falls_back_to_registration_and_reports_lost():
     pos, rot = _err(tracker, "box", est, truth)
     print(f"\nauto with tags: {est.method}, {1000 * pos:.2f} mm, {rot:.2f} deg, {1000 * res.seconds:.0f} ms")
     assert est.method.startswith("marker") and res.status["box"].tracked and pos < 0.005 and rot < 2.0
+    # both cameras' tags fixed it: registration was not run for it (it was, and discarded, before)
+    assert len(est.cameras) == 2 and est.method == "marker" and "box" not in tracker._registration._last
 
     # no colour (tags unseen): registration on depth takes over, seeded with nothing but its own search
     no_rgb = {n: CameraView(v.camera, None, v.depth) for n, v in views.items()}

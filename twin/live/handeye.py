@@ -416,6 +416,55 @@ def _rms(residuals: Sequence[np.ndarray]) -> tuple[float, list[float]]:
     return float(np.sqrt(np.mean(np.concatenate(sq)))), [float(np.sqrt(np.mean(s))) for s in sq]
 
 
+def _refined_result(
+    T_base_x: Sequence[np.ndarray],
+    views: Sequence[BoardView] | Sequence[np.ndarray],
+    T_bc0: np.ndarray,
+    T_xb: np.ndarray | None,
+    K: np.ndarray | None,
+    dist: np.ndarray | None,
+    refine: bool,
+    method: str,
+    spread_of: Callable[[np.ndarray], list[np.ndarray]],
+) -> HandEyeResult:
+    """The tail both solvers share. The board is at ``T_base_x[i] @ T_xb`` in view i (``x`` =
+    the gripper with the board mount ``T_xb`` unknown, or the board itself: ``T_xb`` None).
+    With ``K`` and BoardViews, ``T_base_cam`` (and the mount) are refined from the closed form
+    ``T_bc0`` on the corners' reprojection error (scipy least squares, Huber loss at 1 px);
+    then the spread of ``spread_of(T_base_cam)`` and the RMS reprojection error."""
+    board_views = [v for v in views if isinstance(v, BoardView)]
+    can_refine = K is not None and len(board_views) == len(T_base_x)
+    d = np.zeros(5) if dist is None else np.asarray(dist, float)
+    T_bc, mount = T_bc0, (np.eye(4) if T_xb is None else T_xb)
+    if can_refine and refine:
+
+        def fun(x: np.ndarray) -> np.ndarray:
+            cam_base = invert(_T(x[:6]))
+            m = mount if T_xb is None else _T(x[6:])
+            return np.concatenate(_reprojection(K, d, board_views, [cam_base @ b @ m for b in T_base_x]))
+
+        x0 = _rt(T_bc) if T_xb is None else np.concatenate([_rt(T_bc), _rt(mount)])
+        sol = least_squares(fun, x0, loss="huber", f_scale=1.0, x_scale="jac")
+        T_bc = _T(sol.x[:6])
+        if T_xb is not None:
+            mount = _T(sol.x[6:])
+    spread_mm, spread_deg = spread(spread_of(T_bc))
+    rms, per = (float("nan"), [])
+    if can_refine:
+        rms, per = _rms(_reprojection(K, d, board_views, [invert(T_bc) @ b @ mount for b in T_base_x]))
+    return HandEyeResult(
+        T_base_cam=T_bc,
+        T_gripper_board=None if T_xb is None else mount,
+        views=len(T_base_x),
+        method=method + (" + refined" if can_refine and refine else ""),
+        spread_mm=spread_mm,
+        spread_deg=spread_deg,
+        reprojection_px=rms,
+        per_view_px=per,
+        T_base_cam_closed_form=T_bc0,
+    )
+
+
 def calibrate_eye_to_hand(
     T_base_gripper: Sequence[np.ndarray],
     views: Sequence[BoardView] | Sequence[np.ndarray],
@@ -430,7 +479,7 @@ def calibrate_eye_to_hand(
     the inverse robot poses (base in gripper) and the board poses; what it calls
     ``cam2gripper`` is then ``T_base_cam``. With ``K`` and BoardViews, the camera and the board
     mount are refined together on the corners' reprojection error (scipy least squares,
-    Huber loss at 1 px)."""
+    Huber loss at 1 px). The spread is the board mount's across views."""
     import cv2
 
     if method not in METHODS:
@@ -452,35 +501,12 @@ def calibrate_eye_to_hand(
     T_bc0 = np.eye(4)
     T_bc0[:3, :3] = R
     T_bc0[:3, 3] = np.ravel(t)
-    T_gb = mean_transform([invert(b) @ T_bc0 @ c for b, c in zip(bg, cb, strict=True)])
-    T_bc = T_bc0
-    board_views = [v for v in views if isinstance(v, BoardView)]
-    can_refine = K is not None and len(board_views) == len(bg)
-    d = np.zeros(5) if dist is None else np.asarray(dist, float)
-    if can_refine and refine:
 
-        def fun(x: np.ndarray) -> np.ndarray:
-            cam_base = invert(_T(x[:6]))
-            g_board = _T(x[6:])
-            return np.concatenate(_reprojection(K, d, board_views, [cam_base @ b @ g_board for b in bg]))
+    def mounts(T_bc: np.ndarray) -> list[np.ndarray]:
+        return [invert(b) @ T_bc @ c for b, c in zip(bg, cb, strict=True)]
 
-        sol = least_squares(fun, np.concatenate([_rt(T_bc), _rt(T_gb)]), loss="huber", f_scale=1.0, x_scale="jac")
-        T_bc, T_gb = _T(sol.x[:6]), _T(sol.x[6:])
-    spread_mm, spread_deg = spread([invert(b) @ T_bc @ c for b, c in zip(bg, cb, strict=True)])
-    rms, per = (float("nan"), [])
-    if can_refine:
-        rms, per = _rms(_reprojection(K, d, board_views, [invert(T_bc) @ b @ T_gb for b in bg]))
-    return HandEyeResult(
-        T_base_cam=T_bc,
-        T_gripper_board=T_gb,
-        views=len(bg),
-        method=method + (" + refined" if can_refine and refine else ""),
-        spread_mm=spread_mm,
-        spread_deg=spread_deg,
-        reprojection_px=rms,
-        per_view_px=per,
-        T_base_cam_closed_form=T_bc0,
-    )
+    T_gb = mean_transform(mounts(T_bc0))
+    return _refined_result(bg, views, T_bc0, T_gb, K, dist, refine, method, mounts)
 
 
 def calibrate_known_board(
@@ -493,38 +519,15 @@ def calibrate_known_board(
     """The board at a known place in each view (fixed in the scene, or on the hand at a known
     mount: ``T_base_gripper @ T_gripper_board``): each view gives ``T_base_cam = T_base_board @
     inv(T_cam_board)``; they are averaged, then refined on the corners' reprojection error (with
-    ``K`` and BoardViews). One view is enough; more average the detection noise."""
+    ``K`` and BoardViews). One view is enough; more average the detection noise. The spread is
+    the per-view camera poses'."""
     bb = [np.asarray(t, float) for t in T_base_board]
     cb = [v.T_cam_board if isinstance(v, BoardView) else np.asarray(v, float) for v in views]
     if len(bb) != len(cb) or not bb:
         raise CalibrationError(f"{len(bb)} board poses but {len(cb)} board views (at least one of each needed)")
     per_view = [b @ invert(c) for b, c in zip(bb, cb, strict=True)]
-    T_bc0 = mean_transform(per_view)
-    T_bc = T_bc0
-    board_views = [v for v in views if isinstance(v, BoardView)]
-    can_refine = K is not None and len(board_views) == len(bb)
-    d = np.zeros(5) if dist is None else np.asarray(dist, float)
-    if can_refine and refine:
-
-        def fun(x: np.ndarray) -> np.ndarray:
-            cam_base = invert(_T(x))
-            return np.concatenate(_reprojection(K, d, board_views, [cam_base @ b for b in bb]))
-
-        T_bc = _T(least_squares(fun, _rt(T_bc0), loss="huber", f_scale=1.0, x_scale="jac").x)
-    spread_mm, spread_deg = spread(per_view)
-    rms, per = (float("nan"), [])
-    if can_refine:
-        rms, per = _rms(_reprojection(K, d, board_views, [invert(T_bc) @ b for b in bb]))
-    return HandEyeResult(
-        T_base_cam=T_bc,
-        T_gripper_board=None,
-        views=len(bb),
-        method="known board" + (" + refined" if can_refine and refine else ""),
-        spread_mm=spread_mm,
-        spread_deg=spread_deg,
-        reprojection_px=rms,
-        per_view_px=per,
-        T_base_cam_closed_form=T_bc0,
+    return _refined_result(
+        bb, views, mean_transform(per_view), None, K, dist, refine, "known board", lambda _T_bc: per_view
     )
 
 

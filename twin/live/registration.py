@@ -64,7 +64,7 @@ Deterministic for a given input: Open3D's RANSAC is seeded before every call.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -404,12 +404,13 @@ class RegistrationTracker:
         views: dict[str, View],
         priors: dict[str, np.ndarray] | None = None,
         exclude: np.ndarray | None = None,
+        objects: Sequence[str] | None = None,
     ) -> dict[str, PoseEstimate]:
         """Poses (robot base frame) of the objects found in ``views`` (camera name ->
         (camera, depth HxW float metres, 0 = no data)). ``priors``: object name -> 4x4
         T_base_obj to start from (the twin's current pose). ``exclude``: (K, 3) base-frame
-        points whose neighbourhood is not the objects (the robot's surface now). Objects
-        not found are absent; :meth:`status` names why."""
+        points whose neighbourhood is not the objects (the robot's surface now). ``objects``:
+        only these (default all tracked). Objects not found are absent; :meth:`status` names why."""
         priors = dict(priors or {})
         for n, t in priors.items():
             if n not in self.models:
@@ -417,10 +418,16 @@ class RegistrationTracker:
             if np.shape(t) != (4, 4):
                 raise ValueError(f"prior for {n!r} has shape {np.shape(t)}; give a 4x4 T_base_obj")
         self._check_views(views)
-        starts = {n: self._starts(n, priors.get(n)) for n in self.models}
+        unknown = sorted(set(objects or ()) - set(self.models))
+        if unknown:
+            raise ValueError(f"objects {unknown} are not tracked by registration; tracked: {sorted(self.models)}")
+        models = {n: m for n, m in self.models.items() if objects is None or n in objects}
+        if not models:
+            return {}
+        starts = {n: self._starts(n, priors.get(n)) for n in models}
         rois = [
             (t[:3, :3] @ m.center + t[:3, 3], m.radius + self.search_margin)
-            for n, m in self.models.items()
+            for n, m in models.items()
             for _, t in starts[n]
         ]
         full: list[_Scene] = []
@@ -432,7 +439,7 @@ class RegistrationTracker:
 
         roi_scene = self._prepare(views, exclude, rois) if all(starts.values()) else full_scene()
         out: dict[str, PoseEstimate] = {}
-        for name, model in self.models.items():
+        for name, model in models.items():
             prior = priors.get(name)
             fit, reason = self._estimate_one(model, roi_scene, full_scene, starts[name])
             if fit is None:

@@ -244,7 +244,13 @@ class ObjectTracker:
                 seed.update({o: e.T_base_obj for o, e in result.estimates.items()})
                 for o in refine:
                     self._registration.reset(o)  # start from the tag's pose, not an older one
-                found = self._registration.estimate(depth_views, priors=seed, exclude=exclude)
+                # objects two cameras' tags fixed this round are not registered (~15 ms each);
+                # registration forgets them, to start from their tag pose when it needs them again
+                wanted = icp_wanted + refine
+                for o in self.fallback_objects:
+                    if o not in wanted:
+                        self._registration.reset(o)
+                found = self._registration.estimate(depth_views, priors=seed, exclude=exclude, objects=wanted)
                 for o in icp_wanted:
                     if o in found:
                         result.estimates[o] = found[o]
