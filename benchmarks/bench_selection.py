@@ -2,15 +2,17 @@
 Rankings by (a) training loss, (b) nominal sim success, (c) perturbed sim success, (d) OOD score
 alone, (e) the combined scores, against two realities.
 
-Setup, on ``reach`` (default) or the mission tasks ``mug_to_sink``, ``box_to_shelf``
-(``TWINRANK_BENCH_TASK``):
+Setup, on ``reach`` (default) or the mission tasks ``mug_to_sink``, ``box_to_shelf``,
+``push_t`` (``TWINRANK_BENCH_TASK``):
 
 * a checkpoint family with a real spread of quality, registered in a local MLflow store:
   ``reach``: a BC run (12 checkpoints, epochs 3..36 on 8 demos: from barely trained to
   converged) and a PPO+BC run (8 checkpoints, 1k..8k env steps); ``mug_to_sink``: a BC run
   (6 checkpoints, epochs 10..60 on 80 demos) and a PPO+BC run (13 checkpoints, 8k..100k env
   steps); ``box_to_shelf``: the same BC run and a PPO+BC run of 12 checkpoints, 2k..24k env
-  steps;
+  steps; ``push_t``: the default ``twinrank train --algo bc --task push_t`` run (state policy,
+  takeover rounds), epochs 10, 20, 40, ..., 300 (16 checkpoints), against the same-engine reality only (push_t
+  reads MuJoCo's model directly, so the second engine cannot run it);
 * two realities, each with its own logs (20 demonstrator episodes written through the rosbag2
   schema: what selection reads) and its own ground truth (every checkpoint on 80 episodes, read
   only here, to score the rankings):
@@ -104,8 +106,12 @@ def train_family(root: Path, uri: str) -> list[str]:
     done = root / "family.txt"
     if done.is_file():
         return done.read_text().split()
+    if TASK == "push_t":
+        return _pusht_family(root, uri, done)
     if TASK not in FAMILIES:
-        raise SystemExit(f"bench_selection: no family for task {TASK!r}; TWINRANK_BENCH_TASK: {', '.join(FAMILIES)}")
+        raise SystemExit(
+            f"bench_selection: no family for task {TASK!r}; TWINRANK_BENCH_TASK: {', '.join([*FAMILIES, 'push_t'])}"
+        )
     fb, fp = FAMILIES[TASK]
     bc = TrainConfig(
         algo="bc",
@@ -139,21 +145,37 @@ def train_family(root: Path, uri: str) -> list[str]:
     return paths
 
 
+def _pusht_family(root: Path, uri: str, done: Path) -> list[str]:
+    """push_t's family: the default ``twinrank train --algo bc --task push_t`` run (BC and two
+    takeover rounds): epochs 10, 20, 40, ..., 300 (16 checkpoints)."""
+    from policies.train import default_config, run_training, with_overrides
+
+    cfg = with_overrides(default_config("bc", "push_t"), experiment="bench-selection", model_name="push_t-bench")
+    res = run_training(cfg, root / "bc", tracking_uri=uri, cache_dir=root / "demos")
+    paths = [str(r.path) for r in res.checkpoints if r.step == 10 or r.step % 20 == 0]
+    done.write_text("\n".join(paths))
+    return paths
+
+
+def _control_mode() -> str:
+    return "pusht_xy" if TASK == "push_t" else "discrete"
+
+
 def train_losses(paths: list[str], root: Path) -> dict[str, float]:
     """BC loss of each checkpoint on 10 held-out demonstrations (the 'training loss' baseline)."""
-    from policies.bc import episodes_to_samples
+    from policies.bc import policy_samples
     from policies.checkpoint import load_checkpoint
     from policies.data import iter_episodes
     from policies.demos import collect_demos
 
     h5 = root / "heldout_demos.h5"
     if not h5.is_file():
-        collect_demos(TASK, h5, 10, control_mode="discrete", seed=7000, only_success=True)
+        collect_demos(TASK, h5, 10, control_mode=_control_mode(), seed=7000, only_success=True)
     out: dict[str, float] = {}
     for p in paths:
         pol = load_checkpoint(p)
         pol.eval()
-        obs, acts = episodes_to_samples(list(iter_episodes(h5, pol.spec.obs_keys)), pol.spec.obs_keys)
+        obs, acts = policy_samples(pol, list(iter_episodes(h5, pol.spec.obs_keys)))
         with torch.no_grad():
             out[p] = float(pol.compute_bc_loss(obs, acts))
     return out
@@ -168,20 +190,23 @@ def _metrics(s: np.ndarray, y: np.ndarray) -> dict[str, str]:
     return out
 
 
-def _calibrated_success(paths: list[str], bag: Path, out: Path, eps: int, label: str) -> dict[str, float] | None:
+def _calibrated_success(paths: list[str], bag: Path, out: Path, eps: int, label: str) -> dict[str, float] | str | None:
     """Each checkpoint's twin success under the twin calibrated to ``bag``'s logs (latency, mass,
-    friction; cached in ``out``), or None when calibration identified nothing (the calibrated
-    twin is then the nominal twin)."""
+    friction; cached in ``out``), None when calibration identified nothing (the calibrated
+    twin is then the nominal twin), or why calibration could not run on these logs."""
     import yaml
 
     from evaluator.run import evaluate
     from evaluator.spec import EvalSpec, VideoCfg
-    from selection.calibration import calibrate
+    from selection.calibration import CalibrationError, calibrate
     from selection.realdata import read_bag
 
     suite_path = out / "calibrated_suite.yaml"
     if not suite_path.is_file():
-        res = calibrate(read_bag(bag, images=False)[:10], TASK, max_evals=60)
+        try:
+            res = calibrate(read_bag(bag, images=False)[:10], TASK, max_evals=60)
+        except CalibrationError as exc:
+            return f"calibration not run: {str(exc)[:200]}"
         print(
             f"calibration on {label}'s logs ({res.episodes} episodes, {res.evaluations} replays, {res.wall_s:.0f} s): "
             f"residual {res.residual_before * 1000:.2f} -> {res.residual_after * 1000:.2f} mm; "
@@ -204,7 +229,7 @@ def _calibrated_success(paths: list[str], bag: Path, out: Path, eps: int, label:
 
 
 def main() -> None:
-    from evaluator.run import _label
+    from evaluator.run import checkpoint_label
     from evaluator.spec import EvalSpec, VideoCfg
     from selection.job import OODSettings, rank_checkpoints
     from selection.proxy_real import ProxyRealDomain, ground_truth, record_logs
@@ -248,6 +273,11 @@ def main() -> None:
     frames: dict[str, pd.DataFrame] = {}
     summary: list[str] = []
     for engine in ENGINES:
+        if TASK == "push_t" and engine != "mujoco":
+            line = f"proxy-real ({engine}): not measured; push_t reads MuJoCo's model directly (README, second engine)"
+            summary.append(line)
+            print("\n" + line)
+            continue
         dom = ProxyRealDomain.load().with_engine(engine)
         sub = "" if engine == "mujoco" else f"_{engine}"
         bag = root / f"proxy_real_logs{sub}"
@@ -272,7 +302,7 @@ def main() -> None:
             promote=False,
             ood=OODSettings(reference_episodes=10),
             campaign_dir=root / "campaign",
-            extra_columns={_label(Path(p)): {"train_loss": losses[p]} for p in paths},
+            extra_columns={checkpoint_label(Path(p)): {"train_loss": losses[p]} for p in paths},
         )
         df = res.ranking[res.ranking["checkpoint"].isin(real)].reset_index(drop=True)
         y = np.array([real[c] for c in df["checkpoint"]])
@@ -297,6 +327,8 @@ def main() -> None:
         cal = _calibrated_success(paths, bag, root / f"calibrated{sub}", cond_eps, dom.label)
         if cal is None:
             calibrated = "calibration identified nothing: the calibrated twin is the nominal twin"
+        elif isinstance(cal, str):
+            calibrated = cal
         else:
             m_cal = _metrics(df["checkpoint"].map(cal).to_numpy(dtype=float), y)
             rows.append({"ranking": "(f) sim calibrated", **m_cal})

@@ -11,6 +11,14 @@
       benchmark says so, with the best success seen.
 (iii) Distillation wall time per 1k student env steps (DAgger rounds: rollouts with rendered
       or synthetic clouds, teacher labels, student BC on the aggregate).
+(iv)  push_t: wall time for the default ``twinrank train --algo bc --task push_t`` config to
+      reach 50 % success in the twin, counting demonstrations, takeover rounds, training and
+      the in-training evaluations. Checkpoints are then measured on
+      ``TWINRANK_BENCH_PUSHT_EPISODES`` (default 100) held-out seeds (not the training
+      evaluation's): in order those whose training evaluation is >= 0.3 until one reaches
+      50 %, the training evaluation's best, and the last; the time is when the first
+      checkpoint at >= 50 % was saved.
+      ``TWINRANK_BENCH_PUSHT=0`` skips it (about 40 min on 2 cores).
 """
 
 from __future__ import annotations
@@ -183,6 +191,60 @@ def distill_time_per_1k_steps(task: str = "reach", iterations: int = 3) -> dict[
     }
 
 
+def pusht_time_to_half(episodes: int | None = None) -> dict[str, object]:
+    """Train the default push_t BC config (MLflow store in a temp dir); each checkpoint's
+    success on held-out seeds with its save time (s from the run's start)."""
+    import mlflow
+
+    from evaluator.results import wilson_interval
+    from policies.checkpoint import load_checkpoint
+    from policies.train import default_config, run_training
+
+    n = int(episodes or os.environ.get("TWINRANK_BENCH_PUSHT_EPISODES", "100"))
+    cfg = default_config("bc", "push_t")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        uri = f"sqlite:///{tmp}/mlflow.db"
+        res = run_training(cfg, Path(tmp) / "run", tracking_uri=uri, cache_dir=Path(tmp) / "cache")
+        client = mlflow.MlflowClient(tracking_uri=uri)
+        run = client.get_run(res.run_id)
+        start_ms = run.info.start_time
+        saved = {
+            int(m.step): (m.timestamp - start_ms) / 1000
+            for m in client.get_metric_history(res.run_id, "eval/success_rate")
+        }
+        hist = {int(m.step): m.value for m in client.get_metric_history(res.run_id, "demos/transitions")}
+        seeds = [50_000 + i for i in range(n)]
+        # held-out episodes for the checkpoints that could be the first at 50 % (training
+        # evaluation >= 0.3, in order, until one is), the training evaluation's best and the last
+        best = max(res.checkpoints, key=lambda r: r.success_rate)
+        reached = False
+        for rec in res.checkpoints:
+            if not (rec is best or rec is res.checkpoints[-1] or (not reached and rec.success_rate >= 0.3)):
+                continue
+            pol = load_checkpoint(rec.path)
+            succ = success_rate(pol, "push_t", seeds, control_mode="pusht_xy")
+            k = int(round(succ * n))
+            rows.append(
+                {
+                    "epoch": rec.step,
+                    "saved_s": saved.get(rec.step, float("nan")),
+                    "train_eval": rec.success_rate,
+                    "success": succ,
+                    "interval": wilson_interval(k, n),
+                }
+            )
+            print(
+                f"  push_t checkpoint epoch {rec.step}: saved at {rows[-1]['saved_s']:.0f} s, "
+                f"held-out success {succ:.2f} [{rows[-1]['interval'][0]:.2f}, {rows[-1]['interval'][1]:.2f}] "
+                f"(n = {n}); training eval {rec.success_rate:.2f} (n = {cfg.eval_episodes})",
+                flush=True,
+            )
+            reached = reached or succ >= 0.5
+    first = next((r for r in rows if r["success"] >= 0.5), None)
+    return {"rows": rows, "first": first, "episodes": n, "transitions": hist, "config": cfg}
+
+
 def main() -> None:
     cores = _use_cores()
     t = ppo_throughput()
@@ -205,6 +267,22 @@ def main() -> None:
         f"1k student steps ({d['steps']:.0f} steps in {d['wall_s']:.0f} s; rollouts incl. rendering "
         f"{d['rollout_per_1k_s']:.1f} s per 1k, BC training {d['train_s']:.0f} s in all)"
     )
+    if os.environ.get("TWINRANK_BENCH_PUSHT", "1") != "0":
+        p = pusht_time_to_half()
+        cfg = p["config"]
+        head = (
+            f"push_t, default BC config ({cfg.demos.episodes} noisy expert demos, {cfg.demos.takeover_rounds} takeover "
+            f"rounds of {cfg.demos.takeover_episodes}, {cfg.bc.epochs} epochs a round, {cores} cores) to 50 % success: "
+        )
+        best = max(p["rows"], key=lambda r: r["success"])
+        if p["first"] is not None:
+            f = p["first"]
+            print(
+                head + f"{f['saved_s']:.0f} s (epoch {f['epoch']}: {f['success']:.2f} [{f['interval'][0]:.2f}, "
+                f"{f['interval'][1]:.2f}], n = {p['episodes']}); best {best['success']:.2f} at epoch {best['epoch']}"
+            )
+        else:
+            print(head + f"not reached; best {best['success']:.2f} at epoch {best['epoch']} (n = {p['episodes']})")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 See policies/README.md. Public API::
 
     from policies import (PolicySpec, ObsSpec, ActionSpec, Policy, ChunkedPolicy, ChunkExecutor,
-                          MLPPolicy, PointCloudPolicy, DiffusionPolicy, TorchModuleAdapter,
+                          MLPPolicy, PointCloudPolicy, DiffusionPolicy, PushTStatePolicy,
+                          TorchModuleAdapter,
                           CallablePolicy, make_policy, register_policy, list_policies,
                           save_checkpoint, load_checkpoint, read_manifest, import_torch_checkpoint)
 """
@@ -41,6 +42,7 @@ from policies.interface import (
     resolve_device,
 )
 from policies.models import MLPConfig, MLPPolicy, PointCloudConfig, PointCloudPolicy, RunningNorm  # noqa: E402
+from policies.pusht_state import PushTStateConfig, PushTStatePolicy  # noqa: E402
 
 __all__ = [
     "ActionSpec",
@@ -63,6 +65,8 @@ __all__ = [
     "PolicyProtocol",
     "PolicyRegistryError",
     "PolicySpec",
+    "PushTStateConfig",
+    "PushTStatePolicy",
     "RunningNorm",
     "SpecMismatchError",
     "TorchModuleAdapter",

@@ -25,6 +25,8 @@ class BCConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-6
     max_grad_norm: float = 5.0
+    #: "constant" or "cosine" (the rate decays to 0 over ``epochs``)
+    lr_schedule: str = "constant"
     seed: int = 0
 
 
@@ -56,20 +58,37 @@ def episodes_to_samples(
     return {k: np.concatenate(v) for k, v in obs_cols.items()}, np.concatenate(acts)
 
 
+def policy_samples(policy: Policy, episodes: list[Episode]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The policy's training samples: its own ``training_samples(episodes)`` when it has one
+    (:class:`policies.pusht_state.PushTStatePolicy`), else :func:`episodes_to_samples` with its
+    window."""
+    own = getattr(policy, "training_samples", None)
+    if own is not None:
+        return own(episodes)
+    return episodes_to_samples(
+        episodes, policy.spec.obs_keys, policy.n_obs_steps, policy.horizon, getattr(policy, "action_offset", 0)
+    )
+
+
 def train_bc(
     policy: Policy,
     obs: dict[str, np.ndarray],
     actions: np.ndarray,
     cfg: BCConfig,
     callback: Callable[[int, float], bool | None] | None = None,
+    fit_normalizer: bool = True,
 ) -> list[float]:
     """Minimise ``policy.compute_bc_loss`` over the dataset; returns the per-epoch mean loss.
 
     ``callback(epoch, loss)`` runs after each epoch; returning True stops training.
+    ``fit_normalizer``: set the policy's normalization from this dataset first (False keeps it,
+    e.g. when training goes on with more data).
     """
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     policy.fit_normalizer(obs, actions)
+    if cfg.lr_schedule not in ("constant", "cosine"):
+        raise ValueError(f"BCConfig.lr_schedule = {cfg.lr_schedule!r}; use constant or cosine")
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     n = len(actions)
     history: list[float] = []
@@ -87,6 +106,9 @@ def train_bc(
             total += float(loss.detach())
             batches += 1
         history.append(total / max(batches, 1))
+        if cfg.lr_schedule == "cosine":
+            for g in opt.param_groups:
+                g["lr"] = cfg.lr * 0.5 * (1.0 + np.cos(np.pi * epoch / cfg.epochs))
         if callback is not None and callback(epoch, history[-1]):
             break
     policy.eval()

@@ -9,7 +9,13 @@ quality; ``epsilon`` replaces a fraction of actions by random ones.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+import multiprocessing as mp
+import signal
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -151,6 +157,112 @@ def record_episode(
     )
 
 
+@dataclass(frozen=True)
+class _Job:
+    """A batch of seeds for one worker (everything it needs is plain data)."""
+
+    task: str
+    control_mode: str | None
+    observations: ObservationCfg | None
+    suite: Any
+    engine: str
+    seeds: tuple[int, ...]
+    noise: float = 0.0
+    epsilon: float = 0.0
+    #: takeovers: the checkpoint that drives first, and the latest switch step
+    policy_path: str = ""
+    max_switch: int = 0
+
+
+def _expert_episode(env: TwinEnv, job: _Job, s: int) -> Episode:
+    rng = np.random.default_rng([s, 11])
+    demo = demonstrator(env, noise=job.noise, rng=rng)
+    env.action_space.seed(s)  # epsilon's random actions: the same for a seed in any worker
+
+    def act(sim: TwinSim, obs: dict[str, np.ndarray]) -> Any:
+        a = demo.act(sim)
+        if job.epsilon > 0 and rng.random() < job.epsilon:
+            return env.action_space.sample()
+        return a
+
+    return record_episode(env, act, s, source=f"expert(noise={job.noise},eps={job.epsilon})", reset_hook=demo.reset)
+
+
+def _takeover_episode(env: TwinEnv, job: _Job, s: int, policy: Any) -> Episode:
+    """The policy drives until a random step, then the expert (re-planning from there) finishes."""
+    switch = int(np.random.default_rng([s, 13]).integers(1, job.max_switch + 1))
+    demo = demonstrator(env)
+    step = [0]
+
+    def act(sim: TwinSim, obs: dict[str, np.ndarray]) -> Any:
+        step[0] += 1
+        if step[0] <= switch:
+            return policy.act_single(obs)
+        if step[0] == switch + 1:
+            demo.reset(sim)
+        return demo.act(sim)
+
+    policy.reset()
+    return record_episode(env, act, s, source=f"takeover(switch={switch})")
+
+
+def _run_job(job: _Job) -> list[Episode]:
+    env = TwinEnv(
+        job.task, control_mode=job.control_mode, observations=job.observations, suite=job.suite, engine=job.engine
+    )
+    policy = None
+    if job.policy_path:
+        from policies.checkpoint import load_checkpoint
+
+        policy = load_checkpoint(job.policy_path)
+    try:
+        return [
+            _takeover_episode(env, job, s, policy) if policy is not None else _expert_episode(env, job, s)
+            for s in job.seeds
+        ]
+    finally:
+        env.close()
+
+
+def _worker_init() -> None:
+    from policies.runtime import set_torch_threads
+    from twin.lifeline import set_parent_death_signal
+
+    set_parent_death_signal(signal.SIGKILL)  # the collection ends with its parent
+    set_torch_threads("worker")
+
+
+def _run_jobs(jobs: list[_Job], workers: int) -> Iterator[Episode]:
+    """Episodes of ``jobs`` in order, computed ``workers`` at a time in child processes (in this
+    process when ``workers <= 1``)."""
+    if workers <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            yield from _run_job(job)
+        return
+    ctx = mp.get_context("spawn")
+    todo = iter(jobs)
+    pending: deque[Future[list[Episode]]] = deque()
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init) as pool:
+
+        def fill() -> None:  # a few jobs ahead, not all: finished episodes wait in memory
+            while len(pending) < 2 * workers and (job := next(todo, None)) is not None:
+                pending.append(pool.submit(_run_job, job))
+
+        fill()
+        try:
+            while pending:
+                episodes = pending.popleft().result()
+                fill()
+                yield from episodes
+        finally:
+            for f in pending:
+                f.cancel()
+
+
+def _jobs(base: _Job, seeds: list[int], batch: int) -> list[_Job]:
+    return [dataclasses.replace(base, seeds=tuple(seeds[i : i + batch])) for i in range(0, len(seeds), batch)]
+
+
 def collect_demos(
     task: str,
     path: str | Path,
@@ -165,30 +277,56 @@ def collect_demos(
     only_success: bool = False,
     progress: Callable[[int, Episode], None] | None = None,
     engine: str = "mujoco",
+    workers: int = 1,
 ) -> Path:
     """Run the task's demonstrator for ``episodes`` seeds and append them to ``path``.
 
     ``epsilon``: probability of replacing an action by a uniformly random one (quality knob).
     ``only_success``: keep only successful episodes (still tries exactly ``episodes`` seeds).
     ``engine``: the physics engine (twin.env.ENGINES; "pybullet" for proxy-real logs).
+    ``workers``: processes collecting in parallel (episodes are written in seed order; the
+    result does not depend on the count).
     """
     env = TwinEnv(task, control_mode=control_mode, observations=observations, suite=suite, engine=engine)
-    writer = EpisodeWriter(path, task, env.cfg.actions.mode)
-    for i in range(episodes):
-        s = seed + i
-        rng = np.random.default_rng([s, 11])
-        demo = demonstrator(env, noise=noise, rng=rng)
-
-        def act(sim: TwinSim, obs: dict[str, np.ndarray], demo: Any = demo, rng: np.random.Generator = rng) -> Any:
-            a = demo.act(sim)
-            if epsilon > 0 and rng.random() < epsilon:
-                return env.action_space.sample()
-            return a
-
-        ep = record_episode(env, act, s, source=f"expert(noise={noise},eps={epsilon})", reset_hook=demo.reset)
+    mode = env.cfg.actions.mode
+    env.close()
+    writer = EpisodeWriter(path, task, mode)
+    base = _Job(task, control_mode, observations, suite, engine, (), noise=noise, epsilon=epsilon)
+    for i, ep in enumerate(_run_jobs(_jobs(base, [seed + i for i in range(episodes)], 5), workers)):
         if ep.success or not only_success:
             writer.add(ep)
         if progress is not None:
             progress(i, ep)
+    return Path(path)
+
+
+def collect_takeovers(
+    task: str,
+    policy_path: str | Path,
+    path: str | Path,
+    episodes: int,
+    *,
+    control_mode: str | None = None,
+    seed: int = 0,
+    max_switch: int = 200,
+    progress: Callable[[int, Episode], None] | None = None,
+    workers: int = 1,
+) -> Path:
+    """DAgger-style data: for each seed the checkpoint at ``policy_path`` drives for a random
+    number of steps in ``1..max_switch``, then the task's expert re-plans from where the policy
+    left the scene and finishes the episode. Episodes are written whole (the policy's steps
+    too, so the state they reach can be replayed) with ``source = "takeover(switch=N)"``;
+    training uses only the expert's steps (:func:`policies.pusht_state.expert_steps_start`).
+    Episodes the policy ends before the switch are dropped."""
+    env = TwinEnv(task, control_mode=control_mode)
+    mode = env.cfg.actions.mode
     env.close()
+    writer = EpisodeWriter(path, task, mode)
+    base = _Job(task, control_mode, None, None, "mujoco", (), policy_path=str(policy_path), max_switch=int(max_switch))
+    for i, ep in enumerate(_run_jobs(_jobs(base, [seed + i for i in range(episodes)], 5), workers)):
+        switch = int(ep.source.split("=")[1].rstrip(")"))
+        if switch < ep.length:
+            writer.add(ep)
+        if progress is not None:
+            progress(i, ep)
     return Path(path)

@@ -44,6 +44,7 @@ from policies.interface import (
     PolicySpec,
     SpecMismatchError,
     _check_choice,
+    _check_positive_ints,
     _check_sizes,
     register_policy,
 )
@@ -251,21 +252,22 @@ class DiffusionConfig:
 
     def __post_init__(self) -> None:
         n = "DiffusionConfig"
-        for name in (
-            "n_obs_steps",
-            "horizon",
-            "n_action_steps",
-            "num_train_timesteps",
-            "num_inference_steps",
-            "kernel_size",
-            "n_groups",
-            "step_embed_dim",
-            "mlp_hidden",
-            "mlp_blocks",
-        ):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ConfigError(f"{n}.{name} = {v!r}; expected a positive int")
+        _check_positive_ints(
+            n,
+            self,
+            (
+                "n_obs_steps",
+                "horizon",
+                "n_action_steps",
+                "num_train_timesteps",
+                "num_inference_steps",
+                "kernel_size",
+                "n_groups",
+                "step_embed_dim",
+                "mlp_hidden",
+                "mlp_blocks",
+            ),
+        )
         if self.state_dims is not None and (not isinstance(self.state_dims, int) or self.state_dims < 1):
             raise ConfigError(f"{n}.state_dims = {self.state_dims!r}; expected a positive int or None")
         if self.n_action_steps > self.horizon - self.n_obs_steps + 1:

@@ -43,7 +43,7 @@ import torch
 
 from policies.bc import BCConfig, episodes_to_samples, train_bc
 from policies.data import Episode, EpisodeWriter, data_digest
-from policies.interface import ConfigError, Policy, PolicySpec, config_from_dict, make_policy
+from policies.interface import ConfigError, Policy, PolicySpec, _check_positive_ints, config_from_dict, make_policy
 from twin.env import TwinEnv
 from twin.pointcloud import synthetic_point_cloud
 from twin.tasks.base import ObservationCfg, get_task_class
@@ -109,10 +109,9 @@ class DistillConfig:
 
     def __post_init__(self) -> None:
         n = "DistillConfig"
-        for name in ("iterations", "episodes_per_iter", "epochs_per_iter", "batch_size", "num_points"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ConfigError(f"{n}.{name} = {v!r}; expected a positive int")
+        _check_positive_ints(
+            n, self, ("iterations", "episodes_per_iter", "epochs_per_iter", "batch_size", "num_points")
+        )
         if not 0.0 <= float(self.synthetic_fraction) <= 1.0:
             raise ConfigError(f"{n}.synthetic_fraction = {self.synthetic_fraction!r}; expected a value in [0, 1]")
         if not 0.0 <= float(self.beta0) <= 1.0 or not 0.0 <= float(self.beta_decay) <= 1.0:

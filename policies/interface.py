@@ -522,6 +522,14 @@ def _check_choice(cls_name: str, name: str, value: Any, choices: Sequence[Any]) 
         raise ConfigError(f"{cls_name}.{name} = {value!r}; choose one of {list(choices)}")
 
 
+def _check_positive_ints(cls_name: str, config: Any, names: Sequence[str]) -> None:
+    """Each of ``config``'s fields ``names`` is an int >= 1 (not a bool), else a ConfigError."""
+    for name in names:
+        v = getattr(config, name)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ConfigError(f"{cls_name}.{name} = {v!r}; expected a positive int")
+
+
 def _check_sizes(cls_name: str, name: str, value: Any, allow_empty: bool = False) -> None:
     if (
         not isinstance(value, tuple)

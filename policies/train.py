@@ -17,7 +17,9 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +27,9 @@ import numpy as np
 import torch
 import yaml
 
-from policies.bc import episodes_to_samples, train_bc
-from policies.data import data_digest, iter_episodes
-from policies.demos import collect_demos
+from policies.bc import episodes_to_samples, policy_samples, train_bc
+from policies.data import Episode, data_digest, iter_episodes
+from policies.demos import collect_demos, collect_takeovers
 from policies.interface import Policy, PolicySpec, make_policy
 from policies.mlflow_model import save_and_register
 from policies.ppo import DemoBuffer, PPOTrainer, UpdateStats
@@ -57,19 +59,28 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def demo_workers(cfg: TrainConfig) -> int:
+    """Processes that collect demonstrations: ``demos.workers``, 0 = one per core."""
+    return cfg.demos.workers or max(1, len(os.sched_getaffinity(0)))
+
+
 def demo_dataset(
     cfg: TrainConfig,
     cache_dir: Path,
     control_mode: str | None,
     obs_keys: list[str] | None = None,
     observations: Any = None,
+    progress: Callable[[int, Episode], None] | None = None,
 ) -> Path:
     """Collect (or reuse from the cache) the demonstrations the config asks for."""
     if cfg.demos.path:
         return Path(cfg.demos.path)
+    demos = dataclasses.asdict(cfg.demos)
+    for k in ("workers", "takeover_rounds", "takeover_episodes", "takeover_max_switch"):  # not the demos' content
+        demos.pop(k)
     key = hashlib.sha256(
         json.dumps(
-            [cfg.task, control_mode, dataclasses.asdict(cfg.demos), cfg.suite, repr(observations), OBSERVATION_VERSION],
+            [cfg.task, control_mode, demos, cfg.suite, repr(observations), OBSERVATION_VERSION],
             sort_keys=True,
         ).encode()
     ).hexdigest()[:12]
@@ -89,6 +100,8 @@ def demo_dataset(
         epsilon=cfg.demos.epsilon,
         seed=cfg.demos.seed,
         only_success=cfg.demos.only_success,
+        workers=demo_workers(cfg),
+        progress=progress,
     )
     tmp.rename(path)
     return path
@@ -199,35 +212,90 @@ def _run_ppo(
     return records, history
 
 
+def _demo_progress(progress: ProgressFn | None, what: str, total: int) -> Callable[[int, Episode], None] | None:
+    if progress is None:
+        return None
+    done = [0, 0]
+
+    every = max(1, total // 20)  # about 20 lines in a log file
+
+    def report(i: int, ep: Episode) -> None:
+        done[0] += 1
+        done[1] += int(ep.success)
+        if done[0] % every == 0 or done[0] == total:
+            progress(f"{what}: {done[0]}/{total} ({done[1]} succeeded)", done[0], total)
+
+    return report
+
+
 def _run_bc(
     cfg: TrainConfig, out: Path, client: Any, run_id: str, progress: ProgressFn | None, cache: Path
 ) -> tuple[list[CheckpointRecord], list[dict[str, float]]]:
     env = TwinEnv(cfg.task, control_mode=cfg.control_mode)
     policy = build_policy(cfg, env)
     env.close()
-    path = demo_dataset(cfg, cache, cfg.control_mode)
+    t0 = time.perf_counter()
+    path = demo_dataset(
+        cfg, cache, cfg.control_mode, progress=_demo_progress(progress, "expert demos", cfg.demos.episodes)
+    )
     digest = data_digest(path)
     episodes = list(iter_episodes(path, policy.spec.obs_keys))
-    obs, acts = episodes_to_samples(
-        episodes, policy.spec.obs_keys, policy.n_obs_steps, policy.horizon, getattr(policy, "action_offset", 0)
-    )
-    client.log_metric(run_id, "demos/transitions", len(acts))
+    if not episodes:
+        raise ValueError(
+            f"no demonstration to train on in {path}: none of the {cfg.demos.episodes} expert episodes "
+            f"succeeded (demos.noise = {cfg.demos.noise}); lower demos.noise or set demos.only_success=false"
+        )
+    client.log_metric(run_id, "demos/episodes", len(episodes))
+    client.log_metric(run_id, "demos/collect_s", time.perf_counter() - t0)
     records: list[CheckpointRecord] = []
     history: list[dict[str, float]] = []
     bc_cfg = dataclasses.replace(cfg.bc, seed=cfg.seed)
+    rounds = 1 + cfg.demos.takeover_rounds
+    total_epochs = rounds * bc_cfg.epochs
+    for r in range(rounds):
+        if r > 0:
+            # DAgger-style round: the latest checkpoint drives, the expert finishes
+            t1 = time.perf_counter()
+            n = cfg.demos.takeover_episodes
+            tk_path = out / f"takeovers_round{r}.h5"
+            tk_path.unlink(missing_ok=True)  # a re-run's: its checkpoint is not this run's
+            tk = collect_takeovers(
+                cfg.task,
+                records[-1].path,
+                tk_path,
+                n,
+                control_mode=cfg.control_mode,
+                seed=cfg.demos.seed + 100_000 * r,
+                max_switch=cfg.demos.takeover_max_switch,
+                workers=demo_workers(cfg),
+                progress=_demo_progress(progress, f"takeover round {r}", n),
+            )
+            new = list(iter_episodes(tk, policy.spec.obs_keys))
+            episodes += new
+            # the checkpoint's data: the demos and every round so far
+            digest = hashlib.sha256(f"{digest}+{data_digest(tk)}".encode()).hexdigest()[: len(digest)]
+            client.log_metric(run_id, "demos/takeover_episodes", len(new), step=r)
+            client.log_metric(run_id, "demos/takeover_collect_s", time.perf_counter() - t1, step=r)
+        obs, acts = policy_samples(policy, episodes)
+        client.log_metric(run_id, "demos/transitions", len(acts), step=r)
+        offset = r * bc_cfg.epochs
 
-    def on_epoch(epoch: int, loss: float) -> None:
-        client.log_metric(run_id, "loss/bc", loss, step=epoch)
-        history.append({"epoch": epoch, "loss/bc": loss})
-        if epoch % cfg.checkpoint_every == 0 or epoch == bc_cfg.epochs:
-            succ = success_rate(policy, cfg.task, _eval_seeds(cfg), control_mode=cfg.control_mode)
-            if math.isfinite(succ):
-                client.log_metric(run_id, "eval/success_rate", succ, step=epoch)
-            records.append(save_and_register(policy, cfg, out, client, run_id, epoch, digest, succ))
-        if progress is not None:
-            progress(f"BC epoch {epoch} (loss {loss:.4f})", epoch, bc_cfg.epochs)
+        def on_epoch(epoch: int, loss: float, offset: int = offset) -> None:
+            step = offset + epoch
+            client.log_metric(run_id, "loss/bc", loss, step=step)
+            history.append({"epoch": step, "loss/bc": loss})
+            if step % cfg.checkpoint_every == 0 or epoch == bc_cfg.epochs:
+                if progress is not None:
+                    progress(f"BC epoch {step}: evaluating {cfg.eval_episodes} episodes", step, total_epochs)
+                succ = success_rate(policy, cfg.task, _eval_seeds(cfg), control_mode=cfg.control_mode)
+                if math.isfinite(succ):
+                    client.log_metric(run_id, "eval/success_rate", succ, step=step)
+                records.append(save_and_register(policy, cfg, out, client, run_id, step, digest, succ))
+            if progress is not None and (step % max(1, total_epochs // 60) == 0 or step == total_epochs):
+                progress(f"BC epoch {step} (loss {loss:.4f})", step, total_epochs)
 
-    train_bc(policy, obs, acts, bc_cfg, callback=on_epoch)
+        train_bc(policy, obs, acts, bc_cfg, callback=on_epoch, fit_normalizer=r == 0)
+    client.log_metric(run_id, "train/wall_time_s", time.perf_counter() - t0)
     return records, history
 
 

@@ -136,7 +136,8 @@ def test_default_configs_train_each_task_in_a_mode_its_demonstrator_drives(tmp_p
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     p = subprocess.run(
         [TWINRANK, "train", "--algo", "bc", "--task", "push_t", "--epochs", "1", "--set", "eval_episodes=0"]
-        + ["--set", "demos.episodes=1", "--set", "checkpoint_every=1", "--tracking-uri", uri, "--out", str(tmp_path)],
+        + ["--set", "demos.episodes=1", "--set", "demos.noise=0", "--set", "demos.takeover_rounds=0"]
+        + ["--set", "checkpoint_every=1", "--tracking-uri", uri, "--out", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=900,

@@ -76,6 +76,18 @@ def demo(
     output.exit_with(code)
 
 
+def _success_cell(rate: float, n: int) -> str:
+    """``0.45 [0.26, 0.66] (n = 20)``: a training checkpoint's in-sim success with its Wilson 95 % interval."""
+    import math
+
+    from evaluator.results import wilson_interval
+
+    if not math.isfinite(rate):
+        return "not evaluated"
+    lo, hi = wilson_interval(int(round(rate * n)), n)
+    return f"{rate:.2f} [{lo:.2f}, {hi:.2f}] (n = {n})"
+
+
 @app.command()
 def train(
     config: Path = typer.Argument(None, help="Training config YAML (see policies/train.py)."),
@@ -144,7 +156,7 @@ def train(
     rows = [
         (
             r.step,
-            f"{r.success_rate:.2f} (n = {cfg.eval_episodes})" if evaluated else "not evaluated",
+            _success_cell(r.success_rate, cfg.eval_episodes) if evaluated else "not evaluated",
             r.model_version,
             r.path,
         )
