@@ -224,7 +224,7 @@ def _calibrated_success(paths: list[str], bag: Path, out: Path, eps: int, label:
         episodes_per_condition=eps,
         video=VideoCfg(enabled=False),
     )
-    campaign = evaluate(paths, spec, out / "campaign", videos=False, plots=False)
+    campaign = evaluate(paths, spec, out / "campaign" / f"{eps}_per_condition", videos=False, plots=False)
     return {s.label: float(s.overall["success_rate"]) for s in campaign.checkpoints if s.status == "ok"}
 
 
@@ -283,13 +283,16 @@ def main() -> None:
         bag = root / f"proxy_real_logs{sub}"
         if not bag.exists():
             record_logs(TASK, bag, domain=dom, episodes=20)
-        truth_csv = root / f"truth{sub}" / "proxy_real_outcomes.csv"
+        # one folder per episode count (a campaign folder holds one evaluation spec)
+        truth_dir = root / f"truth{sub}" / f"{truth_eps}_episodes"
+        truth_csv = truth_dir / "proxy_real_outcomes.csv"
         t1 = time.perf_counter()
         cached = pd.read_csv(truth_csv) if truth_csv.is_file() else None
-        if cached is not None and (cached["episodes"] == truth_eps).all():
+        labels = {checkpoint_label(Path(p)) for p in paths}
+        if cached is not None and (cached["episodes"] == truth_eps).all() and labels <= set(cached["checkpoint"]):
             truth = cached
         else:
-            truth = ground_truth(paths, TASK, root / f"truth{sub}", domain=dom, episodes=truth_eps)
+            truth = ground_truth(paths, TASK, truth_dir, domain=dom, episodes=truth_eps)
         t_truth = time.perf_counter() - t1
         real = dict(zip(truth["checkpoint"], truth["real_success"], strict=True))
         res = rank_checkpoints(
@@ -301,7 +304,7 @@ def main() -> None:
             rule="vsdr",
             promote=False,
             ood=OODSettings(reference_episodes=10),
-            campaign_dir=root / "campaign",
+            campaign_dir=root / "campaign" / f"{cond_eps}_per_condition",
             extra_columns={checkpoint_label(Path(p)): {"train_loss": losses[p]} for p in paths},
         )
         df = res.ranking[res.ranking["checkpoint"].isin(real)].reset_index(drop=True)
