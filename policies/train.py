@@ -218,12 +218,13 @@ def _demo_progress(progress: ProgressFn | None, what: str, total: int) -> Callab
     done = [0, 0]
 
     every = max(1, total // 20)  # about 20 lines in a log file
+    progress(what, 0, total)  # starts the display's clock (rate, ETA) now
 
     def report(i: int, ep: Episode) -> None:
         done[0] += 1
         done[1] += int(ep.success)
         if done[0] % every == 0 or done[0] == total:
-            progress(f"{what}: {done[0]}/{total} ({done[1]} succeeded)", done[0], total)
+            progress(f"{what} ({done[1]} succeeded)", done[0], total)
 
     return report
 

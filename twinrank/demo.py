@@ -119,7 +119,7 @@ def train_family(out_dir: Path, tracking_uri: str | None) -> list[str]:
         experiment="twinrank-demo",
         model_name=DEMO_MODEL,
     )
-    with output.ProgressDisplay(unit="epochs") as bar:
+    with output.ProgressDisplay(unit="it") as bar:  # demonstrations, then epochs
         bar.update(desc="collecting demonstrations", done=0, total=cfg.bc.epochs)
         result = run_training(
             cfg,
