@@ -716,12 +716,6 @@ def test_whole_graph_policy_in_twin_real_arm_follows_and_recorder_logs(ros, chec
         graph = GraphRunner(nodes, mode="process", installed=True, log_dir=tmp_path / "logs")
         graph.start()
 
-        def logs() -> str:
-            return "\n".join(
-                f"--- {p.name}:\n{p.read_text(errors='replace')[-1500:]}"
-                for p in sorted((tmp_path / "logs").glob("*.log"))
-            )
-
         try:
             probe.wait(lambda: len(probe.got("/joint_states")) > 20, 3 * WAIT_S, "/joint_states from the arm")
             if cameras:
@@ -802,7 +796,7 @@ def test_whole_graph_policy_in_twin_real_arm_follows_and_recorder_logs(ros, chec
             recorder_status = json.loads(probe.last("/recorder/status").data) if probe.last("/recorder/status") else {}
         except AssertionError as exc:
             graph.stop(timeout=20.0)
-            raise AssertionError(f"{exc}\nnode logs:\n{logs()}") from None
+            raise AssertionError(f"{exc}\nnode logs:\n{graph.log_tails(1500)}") from None
         finally:
             graph.stop(timeout=20.0)
             if fake is not None:
@@ -810,7 +804,7 @@ def test_whole_graph_policy_in_twin_real_arm_follows_and_recorder_logs(ros, chec
         exited = graph.returncodes
     assert reached, (
         f"the arm did not follow the twin: error {arm_err():.4f} rad; arm at start {q_before}, "
-        f"first command {first_cmd}, last {last_cmd}; {start_msg}; logs:\n{logs()}"
+        f"first command {first_cmd}, last {last_cmd}; {start_msg}; logs:\n{graph.log_tails(1500)}"
     )
     moved = float(np.abs(q_after - q_before).max())
     assert moved > 1e-3, "the arm did not move"

@@ -104,12 +104,6 @@ def test_tracker_in_graph_twin_object_follows_recorded_and_lost(tmp_path, task, 
         graph = GraphRunner(nodes, mode="process", installed=True, log_dir=tmp_path / "logs")
         graph.start()
 
-        def logs() -> str:
-            return "\n".join(
-                f"--- {p.name}:\n{p.read_text(errors='replace')[-2000:]}"
-                for p in sorted((tmp_path / "logs").glob("*.log"))
-            )
-
         try:
             probe.wait(lambda: probe.got("/cam_left/color/image_raw"), 3 * WAIT_S, "software-camera images")
             t_first = probe.wait(lambda: probe.got(pose_topic) and time.monotonic(), 3 * WAIT_S, f"{pose_topic}")
@@ -164,7 +158,7 @@ def test_tracker_in_graph_twin_object_follows_recorded_and_lost(tmp_path, task, 
             print(f"lost after the cameras stopped: {lost['reason']!r}; desync: {_desync(probe).object_lost[obj]!r}")
             assert "frame" in lost["reason"] or "camera" in lost["reason"], lost
         except AssertionError:
-            print(logs())
+            print(graph.log_tails(2000))
             raise
         finally:
             arm.stop()

@@ -214,6 +214,15 @@ class GraphRunner:
     def node(self, name: str) -> Any:
         return self.nodes[name]
 
+    def log_tails(self, chars: int = 2000) -> str:
+        """The last ``chars`` characters of each node's log file (process mode with a
+        ``log_dir``), headed by its name: what to show when the graph misbehaves."""
+        if self.log_dir is None:
+            return "(no log_dir: the nodes log to this process's output)"
+        return "\n".join(
+            f"--- {p.name}:\n{p.read_text(errors='replace')[-chars:]}" for p in sorted(self.log_dir.glob("*.log"))
+        )
+
     def exited(self) -> dict[str, int]:
         """Subprocesses that have exited, with their return codes."""
         return {n: p.returncode for n, p in self.procs.items() if p.poll() is not None}
