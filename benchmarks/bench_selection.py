@@ -157,20 +157,17 @@ def _pusht_family(root: Path, uri: str, done: Path) -> list[str]:
     return paths
 
 
-def _control_mode() -> str:
-    return "pusht_xy" if TASK == "push_t" else "discrete"
-
-
 def train_losses(paths: list[str], root: Path) -> dict[str, float]:
     """BC loss of each checkpoint on 10 held-out demonstrations (the 'training loss' baseline)."""
     from policies.bc import policy_samples
     from policies.checkpoint import load_checkpoint
     from policies.data import iter_episodes
     from policies.demos import collect_demos
+    from policies.train_config import default_control_mode
 
     h5 = root / "heldout_demos.h5"
     if not h5.is_file():
-        collect_demos(TASK, h5, 10, control_mode=_control_mode(), seed=7000, only_success=True)
+        collect_demos(TASK, h5, 10, control_mode=default_control_mode(TASK), seed=7000, only_success=True)
     out: dict[str, float] = {}
     for p in paths:
         pol = load_checkpoint(p)
@@ -234,6 +231,7 @@ def main() -> None:
     from selection.job import OODSettings, rank_checkpoints
     from selection.proxy_real import ProxyRealDomain, ground_truth, record_logs
     from selection.ranking import BASELINES, COMBINED_RULES, Validation, choose_rule, rule_scores
+    from twin.tasks import get_task_class
 
     if "--quick" in sys.argv[1:]:
         os.environ["TWINRANK_BENCH_QUICK"] = "1"
@@ -273,8 +271,8 @@ def main() -> None:
     frames: dict[str, pd.DataFrame] = {}
     summary: list[str] = []
     for engine in ENGINES:
-        if TASK == "push_t" and engine != "mujoco":
-            line = f"proxy-real ({engine}): not measured; push_t reads MuJoCo's model directly (README, second engine)"
+        if engine not in get_task_class(TASK).engines:
+            line = f"proxy-real ({engine}): not measured; {TASK} does not run on {engine} (README, second engine)"
             summary.append(line)
             print("\n" + line)
             continue

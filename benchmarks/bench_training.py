@@ -213,7 +213,6 @@ def pusht_time_to_half(episodes: int | None = None) -> dict[str, object]:
             int(m.step): (m.timestamp - start_ms) / 1000
             for m in client.get_metric_history(res.run_id, "eval/success_rate")
         }
-        hist = {int(m.step): m.value for m in client.get_metric_history(res.run_id, "demos/transitions")}
         seeds = [50_000 + i for i in range(n)]
         # held-out episodes for the checkpoints that could be the first at 50 % (training
         # evaluation >= 0.3, in order, until one is), the training evaluation's best and the last
@@ -242,7 +241,7 @@ def pusht_time_to_half(episodes: int | None = None) -> dict[str, object]:
             )
             reached = reached or succ >= 0.5
     first = next((r for r in rows if r["success"] >= 0.5), None)
-    return {"rows": rows, "first": first, "episodes": n, "transitions": hist, "config": cfg}
+    return {"rows": rows, "first": first, "episodes": n, "config": cfg}
 
 
 def main() -> None:

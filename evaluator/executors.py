@@ -63,7 +63,7 @@ from typing import Any
 
 from evaluator.worker import WorkerState, WorkUnit, worker_main
 from policies.runtime import ENV_VAR as TORCH_THREADS_ENV
-from policies.runtime import torch_threads_for
+from policies.runtime import available_cores, torch_threads_for
 
 Handle = Callable[[str, WorkUnit, dict[str, Any]], None]
 Skip = Callable[[WorkUnit], bool]
@@ -74,10 +74,8 @@ class ExecutorError(RuntimeError):
 
 
 def default_workers() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
+    """One worker per core this process may use."""
+    return available_cores()
 
 
 def _never(unit: WorkUnit) -> bool:

@@ -76,13 +76,11 @@ def train_bc(
     actions: np.ndarray,
     cfg: BCConfig,
     callback: Callable[[int, float], bool | None] | None = None,
-    fit_normalizer: bool = True,
 ) -> list[float]:
     """Minimise ``policy.compute_bc_loss`` over the dataset; returns the per-epoch mean loss.
 
     ``callback(epoch, loss)`` runs after each epoch; returning True stops training.
-    ``fit_normalizer``: set the policy's normalization from this dataset first (False keeps it,
-    e.g. when training goes on with more data).
+    The policy's normalization is fitted to this dataset first.
     """
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)

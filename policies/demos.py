@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import multiprocessing as mp
+import re
 import signal
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -188,6 +189,16 @@ def _expert_episode(env: TwinEnv, job: _Job, s: int) -> Episode:
     return record_episode(env, act, s, source=f"expert(noise={job.noise},eps={job.epsilon})", reset_hook=demo.reset)
 
 
+_TAKEOVER = re.compile(r"takeover\(switch=(\d+)\)")
+
+
+def takeover_switch(ep: Episode) -> int | None:
+    """The step where the expert took over a takeover episode (its ``source`` is
+    ``takeover(switch=N)``), None for any other episode."""
+    m = _TAKEOVER.fullmatch(ep.source)
+    return int(m.group(1)) if m else None
+
+
 def _takeover_episode(env: TwinEnv, job: _Job, s: int, policy: Any) -> Episode:
     """The policy drives until a random step, then the expert (re-planning from there) finishes."""
     switch = int(np.random.default_rng([s, 13]).integers(1, job.max_switch + 1))
@@ -259,6 +270,14 @@ def _run_jobs(jobs: list[_Job], workers: int) -> Iterator[Episode]:
                 f.cancel()
 
 
+def _writer(path: str | Path, task: str, control_mode: str | None) -> EpisodeWriter:
+    """The dataset's writer, in the control mode the env resolves ``control_mode`` to."""
+    env = TwinEnv(task, control_mode=control_mode)
+    mode = env.cfg.actions.mode
+    env.close()
+    return EpisodeWriter(path, task, mode)
+
+
 def _jobs(base: _Job, seeds: list[int], batch: int) -> list[_Job]:
     return [dataclasses.replace(base, seeds=tuple(seeds[i : i + batch])) for i in range(0, len(seeds), batch)]
 
@@ -287,10 +306,7 @@ def collect_demos(
     ``workers``: processes collecting in parallel (episodes are written in seed order; the
     result does not depend on the count).
     """
-    env = TwinEnv(task, control_mode=control_mode, observations=observations, suite=suite, engine=engine)
-    mode = env.cfg.actions.mode
-    env.close()
-    writer = EpisodeWriter(path, task, mode)
+    writer = _writer(path, task, control_mode)
     base = _Job(task, control_mode, observations, suite, engine, (), noise=noise, epsilon=epsilon)
     for i, ep in enumerate(_run_jobs(_jobs(base, [seed + i for i in range(episodes)], 5), workers)):
         if ep.success or not only_success:
@@ -318,14 +334,10 @@ def collect_takeovers(
     too, so the state they reach can be replayed) with ``source = "takeover(switch=N)"``;
     training uses only the expert's steps (:func:`policies.pusht_state.expert_steps_start`).
     Episodes the policy ends before the switch are dropped."""
-    env = TwinEnv(task, control_mode=control_mode)
-    mode = env.cfg.actions.mode
-    env.close()
-    writer = EpisodeWriter(path, task, mode)
+    writer = _writer(path, task, control_mode)
     base = _Job(task, control_mode, None, None, "mujoco", (), policy_path=str(policy_path), max_switch=int(max_switch))
     for i, ep in enumerate(_run_jobs(_jobs(base, [seed + i for i in range(episodes)], 5), workers)):
-        switch = int(ep.source.split("=")[1].rstrip(")"))
-        if switch < ep.length:
+        if (takeover_switch(ep) or 0) < ep.length:
             writer.add(ep)
         if progress is not None:
             progress(i, ep)

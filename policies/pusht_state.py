@@ -32,7 +32,6 @@ step, then the expert finishes) contribute only the expert's steps.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +42,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from policies.data import Episode
+from policies.demos import takeover_switch
 from policies.interface import (
     ChunkedPolicy,
     ConfigError,
@@ -61,7 +61,6 @@ _VEL_SCALE = 100.0
 _KP_SCALE = 100.0
 _GOAL_KP = tee_keypoints(GOAL_POSE)
 FEATURE_DIM = 8 + 4 * len(_GOAL_KP)
-_TAKEOVER = re.compile(r"takeover\(switch=(\d+)")
 
 
 @dataclass
@@ -112,12 +111,11 @@ def pusht_features(agent_pos: np.ndarray, agent_vel: np.ndarray, block: np.ndarr
     ).astype(np.float32)
 
 
-def _pd_step_env(pos: np.ndarray, vel: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _pd_step_env(pos: np.ndarray, vel: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """One env step of the agent as ``PushT.apply_pusht_action`` does it: target clipped to the
-    workspace, PD step, position clipped. Returns (target, pos, vel)."""
-    t = np.clip(target, 0.0, WORKSPACE_SIZE)
-    p, v = agent_pd_step(pos, vel, t)
-    return t, np.clip(p, 0.0, WORKSPACE_SIZE), v
+    workspace, PD step, position clipped. Returns (pos, vel)."""
+    p, v = agent_pd_step(pos, vel, np.clip(target, 0.0, WORKSPACE_SIZE))
+    return np.clip(p, 0.0, WORKSPACE_SIZE), v
 
 
 def replay_agent(start: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -125,7 +123,7 @@ def replay_agent(start: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np
     pos, vel = np.asarray(start, dtype=np.float64).copy(), np.zeros(2)
     ps, vs = [pos], [vel]
     for a in np.asarray(targets, dtype=np.float64):
-        _, pos, vel = _pd_step_env(pos, vel, a)
+        pos, vel = _pd_step_env(pos, vel, a)
         ps.append(pos)
         vs.append(vel)
     return np.stack(ps), np.stack(vs)
@@ -133,8 +131,7 @@ def replay_agent(start: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np
 
 def expert_steps_start(ep: Episode) -> int:
     """First step of an episode whose action is the expert's (0, or a takeover's switch step)."""
-    m = _TAKEOVER.match(ep.source)
-    return int(m.group(1)) if m else 0
+    return takeover_switch(ep) or 0
 
 
 @register_policy("pusht_state")
@@ -251,7 +248,7 @@ class PushTStatePolicy(ChunkedPolicy):
                 for t in range(self.n_action_steps):
                     # the env gets the float32 target: track the agent under exactly that
                     chunks[j, t] = np.clip(pd_target_for(p, v, desired[j, t]), 0.0, WORKSPACE_SIZE)
-                    _, p, v = _pd_step_env(p, v, chunks[j, t].astype(np.float64))
+                    p, v = _pd_step_env(p, v, chunks[j, t].astype(np.float64))
                 self._agents[int(i)] = (p, v)
             self.executor.push(ids, chunks)
         return self.executor.pop()

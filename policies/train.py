@@ -17,7 +17,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,7 +33,7 @@ from policies.interface import Policy, PolicySpec, make_policy
 from policies.mlflow_model import save_and_register
 from policies.ppo import DemoBuffer, PPOTrainer, UpdateStats
 from policies.rollout import success_rate
-from policies.runtime import set_torch_threads
+from policies.runtime import available_cores, set_torch_threads
 from policies.train_config import (
     CheckpointRecord,
     DemoCfg,
@@ -61,7 +60,7 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def demo_workers(cfg: TrainConfig) -> int:
     """Processes that collect demonstrations: ``demos.workers``, 0 = one per core."""
-    return cfg.demos.workers or max(1, len(os.sched_getaffinity(0)))
+    return cfg.demos.workers or available_cores()
 
 
 def demo_dataset(
@@ -295,7 +294,8 @@ def _run_bc(
             if progress is not None and (step % max(1, total_epochs // 60) == 0 or step == total_epochs):
                 progress(f"BC epoch {step} (loss {loss:.4f})", step, total_epochs)
 
-        train_bc(policy, obs, acts, bc_cfg, callback=on_epoch, fit_normalizer=r == 0)
+        # each pass refits the normalization to everything so far (the takeovers included)
+        train_bc(policy, obs, acts, bc_cfg, callback=on_epoch)
     client.log_metric(run_id, "train/wall_time_s", time.perf_counter() - t0)
     return records, history
 

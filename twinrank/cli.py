@@ -80,12 +80,7 @@ def _success_cell(rate: float, n: int) -> str:
     """``0.45 [0.26, 0.66] (n = 20)``: a training checkpoint's in-sim success with its Wilson 95 % interval."""
     import math
 
-    from evaluator.results import wilson_interval
-
-    if not math.isfinite(rate):
-        return "not evaluated"
-    lo, hi = wilson_interval(int(round(rate * n)), n)
-    return f"{rate:.2f} [{lo:.2f}, {hi:.2f}] (n = {n})"
+    return f"{output.rate_interval(rate, n)} (n = {n})" if math.isfinite(rate) else "not evaluated"
 
 
 @app.command()

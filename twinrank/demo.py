@@ -180,7 +180,6 @@ def fidelity_verdict(m: dict, y: np.ndarray, label: str, n: int) -> str:
 def show_fidelity(res, ckpts: list[str], dom, out_dir: Path, tracking_uri: str | None) -> None:
     """The second engine's success per checkpoint (validation only: the ranking never read it),
     the fidelity table of each ranking against it, and the scatter (logged to the ranking run)."""
-    from evaluator.results import wilson_interval
     from selection.fidelity import fidelity_metrics, fidelity_scatter, no_verdict_reason
     from selection.proxy_real import ground_truth
     from selection.ranking import rule_scores
@@ -197,8 +196,7 @@ def show_fidelity(res, ckpts: list[str], dom, out_dir: Path, tracking_uri: str |
     y = np.array([real[c] for c in df["checkpoint"]])
 
     def interval(p: float) -> str:
-        lo, hi = wilson_interval(round(p * TRUTH_EPISODES), TRUTH_EPISODES)
-        return f"{p:.2f} [{lo:.2f}, {hi:.2f}]"
+        return output.rate_interval(p, TRUTH_EPISODES)
 
     output.print_table(
         f"Each checkpoint: twin vs {dom.label} ({TRUTH_EPISODES} episodes each, Wilson 95% CI; not real robot data)",

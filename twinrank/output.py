@@ -173,6 +173,14 @@ def print_warnings(warnings: list[str]) -> None:
         warn(w)
 
 
+def rate_interval(rate: float, n: int) -> str:
+    """``0.45 [0.26, 0.66]``: a success rate measured on ``n`` episodes with its Wilson 95 % interval."""
+    from evaluator.results import wilson_interval
+
+    lo, hi = wilson_interval(round(rate * n), n)
+    return f"{rate:.2f} [{lo:.2f}, {hi:.2f}]"
+
+
 def _fmt_rate(d: dict[str, Any], key: str = "success_rate") -> str:
     v = d.get(key) if d and d.get("n") else None
     return "-" if v is None else f"{v:.2f}"
@@ -434,6 +442,7 @@ __all__ = [
     "is_terminal",
     "print_campaign",
     "print_table",
+    "rate_interval",
     "rule",
     "styled",
     "warn",
