@@ -7,10 +7,10 @@ Setup, on ``reach`` (default) or the mission tasks ``mug_to_sink``, ``box_to_she
 
 * a checkpoint family with a real spread of quality, registered in a local MLflow store:
   ``reach``: a BC run (12 checkpoints, epochs 3..36 on 8 demos: from barely trained to
-  converged) and a PPO+BC run (8 checkpoints, 1k..8k env steps); ``mug_to_sink``: a BC run
-  (6 checkpoints, epochs 10..60 on 80 demos) and a PPO+BC run (13 checkpoints, 8k..100k env
-  steps); ``box_to_shelf``: the same BC run and a PPO+BC run of 12 checkpoints, 2k..24k env
-  steps; ``push_t``: the default ``twinrank train --algo bc --task push_t`` run (state policy,
+  converged) and a PPO+BC run (8 checkpoints, 1k..8k env steps); ``mug_to_sink`` and
+  ``box_to_shelf``: the default ``twinrank train --algo bc`` run (chunked state policy,
+  takeover rounds; 12 checkpoints, epochs 10..200) and one-step discrete BC on its
+  demonstrations (3 checkpoints); ``push_t``: the default ``twinrank train --algo bc --task push_t`` run (state policy,
   takeover rounds), epochs 10, 20, 40, ..., 300 (16 checkpoints), against the same-engine reality only (push_t
   reads MuJoCo's model directly, so the second engine cannot run it);
 * two realities, each with its own logs (20 demonstrator episodes written through the rosbag2
@@ -50,32 +50,23 @@ import numpy as np
 import pandas as pd
 import torch
 
+from policies.train_config import CHUNKED_BC_TASKS
 from selection.fidelity import fidelity_metrics, fidelity_scatter, no_verdict_reason
 
-#: the task of the family (TWINRANK_BENCH_TASK): reach, or a mission task in FAMILIES
+#: the task of the family (TWINRANK_BENCH_TASK): reach, mug_to_sink, box_to_shelf or push_t
 TASK = os.environ.get("TWINRANK_BENCH_TASK", "reach")
 
 
-def _mission_family(steps: int, every: int) -> tuple[dict, dict]:
-    """A mission task's family: discrete BC on 80 demos (epochs 10..60) and PPO+BC (BC warm
-    start, shaped reward) to ``steps`` env steps, a checkpoint every ``every`` updates."""
-    ppo = {"bc_pretrain_steps": 3000, "bc_batch_size": 128, "reward": "shaped"}
-    return {"demos": 80, "epochs": 60, "every": 10}, {"demos": 80, "steps": steps, "every": every, "ppo": ppo}
-
-
-#: per task: (BC run, PPO+BC run) settings of the family
+#: per task: (BC run, PPO+BC run) settings of the family. mug_to_sink and box_to_shelf
+#: (CHUNKED_BC_TASKS) use the chunked state policy's default run instead (_chunked_family).
+#: Before it, on mug_to_sink: one-step discrete BC from 80 demos stayed below 0.3, and PPO+BC
+#: reached 0.8 once in bench_training but <= 0.33 up to 100k steps in this family's run
+#: (2026-12-05)
 FAMILIES = {
     "reach": (
         {"demos": 8, "epochs": 36, "every": 3},
         {"demos": 5, "steps": 8000, "every": 5, "ppo": {}},
     ),
-    # mug_to_sink: discrete BC from 80 demos stays below 0.3; PPO+BC reached 0.8 on 10 seeds
-    # after 69k env steps in bench_training (2026-12-05) but not in this family's run (twin
-    # nominal <= 0.33 up to 100k steps, 2026-12-05): PPO on this task is not reliable yet
-    "mug_to_sink": _mission_family(100000, 40),
-    # box_to_shelf: PPO+BC reached 0.8 on 10 seeds after 16k env steps in bench_training's
-    # time_to_success (2026-12-05, 713 s on a loaded machine)
-    "box_to_shelf": _mission_family(24000, 10),
 }
 ENGINES = ("mujoco", "pybullet")
 #: SimplerEnv (Li et al. 2024), visual matching vs real Google Robot evaluations, and its
@@ -108,9 +99,11 @@ def train_family(root: Path, uri: str) -> list[str]:
         return done.read_text().split()
     if TASK == "push_t":
         return _pusht_family(root, uri, done)
+    if TASK in CHUNKED_BC_TASKS:
+        return _chunked_family(root, uri, done)
     if TASK not in FAMILIES:
         raise SystemExit(
-            f"bench_selection: no family for task {TASK!r}; TWINRANK_BENCH_TASK: {', '.join([*FAMILIES, 'push_t'])}"
+            f"bench_selection: no family for task {TASK!r}; TWINRANK_BENCH_TASK: {', '.join([*FAMILIES, *CHUNKED_BC_TASKS, 'push_t'])}"
         )
     fb, fp = FAMILIES[TASK]
     bc = TrainConfig(
@@ -141,6 +134,31 @@ def train_family(root: Path, uri: str) -> list[str]:
         setattr(ppo.ppo, k, v)
     r2 = run_training(ppo, root / "ppo_bc", tracking_uri=uri, cache_dir=root / "demos")
     paths = [str(r.path) for r in r1.checkpoints + r2.checkpoints]
+    done.write_text("\n".join(paths))
+    return paths
+
+
+def _chunked_family(root: Path, uri: str, done: Path) -> list[str]:
+    """A task trained by default with the chunked state policy (CHUNKED_BC_TASKS): the default
+    ``twinrank train --algo bc`` run (takeover rounds), epochs 10, 30, 50, 60, 70, 80, 100,
+    120, ..., 200 (12 checkpoints), and one-step discrete BC on the same 200 demonstrations,
+    epochs 20, 40, 60 (3 checkpoints: the kind that cannot clone the expert's hold)."""
+    from policies.train import default_config, run_training, with_overrides
+
+    cfg = with_overrides(default_config("bc", TASK), experiment="bench-selection", model_name=f"{TASK}-bench")
+    res = run_training(cfg, root / "bc_chunk", tracking_uri=uri, cache_dir=root / "demos")
+    keep = {10, 30, 50, 60, 70, 80} | set(range(100, 201, 20))
+    paths = [str(r.path) for r in res.checkpoints if r.step in keep]
+    one = with_overrides(
+        cfg,
+        policy="mlp",
+        policy_config={},
+        demos={**cfg.to_dict()["demos"], "takeover_rounds": 0},
+        bc={**cfg.to_dict()["bc"], "epochs": 60, "lr_schedule": "constant"},
+        checkpoint_every=20,
+    )
+    res = run_training(one, root / "bc_one_step", tracking_uri=uri, cache_dir=root / "demos")
+    paths += [str(r.path) for r in res.checkpoints]
     done.write_text("\n".join(paths))
     return paths
 

@@ -19,6 +19,7 @@ from policies.checkpoint import (  # noqa: E402
     save_checkpoint,
     verify_checkpoint,
 )
+from policies.chunk_mlp import ChunkMLPConfig, ChunkMLPPolicy  # noqa: E402
 from policies.diffusion import DiffusionConfig, DiffusionPolicy  # noqa: E402
 from policies.interface import (
     ActionSpec,
@@ -46,6 +47,8 @@ from policies.pusht_state import PushTStateConfig, PushTStatePolicy  # noqa: E40
 
 __all__ = [
     "ActionSpec",
+    "ChunkMLPConfig",
+    "ChunkMLPPolicy",
     "CallablePolicy",
     "CheckpointError",
     "CheckpointSpecError",

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from policies.data import Episode
+from policies.demos import expert_steps_start
 from policies.interface import Policy
 
 
@@ -42,12 +43,13 @@ def episodes_to_samples(
     acts: list[np.ndarray] = []
     for ep in episodes:
         T = ep.length
+        first = expert_steps_start(ep)
         if n_obs_steps == 1 and horizon == 1:
             for k in keys:
-                obs_cols[k].append(ep.obs[k])
-            acts.append(ep.actions)
+                obs_cols[k].append(ep.obs[k][first:])
+            acts.append(ep.actions[first:])
             continue
-        t = np.arange(T)
+        t = np.arange(max(0, first - action_offset), T)
         obs_idx = np.clip(t[:, None] + np.arange(-n_obs_steps + 1, 1)[None], 0, T - 1)  # (T, n_obs)
         act_idx = np.clip(t[:, None] + action_offset + np.arange(horizon)[None], 0, T - 1)  # (T, H)
         for k in keys:

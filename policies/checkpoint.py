@@ -129,6 +129,10 @@ class CheckpointError(ValueError):
         self.message = message
         super().__init__(f"checkpoint {self.path} [{fieldname}]: {message}")
 
+    def __reduce__(self) -> tuple[Any, tuple[str, str, str]]:
+        # raised in worker processes (demo collection, evaluation): must survive pickling
+        return type(self), (self.path, self.field, self.message)
+
 
 class CheckpointSpecError(CheckpointError, SpecMismatchError):
     """The checkpoint's spec does not fit the env it is loaded for."""
@@ -194,7 +198,9 @@ def _sniff_weights(path: Path) -> None:
     size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(9)
-    if head[:1] == b"\x80" or head[:2] == b"PK":
+    # a safetensors header length can start with 0x80 too (896 bytes: 80 03 00 ..), but a
+    # pickle's 9th byte is never the JSON header's "{"
+    if (head[:1] == b"\x80" and head[8:9] != b"{") or head[:2] == b"PK":
         kind = "pickle" if head[:1] == b"\x80" else "zip"
         raise CheckpointError(
             path,

@@ -199,6 +199,11 @@ def takeover_switch(ep: Episode) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def expert_steps_start(ep: Episode) -> int:
+    """First step of an episode whose action is the expert's (0, or a takeover's switch step)."""
+    return takeover_switch(ep) or 0
+
+
 def _takeover_episode(env: TwinEnv, job: _Job, s: int, policy: Any) -> Episode:
     """The policy drives until a random step, then the expert (re-planning from there) finishes."""
     switch = int(np.random.default_rng([s, 13]).integers(1, job.max_switch + 1))
@@ -332,7 +337,7 @@ def collect_takeovers(
     number of steps in ``1..max_switch``, then the task's expert re-plans from where the policy
     left the scene and finishes the episode. Episodes are written whole (the policy's steps
     too, so the state they reach can be replayed) with ``source = "takeover(switch=N)"``;
-    training uses only the expert's steps (:func:`policies.pusht_state.expert_steps_start`).
+    training uses only the expert's steps (:func:`expert_steps_start`).
     Episodes the policy ends before the switch are dropped."""
     writer = _writer(path, task, control_mode)
     base = _Job(task, control_mode, None, None, "mujoco", (), policy_path=str(policy_path), max_switch=int(max_switch))

@@ -311,8 +311,6 @@ class DiffusionPolicy(ChunkedPolicy):
     config: DiffusionConfig
 
     def __init__(self, config: DiffusionConfig | dict | None = None, spec: PolicySpec | None = None) -> None:
-        if spec is None:
-            raise ValueError("DiffusionPolicy needs a PolicySpec (e.g. PolicySpec.from_env(env))")
         super().__init__(config, spec)
         cfg = self.config
         a = self.spec.action
@@ -355,18 +353,6 @@ class DiffusionPolicy(ChunkedPolicy):
     # -- declared needs ----------------------------------------------------------------------
     def required_obs_keys(self) -> list[str]:
         return [self.config.obs_key]
-
-    @property
-    def n_obs_steps(self) -> int:
-        return self.config.n_obs_steps
-
-    @property
-    def horizon(self) -> int:
-        return self.config.horizon
-
-    @property
-    def n_action_steps(self) -> int:
-        return self.config.n_action_steps
 
     @property
     def action_offset(self) -> int:

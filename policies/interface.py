@@ -615,8 +615,10 @@ class Policy(nn.Module):
     #: True when evaluate_actions / act_with_info / get_value are available (PPO)
     has_value_head: bool = False
 
-    def __init__(self, config: Any, spec: PolicySpec) -> None:
+    def __init__(self, config: Any, spec: PolicySpec | None) -> None:
         super().__init__()
+        if spec is None:
+            raise ValueError(f"{type(self).__name__} needs a PolicySpec (e.g. PolicySpec.from_env(env))")
         if self.config_class is not None:
             config = config_from_dict(self.config_class, config)
         if not isinstance(spec, PolicySpec):
@@ -972,20 +974,29 @@ class ChunkedPolicy(Policy):
     """Base of chunked-action policies: ``act`` keeps an observation history per env and
     plays each env's planned chunk before re-planning that env.
 
-    Subclasses implement :meth:`predict_chunk` and define ``n_obs_steps``,
-    ``horizon`` (predicted) and ``n_action_steps`` (executed per plan).
+    Subclasses implement :meth:`predict_chunk`; their config gives ``horizon`` (actions
+    predicted per plan), ``n_action_steps`` (executed per plan) and optionally
+    ``n_obs_steps`` (history length, default 1).
     """
 
     chunked: ClassVar[bool] = True
 
-    def __init__(self, config: Any, spec: PolicySpec) -> None:
+    def __init__(self, config: Any, spec: PolicySpec | None) -> None:
         super().__init__(config, spec)
         self.executor = ChunkExecutor(self.n_action_steps)
         self.history = ObsHistory(self.n_obs_steps)
 
     @property
+    def n_obs_steps(self) -> int:
+        return int(getattr(self.config, "n_obs_steps", 1))
+
+    @property
+    def horizon(self) -> int:
+        return int(self.config.horizon)
+
+    @property
     def n_action_steps(self) -> int:
-        return 1
+        return int(self.config.n_action_steps)
 
     def predict_chunk(self, obs_hist_t: dict[str, torch.Tensor], deterministic: bool = True) -> torch.Tensor:
         """Actions to execute, ``(k, n_action_steps, *action_shape)`` in env units, for ``k`` envs

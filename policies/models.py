@@ -342,8 +342,6 @@ class MLPPolicy(ActorCriticPolicy):
     config: MLPConfig
 
     def __init__(self, config: MLPConfig | dict | None = None, spec: PolicySpec | None = None) -> None:
-        if spec is None:
-            raise ValueError("MLPPolicy needs a PolicySpec (e.g. PolicySpec.from_env(env))")
         super().__init__(config, spec)
         cfg = self.config
         self.action_type = _resolve_action_type("MLPPolicy", cfg.action_type, self.spec.action)
@@ -491,8 +489,6 @@ class PointCloudPolicy(ActorCriticPolicy):
     config: PointCloudConfig
 
     def __init__(self, config: PointCloudConfig | dict | None = None, spec: PolicySpec | None = None) -> None:
-        if spec is None:
-            raise ValueError("PointCloudPolicy needs a PolicySpec (e.g. PolicySpec.from_env(env))")
         super().__init__(config, spec)
         cfg = self.config
         pc = self.spec.obs(cfg.point_key)

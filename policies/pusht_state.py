@@ -42,7 +42,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from policies.data import Episode
-from policies.demos import takeover_switch
+from policies.demos import expert_steps_start
 from policies.interface import (
     ChunkedPolicy,
     ConfigError,
@@ -129,11 +129,6 @@ def replay_agent(start: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np
     return np.stack(ps), np.stack(vs)
 
 
-def expert_steps_start(ep: Episode) -> int:
-    """First step of an episode whose action is the expert's (0, or a takeover's switch step)."""
-    return takeover_switch(ep) or 0
-
-
 @register_policy("pusht_state")
 class PushTStatePolicy(ChunkedPolicy):
     """push_t state policy (see the module docstring). Needs ``obs["state"]`` whose first five
@@ -144,8 +139,6 @@ class PushTStatePolicy(ChunkedPolicy):
     config: PushTStateConfig
 
     def __init__(self, config: PushTStateConfig | dict | None = None, spec: PolicySpec | None = None) -> None:
-        if spec is None:
-            raise ValueError("PushTStatePolicy needs a PolicySpec (e.g. PolicySpec.from_env(env))")
         super().__init__(config, spec)
         if self.spec.action.control_mode != "pusht_xy" or self.spec.action.dim != 2:
             raise SpecMismatchError(
@@ -175,14 +168,6 @@ class PushTStatePolicy(ChunkedPolicy):
     # -- declared needs ----------------------------------------------------------------------
     def required_obs_keys(self) -> list[str]:
         return ["state"]
-
-    @property
-    def horizon(self) -> int:
-        return self.config.horizon
-
-    @property
-    def n_action_steps(self) -> int:
-        return self.config.n_action_steps
 
     # -- features ----------------------------------------------------------------------------
     @torch.no_grad()

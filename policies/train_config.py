@@ -158,6 +158,17 @@ PUSHT_DEMOS = 300
 PUSHT_DEMO_NOISE = 0.017
 
 
+#: tasks whose default BC config is the chunked state policy (``chunk_mlp``) with takeover
+#: rounds: their experts hold while the gripper closes. Measured on the twin, 30 episodes per
+#: checkpoint (2026-12-06): mug_to_sink one-step BC <= 0.05, chunked 0.67-0.87 after the
+#: second takeover round; box_to_shelf chunked 0.77-1.00 from epoch 100 (4.6 min on 2 cores)
+CHUNKED_BC_TASKS = ("mug_to_sink", "box_to_shelf")
+#: actions of each predicted chunk of 8 played before the policy plans again (measured on
+#: mug_to_sink, 30 episodes per checkpoint: 4 gave 0.67-0.87 after the second takeover round,
+#: 8 gave 0.53-0.77)
+CHUNKED_BC_ACTION_STEPS = 4
+
+
 def default_control_mode(task: str) -> str:
     """The control mode a default config trains ``task`` in: CASHER's discrete actions where the
     task's demonstrator can drive them (waypoint experts in ``ee_pose``), else the
@@ -203,6 +214,21 @@ def default_config(algo: str, task: str) -> TrainConfig:
             bc=BCConfig(epochs=100, batch_size=512, lr=1e-3, weight_decay=1e-5, lr_schedule="cosine"),
             checkpoint_every=10,
             eval_episodes=20,
+        )
+    if algo == "bc" and task in CHUNKED_BC_TASKS:
+        # measured on the twin (README, bench_training): a chunked state policy, because the
+        # expert holds while the gripper closes, with DAgger-style takeover rounds
+        return TrainConfig(
+            algo="bc",
+            task=task,
+            control_mode=mode,
+            policy="chunk_mlp",
+            policy_config={"n_action_steps": CHUNKED_BC_ACTION_STEPS},
+            obs_keys=["state"],
+            demos=DemoCfg(episodes=200, takeover_rounds=4, takeover_episodes=100, takeover_max_switch=100),
+            bc=BCConfig(epochs=40, lr_schedule="cosine"),
+            checkpoint_every=10,
+            eval_episodes=30,
         )
     if algo == "bc":
         return TrainConfig(

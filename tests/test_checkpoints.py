@@ -234,7 +234,7 @@ def test_bad_manifests(mlp_ckpt):
         (lambda m: m.update(training_step="ten"), r"\[training_step\]: .* must be int"),
         (
             lambda m: m.update(policy_class="resnet9000"),
-            r"\[policy_class\]: unknown policy class 'resnet9000'; registered: diffusion, mlp, pointcloud",
+            r"\[policy_class\]: unknown policy class 'resnet9000'; registered: chunk_mlp, diffusion, mlp, pointcloud",
         ),
         (lambda m: m["config"].update(hidden_sizes="big"), r"\[config\]: MLPPolicy rejects the config.*hidden_sizes"),
         (lambda m: m["config"].update(dropout=0.1), r"\[config\]: .*unknown config field\(s\) \['dropout'\]"),
@@ -283,6 +283,25 @@ def test_renamed_pickles_are_never_unpickled(mlp_ckpt, tmp_path):
     weights.write_bytes(b"\x00" * 64)
     with pytest.raises(CheckpointError, match="not a safetensors file"):
         load_checkpoint(d)
+
+
+def test_header_length_starting_with_the_pickle_opcode_is_safetensors(tmp_path):
+    """A safetensors header of 0x80 + 256 k bytes starts with byte 0x80, as a pickle does; a
+    trained chunk_mlp checkpoint (header 896 bytes) was refused as a pickle before the fix."""
+    path = tmp_path / "w.safetensors"
+    for pad in range(256):
+        save_file({"w" + "x" * pad: torch.zeros(2)}, str(path))
+        if path.read_bytes()[0] == 0x80:
+            break
+    assert path.read_bytes()[0] == 0x80
+    assert "w" + "x" * pad in read_safetensors_header(path)
+
+
+def test_checkpoint_errors_survive_pickling():
+    """Raised in spawn workers (demo collection, evaluation): the pool must get the error back."""
+    for cls in (CheckpointError, CheckpointSpecError):
+        err = pickle.loads(pickle.dumps(cls("/x/ckpt", "model.safetensors", "bad")))
+        assert type(err) is cls and str(err) == "checkpoint /x/ckpt [model.safetensors]: bad"
 
 
 def test_truncated_or_corrupt_weights(mlp_ckpt):

@@ -193,3 +193,26 @@ def test_help_and_errors_print_brackets_as_written(tmp_path):
     bad.write_text("name: bad\nfactors:\n  object_scale: {range: [1.1, 0.9]}\n")
     r = runner.invoke(app, ["suite", "validate", str(bad)])
     assert r.exit_code == 2 and "[1.1, 0.9]" in r.output and "give [lo, hi] with lo <= hi" in r.output, r.output
+
+
+def test_progress_rate_after_other_work_counts_from_where_the_work_resumed(monkeypatch):
+    """Training resumes its epoch bar at 50/200 after a data-collection round: the rate is
+    timed from there (it printed 36768045 it/s, the 50 earlier epochs over a few ms)."""
+    from twinrank import output
+
+    clock = [100.0]
+    monkeypatch.setattr(output.time, "monotonic", lambda: clock[0])
+    with output.console.capture() as cap, output.ProgressDisplay(unit="epochs", steps=20) as bar:
+        bar.update(desc="BC epoch", done=0, total=200)
+        clock[0] += 50.0
+        bar.update(desc="BC epoch", done=50, total=200)
+        bar.update(desc="takeover round 1", done=0, total=100)
+        clock[0] += 20.0
+        bar.update(done=100, total=100)
+        bar.update(desc="BC epoch", done=50, total=200)  # resumes: no rate from 0 work yet
+        clock[0] += 10.0
+        bar.update(desc="BC epoch", done=60, total=200)
+    lines = [ln for ln in cap.get().splitlines() if "BC epoch" in ln]
+    assert "1.00 epochs/s" in lines[1]  # 50 epochs in 50 s
+    assert "/s" not in lines[2] and "50/200" in lines[2]
+    assert "1.00 epochs/s, ETA 2 min 20 s" in lines[3]  # 10 epochs in 10 s, 140 to go

@@ -11,8 +11,8 @@ import torch
 
 from policies import PolicySpec, load_checkpoint, make_policy, save_checkpoint
 from policies.data import iter_episodes
-from policies.demos import collect_demos, collect_takeovers, demonstrator, record_episode
-from policies.pusht_state import FEATURE_DIM, PushTStatePolicy, expert_steps_start, pusht_features, replay_agent
+from policies.demos import collect_demos, collect_takeovers, demonstrator, expert_steps_start, record_episode
+from policies.pusht_state import FEATURE_DIM, PushTStatePolicy, pusht_features, replay_agent
 from twin.env import TwinEnv
 from twin.tasks.push_t import GOAL_POSE, tee_keypoints
 

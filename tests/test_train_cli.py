@@ -115,6 +115,22 @@ def test_a_config_trains_the_same_checkpoints_every_time(tmp_path):
         assert np.array_equal(a[k], b[k]), k
 
 
+def _train_bc(task: str, uri: str, out: Path, epochs: int, **sets: object) -> subprocess.CompletedProcess:
+    """`twinrank train --algo bc --task TASK --epochs N --set k=v ...`, which must succeed."""
+    args = [TWINRANK, "train", "--algo", "bc", "--task", task, "--epochs", str(epochs)]
+    for k, v in sets.items():
+        args += ["--set", f"{k}={v}"]
+    p = subprocess.run(
+        args + ["--tracking-uri", uri, "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=dict(os.environ),
+    )
+    assert p.returncode == 0, p.stdout + p.stderr
+    return p
+
+
 def test_default_configs_train_each_task_in_a_mode_its_demonstrator_drives(tmp_path):
     """`twinrank train --algo bc --task push_t` used to fail at once (the default config asked
     for discrete actions; push_t's demonstrator acts in pusht_xy). Each task's default control
@@ -134,16 +150,50 @@ def test_default_configs_train_each_task_in_a_mode_its_demonstrator_drives(tmp_p
     with pytest.raises(TrainConfigError, match="unknown task"):
         default_config("bc", "no_such_task")
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    p = subprocess.run(
-        [TWINRANK, "train", "--algo", "bc", "--task", "push_t", "--epochs", "1", "--set", "eval_episodes=0"]
-        + ["--set", "demos.episodes=1", "--set", "demos.noise=0", "--set", "demos.takeover_rounds=0"]
-        + ["--set", "checkpoint_every=1", "--tracking-uri", uri, "--out", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env=dict(os.environ),
+    _train_bc(
+        "push_t",
+        uri,
+        tmp_path,
+        epochs=1,
+        eval_episodes=0,
+        **{"demos.episodes": 1, "demos.noise": 0, "demos.takeover_rounds": 0, "checkpoint_every": 1},
     )
-    assert p.returncode == 0, p.stdout + p.stderr
     client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)  # an earlier test set a global one
     versions = client.search_model_versions("name='push_t-bc'")
     assert len(versions) == 1
+
+
+def test_default_mug_to_sink_bc_trains_the_chunked_policy_with_takeover_rounds(tmp_path):
+    """The documented `twinrank train --algo bc --task mug_to_sink` (scaled down): the chunked
+    state policy, a takeover round driven by the first pass's checkpoint, a checkpoint per
+    pass, each loadable and playing 4 actions of each planned chunk."""
+    from policies import load_checkpoint
+    from policies.data import iter_episodes
+    from policies.demos import takeover_switch
+    from twin.env import TwinEnv
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    p = _train_bc(
+        "mug_to_sink",
+        uri,
+        tmp_path,
+        epochs=2,
+        eval_episodes=1,
+        **{"demos.episodes": 4, "demos.takeover_rounds": 1, "demos.takeover_episodes": 4, "demos.workers": 1},
+    )
+    assert "takeover round 1" in p.stdout and "(n = 1)" in p.stdout
+    (run_dir,) = tmp_path.glob("bc-mug_to_sink-*")
+    ckpts = sorted((run_dir / "checkpoints").iterdir())
+    assert [c.name for c in ckpts] == ["step_0000002", "step_0000004"]
+    (takeovers,) = run_dir.glob("takeovers_round1.h5")
+    switches = [takeover_switch(ep) for ep in iter_episodes(takeovers, ["state"])]
+    assert switches and all(s is not None and 1 <= s <= 100 for s in switches)
+    pol = load_checkpoint(ckpts[-1])
+    assert type(pol).__name__ == "ChunkMLPPolicy" and pol.n_action_steps == 4
+    with TwinEnv("mug_to_sink", control_mode="discrete") as env:
+        obs, _ = env.reset(seed=3)
+        pol.reset()
+        planned = [pol.act_single(obs) for _ in range(4)]  # one plan covers 4 calls
+        assert all(isinstance(a, int) and 0 <= a < 14 for a in planned)
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    assert len(client.search_model_versions("name='mug_to_sink-bc'")) == 2

@@ -270,6 +270,9 @@ class ProgressDisplay:
         self._task: Any = None
         self._desc = ""
         self._done = 0.0
+        #: work done when the clock (re)started: a piece of work that resumes at 50/200 after
+        #: other work (training between rounds of data collection) is timed from there
+        self._done0 = 0.0
         self._total: float | None = None
         self._t0 = time.monotonic()
         self._last_print = 0.0
@@ -331,6 +334,7 @@ class ProgressDisplay:
         restart = total is not None and (total != self._total or done == 0)
         if restart:
             self._t0 = time.monotonic()
+            self._done0 = done if done is not None else 0.0
             self._next_mark = 0.0
         changed = desc is not None and desc != self._desc
         if desc is not None:
@@ -354,9 +358,9 @@ class ProgressDisplay:
 
     def _rate_text(self) -> str:
         elapsed = time.monotonic() - self._t0
-        if self._done <= 0 or elapsed <= 0 or not self.unit:
+        if self._done <= self._done0 or elapsed <= 0 or not self.unit:
             return ""
-        return f"{self._done / elapsed:.1f} {self.unit}/s"
+        return f"{(self._done - self._done0) / elapsed:.1f} {self.unit}/s"
 
     def _line(self) -> None:
         now = time.monotonic()
@@ -366,8 +370,8 @@ class ProgressDisplay:
         if self._total:
             pct = 100.0 * self._done / self._total
             parts.append(f"{self._done:.0f}/{self._total:.0f} ({pct:.0f} %)")
-            if 0 < self._done < self._total and elapsed > 0:
-                rate = self._done / elapsed
+            if self._done0 < self._done < self._total and elapsed > 0:
+                rate = (self._done - self._done0) / elapsed
                 parts.append(f"{rate:.2f} {self.unit or 'items'}/s, ETA {_duration((self._total - self._done) / rate)}")
             elif self._done >= self._total:
                 parts.append(f"done in {_duration(elapsed)}")
