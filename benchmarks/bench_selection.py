@@ -153,9 +153,8 @@ def _chunked_family(root: Path, uri: str, done: Path) -> list[str]:
         cfg,
         policy="mlp",
         policy_config={},
-        demos={**cfg.to_dict()["demos"], "takeover_rounds": 0},
-        bc={**cfg.to_dict()["bc"], "epochs": 60, "lr_schedule": "constant"},
         checkpoint_every=20,
+        **{"demos.takeover_rounds": 0, "bc.epochs": 60, "bc.lr_schedule": "constant"},
     )
     res = run_training(one, root / "bc_one_step", tracking_uri=uri, cache_dir=root / "demos")
     paths += [str(r.path) for r in res.checkpoints]

@@ -32,7 +32,7 @@ from policies.interface import (
     _check_sizes,
     register_policy,
 )
-from policies.models import ACTIVATIONS, RunningNorm, mlp
+from policies.models import ACTIVATIONS, RunningNorm, action_scale, mlp, sample_categorical
 
 
 @dataclass
@@ -79,12 +79,10 @@ class ChunkMLPPolicy(ChunkedPolicy):
             mlp(self.in_dim, cfg.hidden_sizes, cfg.activation),
             torch.nn.Linear(cfg.hidden_sizes[-1], cfg.horizon * self._per_step),
         )
-        if not act.discrete:
-            lo, hi = (b.reshape(-1).astype(np.float64) for b in act.bounds())
-            finite = np.isfinite(lo) & np.isfinite(hi) & (hi > lo)
-            lo, hi = np.where(finite, lo, -1.0), np.where(finite, hi, 1.0)
-            self.register_buffer("centre", torch.tensor((lo + hi) / 2, dtype=torch.float32), persistent=False)
-            self.register_buffer("half_range", torch.tensor((hi - lo) / 2, dtype=torch.float32), persistent=False)
+        if not act.discrete:  # derived from the spec: not part of the checkpoint
+            centre, half = action_scale(act)
+            self.register_buffer("centre", torch.tensor(centre, dtype=torch.float32), persistent=False)
+            self.register_buffer("half_range", torch.tensor(half, dtype=torch.float32), persistent=False)
 
     def required_obs_keys(self) -> list[str]:
         return list(self.config.obs_keys)
@@ -100,21 +98,20 @@ class ChunkMLPPolicy(ChunkedPolicy):
             parts.append(x.reshape(x.shape[0], -1))
         return torch.cat(parts, dim=-1)
 
+    def _input(self, obs_t: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.obs_norm(self._flat(obs_t).to(self.torch_device))
+
     def _out(self, obs_t: dict[str, torch.Tensor]) -> torch.Tensor:
         """``(B, horizon, per_step)``: logits or scaled actions."""
-        x = self.obs_norm(self._flat(obs_t).to(self.torch_device))
-        return self.net(x).reshape(-1, self.config.horizon, self._per_step)
+        return self.net(self._input(obs_t)).reshape(-1, self.config.horizon, self._per_step)
 
     def features_tensors(self, obs_t: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.net[0](self.obs_norm(self._flat(obs_t).to(self.torch_device)))
+        return self.net[0](self._input(obs_t))
 
     def predict_chunk(self, obs_hist_t: dict[str, torch.Tensor], deterministic: bool = True) -> torch.Tensor:
         out = self._out(obs_hist_t)[:, : self.n_action_steps]
         if self.spec.action.discrete:
-            if deterministic:
-                return out.argmax(-1)
-            u = self._uniform(out.shape).clamp_(1e-10, 1.0 - 1e-7)
-            return (out - torch.log(-torch.log(u))).argmax(-1)
+            return sample_categorical(out, deterministic, self)
         return (out * self.half_range + self.centre).reshape(*out.shape[:2], *self.spec.action.shape)
 
     # -- training ----------------------------------------------------------------------------

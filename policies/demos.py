@@ -342,7 +342,7 @@ def collect_takeovers(
     writer = _writer(path, task, control_mode)
     base = _Job(task, control_mode, None, None, "mujoco", (), policy_path=str(policy_path), max_switch=int(max_switch))
     for i, ep in enumerate(_run_jobs(_jobs(base, [seed + i for i in range(episodes)], 5), workers)):
-        if (takeover_switch(ep) or 0) < ep.length:
+        if expert_steps_start(ep) < ep.length:
             writer.add(ep)
         if progress is not None:
             progress(i, ep)

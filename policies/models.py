@@ -153,6 +153,23 @@ class RunningNorm(nn.Module):
         self.set(x.mean(0).cpu().numpy(), x.var(0, unbiased=False).cpu().numpy(), float(x.shape[0]))
 
 
+def action_scale(spec: ActionSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Centre and half-range of a continuous action per dimension: the spec's bounds where
+    they are finite and ordered, [-1, 1] elsewhere (``(a - centre) / half`` is in [-1, 1])."""
+    lo, hi = (b.reshape(-1).astype(np.float64) for b in spec.bounds())
+    finite = np.isfinite(lo) & np.isfinite(hi) & (hi > lo)
+    lo, hi = np.where(finite, lo, -1.0), np.where(finite, hi, 1.0)
+    return (lo + hi) / 2, (hi - lo) / 2
+
+
+def sample_categorical(logits: torch.Tensor, deterministic: bool, policy: Policy) -> torch.Tensor:
+    """The most likely index of the last axis, or a draw (Gumbel-max with the policy's generator)."""
+    if deterministic:
+        return logits.argmax(-1)
+    u = policy._uniform(logits.shape).clamp_(1e-10, 1.0 - 1e-7)
+    return (logits - torch.log(-torch.log(u))).argmax(-1)
+
+
 class ActionHead(nn.Module):
     """Categorical or state-independent-std Gaussian action distribution."""
 
@@ -169,11 +186,7 @@ class ActionHead(nn.Module):
             dim = spec.dim
             self.linear = nn.Linear(in_dim, dim)
             self.log_std = nn.Parameter(torch.full((dim,), float(init_log_std)))
-            lo, hi = (b.reshape(-1).astype(np.float64) for b in spec.bounds())
-            finite = np.isfinite(lo) & np.isfinite(hi) & (hi > lo)
-            lo, hi = np.where(finite, lo, -1.0), np.where(finite, hi, 1.0)
-            centre = (lo + hi) / 2 if scale_actions else np.zeros(dim)
-            half = (hi - lo) / 2 if scale_actions else np.ones(dim)
+            centre, half = action_scale(spec) if scale_actions else (np.zeros(dim), np.ones(dim))
             # derived from the spec: not part of the checkpoint
             self.register_buffer("centre", torch.tensor(centre, dtype=torch.float32), persistent=False)
             self.register_buffer("half_range", torch.tensor(half, dtype=torch.float32), persistent=False)
@@ -194,10 +207,7 @@ class ActionHead(nn.Module):
     def sample(self, out: torch.Tensor, deterministic: bool, policy: Policy) -> torch.Tensor:
         """Actions in env units: int64 (B,) or float (B, *shape)."""
         if self.kind == "discrete":
-            if deterministic:
-                return out.argmax(-1)
-            u = policy._uniform(out.shape).clamp_(1e-10, 1.0 - 1e-7)
-            return (out - torch.log(-torch.log(u))).argmax(-1)
+            return sample_categorical(out, deterministic, policy)
         z = out if deterministic else out + self.log_std.exp() * policy._normal(out.shape)
         return self._denorm(z)
 

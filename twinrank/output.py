@@ -356,11 +356,16 @@ class ProgressDisplay:
     def advance(self, n: float = 1.0) -> None:
         self.update(done=self._done + n)
 
-    def _rate_text(self) -> str:
+    def _rate(self) -> float | None:
+        """Work per second since the clock (re)started; None before any work was done."""
         elapsed = time.monotonic() - self._t0
-        if self._done <= self._done0 or elapsed <= 0 or not self.unit:
-            return ""
-        return f"{(self._done - self._done0) / elapsed:.1f} {self.unit}/s"
+        if self._done <= self._done0 or elapsed <= 0:
+            return None
+        return (self._done - self._done0) / elapsed
+
+    def _rate_text(self) -> str:
+        rate = self._rate()
+        return f"{rate:.1f} {self.unit}/s" if rate is not None and self.unit else ""
 
     def _line(self) -> None:
         now = time.monotonic()
@@ -370,8 +375,8 @@ class ProgressDisplay:
         if self._total:
             pct = 100.0 * self._done / self._total
             parts.append(f"{self._done:.0f}/{self._total:.0f} ({pct:.0f} %)")
-            if self._done0 < self._done < self._total and elapsed > 0:
-                rate = (self._done - self._done0) / elapsed
+            rate = self._rate()
+            if rate is not None and self._done < self._total:
                 parts.append(f"{rate:.2f} {self.unit or 'items'}/s, ETA {_duration((self._total - self._done) / rate)}")
             elif self._done >= self._total:
                 parts.append(f"done in {_duration(elapsed)}")
